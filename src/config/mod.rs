@@ -1,0 +1,317 @@
+//! Server configuration: defaults, an optional YAML file, and command-line flags on top.
+//! Every setting is checked here, before any socket is opened, and a wrong one is reported
+//! with its key and the reason.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::Limits;
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration; the YAML file has the same shape.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every door listens on.
+    pub bind: IpAddr,
+    pub grpc: GrpcConfig,
+    pub native: NativeConfig,
+    pub udp: UdpConfig,
+    pub metrics: MetricsConfig,
+    pub shards: ShardsConfig,
+    pub limits: Limits,
+    pub shutdown: ShutdownConfig,
+}
+
+/// The gRPC door (port reserved and checked; see the README for its status).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub port: u16,
+}
+
+/// The native TCP door.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeConfig {
+    pub port: u16,
+    /// Largest frame a client may send, in bytes (length field value).
+    pub max_frame_bytes: usize,
+}
+
+/// The native UDP door.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpConfig {
+    pub enabled: bool,
+    pub port: u16,
+}
+
+/// The metrics endpoint (port reserved and checked; see the README for its status).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub port: u16,
+}
+
+/// How many shards, and whether each is pinned to its own CPU.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShardsConfig {
+    /// None: one per CPU this process may run on.
+    pub count: Option<usize>,
+    pub pin: bool,
+}
+
+/// Graceful shutdown.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long connections get to finish after SIGINT/SIGTERM, in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::from([0, 0, 0, 0]),
+            grpc: GrpcConfig::default(),
+            native: NativeConfig::default(),
+            udp: UdpConfig::default(),
+            metrics: MetricsConfig::default(),
+            shards: ShardsConfig::default(),
+            limits: Limits::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig { port: 9200 }
+    }
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            port: 9201,
+            max_frame_bytes: 16 << 20,
+        }
+    }
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        UdpConfig {
+            enabled: true,
+            port: 9202,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { port: 9203 }
+    }
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        ShardsConfig {
+            count: None,
+            pin: true,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a YAML file; unknown keys are errors, missing ones take their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses YAML text (an empty document means all defaults).
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The drain timeout as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown.drain_timeout_ms)
+    }
+
+    /// Checks every value that does not depend on the host; [`Config::shard_cpus`] checks
+    /// the rest.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut ports = vec![("native.port", self.native.port)];
+        if self.udp.enabled {
+            ports.push(("udp.port", self.udp.port));
+        }
+        // TCP and UDP may share a number; TCP doors may not.
+        let tcp: Vec<_> = [
+            ("grpc.port", self.grpc.port),
+            ("native.port", self.native.port),
+            ("metrics.port", self.metrics.port),
+        ]
+        .into_iter()
+        .filter(|(_, p)| *p != 0)
+        .collect();
+        for (i, (key, port)) in tcp.iter().enumerate() {
+            if let Some((other, _)) = tcp[..i].iter().find(|(_, p)| p == port) {
+                return Err(invalid(key, format!("port {port} is already used by {other}")));
+            }
+        }
+        if let Some(n) = self.shards.count {
+            if n == 0 || n > 1024 {
+                return Err(invalid("shards.count", format!("{n} is not in 1..=1024")));
+            }
+        }
+        let l = &self.limits;
+        if self.native.max_frame_bytes < 1024 || self.native.max_frame_bytes > u32::MAX as usize {
+            return Err(invalid("native.max_frame_bytes", "must be between 1024 and 4294967295"));
+        }
+        for (key, value) in [
+            ("limits.max_message_bytes", l.max_message_bytes),
+            ("limits.max_batch_events", l.max_batch_events),
+            ("limits.max_subscriptions_per_connection", l.max_subscriptions_per_connection),
+            ("limits.subscriber_queue_events", l.subscriber_queue_events),
+            ("limits.subscriber_queue_bytes", l.subscriber_queue_bytes),
+            ("limits.max_topics_per_shard", l.max_topics_per_shard),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.max_metadata_entries > usize::from(u16::MAX) {
+            return Err(invalid("limits.max_metadata_entries", "must be at most 65535"));
+        }
+        if l.max_message_bytes > u32::MAX as usize {
+            return Err(invalid("limits.max_message_bytes", "must be at most 4294967295"));
+        }
+        if l.max_message_bytes > self.native.max_frame_bytes {
+            return Err(invalid(
+                "limits.max_message_bytes",
+                format!(
+                    "{} is larger than native.max_frame_bytes ({}), so such events could never be sent",
+                    l.max_message_bytes, self.native.max_frame_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU of each shard (None: unpinned), checked against the CPUs this process may use.
+    pub fn shard_cpus(&self, available: &[usize]) -> Result<Vec<Option<usize>>, ConfigError> {
+        if available.is_empty() && self.shards.pin {
+            return Err(invalid("shards.pin", "cannot tell which CPUs this process may use; run with --no-pin"));
+        }
+        let count = self.shards.count.unwrap_or(available.len().max(1));
+        if !self.shards.pin {
+            return Ok(vec![None; count]);
+        }
+        if count > available.len() {
+            return Err(invalid(
+                "shards.count",
+                format!(
+                    "{count} pinned shards need {count} CPUs, but this process may use {} ({:?}); use fewer shards or --no-pin",
+                    available.len(),
+                    available
+                ),
+            ));
+        }
+        Ok(available[..count].iter().map(|&c| Some(c)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::from_yaml("").unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn yaml_overrides_what_it_names() {
+        let c = Config::from_yaml("native:\n  port: 7000\nlimits:\n  max_batch_events: 5\nshards:\n  count: 3\n  pin: false\n").unwrap();
+        assert_eq!(c.native.port, 7000);
+        assert_eq!(c.limits.max_batch_events, 5);
+        assert_eq!(c.limits.max_metadata_entries, 64);
+        assert_eq!(c.shard_cpus(&[0]).unwrap(), vec![None, None, None]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = Config::from_yaml("native:\n  prot: 7000\n").unwrap_err();
+        assert!(e.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_ports_name_both_keys() {
+        let mut c = Config::default();
+        c.metrics.port = c.native.port;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("metrics.port") && e.contains("native.port"), "{e}");
+    }
+
+    #[test]
+    fn pinned_shards_cannot_outnumber_cpus() {
+        let mut c = Config::default();
+        c.shards.count = Some(4);
+        let e = c.shard_cpus(&[0, 1]).unwrap_err().to_string();
+        assert!(e.starts_with("shards.count"), "{e}");
+        c.shards.count = None;
+        assert_eq!(c.shard_cpus(&[0, 1]).unwrap(), vec![Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let mut c = Config::default();
+        c.limits.subscriber_queue_events = 0;
+        assert!(c.validate().unwrap_err().to_string().starts_with("limits.subscriber_queue_events"));
+    }
+}

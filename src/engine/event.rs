@@ -1,0 +1,480 @@
+//! The event as the engine carries it: every field is a cheap, shareable handle (`Bytes`), so
+//! fanning one event out to many subscribers on many shards clones reference counts, never
+//! payloads.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::limits::Limits;
+use super::topic::{Topic, TopicError};
+
+/// How much an event matters when a subscriber falls behind (§4: lower priorities are shed
+/// first, CRITICAL is never shed silently). The numbers are the protobuf enum's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u8)]
+pub enum Priority {
+    Batch = 0,
+    Low = 1,
+    Medium = 2,
+    High = 3,
+    Critical = 4,
+}
+
+impl Priority {
+    /// Every priority, lowest first: the order in which a full queue sheds.
+    pub const ALL: [Priority; 5] = [
+        Priority::Batch,
+        Priority::Low,
+        Priority::Medium,
+        Priority::High,
+        Priority::Critical,
+    ];
+
+    /// The wire value (native protocol byte, protobuf enum number) back to a priority.
+    pub fn from_u8(value: u8) -> Option<Priority> {
+        Priority::ALL.get(usize::from(value)).copied()
+    }
+
+    /// The upper-case name used by the protobuf enum, the CLI and JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Priority::Batch => "BATCH",
+            Priority::Low => "LOW",
+            Priority::Medium => "MEDIUM",
+            Priority::High => "HIGH",
+            Priority::Critical => "CRITICAL",
+        }
+    }
+
+    /// Accepts a name in any case or a number 0..=4, as operators type it on a command line or
+    /// in `x-min-priority` metadata.
+    pub fn parse(text: &str) -> Option<Priority> {
+        if let Ok(n) = text.parse::<u8>() {
+            return Priority::from_u8(n);
+        }
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(text))
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl From<Priority> for crate::proto::Priority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Batch => crate::proto::Priority::Batch,
+            Priority::Low => crate::proto::Priority::Low,
+            Priority::Medium => crate::proto::Priority::Medium,
+            Priority::High => crate::proto::Priority::High,
+            Priority::Critical => crate::proto::Priority::Critical,
+        }
+    }
+}
+
+/// An event's id: either the client's own string, or a UUIDv7 the server generated, kept in
+/// its 16 bytes until something needs the text (so generating ids costs no allocation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventId {
+    Generated(uuid::Uuid),
+    Given(Bytes),
+}
+
+impl EventId {
+    /// Longest id a client may choose, in bytes.
+    pub const MAX_LEN: usize = 255;
+
+    /// Length of the id as text, without formatting it.
+    pub fn text_len(&self) -> usize {
+        match self {
+            EventId::Generated(_) => uuid::fmt::Hyphenated::LENGTH,
+            EventId::Given(b) => b.len(),
+        }
+    }
+
+    /// Appends the id as UTF-8 text to `out`.
+    pub fn write_text(&self, out: &mut impl BufMut) {
+        match self {
+            EventId::Generated(u) => {
+                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+                out.put_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
+            }
+            EventId::Given(b) => out.put_slice(b),
+        }
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventId::Generated(u) => write!(f, "{}", u.hyphenated()),
+            // Given ids were checked to be UTF-8 when they were decoded.
+            EventId::Given(b) => f.write_str(&String::from_utf8_lossy(b)),
+        }
+    }
+}
+
+/// An event's metadata, kept in its native wire form (`count` pairs of u16-length-prefixed
+/// UTF-8 key and value) so that decoding, fan-out and re-encoding never allocate per entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metadata {
+    count: u16,
+    raw: Bytes,
+}
+
+/// Why a metadata block is not well formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata entry {0} is truncated")]
+    Truncated(usize),
+    #[error("metadata entry {0} is not valid UTF-8")]
+    NotUtf8(usize),
+    #[error("metadata has {0} bytes after its last entry")]
+    TrailingBytes(usize),
+    #[error("metadata key or value longer than 65535 bytes")]
+    EntryTooLong,
+    #[error("more than 65535 metadata entries")]
+    TooManyEntries,
+}
+
+impl Metadata {
+    /// Checks that `raw` holds exactly `count` well-formed UTF-8 pairs and wraps it.
+    pub fn from_wire(count: u16, raw: Bytes) -> Result<Metadata, MetadataError> {
+        let mut rest = &raw[..];
+        for entry in 0..usize::from(count) {
+            for _ in 0..2 {
+                let (text, tail) = split_str16(rest).ok_or(MetadataError::Truncated(entry))?;
+                std::str::from_utf8(text).map_err(|_| MetadataError::NotUtf8(entry))?;
+                rest = tail;
+            }
+        }
+        if !rest.is_empty() {
+            return Err(MetadataError::TrailingBytes(rest.len()));
+        }
+        Ok(Metadata { count, raw })
+    }
+
+    /// Builds metadata from pairs (CLI, gRPC): allocates once, off the hot path.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Metadata, MetadataError> {
+        let mut raw = BytesMut::new();
+        let mut count: usize = 0;
+        for (k, v) in pairs {
+            for s in [k, v] {
+                let len = u16::try_from(s.len()).map_err(|_| MetadataError::EntryTooLong)?;
+                raw.put_u16_le(len);
+                raw.put_slice(s.as_bytes());
+            }
+            count += 1;
+        }
+        let count = u16::try_from(count).map_err(|_| MetadataError::TooManyEntries)?;
+        Ok(Metadata {
+            count,
+            raw: raw.freeze(),
+        })
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// True when there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encoded size of the entries (what counts against the metadata byte limit).
+    pub fn wire_len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// The encoded entries, as the native protocol carries them after the count.
+    pub fn wire(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The entries in order. Duplicated keys are kept as sent.
+    pub fn iter(&self) -> MetadataIter<'_> {
+        MetadataIter { rest: &self.raw }
+    }
+}
+
+/// Iterator over metadata entries; see [`Metadata::iter`].
+pub struct MetadataIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for MetadataIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (k, rest) = split_str16(self.rest)?;
+        let (v, rest) = split_str16(rest)?;
+        self.rest = rest;
+        // Both were checked by `from_wire` / built from `&str` in `from_pairs`.
+        Some((
+            std::str::from_utf8(k).ok()?,
+            std::str::from_utf8(v).ok()?,
+        ))
+    }
+}
+
+fn split_str16(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = usize::from(u16::from_le_bytes(buf.get(..2)?.try_into().ok()?));
+    let body = buf.get(2..2 + len)?;
+    Some((body, &buf[2 + len..]))
+}
+
+/// An event as a door decoded it, before the engine checked it against the rules of §3.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawEvent {
+    pub topic: Bytes,
+    /// Empty: the server generates a UUIDv7.
+    pub id: Bytes,
+    pub payload: Bytes,
+    pub metadata: Metadata,
+    pub priority: u8,
+    /// 0: the server fills in the receive time.
+    pub timestamp_ns: i64,
+}
+
+/// A validated event, sequenced once it reaches its topic's owner shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub topic: Topic,
+    pub id: EventId,
+    pub payload: Bytes,
+    pub metadata: Metadata,
+    pub priority: Priority,
+    pub timestamp_ns: i64,
+    /// 0 until the owner shard sequences it; then 1, 2, 3 … per topic.
+    pub sequence: u64,
+}
+
+/// Why the engine refuses an event (§3). Doors map it to INVALID_ARGUMENT or an ERROR frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("invalid topic: {0}")]
+    Topic(#[from] TopicError),
+    #[error("topic {0:?} is reserved for the server (topics starting with '$')")]
+    ReservedTopic(String),
+    #[error("priority {0} is not one of 0..=4 (BATCH, LOW, MEDIUM, HIGH, CRITICAL)")]
+    Priority(u8),
+    #[error("id is {0} bytes, longer than the limit of 255")]
+    IdTooLong(usize),
+    #[error("id is not valid UTF-8")]
+    IdNotUtf8,
+    #[error("payload plus metadata is {size} bytes, over the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("{count} metadata entries, over the limit of {max}")]
+    TooManyMetadata { count: usize, max: usize },
+    #[error("metadata is {size} bytes, over the limit of {max}")]
+    MetadataTooLarge { size: usize, max: usize },
+}
+
+impl Event {
+    /// Checks a decoded event against §3 and the configured limits, and fills the id and the
+    /// timestamp when the client left them empty.
+    pub fn validate(
+        raw: RawEvent,
+        limits: &Limits,
+        ids: &mut IdGenerator,
+        now_ns: i64,
+    ) -> Result<Event, EventError> {
+        let topic = Topic::parse(raw.topic)?;
+        if topic.is_reserved() {
+            return Err(EventError::ReservedTopic(topic.as_str().to_owned()));
+        }
+        let priority = Priority::from_u8(raw.priority).ok_or(EventError::Priority(raw.priority))?;
+        let id = if raw.id.is_empty() {
+            EventId::Generated(ids.next(now_ns))
+        } else if raw.id.len() > EventId::MAX_LEN {
+            return Err(EventError::IdTooLong(raw.id.len()));
+        } else if std::str::from_utf8(&raw.id).is_err() {
+            return Err(EventError::IdNotUtf8);
+        } else {
+            EventId::Given(raw.id)
+        };
+        if raw.metadata.len() > limits.max_metadata_entries {
+            return Err(EventError::TooManyMetadata {
+                count: raw.metadata.len(),
+                max: limits.max_metadata_entries,
+            });
+        }
+        if raw.metadata.wire_len() > limits.max_metadata_bytes {
+            return Err(EventError::MetadataTooLarge {
+                size: raw.metadata.wire_len(),
+                max: limits.max_metadata_bytes,
+            });
+        }
+        let size = raw.payload.len() + raw.metadata.wire_len();
+        if size > limits.max_message_bytes {
+            return Err(EventError::TooLarge {
+                size,
+                max: limits.max_message_bytes,
+            });
+        }
+        Ok(Event {
+            topic,
+            id,
+            payload: raw.payload,
+            metadata: raw.metadata,
+            priority,
+            timestamp_ns: if raw.timestamp_ns == 0 {
+                now_ns
+            } else {
+                raw.timestamp_ns
+            },
+            sequence: 0,
+        })
+    }
+
+    /// Bytes this event holds on to; what a subscriber queue's byte budget counts.
+    pub fn size(&self) -> usize {
+        self.topic.len() + self.id.text_len() + self.payload.len() + self.metadata.wire_len()
+    }
+}
+
+/// Current Unix time in nanoseconds (a vDSO call, no syscall).
+pub fn unix_now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Makes UUIDv7 ids without a syscall or a lock: the millisecond timestamp, then a per-shard
+/// counter mixed with a per-shard random seed (unique within the shard, unpredictable across).
+pub struct IdGenerator {
+    seed: u64,
+    counter: u64,
+}
+
+impl IdGenerator {
+    /// One generator per shard; `seed` should differ between shards and runs.
+    pub fn new(seed: u64) -> IdGenerator {
+        IdGenerator { seed, counter: 0 }
+    }
+
+    /// The next id for an event received at `now_ns`.
+    pub fn next(&mut self, now_ns: i64) -> uuid::Uuid {
+        self.counter = self.counter.wrapping_add(1);
+        let millis = u64::try_from(now_ns / 1_000_000).unwrap_or(0);
+        let mixed = splitmix64(self.seed ^ self.counter);
+        let mut tail = [0u8; 10];
+        tail[..8].copy_from_slice(&mixed.to_le_bytes());
+        tail[8..].copy_from_slice(&(self.seed as u16).to_le_bytes());
+        uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid()
+    }
+}
+
+/// A bijective mixer: distinct counters give distinct outputs, so ids never collide in a shard.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(topic: &str) -> RawEvent {
+        RawEvent {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::from_static(b"hello"),
+            priority: 2,
+            ..RawEvent::default()
+        }
+    }
+
+    #[test]
+    fn priority_names_and_numbers_parse() {
+        assert_eq!(Priority::parse("low"), Some(Priority::Low));
+        assert_eq!(Priority::parse("CRITICAL"), Some(Priority::Critical));
+        assert_eq!(Priority::parse("3"), Some(Priority::High));
+        assert_eq!(Priority::parse("5"), None);
+        assert_eq!(Priority::parse("urgent"), None);
+    }
+
+    #[test]
+    fn priority_matches_protobuf_numbers() {
+        for p in Priority::ALL {
+            assert_eq!(crate::proto::Priority::from(p) as i32, p as i32);
+        }
+    }
+
+    #[test]
+    fn validate_fills_id_and_timestamp() {
+        let mut ids = IdGenerator::new(7);
+        let e = Event::validate(raw("a/b"), &Limits::default(), &mut ids, 1_700_000_000_000_000_000).unwrap();
+        assert_eq!(e.timestamp_ns, 1_700_000_000_000_000_000);
+        let EventId::Generated(u) = e.id else { panic!("id not generated") };
+        assert_eq!(u.get_version_num(), 7);
+        assert_eq!(e.id.to_string().len(), e.id.text_len());
+    }
+
+    #[test]
+    fn validate_keeps_given_id_and_timestamp() {
+        let mut r = raw("a/b");
+        r.id = Bytes::from_static(b"my-id");
+        r.timestamp_ns = 42;
+        let e = Event::validate(r, &Limits::default(), &mut IdGenerator::new(1), 99).unwrap();
+        assert_eq!(e.id, EventId::Given(Bytes::from_static(b"my-id")));
+        assert_eq!(e.timestamp_ns, 42);
+    }
+
+    #[test]
+    fn validate_refuses_what_section_3_forbids() {
+        let limits = Limits::default();
+        let mut ids = IdGenerator::new(1);
+        let mut check = |r: RawEvent| Event::validate(r, &limits, &mut ids, 1).unwrap_err();
+        assert!(matches!(check(raw("$sys/x")), EventError::ReservedTopic(_)));
+        assert!(matches!(check(raw("a//b")), EventError::Topic(_)));
+        let mut r = raw("a");
+        r.priority = 9;
+        assert_eq!(check(r), EventError::Priority(9));
+        let mut r = raw("a");
+        r.payload = Bytes::from(vec![0u8; limits.max_message_bytes + 1]);
+        assert!(matches!(check(r), EventError::TooLarge { .. }));
+        let mut r = raw("a");
+        let keys: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
+        r.metadata = Metadata::from_pairs(keys.iter().map(|k| (k.as_str(), "v"))).unwrap();
+        assert!(matches!(check(r), EventError::TooManyMetadata { count: 65, .. }));
+        let mut r = raw("a");
+        let big = "x".repeat(17 * 1024);
+        r.metadata = Metadata::from_pairs([("k", big.as_str())]).unwrap();
+        assert!(matches!(check(r), EventError::MetadataTooLarge { .. }));
+        let mut r = raw("a");
+        r.id = Bytes::from(vec![b'i'; 256]);
+        assert_eq!(check(r), EventError::IdTooLong(256));
+    }
+
+    #[test]
+    fn metadata_round_trips_through_wire_form() {
+        let m = Metadata::from_pairs([("source", "unit"), ("é", "ü")]).unwrap();
+        let again = Metadata::from_wire(2, m.wire().clone()).unwrap();
+        assert_eq!(again.iter().collect::<Vec<_>>(), vec![("source", "unit"), ("é", "ü")]);
+        assert_eq!(Metadata::from_wire(3, m.wire().clone()), Err(MetadataError::Truncated(2)));
+        assert_eq!(Metadata::from_wire(1, m.wire().clone()), Err(MetadataError::TrailingBytes(8)));
+        let bad = Bytes::from_static(&[1, 0, 0xff, 0, 0]);
+        assert_eq!(Metadata::from_wire(1, bad), Err(MetadataError::NotUtf8(0)));
+    }
+
+    #[test]
+    fn generated_ids_are_distinct() {
+        let mut ids = IdGenerator::new(3);
+        let a = ids.next(5_000_000);
+        let b = ids.next(5_000_000);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,105 @@
+//! What shards say to each other. A [`Batch`] is what one channel send carries: everything a
+//! shard produced for one peer since its last send, so one wake-up moves many events.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::event::Event;
+use super::index::{SubEntry, SubKey};
+use super::topic::Pattern;
+
+/// A shard's answer to a publish: the sequence number, or why it could not be sequenced.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("shard {shard} tracks {max} topics already (limits.max_topics_per_shard)")]
+    TooManyTopics { shard: usize, max: usize },
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A point-in-time copy of one shard's counters, carried by pings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Events accepted from clients on this shard (before routing).
+    pub received: u64,
+    /// Events this shard sequenced as the owner of their topic.
+    pub sequenced: u64,
+    /// Events handed to subscriber queues homed on this shard.
+    pub delivered: u64,
+    /// Events shed from subscriber queues homed here, by priority.
+    pub shed: [u64; 5],
+    /// Subscribers cut as slow consumers.
+    pub cut: u64,
+    /// Topics this shard owns.
+    pub topics: u64,
+    /// Live subscriptions homed here.
+    pub subscriptions: u64,
+    /// Datagrams dropped by the UDP door (malformed or invalid).
+    pub datagrams_dropped: u64,
+    /// Batches and messages sent to other shards.
+    pub batches_out: u64,
+    pub messages_out: u64,
+}
+
+impl ShardStats {
+    /// Adds `other` into `self` (for server-wide totals).
+    pub fn add(&mut self, other: &ShardStats) {
+        self.received += other.received;
+        self.sequenced += other.sequenced;
+        self.delivered += other.delivered;
+        for (a, b) in self.shed.iter_mut().zip(other.shed) {
+            *a += b;
+        }
+        self.cut += other.cut;
+        self.topics += other.topics;
+        self.subscriptions += other.subscriptions;
+        self.datagrams_dropped += other.datagrams_dropped;
+        self.batches_out += other.batches_out;
+        self.messages_out += other.messages_out;
+    }
+}
+
+/// One message between shards. `token`s name a pending request in the sender's table.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To the topic's owner: sequence and fan out; answer with `Sequenced` if `token` is set.
+    Publish { event: Event, token: Option<u32> },
+    /// To the publisher's shard: the owner sequenced (or refused) one event of request `token`.
+    Sequenced {
+        token: u32,
+        outcome: Result<u64, PublishError>,
+        at: Instant,
+    },
+    /// To a subscriber's home shard: queue `event` for the subscriptions listed in the batch's
+    /// `subs[start..start + len]`.
+    Deliver { event: Event, start: u32, len: u32 },
+    /// Register a subscription in the receiver's index, then answer `Done`.
+    Subscribe {
+        entry: SubEntry,
+        pattern: Arc<Pattern>,
+        token: u32,
+    },
+    /// Forget a subscription (no answer).
+    Unsubscribe { key: SubKey, pattern: Arc<Pattern> },
+    /// Answer with `Pong` carrying this shard's counters.
+    Ping { token: u32 },
+    /// Answer to `Ping`.
+    Pong { token: u32, stats: ShardStats },
+    /// Answer to `Subscribe`.
+    Done { token: u32 },
+}
+
+/// Everything one shard sends another in one channel message.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub msgs: Vec<ShardMsg>,
+    /// Subscription keys that `Deliver` messages point into.
+    pub subs: Vec<SubKey>,
+}
+
+impl Batch {
+    /// True when there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+}

@@ -1,0 +1,24 @@
+//! The engine: everything between a door that decoded an event and the queue of a subscriber
+//! that will receive it. Doors (native, gRPC) call into the [`Shard`] of the core they run on.
+//!
+//! Read in this order: [`event`] and [`topic`] (what flows), [`routing`] (who owns a topic),
+//! [`shard`] (sequencing and fan-out), [`index`] (who matches), [`queue`] and [`subscriber`]
+//! (per-subscriber buffering and shedding), [`messages`] (what crosses between shards).
+
+pub mod event;
+pub mod index;
+pub mod limits;
+pub mod messages;
+pub mod notify;
+pub mod queue;
+pub mod routing;
+pub mod shard;
+pub mod subscriber;
+pub mod topic;
+
+pub use event::{Event, EventError, EventId, Metadata, Priority, RawEvent};
+pub use limits::Limits;
+pub use messages::{Batch, PublishError, ShardStats};
+pub use shard::{AckOutcome, AckRequest, AckSink, Shard};
+pub use subscriber::{Consumer, SubState, Subscriber};
+pub use topic::{Pattern, Topic, TopicError};

@@ -1,0 +1,628 @@
+//! One shard: the engine state a single core owns, and the only code that touches it.
+//!
+//! A shard owns a slice of the topics (by [`owner_of`]): it sequences them and fans their
+//! events out. It is also the home of the subscriptions its clients made: their queues live
+//! here. Everything else travels between shards as [`ShardMsg`]s, batched per peer in an
+//! outbox that a flusher task sends whenever it gets to run, so one channel send and one
+//! wake-up carry everything a read from a socket produced.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use slab::Slab;
+
+use super::event::{unix_now_ns, Event, EventError, IdGenerator, Priority, RawEvent};
+use super::index::{SubEntry, SubKey, SubscriptionIndex};
+use super::limits::Limits;
+use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
+use super::notify::{Countdown, Notify};
+use super::queue::{Offer, SubscriberQueue};
+use super::routing::owner_of;
+use super::subscriber::{Consumer, SubState, Subscriber};
+use super::topic::Pattern;
+
+/// Messages an outbox may hold before the doors of this shard stop reading from their
+/// sockets: the engine is saturated and publishers must slow down (§4).
+const MAX_BACKLOG: usize = 64 * 1024;
+
+/// Receives the answer to a publish that asked for one. Doors implement it to write the
+/// acknowledgement to their client.
+pub trait AckSink {
+    /// Called once per acknowledged request, on the shard the request arrived on.
+    fn acked(&self, request_id: u64, outcome: AckOutcome);
+}
+
+/// The answer to an acknowledged publish or batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckOutcome {
+    /// Ok once every event is sequenced; the first refusal otherwise.
+    pub result: Result<(), PublishError>,
+    /// Sequence number of the last event sequenced (a single publish: its own).
+    pub sequence: u64,
+    /// Events in the request.
+    pub count: u32,
+    /// From the request's decoding to its last event being sequenced by its owner.
+    pub latency: Duration,
+}
+
+/// A publish that wants an answer.
+pub struct AckRequest {
+    pub sink: Rc<dyn AckSink>,
+    pub request_id: u64,
+    /// When the door finished decoding the request (start of `latency`).
+    pub decoded_at: Instant,
+}
+
+enum Pending {
+    Ack {
+        request: AckRequest,
+        remaining: u32,
+        count: u32,
+        last_sequence: u64,
+        error: Option<PublishError>,
+    },
+    Subscribe(Rc<Countdown>),
+    Ping(Rc<PingGather>),
+}
+
+struct PingGather {
+    countdown: Countdown,
+    total: RefCell<ShardStats>,
+}
+
+struct TopicState {
+    last_sequence: u64,
+    /// Subscription index generation `matches` was computed at.
+    generation: u64,
+    /// Matching subscriptions, sorted by key so those of one home shard are adjacent.
+    matches: Vec<SubEntry>,
+}
+
+#[derive(Default)]
+struct Outbox {
+    batch: RefCell<Batch>,
+    wake: Notify,
+}
+
+/// A shard's engine state. Lives in an `Rc` on its own executor; never crosses threads.
+pub struct Shard {
+    id: usize,
+    count: usize,
+    limits: Limits,
+    started: Instant,
+    outboxes: Vec<Outbox>,
+    topics: RefCell<HashMap<Bytes, TopicState>>,
+    index: RefCell<SubscriptionIndex>,
+    local: RefCell<HashMap<u64, Rc<Subscriber>>>,
+    next_local: Cell<u64>,
+    pending: RefCell<Slab<Pending>>,
+    ids: RefCell<IdGenerator>,
+    stats: RefCell<ShardStats>,
+    to_cut: RefCell<Vec<Rc<Subscriber>>>,
+    drained: Notify,
+    closing: Cell<bool>,
+    /// Woken when the server starts shutting down.
+    pub shutdown: Notify,
+}
+
+impl Shard {
+    /// Shard `id` of `count`, enforcing `limits`; `seed` makes its event ids unique.
+    pub fn new(id: usize, count: usize, limits: Limits, seed: u64) -> Rc<Shard> {
+        assert!(id < count && count <= usize::from(u16::MAX));
+        Rc::new(Shard {
+            id,
+            count,
+            limits,
+            started: Instant::now(),
+            outboxes: (0..count).map(|_| Outbox::default()).collect(),
+            topics: RefCell::default(),
+            index: RefCell::default(),
+            local: RefCell::default(),
+            next_local: Cell::new(1),
+            pending: RefCell::new(Slab::new()),
+            ids: RefCell::new(IdGenerator::new(seed ^ (id as u64) << 48)),
+            stats: RefCell::default(),
+            to_cut: RefCell::default(),
+            drained: Notify::default(),
+            closing: Cell::new(false),
+            shutdown: Notify::default(),
+        })
+    }
+
+    /// This shard's index, 0-based.
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    /// How many shards the server runs.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The limits every door enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Time since this shard started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// True once shutdown began.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
+    }
+
+    /// Starts the shutdown: doors stop accepting and close their connections.
+    pub fn begin_shutdown(&self) {
+        self.closing.set(true);
+        self.shutdown.notify();
+    }
+
+    /// Starts the tasks that move batches to and from every other shard.
+    pub fn spawn_links(self: &Rc<Self>, senders: Senders<Batch>, mut receivers: Receivers<Batch>) {
+        let senders = Rc::new(senders);
+        for peer in (0..self.count).filter(|&p| p != self.id) {
+            let shard = self.clone();
+            let senders = senders.clone();
+            glommio::spawn_local(async move { shard.flush_to(peer, &senders).await }).detach();
+        }
+        for (peer, rx) in receivers.streams() {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                while let Some(batch) = rx.recv().await {
+                    shard.handle_batch(peer, batch);
+                }
+            })
+            .detach();
+        }
+    }
+
+    async fn flush_to(&self, peer: usize, senders: &Senders<Batch>) {
+        let outbox = &self.outboxes[peer];
+        loop {
+            let batch = std::mem::take(&mut *outbox.batch.borrow_mut());
+            if batch.is_empty() {
+                outbox.wake.wait().await;
+                continue;
+            }
+            {
+                let mut stats = self.stats.borrow_mut();
+                stats.batches_out += 1;
+                stats.messages_out += batch.msgs.len() as u64;
+            }
+            if senders.send_to(peer, batch).await.is_err() {
+                return; // the peer is gone: the server is stopping
+            }
+            self.drained.notify();
+        }
+    }
+
+    fn push(&self, to: usize, msg: ShardMsg) {
+        debug_assert_ne!(to, self.id, "local work never goes through an outbox");
+        let outbox = &self.outboxes[to];
+        let mut batch = outbox.batch.borrow_mut();
+        batch.msgs.push(msg);
+        if batch.msgs.len() == 1 {
+            outbox.wake.notify();
+        }
+    }
+
+    /// Waits while the engine is saturated (an outbox holds too much): doors call this before
+    /// reading more from a socket, which is how publishers get slowed down.
+    pub async fn admit(&self) {
+        while self
+            .outboxes
+            .iter()
+            .any(|o| o.batch.borrow().msgs.len() > MAX_BACKLOG)
+        {
+            self.drained.wait().await;
+        }
+    }
+
+    /// Checks a decoded event against §3 and this shard's limits; fills id and timestamp.
+    pub fn validate(&self, raw: RawEvent) -> Result<Event, EventError> {
+        Event::validate(raw, &self.limits, &mut self.ids.borrow_mut(), unix_now_ns())
+    }
+
+    /// Publishes validated events, each to its topic's owner; answers `ack` once all of them
+    /// are sequenced. Events of one call to one topic keep their order.
+    pub fn publish<I>(&self, events: I, ack: Option<AckRequest>)
+    where
+        I: IntoIterator<Item = Event>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let events = events.into_iter();
+        let count = u32::try_from(events.len()).expect("batch sizes are limited far below u32");
+        self.stats.borrow_mut().received += u64::from(count);
+        let token = ack.map(|request| {
+            let token = self.pending.borrow_mut().insert(Pending::Ack {
+                request,
+                remaining: count,
+                count,
+                last_sequence: 0,
+                error: None,
+            });
+            u32::try_from(token).expect("pending requests are bounded by connections' windows")
+        });
+        if let (Some(token), 0) = (token, count) {
+            self.finish_ack(token as usize);
+        }
+        for event in events {
+            let owner = owner_of(event.topic.bytes(), self.count);
+            if owner == self.id {
+                let outcome = self.sequence(event);
+                if let Some(token) = token {
+                    self.on_sequenced(token, outcome, Instant::now());
+                }
+            } else {
+                self.push(owner, ShardMsg::Publish { event, token });
+            }
+        }
+        self.process_cuts();
+    }
+
+    /// As the topic's owner: give the event its sequence number and hand it to every matching
+    /// subscription, locally or through the outbox of its home shard.
+    fn sequence(&self, mut event: Event) -> Result<u64, PublishError> {
+        if self.closing.get() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let mut topics = self.topics.borrow_mut();
+        let index = self.index.borrow();
+        let key: &[u8] = event.topic.bytes();
+        if !topics.contains_key(key) {
+            if topics.len() >= self.limits.max_topics_per_shard {
+                return Err(PublishError::TooManyTopics {
+                    shard: self.id,
+                    max: self.limits.max_topics_per_shard,
+                });
+            }
+            topics.insert(
+                Bytes::copy_from_slice(key),
+                TopicState {
+                    last_sequence: 0,
+                    generation: u64::MAX,
+                    matches: Vec::new(),
+                },
+            );
+        }
+        let state = topics.get_mut(key).expect("inserted above");
+        if state.generation != index.generation() {
+            state.matches.clear();
+            index.matches(event.topic.as_str(), &mut state.matches);
+            state.matches.sort_unstable_by_key(|e| e.key);
+            state.generation = index.generation();
+        }
+        state.last_sequence += 1;
+        event.sequence = state.last_sequence;
+        self.stats.borrow_mut().sequenced += 1;
+
+        let matches = &state.matches;
+        let mut start = 0;
+        while start < matches.len() {
+            let home = matches[start].key.shard;
+            let end = start
+                + matches[start..]
+                    .iter()
+                    .position(|e| e.key.shard != home)
+                    .unwrap_or(matches.len() - start);
+            let wanted = matches[start..end]
+                .iter()
+                .filter(|e| e.min_priority <= event.priority);
+            if usize::from(home) == self.id {
+                for entry in wanted {
+                    self.deliver_local(entry.key.local, event.clone());
+                }
+            } else {
+                let outbox = &self.outboxes[usize::from(home)];
+                let mut batch = outbox.batch.borrow_mut();
+                let first = batch.subs.len();
+                batch.subs.extend(wanted.map(|e| e.key));
+                let len = batch.subs.len() - first;
+                if len > 0 {
+                    batch.msgs.push(ShardMsg::Deliver {
+                        event: event.clone(),
+                        start: first as u32,
+                        len: len as u32,
+                    });
+                    if batch.msgs.len() == 1 {
+                        outbox.wake.notify();
+                    }
+                }
+            }
+            start = end;
+        }
+        Ok(event.sequence)
+    }
+
+    fn deliver_local(&self, local: u64, event: Event) {
+        let subs = self.local.borrow();
+        let Some(sub) = subs.get(&local) else {
+            return; // unsubscribed while the event was in flight
+        };
+        if sub.state() != SubState::Active {
+            return;
+        }
+        let priority = event.priority;
+        let mut stats = self.stats.borrow_mut();
+        match sub.offer(event) {
+            Offer::Queued => stats.delivered += 1,
+            Offer::QueuedShedding(shed) => {
+                stats.delivered += 1;
+                stats.shed[shed as usize] += 1;
+            }
+            Offer::Shed => stats.shed[priority as usize] += 1,
+            Offer::Cut => self.to_cut.borrow_mut().push(sub.clone()),
+        }
+    }
+
+    fn process_cuts(&self) {
+        let cut = std::mem::take(&mut *self.to_cut.borrow_mut());
+        for sub in cut {
+            if sub.state() == SubState::Active {
+                self.stats.borrow_mut().cut += 1;
+                sub.set_state(SubState::Cut);
+                self.local.borrow_mut().remove(&sub.key.local);
+                self.unregister(&sub);
+            }
+        }
+    }
+
+    fn on_sequenced(&self, token: u32, outcome: Result<u64, PublishError>, at: Instant) {
+        let token = token as usize;
+        let done = match self.pending.borrow_mut().get_mut(token) {
+            Some(Pending::Ack {
+                remaining,
+                last_sequence,
+                error,
+                ..
+            }) => {
+                match outcome {
+                    Ok(seq) => *last_sequence = seq,
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
+                }
+                *remaining -= 1;
+                // Latency ends when the last event was sequenced.
+                (*remaining == 0).then_some(at)
+            }
+            _ => {
+                debug_assert!(false, "sequenced answer for unknown request {token}");
+                None
+            }
+        };
+        if let Some(at) = done {
+            self.finish_ack_at(token, at);
+        }
+    }
+
+    fn finish_ack(&self, token: usize) {
+        self.finish_ack_at(token, Instant::now());
+    }
+
+    fn finish_ack_at(&self, token: usize, at: Instant) {
+        let Pending::Ack {
+            request,
+            count,
+            last_sequence,
+            error,
+            ..
+        } = self.pending.borrow_mut().remove(token)
+        else {
+            unreachable!("finish_ack on a non-ack entry");
+        };
+        let outcome = AckOutcome {
+            result: error.map_or(Ok(()), Err),
+            sequence: last_sequence,
+            count,
+            latency: at.saturating_duration_since(request.decoded_at),
+        };
+        request.sink.acked(request.request_id, outcome);
+    }
+
+    /// The shards a subscription must be registered on: its topic's owner for an exact
+    /// pattern, every shard for a wildcard.
+    fn targets(&self, pattern: &Pattern) -> std::ops::Range<usize> {
+        if pattern.is_exact() {
+            let owner = owner_of(pattern.as_str().as_bytes(), self.count);
+            owner..owner + 1
+        } else {
+            0..self.count
+        }
+    }
+
+    /// Registers a subscription on every shard that may own a matching topic and returns once
+    /// all of them confirmed: from then on, every event sequenced anywhere reaches it (§4).
+    pub async fn subscribe(
+        self: &Rc<Self>,
+        pattern: Pattern,
+        min_priority: Priority,
+        consumer: &Rc<Consumer>,
+        tag: u64,
+    ) -> Rc<Subscriber> {
+        let local = self.next_local.get();
+        self.next_local.set(local + 1);
+        let key = SubKey {
+            shard: self.id as u16,
+            local,
+        };
+        let pattern = Arc::new(pattern);
+        let sub = Rc::new(Subscriber::new(
+            key,
+            tag,
+            pattern.clone(),
+            min_priority,
+            SubscriberQueue::new(
+                self.limits.subscriber_queue_events,
+                self.limits.subscriber_queue_bytes,
+            ),
+            consumer.clone(),
+        ));
+        self.local.borrow_mut().insert(local, sub.clone());
+        let entry = SubEntry { key, min_priority };
+        let targets = self.targets(&pattern);
+        let remote = targets.clone().filter(|&t| t != self.id).count();
+        let countdown = Rc::new(Countdown::new(remote));
+        let token = self
+            .pending
+            .borrow_mut()
+            .insert(Pending::Subscribe(countdown.clone())) as u32;
+        for target in targets {
+            if target == self.id {
+                self.index.borrow_mut().insert(&pattern, entry);
+            } else {
+                let pattern = pattern.clone();
+                self.push(target, ShardMsg::Subscribe { entry, pattern, token });
+            }
+        }
+        if remote == 0 {
+            self.pending.borrow_mut().remove(token as usize);
+        }
+        // If the caller goes away before every shard confirmed, undo the registration.
+        let guard = UnsubscribeOnDrop(Some((self.clone(), sub.clone())));
+        countdown.finished().await;
+        guard.disarm();
+        sub
+    }
+
+    /// Ends a subscription: no event reaches it afterwards. Idempotent.
+    pub fn unsubscribe(&self, sub: &Rc<Subscriber>) {
+        let was = sub.state();
+        if was == SubState::Closed {
+            return;
+        }
+        sub.set_state(SubState::Closed);
+        self.local.borrow_mut().remove(&sub.key.local);
+        if was == SubState::Active {
+            self.unregister(sub);
+        }
+    }
+
+    fn unregister(&self, sub: &Subscriber) {
+        for target in self.targets(&sub.pattern) {
+            if target == self.id {
+                self.index.borrow_mut().remove(&sub.pattern, sub.key);
+            } else {
+                let pattern = sub.pattern.clone();
+                self.push(target, ShardMsg::Unsubscribe { key: sub.key, pattern });
+            }
+        }
+    }
+
+    /// Counts a datagram the UDP door dropped.
+    pub fn count_dropped_datagram(&self) {
+        self.stats.borrow_mut().datagrams_dropped += 1;
+    }
+
+    /// This shard's counters now.
+    pub fn stats(&self) -> ShardStats {
+        let mut stats = *self.stats.borrow();
+        stats.topics = self.topics.borrow().len() as u64;
+        stats.subscriptions = self.local.borrow().len() as u64;
+        stats
+    }
+
+    /// Asks every other shard for its counters; returns the server-wide totals and how many
+    /// shards answered (all of them, unless the caller's timeout fires first).
+    pub async fn ping_all(&self) -> ShardStats {
+        let gather = Rc::new(PingGather {
+            countdown: Countdown::new(self.count - 1),
+            total: RefCell::new(self.stats()),
+        });
+        if self.count > 1 {
+            let token = self
+                .pending
+                .borrow_mut()
+                .insert(Pending::Ping(gather.clone())) as u32;
+            for peer in (0..self.count).filter(|&p| p != self.id) {
+                self.push(peer, ShardMsg::Ping { token });
+            }
+        }
+        gather.countdown.finished().await;
+        let total = *gather.total.borrow();
+        total
+    }
+
+    /// Applies one batch received from shard `from`.
+    pub fn handle_batch(&self, from: usize, batch: Batch) {
+        let Batch { msgs, subs } = batch;
+        for msg in msgs {
+            match msg {
+                ShardMsg::Publish { event, token } => {
+                    let outcome = self.sequence(event);
+                    if let Some(token) = token {
+                        let at = Instant::now();
+                        self.push(from, ShardMsg::Sequenced { token, outcome, at });
+                    }
+                }
+                ShardMsg::Sequenced { token, outcome, at } => self.on_sequenced(token, outcome, at),
+                ShardMsg::Deliver { event, start, len } => {
+                    let keys = &subs[start as usize..(start + len) as usize];
+                    for key in keys {
+                        debug_assert_eq!(usize::from(key.shard), self.id);
+                        self.deliver_local(key.local, event.clone());
+                    }
+                }
+                ShardMsg::Subscribe {
+                    entry,
+                    pattern,
+                    token,
+                } => {
+                    self.index.borrow_mut().insert(&pattern, entry);
+                    self.push(from, ShardMsg::Done { token });
+                }
+                ShardMsg::Unsubscribe { key, pattern } => {
+                    self.index.borrow_mut().remove(&pattern, key);
+                }
+                ShardMsg::Ping { token } => {
+                    let stats = self.stats();
+                    self.push(from, ShardMsg::Pong { token, stats });
+                }
+                ShardMsg::Pong { token, stats } => {
+                    let mut pending = self.pending.borrow_mut();
+                    if let Some(Pending::Ping(gather)) = pending.get(token as usize) {
+                        gather.total.borrow_mut().add(&stats);
+                        gather.countdown.tick();
+                        if gather.countdown.remaining() == 0 {
+                            pending.remove(token as usize);
+                        }
+                    }
+                }
+                ShardMsg::Done { token } => {
+                    let mut pending = self.pending.borrow_mut();
+                    if let Some(Pending::Subscribe(countdown)) = pending.get(token as usize) {
+                        countdown.tick();
+                        if countdown.remaining() == 0 {
+                            pending.remove(token as usize);
+                        }
+                    }
+                }
+            }
+        }
+        self.process_cuts();
+    }
+}
+
+struct UnsubscribeOnDrop(Option<(Rc<Shard>, Rc<Subscriber>)>);
+
+impl UnsubscribeOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for UnsubscribeOnDrop {
+    fn drop(&mut self) {
+        if let Some((shard, sub)) = self.0.take() {
+            shard.unsubscribe(&sub);
+        }
+    }
+}

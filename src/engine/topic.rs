@@ -1,0 +1,301 @@
+//! Topic names and subscription patterns (§3): validation and matching, with no I/O and no
+//! allocation on the matching path.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// Longest topic or pattern, in bytes.
+pub const MAX_TOPIC_LEN: usize = 255;
+
+/// Why a topic or pattern is refused; the text is what the client sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("is empty")]
+    Empty,
+    #[error("is {0} bytes, longer than 255")]
+    TooLong(usize),
+    #[error("is not valid UTF-8")]
+    NotUtf8,
+    #[error("starts with '/'")]
+    LeadingSlash,
+    #[error("ends with '/'")]
+    TrailingSlash,
+    #[error("has an empty segment ('//')")]
+    EmptySegment,
+    #[error("has whitespace or a control character at byte {0}")]
+    BadCharacter(usize),
+    #[error("has a wildcard segment ('*' or '**'), which only patterns may use")]
+    Wildcard,
+    #[error("has '**' before its last segment")]
+    DoubleStarNotLast,
+}
+
+/// Checks the rules topics and patterns share; returns the text.
+fn check_shape(bytes: &[u8]) -> Result<&str, TopicError> {
+    if bytes.is_empty() {
+        return Err(TopicError::Empty);
+    }
+    if bytes.len() > MAX_TOPIC_LEN {
+        return Err(TopicError::TooLong(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| TopicError::NotUtf8)?;
+    if let Some((at, _)) = text
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        return Err(TopicError::BadCharacter(at));
+    }
+    if text.starts_with('/') {
+        return Err(TopicError::LeadingSlash);
+    }
+    if text.ends_with('/') {
+        return Err(TopicError::TrailingSlash);
+    }
+    if text.contains("//") {
+        return Err(TopicError::EmptySegment);
+    }
+    Ok(text)
+}
+
+/// A topic that passed §3: UTF-8, 1..=255 bytes, non-empty `/`-separated segments, no
+/// whitespace or control characters, no `*` or `**` segment.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Topic(Bytes);
+
+impl Topic {
+    /// Validates `bytes` as a topic; keeps the bytes shared, no copy.
+    pub fn parse(bytes: Bytes) -> Result<Topic, TopicError> {
+        let text = check_shape(&bytes)?;
+        if text.split('/').any(|s| s == "*" || s == "**") {
+            return Err(TopicError::Wildcard);
+        }
+        Ok(Topic(bytes))
+    }
+
+    /// The topic's text.
+    pub fn as_str(&self) -> &str {
+        debug_assert!(std::str::from_utf8(&self.0).is_ok());
+        // SAFETY: `parse` is the only constructor and it checked UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The topic's bytes, shared.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true for a valid topic; here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Topics starting with `$` belong to the server; clients may subscribe, not publish.
+    pub fn is_reserved(&self) -> bool {
+        self.0.first() == Some(&b'$')
+    }
+}
+
+impl fmt::Debug for Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Topic({:?})", self.as_str())
+    }
+}
+
+/// One segment of a pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Segment {
+    /// Matches exactly this segment.
+    Literal(Box<str>),
+    /// `*`: matches exactly one segment.
+    Star,
+    /// `**` (last segment only): matches one or more trailing segments.
+    Rest,
+}
+
+/// A subscription pattern: a topic whose segments may be `*`, and whose last may be `**`.
+/// Parsed once at subscribe time; matching walks segments without allocating.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    text: Box<str>,
+    segments: Vec<Segment>,
+}
+
+impl Pattern {
+    /// Validates and parses `bytes` as a pattern.
+    pub fn parse(bytes: &[u8]) -> Result<Pattern, TopicError> {
+        let text = check_shape(bytes)?;
+        let parts: Vec<&str> = text.split('/').collect();
+        let last = parts.len() - 1;
+        let mut segments = Vec::with_capacity(parts.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            segments.push(match part {
+                "*" => Segment::Star,
+                "**" if i == last => Segment::Rest,
+                "**" => return Err(TopicError::DoubleStarNotLast),
+                lit => Segment::Literal(lit.into()),
+            });
+        }
+        Ok(Pattern {
+            text: text.into(),
+            segments,
+        })
+    }
+
+    /// The pattern as the client wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The parsed segments, in order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// True when the pattern has no wildcard: it names a single topic, so only that topic's
+    /// owner shard needs to know about it.
+    pub fn is_exact(&self) -> bool {
+        self.segments
+            .iter()
+            .all(|s| matches!(s, Segment::Literal(_)))
+    }
+
+    /// Does `topic` match? `sensors/*` matches `sensors/t1`, not `sensors/a/b` nor `sensors`;
+    /// `sensors/**` matches `sensors/t1` and `sensors/a/b`, not `sensors`.
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut parts = topic.split('/');
+        for segment in &self.segments {
+            match segment {
+                Segment::Rest => return parts.next().is_some(),
+                Segment::Star => {
+                    if parts.next().is_none() {
+                        return false;
+                    }
+                }
+                Segment::Literal(lit) => {
+                    if parts.next() != Some(lit) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn topic(s: &str) -> Result<Topic, TopicError> {
+        Topic::parse(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn pattern(s: &str) -> Pattern {
+        Pattern::parse(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn topics_follow_section_3() {
+        assert!(topic("sensors/t1").is_ok());
+        assert!(topic("a").is_ok());
+        assert!(topic("a*b/c").is_ok(), "'*' inside a segment is a literal");
+        assert_eq!(topic("").unwrap_err(), TopicError::Empty);
+        assert_eq!(topic("/a").unwrap_err(), TopicError::LeadingSlash);
+        assert_eq!(topic("a/").unwrap_err(), TopicError::TrailingSlash);
+        assert_eq!(topic("a//b").unwrap_err(), TopicError::EmptySegment);
+        assert_eq!(topic("a b").unwrap_err(), TopicError::BadCharacter(1));
+        assert_eq!(topic("a\tb").unwrap_err(), TopicError::BadCharacter(1));
+        assert_eq!(topic("a\u{7}").unwrap_err(), TopicError::BadCharacter(1));
+        assert_eq!(topic("a/*").unwrap_err(), TopicError::Wildcard);
+        assert_eq!(topic("**").unwrap_err(), TopicError::Wildcard);
+        assert_eq!(topic(&"x".repeat(256)).unwrap_err(), TopicError::TooLong(256));
+        assert!(topic(&"x".repeat(255)).is_ok());
+        assert_eq!(
+            Topic::parse(Bytes::from_static(b"\xff")).unwrap_err(),
+            TopicError::NotUtf8
+        );
+        assert!(topic("$sys/x").unwrap().is_reserved());
+    }
+
+    #[test]
+    fn patterns_follow_section_3() {
+        assert_eq!(
+            Pattern::parse(b"a/**/b").unwrap_err(),
+            TopicError::DoubleStarNotLast
+        );
+        assert_eq!(Pattern::parse(b"a/").unwrap_err(), TopicError::TrailingSlash);
+        assert!(pattern("sensors/t1").is_exact());
+        assert!(!pattern("sensors/*").is_exact());
+    }
+
+    #[test]
+    fn the_spec_examples_hold() {
+        let one = pattern("sensors/*");
+        assert!(one.matches("sensors/t1"));
+        assert!(!one.matches("sensors/a/b"));
+        assert!(!one.matches("sensors"));
+        let rest = pattern("sensors/**");
+        assert!(rest.matches("sensors/t1"));
+        assert!(rest.matches("sensors/a/b"));
+        assert!(!rest.matches("sensors"));
+        assert!(!rest.matches("other/t1"));
+        assert!(pattern("**").matches("a"));
+        assert!(pattern("*/x/**").matches("a/x/b/c"));
+        assert!(!pattern("*/x/**").matches("a/y/b"));
+        assert!(pattern("a/b").matches("a/b"));
+        assert!(!pattern("a/b").matches("a/bc"));
+    }
+
+    /// Reference semantics written the slow, obvious way, to check `matches` against.
+    fn reference_match(pattern: &[&str], topic: &[&str]) -> bool {
+        match (pattern.split_first(), topic.split_first()) {
+            (None, None) => true,
+            (Some((&"**", [])), Some(_)) => true,
+            (Some((&"*", p)), Some((_, t))) => reference_match(p, t),
+            (Some((lit, p)), Some((seg, t))) => lit == seg && reference_match(p, t),
+            _ => false,
+        }
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("c1".to_owned()), "[a-c]{1,3}"]
+    }
+
+    proptest! {
+        #[test]
+        fn matching_agrees_with_reference(
+            topic_segs in prop::collection::vec(segment(), 1..6),
+            pat_segs in prop::collection::vec(prop_oneof![segment(), Just("*".to_owned())], 0..5),
+            rest in any::<bool>(),
+        ) {
+            let mut pat: Vec<&str> = pat_segs.iter().map(String::as_str).collect();
+            if rest || pat.is_empty() { pat.push("**"); }
+            let t: Vec<&str> = topic_segs.iter().map(String::as_str).collect();
+            let p = Pattern::parse(pat.join("/").as_bytes()).unwrap();
+            prop_assert_eq!(p.matches(&t.join("/")), reference_match(&pat, &t));
+        }
+
+        #[test]
+        fn parsing_never_panics_and_valid_topics_are_exact_patterns(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let t = Topic::parse(Bytes::from(bytes.clone()));
+            let p = Pattern::parse(&bytes);
+            if let Ok(t) = t {
+                let p = p.expect("every topic is also a pattern");
+                prop_assert!(p.is_exact());
+                prop_assert!(p.matches(t.as_str()));
+            }
+        }
+    }
+}

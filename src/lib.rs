@@ -1,0 +1,17 @@
+//! eventstream: a low-latency publish/subscribe event server for Linux.
+//!
+//! The crate is laid out like the data path: [`native`] (the binary TCP and UDP doors) decodes
+//! frames into events, the [`engine`] routes them to the shard that owns their topic, which
+//! sequences them and fans them out to subscriber queues, which the doors drain back into
+//! socket writes. [`server`] starts the shards and their doors from a [`config::Config`].
+
+pub mod config;
+pub mod engine;
+pub mod native;
+pub mod server;
+
+/// Types generated from `proto/eventstream.proto` (by build.rs, with protox).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    include!(concat!(env!("OUT_DIR"), "/eventstream.rs"));
+}

@@ -1,0 +1,322 @@
+//! The `eventstream` command: `serve` runs the server; `pub`, `sub` and `health` talk to one
+//! over the native protocol, so an operator can try a server without writing code.
+
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+
+use eventstream::config::Config;
+use eventstream::engine::{Metadata, Priority, RawEvent};
+use eventstream::native::client::{self, Client, Delivery};
+use eventstream::server;
+
+#[derive(Parser)]
+#[command(name = "eventstream", version, about = "Low-latency publish/subscribe event server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (all defaults without a config file).
+    Serve(ServeArgs),
+    /// Publish one event.
+    Pub(PubArgs),
+    /// Print events matching a pattern, one per line.
+    Sub(SubArgs),
+    /// Check that a server answers on every shard; exit 0 when healthy.
+    Health(HealthArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// YAML configuration file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address every door listens on [default: 0.0.0.0].
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// gRPC port [default: 9200].
+    #[arg(long)]
+    grpc_port: Option<u16>,
+    /// Native TCP port [default: 9201].
+    #[arg(long)]
+    tcp_port: Option<u16>,
+    /// Native UDP port [default: 9202].
+    #[arg(long)]
+    udp_port: Option<u16>,
+    /// Metrics port [default: 9203].
+    #[arg(long)]
+    metrics_port: Option<u16>,
+    /// Number of shards [default: one per available CPU].
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Do not pin shards to CPUs (allows more shards than CPUs).
+    #[arg(long)]
+    no_pin: bool,
+}
+
+#[derive(clap::Args)]
+struct PubArgs {
+    /// Server address [default: 127.0.0.1:9201, with --udp 127.0.0.1:9202].
+    #[arg(long)]
+    server: Option<String>,
+    /// Send as a UDP datagram (no acknowledgement).
+    #[arg(long)]
+    udp: bool,
+    /// BATCH, LOW, MEDIUM, HIGH or CRITICAL (or 0..4).
+    #[arg(long, default_value = "MEDIUM", value_parser = parse_priority)]
+    priority: Priority,
+    /// Metadata entry, repeatable.
+    #[arg(long = "meta", value_name = "K=V", value_parser = parse_meta)]
+    meta: Vec<(String, String)>,
+    /// Topic to publish to.
+    topic: String,
+    /// Payload text; `-` reads the payload from standard input.
+    payload: String,
+}
+
+#[derive(clap::Args)]
+struct SubArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:9201")]
+    server: String,
+    /// Only events of at least this priority.
+    #[arg(long, default_value = "BATCH", value_parser = parse_priority)]
+    min_priority: Priority,
+    /// Exit after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// Topic pattern: `*` matches one segment, a final `**` one or more.
+    pattern: String,
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:9201")]
+    server: String,
+}
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    Priority::parse(s).ok_or_else(|| format!("{s:?} is not BATCH, LOW, MEDIUM, HIGH, CRITICAL or 0..4"))
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not K=V"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Pub(args) => publish(args),
+        Command::Sub(args) => subscribe(args),
+        Command::Health(args) => health(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("eventstream: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> CliResult {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(bind) = args.bind {
+        config.bind = bind;
+    }
+    if let Some(p) = args.grpc_port {
+        config.grpc.port = p;
+    }
+    if let Some(p) = args.tcp_port {
+        config.native.port = p;
+    }
+    if let Some(p) = args.udp_port {
+        config.udp.port = p;
+    }
+    if let Some(p) = args.metrics_port {
+        config.metrics.port = p;
+    }
+    if let Some(n) = args.shards {
+        config.shards.count = Some(n);
+    }
+    if args.no_pin {
+        config.shards.pin = false;
+    }
+    // Signals are taken by this thread alone: block them before the shard threads inherit
+    // the mask, then wait for one.
+    let signals = block_shutdown_signals();
+    let running = server::start(&config)?;
+    let addrs = running.addresses();
+    eprintln!(
+        "eventstream {} serving: native tcp {}{}",
+        env!("CARGO_PKG_VERSION"),
+        addrs.native,
+        addrs
+            .udp
+            .map(|a| format!(", udp {a}"))
+            .unwrap_or_default()
+    );
+    let signal = wait_for_signal(&signals);
+    eprintln!("eventstream: signal {signal}, shutting down");
+    running.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-set manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: `set` is a valid signal set; sigwait writes the signal number.
+    unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+fn publish(args: PubArgs) -> CliResult {
+    let payload = if args.payload == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf)?;
+        buf
+    } else {
+        args.payload.into_bytes()
+    };
+    let metadata = Metadata::from_pairs(args.meta.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    let event = RawEvent {
+        topic: Bytes::from(args.topic.clone()),
+        payload: Bytes::from(payload),
+        metadata,
+        priority: args.priority as u8,
+        ..RawEvent::default()
+    };
+    if args.udp {
+        let server = args.server.unwrap_or_else(|| "127.0.0.1:9202".into());
+        client::publish_datagrams(server.as_str(), &[event])?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let server = args.server.unwrap_or_else(|| "127.0.0.1:9201".into());
+    let mut client = Client::connect(&server)?;
+    client.set_timeout(Some(Duration::from_secs(10)))?;
+    let ack = client.publish(&event)?;
+    println!("{} sequence={}", args.topic, ack.sequence);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn subscribe(args: SubArgs) -> CliResult {
+    let mut client = Client::connect(&args.server)?;
+    client.set_timeout(Some(Duration::from_secs(10)))?;
+    client.subscribe(&args.pattern, args.min_priority)?;
+    client.set_timeout(None)?;
+    let stdout = std::io::stdout();
+    let mut received = 0;
+    while args.count.is_none_or(|n| received < n) {
+        let delivery = client.next_event()?;
+        let line = if args.json {
+            json_line(&delivery)
+        } else {
+            text_line(&delivery)
+        };
+        let mut out = stdout.lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        received += 1;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text_line(d: &Delivery) -> String {
+    let e = &d.event;
+    let priority = Priority::from_u8(e.priority).map_or("?", Priority::name);
+    let payload = match std::str::from_utf8(&e.payload) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(&e.payload)),
+    };
+    format!(
+        "{} #{} {} {}",
+        String::from_utf8_lossy(&e.topic),
+        d.sequence,
+        priority,
+        payload
+    )
+}
+
+fn json_line(d: &Delivery) -> String {
+    let e = &d.event;
+    let metadata: serde_json::Map<String, serde_json::Value> = e
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::from(v)))
+        .collect();
+    let mut obj = serde_json::json!({
+        "id": String::from_utf8_lossy(&e.id),
+        "topic": String::from_utf8_lossy(&e.topic),
+        "sequence": d.sequence,
+        "priority": Priority::from_u8(e.priority).map_or("?", Priority::name),
+        "timestamp_ns": e.timestamp_ns,
+        "metadata": metadata,
+    });
+    match std::str::from_utf8(&e.payload) {
+        Ok(text) => obj["payload"] = text.into(),
+        Err(_) => {
+            obj["payload_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(&e.payload)
+                .into()
+        }
+    }
+    obj.to_string()
+}
+
+fn health(args: HealthArgs) -> CliResult {
+    let mut client = Client::connect(&args.server)?;
+    client.set_timeout(Some(Duration::from_secs(1)))?;
+    let pong = client.ping()?;
+    let healthy = pong.shards_answered == pong.shards;
+    println!(
+        "{} version={} uptime={}s shards={}/{} topics={} subscriptions={} received={} delivered={} shed={} cut={} datagrams_dropped={}",
+        if healthy { "healthy" } else { "unhealthy" },
+        pong.version,
+        pong.uptime_s,
+        pong.shards_answered,
+        pong.shards,
+        pong.topics,
+        pong.subscriptions,
+        pong.received,
+        pong.delivered,
+        pong.shed,
+        pong.cut,
+        pong.datagrams_dropped,
+    );
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

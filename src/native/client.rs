@@ -1,0 +1,328 @@
+//! A blocking Rust client for the native protocol: what the CLI and the benchmark use, and a
+//! reference for writing clients in other languages.
+//!
+//! One connection carries both requests and pushed events. While the client waits for an
+//! answer (an ACK, SUBSCRIBED, PONG), events and unrelated errors that arrive first are kept
+//! in order and handed out by [`Client::next_event`].
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use super::codec::{self, ErrorCode, Pong, ServerFrame};
+use crate::engine::{Priority, RawEvent};
+
+/// Largest frame the client accepts from a server.
+const MAX_FRAME: usize = 64 << 20;
+
+/// What can go wrong talking to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("server closed the connection")]
+    Closed,
+    #[error("server error {code:?}{}: {message}", index.map(|i| format!(" (event {i})")).unwrap_or_default())]
+    Server {
+        code: ErrorCode,
+        reference: u64,
+        index: Option<u32>,
+        message: String,
+    },
+    #[error("protocol violation by the server: {0}")]
+    Protocol(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The server's answer to an acknowledged publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub count: u32,
+    /// The event's sequence number (for a batch, the last event's).
+    pub sequence: u64,
+    pub latency_ns: u64,
+}
+
+/// An event pushed to one of this client's subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub sub_id: u32,
+    pub sequence: u64,
+    pub event: RawEvent,
+}
+
+enum Inbound {
+    Event(Delivery),
+    Error(ClientError),
+}
+
+/// A connection to the native TCP door.
+pub struct Client {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    inbox: VecDeque<Inbound>,
+    next_request: u64,
+    next_sub: u32,
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`).
+    pub fn connect(addr: &str) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr).map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(64 * 1024),
+            inbox: VecDeque::new(),
+            next_request: 1,
+            next_sub: 1,
+        })
+    }
+
+    /// Waits at most `timeout` for any answer or event (None: forever).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+
+    /// Publishes and waits until the event's topic owner sequenced it.
+    pub fn publish(&mut self, event: &RawEvent) -> Result<Ack, ClientError> {
+        let id = self.request_id();
+        codec::put_publish(&mut self.wbuf, id, true, event);
+        self.flush()?;
+        self.wait_ack(id)
+    }
+
+    /// Queues a publish without asking for an answer; sent by the next [`Client::flush`] (or
+    /// once 64 KiB are buffered). Errors, if any, arrive through [`Client::next_event`].
+    pub fn publish_nowait(&mut self, event: &RawEvent) -> Result<(), ClientError> {
+        let id = self.request_id();
+        codec::put_publish(&mut self.wbuf, id, false, event);
+        if self.wbuf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes a batch (validated all-or-nothing) and waits until all of it is sequenced.
+    pub fn publish_batch(&mut self, events: &[RawEvent]) -> Result<Ack, ClientError> {
+        let id = self.request_id();
+        codec::put_publish_batch(&mut self.wbuf, id, true, events);
+        self.flush()?;
+        self.wait_ack(id)
+    }
+
+    /// Sends everything buffered.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf)?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Subscribes and waits until the server confirmed; returns the subscription id that
+    /// events for it carry.
+    pub fn subscribe(&mut self, pattern: &str, min_priority: Priority) -> Result<u32, ClientError> {
+        let sub_id = self.next_sub;
+        self.next_sub += 1;
+        codec::put_subscribe(&mut self.wbuf, sub_id, min_priority as u8, pattern.as_bytes());
+        self.flush()?;
+        self.wait_for(u64::from(sub_id), |f| match f {
+            ServerFrame::Subscribed { sub_id: s } if *s == sub_id => Some(()),
+            _ => None,
+        })?;
+        Ok(sub_id)
+    }
+
+    /// Ends a subscription; returns its final (delivered, shed) counters.
+    pub fn unsubscribe(&mut self, sub_id: u32) -> Result<(u64, u64), ClientError> {
+        codec::put_unsubscribe(&mut self.wbuf, sub_id);
+        self.flush()?;
+        self.wait_for(u64::from(sub_id), |f| match f {
+            ServerFrame::Unsubscribed {
+                sub_id: s,
+                delivered,
+                shed,
+            } if *s == sub_id => Some((*delivered, *shed)),
+            _ => None,
+        })
+    }
+
+    /// Round trip through every shard: when it returns, every publish sent before it on this
+    /// connection is sequenced. Carries the server's health and counters.
+    pub fn ping(&mut self) -> Result<Pong, ClientError> {
+        let token = self.request_id();
+        codec::put_ping(&mut self.wbuf, token);
+        self.flush()?;
+        self.wait_for(token, |f| match f {
+            ServerFrame::Pong(p) if p.token == token => Some(p.clone()),
+            _ => None,
+        })
+    }
+
+    /// The next event for any subscription, or the next error the server reported on its
+    /// own (a refused unacknowledged publish, a cut subscription). Blocks up to the timeout.
+    pub fn next_event(&mut self) -> Result<Delivery, ClientError> {
+        loop {
+            match self.inbox.pop_front() {
+                Some(Inbound::Event(d)) => return Ok(d),
+                Some(Inbound::Error(e)) => return Err(e),
+                None => {}
+            }
+            let frame = self.read_frame()?;
+            self.stash(frame)?;
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        id
+    }
+
+    fn wait_ack(&mut self, id: u64) -> Result<Ack, ClientError> {
+        self.wait_for(id, |f| match f {
+            ServerFrame::Ack {
+                request_id,
+                count,
+                sequence,
+                latency_ns,
+            } if *request_id == id => Some(Ack {
+                count: *count,
+                sequence: *sequence,
+                latency_ns: *latency_ns,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Reads until `pick` accepts a frame or an ERROR names `reference`; keeps the rest.
+    fn wait_for<T>(
+        &mut self,
+        reference: u64,
+        mut pick: impl FnMut(&ServerFrame) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        loop {
+            let frame = self.read_frame()?;
+            if let Some(found) = pick(&frame) {
+                return Ok(found);
+            }
+            if let ServerFrame::Error {
+                reference: r,
+                closing,
+                ..
+            } = &frame
+            {
+                if *r == reference || *closing {
+                    return Err(into_error(frame));
+                }
+            }
+            self.stash(frame)?;
+        }
+    }
+
+    fn stash(&mut self, frame: ServerFrame) -> Result<(), ClientError> {
+        match frame {
+            ServerFrame::Event {
+                sub_id,
+                sequence,
+                event,
+            } => self.inbox.push_back(Inbound::Event(Delivery {
+                sub_id,
+                sequence,
+                event,
+            })),
+            ServerFrame::Error { closing: true, .. } => return Err(into_error(frame)),
+            ServerFrame::Error { .. } => self.inbox.push_back(Inbound::Error(into_error(frame))),
+            // Answers nobody waits for any more (e.g. after a timeout) are dropped.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn read_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        loop {
+            match codec::next_frame(&mut self.rbuf, MAX_FRAME) {
+                Ok(Some(raw)) => {
+                    return ServerFrame::parse(raw).map_err(|e| ClientError::Protocol(e.message))
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            let start = self.rbuf.len();
+            self.rbuf.resize(start + 64 * 1024, 0);
+            let n = match self.stream.read(&mut self.rbuf[start..]) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    self.rbuf.truncate(start);
+                    let timeout = self.stream.read_timeout()?.unwrap_or_default();
+                    return Err(ClientError::Timeout(timeout));
+                }
+                Err(e) => {
+                    self.rbuf.truncate(start);
+                    return Err(e.into());
+                }
+            };
+            self.rbuf.truncate(start + n);
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+}
+
+fn into_error(frame: ServerFrame) -> ClientError {
+    match frame {
+        ServerFrame::Error {
+            code,
+            reference,
+            index,
+            message,
+            ..
+        } => ClientError::Server {
+            code,
+            reference,
+            index,
+            message,
+        },
+        other => ClientError::Protocol(format!("unexpected frame {other:?}")),
+    }
+}
+
+/// Sends events as one datagram (or several, when they do not fit in one) to the UDP door.
+/// Nothing is acknowledged: a datagram the server refuses is dropped and counted there.
+pub fn publish_datagrams(addr: impl ToSocketAddrs, events: &[RawEvent]) -> Result<(), ClientError> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(addr)?;
+    let mut datagram = BytesMut::new();
+    for event in events {
+        let before = datagram.len();
+        codec::put_publish(&mut datagram, 0, false, event);
+        if datagram.len() > super::datagram::MAX_DATAGRAM {
+            if before == 0 {
+                return Err(ClientError::Protocol(format!(
+                    "an event of {} bytes does not fit in a datagram",
+                    datagram.len()
+                )));
+            }
+            let next = datagram.split_off(before);
+            socket.send(&datagram)?;
+            datagram = next;
+        }
+    }
+    if !datagram.is_empty() {
+        socket.send(&datagram)?;
+    }
+    Ok(())
+}

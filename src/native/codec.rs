@@ -1,0 +1,820 @@
+//! The native binary protocol, both directions, with no I/O: bytes in, frames out, and back.
+//! `docs/PROTOCOL.md` is the byte-for-byte description of what this file implements.
+//!
+//! Every frame is `u32 length (LE) | u8 kind | u8 flags | body`, where `length` counts the
+//! bytes after itself. All integers are little-endian.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::engine::event::{Event, Metadata, MetadataError, RawEvent};
+
+/// Bytes before a frame's body: length, kind, flags.
+pub const HEADER_LEN: usize = 6;
+
+/// Frame kinds, client to server.
+pub mod kind {
+    pub const PUBLISH: u8 = 0x01;
+    pub const PUBLISH_BATCH: u8 = 0x02;
+    pub const SUBSCRIBE: u8 = 0x03;
+    pub const UNSUBSCRIBE: u8 = 0x04;
+    pub const PING: u8 = 0x05;
+    /// Server to client.
+    pub const ACK: u8 = 0x81;
+    pub const EVENT: u8 = 0x82;
+    pub const SUBSCRIBED: u8 = 0x83;
+    pub const UNSUBSCRIBED: u8 = 0x84;
+    pub const PONG: u8 = 0x85;
+    pub const ERROR: u8 = 0x86;
+}
+
+/// PUBLISH / PUBLISH_BATCH flag: answer with an ACK frame once sequenced.
+pub const FLAG_ACK: u8 = 0x01;
+/// ERROR flag: the server closes the connection after this frame.
+pub const FLAG_CLOSING: u8 = 0x01;
+
+/// ERROR frame codes. Stable: clients switch on them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// A frame's body does not parse; the frame was skipped.
+    Malformed = 1,
+    /// A frame's length is over the limit or under 2: the stream cannot be framed, closing.
+    BadLength = 2,
+    /// Unknown frame kind; the frame was skipped.
+    UnknownKind = 3,
+    /// An event's topic breaks §3.
+    InvalidTopic = 4,
+    /// An event breaks another rule (priority, id, sizes, reserved topic).
+    InvalidEvent = 5,
+    /// A subscription pattern breaks §3.
+    InvalidPattern = 6,
+    /// A batch holds more events than allowed.
+    BatchTooLarge = 7,
+    /// The connection already has the maximum number of subscriptions.
+    TooManySubscriptions = 8,
+    /// The subscription id is already in use on this connection.
+    DuplicateSubscription = 9,
+    /// No subscription with that id on this connection.
+    UnknownSubscription = 10,
+    /// The subscription was cut: a CRITICAL event could not be queued (§4).
+    SlowConsumer = 11,
+    /// The owner shard could not sequence an event (e.g. topic limit reached).
+    PublishFailed = 12,
+    /// The server is shutting down.
+    ShuttingDown = 13,
+    /// The datagram door does not accept this frame kind.
+    NotAllowed = 14,
+}
+
+impl ErrorCode {
+    /// The code for a wire value; unknown values (from a newer server) map to `Malformed`.
+    pub fn from_u16(v: u16) -> ErrorCode {
+        use ErrorCode::*;
+        [
+            Malformed,
+            BadLength,
+            UnknownKind,
+            InvalidTopic,
+            InvalidEvent,
+            InvalidPattern,
+            BatchTooLarge,
+            TooManySubscriptions,
+            DuplicateSubscription,
+            UnknownSubscription,
+            SlowConsumer,
+            PublishFailed,
+            ShuttingDown,
+            NotAllowed,
+        ]
+        .into_iter()
+        .find(|c| *c as u16 == v)
+        .unwrap_or(Malformed)
+    }
+}
+
+/// Marks "no batch index" in an ERROR frame.
+pub const NO_INDEX: u32 = u32::MAX;
+
+/// The stream cannot be framed any more: answer with an ERROR (closing) and close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    #[error("frame length {length} is over the limit of {max} bytes")]
+    TooLarge { length: usize, max: usize },
+    #[error("frame length {0} is shorter than the 2-byte kind and flags")]
+    TooShort(usize),
+}
+
+/// One frame's body does not parse; the stream is still framed, so only this frame fails.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BodyError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl BodyError {
+    fn malformed(what: impl Into<String>) -> BodyError {
+        BodyError {
+            code: ErrorCode::Malformed,
+            message: what.into(),
+        }
+    }
+}
+
+impl From<MetadataError> for BodyError {
+    fn from(e: MetadataError) -> Self {
+        BodyError::malformed(format!("metadata: {e}"))
+    }
+}
+
+/// A frame cut out of the stream, body not yet parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawFrame {
+    pub kind: u8,
+    pub flags: u8,
+    pub body: Bytes,
+}
+
+/// Cuts the next whole frame off the front of `buf`; `Ok(None)` when more bytes are needed.
+/// The body shares `buf`'s memory (no copy).
+pub fn next_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<RawFrame>, FramingError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let length = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if length > max_frame {
+        return Err(FramingError::TooLarge {
+            length,
+            max: max_frame,
+        });
+    }
+    if length < 2 {
+        return Err(FramingError::TooShort(length));
+    }
+    if buf.len() < 4 + length {
+        buf.reserve(4 + length - buf.len());
+        return Ok(None);
+    }
+    let mut frame = buf.split_to(4 + length);
+    frame.advance(4);
+    let kind = frame.get_u8();
+    let flags = frame.get_u8();
+    Ok(Some(RawFrame {
+        kind,
+        flags,
+        body: frame.freeze(),
+    }))
+}
+
+/// A request from a client, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Publish {
+        request_id: u64,
+        ack: bool,
+        event: RawEvent,
+    },
+    PublishBatch {
+        request_id: u64,
+        ack: bool,
+        events: Vec<RawEvent>,
+    },
+    Subscribe {
+        sub_id: u32,
+        min_priority: u8,
+        pattern: Bytes,
+    },
+    Unsubscribe {
+        sub_id: u32,
+    },
+    Ping {
+        token: u64,
+    },
+}
+
+/// Reads fields off a frame body, turning every shortfall into a `BodyError`.
+struct Reader {
+    body: Bytes,
+}
+
+impl Reader {
+    fn need(&self, n: usize, what: &str) -> Result<(), BodyError> {
+        if self.body.len() < n {
+            Err(BodyError::malformed(format!("truncated {what}")))
+        } else {
+            Ok(())
+        }
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, BodyError> {
+        self.need(1, what)?;
+        Ok(self.body.get_u8())
+    }
+    fn u16(&mut self, what: &str) -> Result<u16, BodyError> {
+        self.need(2, what)?;
+        Ok(self.body.get_u16_le())
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, BodyError> {
+        self.need(4, what)?;
+        Ok(self.body.get_u32_le())
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, BodyError> {
+        self.need(8, what)?;
+        Ok(self.body.get_u64_le())
+    }
+    fn bytes(&mut self, n: usize, what: &str) -> Result<Bytes, BodyError> {
+        self.need(n, what)?;
+        Ok(self.body.split_to(n))
+    }
+    fn str16(&mut self, what: &str) -> Result<Bytes, BodyError> {
+        let n = self.u16(what)?;
+        self.bytes(usize::from(n), what)
+    }
+    fn end(&self, what: &str) -> Result<(), BodyError> {
+        if self.body.is_empty() {
+            Ok(())
+        } else {
+            Err(BodyError::malformed(format!(
+                "{} unexpected bytes after {what}",
+                self.body.len()
+            )))
+        }
+    }
+
+    /// An event record: priority, timestamp, topic, id, metadata, payload.
+    fn event(&mut self) -> Result<RawEvent, BodyError> {
+        let priority = self.u8("priority")?;
+        let timestamp_ns = self.u64("timestamp")? as i64;
+        let topic = self.str16("topic")?;
+        let id = self.str16("id")?;
+        let count = self.u16("metadata count")?;
+        let meta_len = self.u32("metadata length")? as usize;
+        let metadata = Metadata::from_wire(count, self.bytes(meta_len, "metadata")?)?;
+        let payload_len = self.u32("payload length")? as usize;
+        let payload = self.bytes(payload_len, "payload")?;
+        Ok(RawEvent {
+            topic,
+            id,
+            payload,
+            metadata,
+            priority,
+            timestamp_ns,
+        })
+    }
+}
+
+impl ClientFrame {
+    /// Parses a client frame's body. `max_batch` bounds how many events a batch may announce,
+    /// checked before anything is allocated for them.
+    pub fn parse(frame: RawFrame, max_batch: usize) -> Result<ClientFrame, BodyError> {
+        let ack = frame.flags & FLAG_ACK != 0;
+        let mut r = Reader { body: frame.body };
+        let parsed = match frame.kind {
+            kind::PUBLISH => {
+                let request_id = r.u64("request id")?;
+                let event = r.event()?;
+                r.end("the event")?;
+                ClientFrame::Publish {
+                    request_id,
+                    ack,
+                    event,
+                }
+            }
+            kind::PUBLISH_BATCH => {
+                let request_id = r.u64("request id")?;
+                let count = r.u32("event count")? as usize;
+                if count > max_batch {
+                    return Err(BodyError {
+                        code: ErrorCode::BatchTooLarge,
+                        message: format!("batch of {count} events, over the limit of {max_batch}"),
+                    });
+                }
+                let mut events = Vec::with_capacity(count);
+                for i in 0..count {
+                    events.push(r.event().map_err(|e| BodyError {
+                        code: e.code,
+                        message: format!("event {i}: {}", e.message),
+                    })?);
+                }
+                r.end("the last event")?;
+                ClientFrame::PublishBatch {
+                    request_id,
+                    ack,
+                    events,
+                }
+            }
+            kind::SUBSCRIBE => {
+                let sub_id = r.u32("subscription id")?;
+                let min_priority = r.u8("min priority")?;
+                let pattern = r.str16("pattern")?;
+                r.end("the pattern")?;
+                ClientFrame::Subscribe {
+                    sub_id,
+                    min_priority,
+                    pattern,
+                }
+            }
+            kind::UNSUBSCRIBE => {
+                let sub_id = r.u32("subscription id")?;
+                r.end("the subscription id")?;
+                ClientFrame::Unsubscribe { sub_id }
+            }
+            kind::PING => {
+                let token = r.u64("token")?;
+                r.end("the token")?;
+                ClientFrame::Ping { token }
+            }
+            other => {
+                return Err(BodyError {
+                    code: ErrorCode::UnknownKind,
+                    message: format!("unknown frame kind 0x{other:02x}"),
+                })
+            }
+        };
+        Ok(parsed)
+    }
+}
+
+/// Server counters carried by PONG.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pong {
+    pub token: u64,
+    pub shards: u16,
+    pub shards_answered: u16,
+    pub uptime_s: u64,
+    pub received: u64,
+    pub delivered: u64,
+    pub shed: u64,
+    pub cut: u64,
+    pub topics: u64,
+    pub subscriptions: u64,
+    pub datagrams_dropped: u64,
+    pub version: String,
+}
+
+/// What the server says, parsed (the client's side).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerFrame {
+    Ack {
+        request_id: u64,
+        count: u32,
+        sequence: u64,
+        latency_ns: u64,
+    },
+    Event {
+        sub_id: u32,
+        sequence: u64,
+        event: RawEvent,
+    },
+    Subscribed {
+        sub_id: u32,
+    },
+    Unsubscribed {
+        sub_id: u32,
+        delivered: u64,
+        shed: u64,
+    },
+    Pong(Pong),
+    Error {
+        code: ErrorCode,
+        closing: bool,
+        reference: u64,
+        index: Option<u32>,
+        message: String,
+    },
+}
+
+impl ServerFrame {
+    /// Parses a server frame's body.
+    pub fn parse(frame: RawFrame) -> Result<ServerFrame, BodyError> {
+        let mut r = Reader { body: frame.body };
+        let parsed = match frame.kind {
+            kind::ACK => ServerFrame::Ack {
+                request_id: r.u64("request id")?,
+                count: r.u32("count")?,
+                sequence: r.u64("sequence")?,
+                latency_ns: r.u64("latency")?,
+            },
+            kind::EVENT => ServerFrame::Event {
+                sub_id: r.u32("subscription id")?,
+                sequence: r.u64("sequence")?,
+                event: r.event()?,
+            },
+            kind::SUBSCRIBED => ServerFrame::Subscribed {
+                sub_id: r.u32("subscription id")?,
+            },
+            kind::UNSUBSCRIBED => ServerFrame::Unsubscribed {
+                sub_id: r.u32("subscription id")?,
+                delivered: r.u64("delivered")?,
+                shed: r.u64("shed")?,
+            },
+            kind::PONG => {
+                let mut p = Pong {
+                    token: r.u64("token")?,
+                    shards: r.u16("shards")?,
+                    shards_answered: r.u16("shards answered")?,
+                    ..Pong::default()
+                };
+                for field in [
+                    &mut p.uptime_s,
+                    &mut p.received,
+                    &mut p.delivered,
+                    &mut p.shed,
+                    &mut p.cut,
+                    &mut p.topics,
+                    &mut p.subscriptions,
+                    &mut p.datagrams_dropped,
+                ] {
+                    *field = r.u64("counter")?;
+                }
+                let len = r.u8("version length")?;
+                let v = r.bytes(usize::from(len), "version")?;
+                p.version = String::from_utf8_lossy(&v).into_owned();
+                ServerFrame::Pong(p)
+            }
+            kind::ERROR => {
+                let code = ErrorCode::from_u16(r.u16("code")?);
+                let reference = r.u64("reference")?;
+                let index = r.u32("index")?;
+                let message = r.str16("message")?;
+                ServerFrame::Error {
+                    code,
+                    closing: frame.flags & FLAG_CLOSING != 0,
+                    reference,
+                    index: (index != NO_INDEX).then_some(index),
+                    message: String::from_utf8_lossy(&message).into_owned(),
+                }
+            }
+            other => {
+                return Err(BodyError {
+                    code: ErrorCode::UnknownKind,
+                    message: format!("unknown frame kind 0x{other:02x}"),
+                })
+            }
+        };
+        r.end("the frame")?;
+        Ok(parsed)
+    }
+}
+
+/// Writes a frame: header with a length patched in after `body` wrote the rest.
+fn frame(out: &mut BytesMut, kind: u8, flags: u8, body: impl FnOnce(&mut BytesMut)) {
+    let start = out.len();
+    out.put_u32_le(0);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    body(out);
+    let length = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+}
+
+fn put_str16(out: &mut BytesMut, s: &[u8]) {
+    debug_assert!(s.len() <= usize::from(u16::MAX));
+    out.put_u16_le(s.len() as u16);
+    out.put_slice(s);
+}
+
+/// Event record fields, shared by what clients send and what the server pushes.
+fn put_event_record(
+    out: &mut BytesMut,
+    priority: u8,
+    timestamp_ns: i64,
+    topic: &[u8],
+    id: impl FnOnce(&mut BytesMut),
+    metadata: &Metadata,
+    payload: &[u8],
+) {
+    out.put_u8(priority);
+    out.put_i64_le(timestamp_ns);
+    put_str16(out, topic);
+    id(out);
+    out.put_u16_le(metadata.len() as u16);
+    out.put_u32_le(metadata.wire_len() as u32);
+    out.put_slice(metadata.wire());
+    out.put_u32_le(payload.len() as u32);
+    out.put_slice(payload);
+}
+
+fn put_raw_event(out: &mut BytesMut, e: &RawEvent) {
+    put_event_record(
+        out,
+        e.priority,
+        e.timestamp_ns,
+        &e.topic,
+        |out| put_str16(out, &e.id),
+        &e.metadata,
+        &e.payload,
+    );
+}
+
+/// Client: PUBLISH.
+pub fn put_publish(out: &mut BytesMut, request_id: u64, ack: bool, event: &RawEvent) {
+    frame(out, kind::PUBLISH, if ack { FLAG_ACK } else { 0 }, |out| {
+        out.put_u64_le(request_id);
+        put_raw_event(out, event);
+    });
+}
+
+/// Client: PUBLISH_BATCH.
+pub fn put_publish_batch(out: &mut BytesMut, request_id: u64, ack: bool, events: &[RawEvent]) {
+    frame(out, kind::PUBLISH_BATCH, if ack { FLAG_ACK } else { 0 }, |out| {
+        out.put_u64_le(request_id);
+        out.put_u32_le(events.len() as u32);
+        for e in events {
+            put_raw_event(out, e);
+        }
+    });
+}
+
+/// Client: SUBSCRIBE.
+pub fn put_subscribe(out: &mut BytesMut, sub_id: u32, min_priority: u8, pattern: &[u8]) {
+    frame(out, kind::SUBSCRIBE, 0, |out| {
+        out.put_u32_le(sub_id);
+        out.put_u8(min_priority);
+        put_str16(out, pattern);
+    });
+}
+
+/// Client: UNSUBSCRIBE.
+pub fn put_unsubscribe(out: &mut BytesMut, sub_id: u32) {
+    frame(out, kind::UNSUBSCRIBE, 0, |out| out.put_u32_le(sub_id));
+}
+
+/// Client: PING.
+pub fn put_ping(out: &mut BytesMut, token: u64) {
+    frame(out, kind::PING, 0, |out| out.put_u64_le(token));
+}
+
+/// Server: ACK.
+pub fn put_ack(out: &mut BytesMut, request_id: u64, count: u32, sequence: u64, latency_ns: u64) {
+    frame(out, kind::ACK, 0, |out| {
+        out.put_u64_le(request_id);
+        out.put_u32_le(count);
+        out.put_u64_le(sequence);
+        out.put_u64_le(latency_ns);
+    });
+}
+
+/// Server: EVENT, pushed to subscription `sub_id`.
+pub fn put_event(out: &mut BytesMut, sub_id: u32, event: &Event) {
+    frame(out, kind::EVENT, 0, |out| {
+        out.put_u32_le(sub_id);
+        out.put_u64_le(event.sequence);
+        put_event_record(
+            out,
+            event.priority as u8,
+            event.timestamp_ns,
+            event.topic.bytes(),
+            |out| {
+                out.put_u16_le(event.id.text_len() as u16);
+                event.id.write_text(out);
+            },
+            &event.metadata,
+            &event.payload,
+        );
+    });
+}
+
+/// Server: SUBSCRIBED.
+pub fn put_subscribed(out: &mut BytesMut, sub_id: u32) {
+    frame(out, kind::SUBSCRIBED, 0, |out| out.put_u32_le(sub_id));
+}
+
+/// Server: UNSUBSCRIBED, with the subscription's final counters.
+pub fn put_unsubscribed(out: &mut BytesMut, sub_id: u32, delivered: u64, shed: u64) {
+    frame(out, kind::UNSUBSCRIBED, 0, |out| {
+        out.put_u32_le(sub_id);
+        out.put_u64_le(delivered);
+        out.put_u64_le(shed);
+    });
+}
+
+/// Server: PONG.
+pub fn put_pong(out: &mut BytesMut, p: &Pong) {
+    frame(out, kind::PONG, 0, |out| {
+        out.put_u64_le(p.token);
+        out.put_u16_le(p.shards);
+        out.put_u16_le(p.shards_answered);
+        for v in [
+            p.uptime_s,
+            p.received,
+            p.delivered,
+            p.shed,
+            p.cut,
+            p.topics,
+            p.subscriptions,
+            p.datagrams_dropped,
+        ] {
+            out.put_u64_le(v);
+        }
+        let v = &p.version.as_bytes()[..p.version.len().min(255)];
+        out.put_u8(v.len() as u8);
+        out.put_slice(v);
+    });
+}
+
+/// Server: ERROR. `reference` is the request id, subscription id or token it is about (0 if
+/// none); `index` the failing event of a batch.
+pub fn put_error(
+    out: &mut BytesMut,
+    code: ErrorCode,
+    closing: bool,
+    reference: u64,
+    index: Option<u32>,
+    message: &str,
+) {
+    // Messages are ours and short; cut at a char boundary if one ever is not.
+    let mut end = message.len().min(1024);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    frame(out, kind::ERROR, if closing { FLAG_CLOSING } else { 0 }, |out| {
+        out.put_u16_le(code as u16);
+        out.put_u64_le(reference);
+        out.put_u32_le(index.unwrap_or(NO_INDEX));
+        put_str16(out, &message.as_bytes()[..end]);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::event::{EventId, Priority};
+    use crate::engine::topic::Topic;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn raw_event() -> impl Strategy<Value = RawEvent> {
+        (
+            any::<u8>(),
+            any::<i64>(),
+            "[a-z/]{0,20}",
+            "[a-z0-9-]{0,40}",
+            prop::collection::vec(("[a-z]{0,8}", "\\PC{0,8}"), 0..4),
+            prop::collection::vec(any::<u8>(), 0..200),
+        )
+            .prop_map(|(priority, timestamp_ns, topic, id, meta, payload)| RawEvent {
+                topic: Bytes::from(topic),
+                id: Bytes::from(id),
+                payload: Bytes::from(payload),
+                metadata: Metadata::from_pairs(meta.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .unwrap(),
+                priority,
+                timestamp_ns,
+            })
+    }
+
+    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+        prop_oneof![
+            (any::<u64>(), any::<bool>(), raw_event()).prop_map(|(request_id, ack, event)| {
+                ClientFrame::Publish { request_id, ack, event }
+            }),
+            (any::<u64>(), any::<bool>(), prop::collection::vec(raw_event(), 0..5)).prop_map(
+                |(request_id, ack, events)| ClientFrame::PublishBatch { request_id, ack, events }
+            ),
+            (any::<u32>(), any::<u8>(), "[a-z/*]{0,30}").prop_map(|(sub_id, min_priority, p)| {
+                ClientFrame::Subscribe { sub_id, min_priority, pattern: Bytes::from(p) }
+            }),
+            any::<u32>().prop_map(|sub_id| ClientFrame::Unsubscribe { sub_id }),
+            any::<u64>().prop_map(|token| ClientFrame::Ping { token }),
+        ]
+    }
+
+    fn encode(f: &ClientFrame, out: &mut BytesMut) {
+        match f {
+            ClientFrame::Publish { request_id, ack, event } => put_publish(out, *request_id, *ack, event),
+            ClientFrame::PublishBatch { request_id, ack, events } => {
+                put_publish_batch(out, *request_id, *ack, events)
+            }
+            ClientFrame::Subscribe { sub_id, min_priority, pattern } => {
+                put_subscribe(out, *sub_id, *min_priority, pattern)
+            }
+            ClientFrame::Unsubscribe { sub_id } => put_unsubscribe(out, *sub_id),
+            ClientFrame::Ping { token } => put_ping(out, *token),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn client_frames_round_trip_in_a_pipelined_stream(frames in prop::collection::vec(client_frame(), 1..6)) {
+            let mut buf = BytesMut::new();
+            for f in &frames { encode(f, &mut buf); }
+            for f in &frames {
+                let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
+                prop_assert_eq!(&ClientFrame::parse(raw, 10_000).unwrap(), f);
+            }
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn a_truncated_stream_waits_for_more(f in client_frame(), cut in any::<prop::sample::Index>()) {
+            let mut whole = BytesMut::new();
+            encode(&f, &mut whole);
+            let cut = cut.index(whole.len());
+            let mut part = BytesMut::from(&whole[..cut]);
+            prop_assert_eq!(next_frame(&mut part, MAX).unwrap(), None);
+        }
+
+        #[test]
+        fn a_truncated_body_is_an_error_not_a_panic(f in client_frame(), cut in any::<prop::sample::Index>()) {
+            let mut whole = BytesMut::new();
+            encode(&f, &mut whole);
+            let raw = next_frame(&mut whole, MAX).unwrap().unwrap();
+            if raw.body.is_empty() { return Ok(()); }
+            let cut = cut.index(raw.body.len());
+            let short = RawFrame { body: raw.body.slice(..cut), ..raw };
+            prop_assert!(ClientFrame::parse(short, 10_000).is_err());
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            while let Ok(Some(raw)) = next_frame(&mut buf, MAX) {
+                let _ = ClientFrame::parse(raw.clone(), 10_000);
+                let _ = ServerFrame::parse(raw);
+            }
+        }
+
+        #[test]
+        fn huge_lengths_are_refused_before_buffering(length in (MAX as u32 + 1)..=u32::MAX) {
+            let mut buf = BytesMut::new();
+            buf.put_u32_le(length);
+            buf.put_u8(kind::PUBLISH);
+            let refused = matches!(next_frame(&mut buf, MAX), Err(FramingError::TooLarge { .. }));
+            prop_assert!(refused);
+        }
+    }
+
+    #[test]
+    fn lengths_below_two_cannot_be_framed() {
+        let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 5][..]);
+        assert_eq!(next_frame(&mut buf, MAX), Err(FramingError::TooShort(1)));
+    }
+
+    #[test]
+    fn batch_count_is_checked_before_allocating() {
+        let mut buf = BytesMut::new();
+        frame(&mut buf, kind::PUBLISH_BATCH, 0, |out| {
+            out.put_u64_le(1);
+            out.put_u32_le(u32::MAX);
+        });
+        let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
+        let err = ClientFrame::parse(raw, 10_000).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BatchTooLarge);
+    }
+
+    #[test]
+    fn batch_errors_name_the_event_index() {
+        let good = RawEvent { topic: Bytes::from_static(b"a"), ..RawEvent::default() };
+        let mut buf = BytesMut::new();
+        put_publish_batch(&mut buf, 9, true, &[good.clone(), good]);
+        let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
+        let short = RawFrame { body: raw.body.slice(..raw.body.len() - 3), ..raw };
+        let err = ClientFrame::parse(short, 10).unwrap_err();
+        assert!(err.message.starts_with("event 1:"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_kinds_are_skippable_errors() {
+        let mut buf = BytesMut::new();
+        frame(&mut buf, 0x7f, 0, |out| out.put_u8(1));
+        put_ping(&mut buf, 3);
+        let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
+        assert_eq!(ClientFrame::parse(raw, 1).unwrap_err().code, ErrorCode::UnknownKind);
+        let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
+        assert_eq!(ClientFrame::parse(raw, 1).unwrap(), ClientFrame::Ping { token: 3 });
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let event = Event {
+            topic: Topic::parse(Bytes::from_static(b"sensors/t1")).unwrap(),
+            id: EventId::Generated(uuid::Uuid::now_v7()),
+            payload: Bytes::from_static(b"payload"),
+            metadata: Metadata::from_pairs([("k", "v")]).unwrap(),
+            priority: Priority::High,
+            timestamp_ns: 12,
+            sequence: 77,
+        };
+        let pong = Pong { token: 5, shards: 4, shards_answered: 4, uptime_s: 9, version: "0.1.0".into(), ..Pong::default() };
+        let mut buf = BytesMut::new();
+        put_ack(&mut buf, 1, 2, 3, 4);
+        put_event(&mut buf, 7, &event);
+        put_subscribed(&mut buf, 8);
+        put_unsubscribed(&mut buf, 8, 10, 2);
+        put_pong(&mut buf, &pong);
+        put_error(&mut buf, ErrorCode::SlowConsumer, false, 8, None, "slow consumer");
+        let mut next = || ServerFrame::parse(next_frame(&mut buf, MAX).unwrap().unwrap()).unwrap();
+        assert_eq!(next(), ServerFrame::Ack { request_id: 1, count: 2, sequence: 3, latency_ns: 4 });
+        let ServerFrame::Event { sub_id: 7, sequence: 77, event: raw } = next() else { panic!() };
+        assert_eq!(raw.id, Bytes::from(event.id.to_string()));
+        assert_eq!((raw.topic, raw.payload, raw.priority), (event.topic.bytes().clone(), event.payload.clone(), 3));
+        assert_eq!(raw.metadata, event.metadata);
+        assert_eq!(next(), ServerFrame::Subscribed { sub_id: 8 });
+        assert_eq!(next(), ServerFrame::Unsubscribed { sub_id: 8, delivered: 10, shed: 2 });
+        assert_eq!(next(), ServerFrame::Pong(pong));
+        assert_eq!(next(), ServerFrame::Error {
+            code: ErrorCode::SlowConsumer, closing: false, reference: 8, index: None, message: "slow consumer".into()
+        });
+    }
+}

@@ -1,0 +1,413 @@
+//! One native TCP client on its shard: a reader that decodes frames and drives the engine, and
+//! a writer that turns everything produced for this client during one wake-up (acks, errors,
+//! events of every ready subscription) into one socket write.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
+use super::error_code;
+use crate::engine::notify::Notify;
+use crate::engine::{
+    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, Shard, SubState,
+    Subscriber,
+};
+
+/// Bytes the writer gathers before it writes (and lets other subscriptions have a turn).
+const WRITE_BUDGET: usize = 256 * 1024;
+/// Unsent acks and errors after which the reader stops reading: a client that pipelines
+/// requests but never reads its answers slows itself down, nobody else.
+const MAX_UNSENT_CONTROL: usize = 4 << 20;
+/// Largest read; reads start small and grow while the socket keeps filling them.
+const MAX_READ: usize = 64 * 1024;
+const MIN_READ: usize = 4 * 1024;
+
+/// What the native TCP door of one shard shares between its connections.
+pub struct Door {
+    shard: Rc<Shard>,
+    max_frame: usize,
+    live: Cell<usize>,
+    idle: Notify,
+}
+
+impl Door {
+    /// The door of `shard`, refusing frames over `max_frame` bytes.
+    pub fn new(shard: Rc<Shard>, max_frame: usize) -> Rc<Door> {
+        Rc::new(Door {
+            shard,
+            max_frame,
+            live: Cell::new(0),
+            idle: Notify::default(),
+        })
+    }
+
+    /// Accepts clients until shutdown, each served by its own task on this shard.
+    pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            let stopped = self.shard.shutdown.wait();
+            if self.shard.is_closing() {
+                return;
+            }
+            let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                stopped.await;
+                None
+            })
+            .await;
+            match accepted {
+                None => return,
+                Some(Ok(stream)) => {
+                    let door = self.clone();
+                    door.live.set(door.live.get() + 1);
+                    glommio::spawn_local(async move {
+                        Connection::serve(&door, stream).await;
+                        door.live.set(door.live.get() - 1);
+                        door.idle.notify();
+                    })
+                    .detach();
+                }
+                // EMFILE and friends: keep serving the clients we have, try again shortly.
+                Some(Err(e)) => {
+                    eprintln!("shard {}: accept failed: {e}", self.shard.id());
+                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Completes once every connection of this door has closed.
+    pub async fn drained(&self) {
+        while self.live.get() > 0 {
+            self.idle.wait().await;
+        }
+    }
+}
+
+struct Connection {
+    shard: Rc<Shard>,
+    consumer: Rc<Consumer>,
+    /// Encoded acks, errors and replies, written before any event.
+    control: RefCell<BytesMut>,
+    /// Confirmed subscriptions by the client's id. Only these get events written.
+    subs: RefCell<HashMap<u32, Rc<Subscriber>>>,
+    /// The reader is done: the writer flushes what is left and stops.
+    closed: Cell<bool>,
+    /// Woken after every socket write (the reader may be waiting for room).
+    written: Notify,
+}
+
+impl AckSink for Connection {
+    fn acked(&self, request_id: u64, outcome: AckOutcome) {
+        let mut control = self.control.borrow_mut();
+        match outcome.result {
+            Ok(()) => codec::put_ack(
+                &mut control,
+                request_id,
+                outcome.count,
+                outcome.sequence,
+                outcome.latency.as_nanos() as u64,
+            ),
+            Err(e) => codec::put_error(
+                &mut control,
+                ErrorCode::PublishFailed,
+                false,
+                request_id,
+                None,
+                &e.to_string(),
+            ),
+        }
+        self.consumer.notify.notify();
+    }
+}
+
+impl Connection {
+    async fn serve(door: &Rc<Door>, stream: TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            eprintln!("shard {}: TCP_NODELAY: {e}", door.shard.id());
+        }
+        // The writer gets its own handle on the socket (a dup'ed fd), so reading and writing
+        // proceed independently without sharing a lock.
+        let write_half = match nix_dup(stream.as_raw_fd()) {
+            Ok(fd) => unsafe { TcpStream::from_raw_fd(fd) },
+            Err(e) => {
+                eprintln!("shard {}: dup: {e}", door.shard.id());
+                return;
+            }
+        };
+        let conn = Rc::new(Connection {
+            shard: door.shard.clone(),
+            consumer: Rc::new(Consumer::default()),
+            control: RefCell::new(BytesMut::with_capacity(4096)),
+            subs: RefCell::default(),
+            closed: Cell::new(false),
+            written: Notify::default(),
+        });
+        let writer = glommio::spawn_local({
+            let conn = conn.clone();
+            async move { conn.write_loop(write_half).await }
+        });
+        conn.read_loop(stream, door.max_frame).await;
+        conn.closed.set(true);
+        for (_, sub) in conn.subs.borrow_mut().drain() {
+            conn.shard.unsubscribe(&sub);
+        }
+        conn.consumer.notify.notify();
+        writer.await;
+    }
+
+    fn error(&self, code: ErrorCode, closing: bool, reference: u64, index: Option<u32>, msg: &str) {
+        codec::put_error(&mut self.control.borrow_mut(), code, closing, reference, index, msg);
+        self.consumer.notify.notify();
+    }
+
+    async fn read_loop(self: &Rc<Self>, mut stream: TcpStream, max_frame: usize) {
+        let mut buf = BytesMut::with_capacity(MAX_READ);
+        let mut read_size = MIN_READ;
+        loop {
+            self.shard.admit().await;
+            while self.control.borrow().len() > MAX_UNSENT_CONTROL {
+                self.written.wait().await;
+            }
+            // Zero only what this read may fill, sized to recent reads.
+            let filled = buf.len();
+            buf.resize(filled + read_size, 0);
+            let stopped = self.shard.shutdown.wait();
+            if self.shard.is_closing() {
+                return self.shut_down();
+            }
+            let read = futures_lite::future::or(
+                async { Some(stream.read(&mut buf[filled..]).await) },
+                async {
+                    stopped.await;
+                    None
+                },
+            )
+            .await;
+            let n = match read {
+                None => return self.shut_down(),
+                Some(Ok(0)) | Some(Err(_)) => return,
+                Some(Ok(n)) => n,
+            };
+            buf.truncate(filled + n);
+            read_size = if n == read_size {
+                (read_size * 2).min(MAX_READ)
+            } else {
+                (n * 2).clamp(MIN_READ, MAX_READ)
+            };
+            loop {
+                match codec::next_frame(&mut buf, max_frame) {
+                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.error(ErrorCode::BadLength, true, 0, None, &e.to_string());
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server is stopping: every subscription hears it, then the connection closes.
+    fn shut_down(&self) {
+        for (&sub_id, sub) in self.subs.borrow().iter() {
+            self.shard.unsubscribe(sub);
+            let msg = "the server is shutting down";
+            self.error(ErrorCode::ShuttingDown, false, u64::from(sub_id), None, msg);
+        }
+        self.subs.borrow_mut().clear();
+        self.error(ErrorCode::ShuttingDown, true, 0, None, "the server is shutting down");
+    }
+
+    async fn handle(self: &Rc<Self>, frame: RawFrame) {
+        let decoded_at = Instant::now();
+        let parsed = ClientFrame::parse(frame, self.shard.limits().max_batch_events);
+        let frame = match parsed {
+            Ok(f) => f,
+            Err(e) => return self.error(e.code, false, 0, None, &e.message),
+        };
+        match frame {
+            ClientFrame::Publish {
+                request_id,
+                ack,
+                event,
+            } => match self.shard.validate(event) {
+                Ok(event) => {
+                    let ack = ack.then(|| self.ack_request(request_id, decoded_at));
+                    self.shard.publish(std::iter::once(event), ack);
+                }
+                Err(e) => self.error(error_code(&e), false, request_id, None, &e.to_string()),
+            },
+            ClientFrame::PublishBatch {
+                request_id,
+                ack,
+                events,
+            } => {
+                let mut valid: Vec<Event> = Vec::with_capacity(events.len());
+                for (i, raw) in events.into_iter().enumerate() {
+                    match self.shard.validate(raw) {
+                        Ok(e) => valid.push(e),
+                        Err(e) => {
+                            let msg = format!("event {i}: {e}");
+                            return self.error(error_code(&e), false, request_id, Some(i as u32), &msg);
+                        }
+                    }
+                }
+                let ack = ack.then(|| self.ack_request(request_id, decoded_at));
+                self.shard.publish(valid, ack);
+            }
+            ClientFrame::Subscribe {
+                sub_id,
+                min_priority,
+                pattern,
+            } => self.subscribe(sub_id, min_priority, &pattern).await,
+            ClientFrame::Unsubscribe { sub_id } => {
+                let sub = self.subs.borrow_mut().remove(&sub_id);
+                match sub {
+                    Some(sub) => {
+                        self.shard.unsubscribe(&sub);
+                        let stats = sub.stats();
+                        let shed = stats.shed.iter().sum();
+                        codec::put_unsubscribed(&mut self.control.borrow_mut(), sub_id, stats.delivered, shed);
+                        self.consumer.notify.notify();
+                    }
+                    None => {
+                        let msg = format!("no subscription {sub_id} on this connection");
+                        self.error(ErrorCode::UnknownSubscription, false, u64::from(sub_id), None, &msg);
+                    }
+                }
+            }
+            ClientFrame::Ping { token } => {
+                let totals = self.shard.ping_all().await;
+                let pong = Pong {
+                    token,
+                    shards: self.shard.count() as u16,
+                    shards_answered: self.shard.count() as u16,
+                    uptime_s: self.shard.uptime().as_secs(),
+                    received: totals.received,
+                    delivered: totals.delivered,
+                    shed: totals.shed.iter().sum(),
+                    cut: totals.cut,
+                    topics: totals.topics,
+                    subscriptions: totals.subscriptions,
+                    datagrams_dropped: totals.datagrams_dropped,
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                };
+                codec::put_pong(&mut self.control.borrow_mut(), &pong);
+                self.consumer.notify.notify();
+            }
+        }
+    }
+
+    fn ack_request(self: &Rc<Self>, request_id: u64, decoded_at: Instant) -> AckRequest {
+        AckRequest {
+            sink: self.clone(),
+            request_id,
+            decoded_at,
+        }
+    }
+
+    async fn subscribe(self: &Rc<Self>, sub_id: u32, min_priority: u8, pattern: &[u8]) {
+        let reference = u64::from(sub_id);
+        let Some(min_priority) = Priority::from_u8(min_priority) else {
+            let msg = format!("min priority {min_priority} is not one of 0..=4");
+            return self.error(ErrorCode::Malformed, false, reference, None, &msg);
+        };
+        if self.subs.borrow().contains_key(&sub_id) {
+            let msg = format!("subscription id {sub_id} is already in use on this connection");
+            return self.error(ErrorCode::DuplicateSubscription, false, reference, None, &msg);
+        }
+        let max = self.shard.limits().max_subscriptions_per_connection;
+        if self.subs.borrow().len() >= max {
+            let msg = format!("this connection has {max} subscriptions, the limit");
+            return self.error(ErrorCode::TooManySubscriptions, false, reference, None, &msg);
+        }
+        let pattern = match Pattern::parse(pattern) {
+            Ok(p) => p,
+            Err(e) => {
+                let msg = format!("invalid pattern: {e}");
+                return self.error(ErrorCode::InvalidPattern, false, reference, None, &msg);
+            }
+        };
+        let sub = self
+            .shard
+            .subscribe(pattern, min_priority, &self.consumer, reference)
+            .await;
+        codec::put_subscribed(&mut self.control.borrow_mut(), sub_id);
+        self.subs.borrow_mut().insert(sub_id, sub.clone());
+        // Events may have queued while the other shards confirmed: now they may be written.
+        sub.requeue();
+    }
+
+    async fn write_loop(&self, mut stream: TcpStream) {
+        let mut out = BytesMut::with_capacity(WRITE_BUDGET);
+        loop {
+            let woken = self.consumer.notify.wait();
+            {
+                let mut control = self.control.borrow_mut();
+                out.extend_from_slice(&control);
+                control.clear();
+            }
+            while out.len() < WRITE_BUDGET {
+                let Some(sub) = self.consumer.next_ready() else {
+                    break;
+                };
+                self.drain_into(&sub, &mut out);
+            }
+            if out.is_empty() {
+                if self.closed.get() {
+                    break;
+                }
+                woken.await;
+                continue;
+            }
+            if stream.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+            self.written.notify();
+        }
+        let _ = stream.close().await;
+    }
+
+    /// Writes what `sub` has queued (within the budget), and its cut notice once empty.
+    fn drain_into(&self, sub: &Rc<Subscriber>, out: &mut BytesMut) {
+        let sub_id = sub.tag as u32;
+        let current = self
+            .subs
+            .borrow()
+            .get(&sub_id)
+            .is_some_and(|s| Rc::ptr_eq(s, sub));
+        if !current || sub.state() == SubState::Closed {
+            return; // not confirmed yet (it will be requeued), or gone
+        }
+        while out.len() < WRITE_BUDGET {
+            match sub.pop() {
+                Some(event) => codec::put_event(out, sub_id, &event),
+                None => break,
+            }
+        }
+        if sub.queued() > 0 {
+            sub.requeue();
+        } else if sub.state() == SubState::Cut {
+            self.subs.borrow_mut().remove(&sub_id);
+            let msg = "slow consumer: a CRITICAL event could not be queued; subscription cut";
+            codec::put_error(out, ErrorCode::SlowConsumer, false, u64::from(sub_id), None, msg);
+        }
+    }
+}
+
+fn nix_dup(fd: i32) -> std::io::Result<i32> {
+    // SAFETY: dup has no memory-safety preconditions; the result is checked.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(new)
+    }
+}

@@ -1,0 +1,81 @@
+//! The UDP door: datagrams of one or more PUBLISH / PUBLISH_BATCH frames, never answered.
+//! A datagram is all-or-nothing: one bad frame and the whole datagram is dropped and counted.
+
+use std::rc::Rc;
+
+use bytes::BytesMut;
+use glommio::net::UdpSocket;
+
+use super::codec::{self, ClientFrame};
+use crate::engine::{Event, Shard};
+
+/// Largest UDP payload over IPv4.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Why a datagram was dropped (counted, and logged at most rarely; never answered).
+#[derive(Debug, thiserror::Error)]
+pub enum DatagramError {
+    #[error("frame {0}: {1}")]
+    Frame(usize, String),
+    #[error("frame {0}: only PUBLISH and PUBLISH_BATCH are accepted over UDP")]
+    NotPublish(usize),
+    #[error("{0} trailing bytes do not form a whole frame")]
+    Trailing(usize),
+}
+
+/// Decodes and validates a whole datagram into events, or refuses all of it.
+pub fn decode_datagram(shard: &Shard, datagram: &[u8]) -> Result<Vec<Event>, DatagramError> {
+    let mut buf = BytesMut::from(datagram);
+    let mut events = Vec::new();
+    let mut index = 0;
+    while !buf.is_empty() {
+        let frame = match codec::next_frame(&mut buf, MAX_DATAGRAM) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(DatagramError::Trailing(buf.len())),
+            Err(e) => return Err(DatagramError::Frame(index, e.to_string())),
+        };
+        let parsed = ClientFrame::parse(frame, shard.limits().max_batch_events)
+            .map_err(|e| DatagramError::Frame(index, e.message))?;
+        let raws = match parsed {
+            ClientFrame::Publish { event, .. } => vec![event],
+            ClientFrame::PublishBatch { events, .. } => events,
+            _ => return Err(DatagramError::NotPublish(index)),
+        };
+        for raw in raws {
+            let event = shard
+                .validate(raw)
+                .map_err(|e| DatagramError::Frame(index, e.to_string()))?;
+            events.push(event);
+        }
+        index += 1;
+    }
+    Ok(events)
+}
+
+/// Receives datagrams until shutdown and publishes what they carry.
+pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    loop {
+        let stopped = shard.shutdown.wait();
+        if shard.is_closing() {
+            return;
+        }
+        let received = futures_lite::future::or(async { Some(socket.recv_from(&mut buf).await) }, async {
+            stopped.await;
+            None
+        })
+        .await;
+        let n = match received {
+            None => return,
+            Some(Ok((n, _peer))) => n,
+            Some(Err(e)) => {
+                eprintln!("shard {}: UDP receive failed: {e}", shard.id());
+                continue;
+            }
+        };
+        match decode_datagram(&shard, &buf[..n]) {
+            Ok(events) => shard.publish(events, None),
+            Err(_) => shard.count_dropped_datagram(),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The native door: the binary protocol of `docs/PROTOCOL.md` on TCP (request/response and
+//! pushed events) and UDP (fire-and-forget publishes), plus the Rust client that speaks it.
+//!
+//! [`codec`] is the protocol with no I/O; [`connection`] runs one TCP client on a shard;
+//! [`datagram`] handles the UDP socket; [`client`] is the blocking client library.
+
+pub mod client;
+pub mod codec;
+pub mod connection;
+pub mod datagram;
+
+use crate::engine::EventError;
+use codec::ErrorCode;
+
+/// The one mapping from engine refusals to native error codes.
+pub fn error_code(e: &EventError) -> ErrorCode {
+    match e {
+        EventError::Topic(_) => ErrorCode::InvalidTopic,
+        _ => ErrorCode::InvalidEvent,
+    }
+}

@@ -1,0 +1,293 @@
+//! Starting and stopping the server: checks the host, binds every door's sockets (so a busy
+//! port fails before anything runs), starts one pinned glommio executor per shard, joins them
+//! in a channel mesh and hands each its sockets.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::{TcpListener, UdpSocket};
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{Config, ConfigError};
+use crate::engine::{Batch, Shard};
+use crate::native::connection::Door;
+use crate::native::datagram;
+
+/// io_uring memory each shard registers. We do no file I/O, so glommio's minimum is plenty;
+/// glommio registers it with three rings, which RLIMIT_MEMLOCK must cover.
+const IO_MEMORY: usize = 64 * 1024;
+const IO_MEMORY_RINGS: usize = 3;
+/// Batches in flight from one shard to another before the sender waits.
+const CHANNEL_BATCHES: usize = 256;
+
+/// Why the server could not start. Every variant names what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "RLIMIT_MEMLOCK is {limit} bytes but {shards} shards need {need} bytes of io_uring memory; \
+         raise it (ulimit -l, or LimitMEMLOCK= in systemd: see tuning/README.md) or run fewer shards"
+    )]
+    Memlock {
+        limit: u64,
+        need: u64,
+        shards: usize,
+    },
+    #[error("shard {shard} failed to start: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// Where the doors of a running server listen (useful with port 0).
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub native: SocketAddr,
+    pub udp: Option<SocketAddr>,
+}
+
+/// A started server. Dropping it without [`RunningServer::stop`] leaves the shards running.
+pub struct RunningServer {
+    addresses: Addresses,
+    stops: Vec<flume::Sender<()>>,
+    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+struct ShardSockets {
+    tcp: OwnedFd,
+    udp: Option<OwnedFd>,
+}
+
+impl RunningServer {
+    /// Where each door listens.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// Graceful stop: every shard stops accepting, tells its subscribers, closes its clients
+    /// (or gives up after the drain timeout) and exits.
+    pub fn stop(self) {
+        for stop in &self.stops {
+            let _ = stop.send(());
+        }
+        for handle in self.shards {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Checks the host and the configuration, binds every socket, starts the shards and returns
+/// once each of them is serving.
+pub fn start(config: &Config) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let cpus = config.shard_cpus(&available)?;
+    check_memlock(cpus.len())?;
+
+    let native_addr = SocketAddr::new(config.bind, config.native.port);
+    let first = bind_tcp(native_addr).map_err(|source| StartError::Bind {
+        key: "native.port",
+        addr: native_addr,
+        source,
+    })?;
+    // Port 0 picks a free port once; every other shard binds that same port.
+    let native_addr = first.local_addr().expect("bound socket has an address");
+    let mut tcp = vec![OwnedFd::from(first)];
+    for _ in 1..cpus.len() {
+        tcp.push(OwnedFd::from(bind_tcp(native_addr).map_err(|source| StartError::Bind {
+            key: "native.port",
+            addr: native_addr,
+            source,
+        })?));
+    }
+    let mut udp: Vec<Option<OwnedFd>> = (0..cpus.len()).map(|_| None).collect();
+    let mut udp_addr = None;
+    if config.udp.enabled {
+        let mut addr = SocketAddr::new(config.bind, config.udp.port);
+        for slot in udp.iter_mut() {
+            let socket = bind_udp(addr).map_err(|source| StartError::Bind {
+                key: "udp.port",
+                addr,
+                source,
+            })?;
+            addr = socket.local_addr().expect("bound socket has an address");
+            *slot = Some(OwnedFd::from(socket));
+        }
+        udp_addr = Some(addr);
+    }
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ u64::from(std::process::id()) << 32;
+    let mesh = MeshBuilder::<Batch, _>::full(cpus.len(), CHANNEL_BATCHES);
+    let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
+    let mut stops = Vec::new();
+    let mut shards = Vec::new();
+    for (i, (cpu, (tcp, udp))) in cpus.iter().zip(tcp.into_iter().zip(udp)).enumerate() {
+        let placement = match cpu {
+            Some(cpu) => Placement::Fixed(*cpu),
+            None => Placement::Unbound,
+        };
+        let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        stops.push(stop_tx);
+        let sockets = ShardSockets { tcp, udp };
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let limits = config.limits;
+        let max_frame = config.native.max_frame_bytes;
+        let drain = config.drain_timeout();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{i}"))
+            .io_memory(IO_MEMORY)
+            .spawn(move || async move {
+                let joined = mesh.join().await;
+                let Ok((senders, receivers)) = joined else {
+                    let _ = ready.send(Err("could not join the shard mesh".into()));
+                    return;
+                };
+                let id = senders.peer_id();
+                let shard = Shard::new(id, senders.nr_consumers(), limits, seed);
+                shard.spawn_links(senders, receivers);
+                run_shard(shard, sockets, max_frame, drain, ready, stop_rx).await;
+            })
+            .map_err(|e| StartError::Shard {
+                shard: i,
+                reason: e.to_string(),
+            })?;
+        shards.push(handle);
+    }
+    drop(ready_tx);
+    for i in 0..shards.len() {
+        match ready_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(StartError::Shard { shard: i, reason }),
+            Err(_) => {
+                return Err(StartError::Shard {
+                    shard: i,
+                    reason: "did not start within 10 s (is io_uring available?)".into(),
+                })
+            }
+        }
+    }
+    Ok(RunningServer {
+        addresses: Addresses {
+            native: native_addr,
+            udp: udp_addr,
+        },
+        stops,
+        shards,
+    })
+}
+
+async fn run_shard(
+    shard: std::rc::Rc<Shard>,
+    sockets: ShardSockets,
+    max_frame: usize,
+    drain: Duration,
+    ready: flume::Sender<Result<(), String>>,
+    stop: flume::Receiver<()>,
+) {
+    // SAFETY: each fd is a bound, listening socket that this shard now owns alone.
+    let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
+    let door = Door::new(shard.clone(), max_frame);
+    let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
+    let receiving = sockets.udp.map(|fd| {
+        // SAFETY: as above, a bound UDP socket owned by this shard.
+        let socket = unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) };
+        glommio::spawn_local(datagram::serve(shard.clone(), socket))
+    });
+    let _ = ready.send(Ok(()));
+    let _ = stop.recv_async().await;
+    shard.begin_shutdown();
+    accepting.await;
+    if let Some(receiving) = receiving {
+        receiving.await;
+    }
+    let _ = glommio::timer::timeout(drain, async {
+        door.drained().await;
+        Ok(())
+    })
+    .await;
+}
+
+/// SO_REUSEADDR lets a restart bind while old connections sit in TIME_WAIT; SO_REUSEPORT lets
+/// every shard bind the same port and have the kernel spread clients over them.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_recv_buffer_size(4 << 20)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Fails early, with the fix, when io_uring could not register its memory.
+fn check_memlock(shards: usize) -> Result<(), StartError> {
+    let need = (shards * IO_MEMORY * IO_MEMORY_RINGS) as u64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0 {
+            return Ok(()); // cannot tell; glommio will report what it finds
+        }
+        if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < need {
+            // Raise the soft limit as far as the hard limit allows.
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max.min(need.max(limit.rlim_cur)),
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= need || has_ipc_lock() {
+        return Ok(());
+    }
+    Err(StartError::Memlock {
+        limit: limit.rlim_cur,
+        need,
+        shards,
+    })
+}
+
+/// CAP_IPC_LOCK exempts a process from RLIMIT_MEMLOCK.
+fn has_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
