@@ -5,6 +5,16 @@
 //! sequences them and fans them out to subscriber queues, which the doors drain back into
 //! socket writes. [`server`] starts the shards and their doors from a [`config::Config`].
 
+/// Writes one line to standard error and never panics: a server must survive a closed
+/// stderr (the `eprintln!` macro panics on EPIPE).
+#[macro_export]
+macro_rules! log_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod config;
 pub mod engine;
 pub mod native;

@@ -17,7 +17,11 @@ use eventstream::native::client::{self, Client, Delivery};
 use eventstream::server;
 
 #[derive(Parser)]
-#[command(name = "eventstream", version, about = "Low-latency publish/subscribe event server")]
+#[command(
+    name = "eventstream",
+    version,
+    about = "Low-latency publish/subscribe event server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,11 +113,14 @@ struct HealthArgs {
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
-    Priority::parse(s).ok_or_else(|| format!("{s:?} is not BATCH, LOW, MEDIUM, HIGH, CRITICAL or 0..4"))
+    Priority::parse(s)
+        .ok_or_else(|| format!("{s:?} is not BATCH, LOW, MEDIUM, HIGH, CRITICAL or 0..4"))
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not K=V"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not K=V"))?;
     Ok((k.to_owned(), v.to_owned()))
 }
 
@@ -130,7 +137,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("eventstream: error: {e}");
+            eventstream::log_line!("eventstream: error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -167,17 +174,14 @@ fn serve(args: ServeArgs) -> CliResult {
     let signals = block_shutdown_signals();
     let running = server::start(&config)?;
     let addrs = running.addresses();
-    eprintln!(
+    eventstream::log_line!(
         "eventstream {} serving: native tcp {}{}",
         env!("CARGO_PKG_VERSION"),
         addrs.native,
-        addrs
-            .udp
-            .map(|a| format!(", udp {a}"))
-            .unwrap_or_default()
+        addrs.udp.map(|a| format!(", udp {a}")).unwrap_or_default()
     );
     let signal = wait_for_signal(&signals);
-    eprintln!("eventstream: signal {signal}, shutting down");
+    eventstream::log_line!("eventstream: signal {signal}, shutting down");
     running.stop();
     Ok(ExitCode::SUCCESS)
 }
@@ -257,7 +261,10 @@ fn text_line(d: &Delivery) -> String {
     let priority = Priority::from_u8(e.priority).map_or("?", Priority::name);
     let payload = match std::str::from_utf8(&e.payload) {
         Ok(text) => text.to_owned(),
-        Err(_) => format!("base64:{}", base64::engine::general_purpose::STANDARD.encode(&e.payload)),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(&e.payload)
+        ),
     };
     format!(
         "{} #{} {} {}",

@@ -97,6 +97,11 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     check_memlock(cpus.len())?;
 
     let native_addr = SocketAddr::new(config.bind, config.native.port);
+    check_free(native_addr, Type::STREAM).map_err(|source| StartError::Bind {
+        key: "native.port",
+        addr: native_addr,
+        source,
+    })?;
     let first = bind_tcp(native_addr).map_err(|source| StartError::Bind {
         key: "native.port",
         addr: native_addr,
@@ -106,16 +111,23 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     let native_addr = first.local_addr().expect("bound socket has an address");
     let mut tcp = vec![OwnedFd::from(first)];
     for _ in 1..cpus.len() {
-        tcp.push(OwnedFd::from(bind_tcp(native_addr).map_err(|source| StartError::Bind {
-            key: "native.port",
-            addr: native_addr,
-            source,
+        tcp.push(OwnedFd::from(bind_tcp(native_addr).map_err(|source| {
+            StartError::Bind {
+                key: "native.port",
+                addr: native_addr,
+                source,
+            }
         })?));
     }
     let mut udp: Vec<Option<OwnedFd>> = (0..cpus.len()).map(|_| None).collect();
     let mut udp_addr = None;
     if config.udp.enabled {
         let mut addr = SocketAddr::new(config.bind, config.udp.port);
+        check_free(addr, Type::DGRAM).map_err(|source| StartError::Bind {
+            key: "udp.port",
+            addr,
+            source,
+        })?;
         for slot in udp.iter_mut() {
             let socket = bind_udp(addr).map_err(|source| StartError::Bind {
                 key: "udp.port",
@@ -222,6 +234,17 @@ async fn run_shard(
         Ok(())
     })
     .await;
+}
+
+/// Fails if anything already listens on `addr`. SO_REUSEPORT would otherwise let a second
+/// server (same user) bind the same port and silently take half of the clients.
+fn check_free(addr: SocketAddr, kind: Type) -> std::io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), kind, None)?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
 }
 
 /// SO_REUSEADDR lets a restart bind while old connections sit in TIME_WAIT; SO_REUSEPORT lets

@@ -200,7 +200,10 @@ impl Config {
         .collect();
         for (i, (key, port)) in tcp.iter().enumerate() {
             if let Some((other, _)) = tcp[..i].iter().find(|(_, p)| p == port) {
-                return Err(invalid(key, format!("port {port} is already used by {other}")));
+                return Err(invalid(
+                    key,
+                    format!("port {port} is already used by {other}"),
+                ));
             }
         }
         if let Some(n) = self.shards.count {
@@ -210,12 +213,18 @@ impl Config {
         }
         let l = &self.limits;
         if self.native.max_frame_bytes < 1024 || self.native.max_frame_bytes > u32::MAX as usize {
-            return Err(invalid("native.max_frame_bytes", "must be between 1024 and 4294967295"));
+            return Err(invalid(
+                "native.max_frame_bytes",
+                "must be between 1024 and 4294967295",
+            ));
         }
         for (key, value) in [
             ("limits.max_message_bytes", l.max_message_bytes),
             ("limits.max_batch_events", l.max_batch_events),
-            ("limits.max_subscriptions_per_connection", l.max_subscriptions_per_connection),
+            (
+                "limits.max_subscriptions_per_connection",
+                l.max_subscriptions_per_connection,
+            ),
             ("limits.subscriber_queue_events", l.subscriber_queue_events),
             ("limits.subscriber_queue_bytes", l.subscriber_queue_bytes),
             ("limits.max_topics_per_shard", l.max_topics_per_shard),
@@ -225,10 +234,16 @@ impl Config {
             }
         }
         if l.max_metadata_entries > usize::from(u16::MAX) {
-            return Err(invalid("limits.max_metadata_entries", "must be at most 65535"));
+            return Err(invalid(
+                "limits.max_metadata_entries",
+                "must be at most 65535",
+            ));
         }
         if l.max_message_bytes > u32::MAX as usize {
-            return Err(invalid("limits.max_message_bytes", "must be at most 4294967295"));
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must be at most 4294967295",
+            ));
         }
         if l.max_message_bytes > self.native.max_frame_bytes {
             return Err(invalid(
@@ -245,7 +260,10 @@ impl Config {
     /// The CPU of each shard (None: unpinned), checked against the CPUs this process may use.
     pub fn shard_cpus(&self, available: &[usize]) -> Result<Vec<Option<usize>>, ConfigError> {
         if available.is_empty() && self.shards.pin {
-            return Err(invalid("shards.pin", "cannot tell which CPUs this process may use; run with --no-pin"));
+            return Err(invalid(
+                "shards.pin",
+                "cannot tell which CPUs this process may use; run with --no-pin",
+            ));
         }
         let count = self.shards.count.unwrap_or(available.len().max(1));
         if !self.shards.pin {
@@ -295,7 +313,10 @@ mod tests {
         let mut c = Config::default();
         c.metrics.port = c.native.port;
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.starts_with("metrics.port") && e.contains("native.port"), "{e}");
+        assert!(
+            e.starts_with("metrics.port") && e.contains("native.port"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -312,6 +333,10 @@ mod tests {
     fn zero_limits_are_refused() {
         let mut c = Config::default();
         c.limits.subscriber_queue_events = 0;
-        assert!(c.validate().unwrap_err().to_string().starts_with("limits.subscriber_queue_events"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("limits.subscriber_queue_events"));
     }
 }

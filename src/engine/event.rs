@@ -220,10 +220,7 @@ impl<'a> Iterator for MetadataIter<'a> {
         let (v, rest) = split_str16(rest)?;
         self.rest = rest;
         // Both were checked by `from_wire` / built from `&str` in `from_pairs`.
-        Some((
-            std::str::from_utf8(k).ok()?,
-            std::str::from_utf8(v).ok()?,
-        ))
+        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
     }
 }
 
@@ -416,9 +413,17 @@ mod tests {
     #[test]
     fn validate_fills_id_and_timestamp() {
         let mut ids = IdGenerator::new(7);
-        let e = Event::validate(raw("a/b"), &Limits::default(), &mut ids, 1_700_000_000_000_000_000).unwrap();
+        let e = Event::validate(
+            raw("a/b"),
+            &Limits::default(),
+            &mut ids,
+            1_700_000_000_000_000_000,
+        )
+        .unwrap();
         assert_eq!(e.timestamp_ns, 1_700_000_000_000_000_000);
-        let EventId::Generated(u) = e.id else { panic!("id not generated") };
+        let EventId::Generated(u) = e.id else {
+            panic!("id not generated")
+        };
         assert_eq!(u.get_version_num(), 7);
         assert_eq!(e.id.to_string().len(), e.id.text_len());
     }
@@ -449,7 +454,10 @@ mod tests {
         let mut r = raw("a");
         let keys: Vec<String> = (0..65).map(|i| format!("k{i}")).collect();
         r.metadata = Metadata::from_pairs(keys.iter().map(|k| (k.as_str(), "v"))).unwrap();
-        assert!(matches!(check(r), EventError::TooManyMetadata { count: 65, .. }));
+        assert!(matches!(
+            check(r),
+            EventError::TooManyMetadata { count: 65, .. }
+        ));
         let mut r = raw("a");
         let big = "x".repeat(17 * 1024);
         r.metadata = Metadata::from_pairs([("k", big.as_str())]).unwrap();
@@ -463,9 +471,18 @@ mod tests {
     fn metadata_round_trips_through_wire_form() {
         let m = Metadata::from_pairs([("source", "unit"), ("é", "ü")]).unwrap();
         let again = Metadata::from_wire(2, m.wire().clone()).unwrap();
-        assert_eq!(again.iter().collect::<Vec<_>>(), vec![("source", "unit"), ("é", "ü")]);
-        assert_eq!(Metadata::from_wire(3, m.wire().clone()), Err(MetadataError::Truncated(2)));
-        assert_eq!(Metadata::from_wire(1, m.wire().clone()), Err(MetadataError::TrailingBytes(8)));
+        assert_eq!(
+            again.iter().collect::<Vec<_>>(),
+            vec![("source", "unit"), ("é", "ü")]
+        );
+        assert_eq!(
+            Metadata::from_wire(3, m.wire().clone()),
+            Err(MetadataError::Truncated(2))
+        );
+        assert_eq!(
+            Metadata::from_wire(1, m.wire().clone()),
+            Err(MetadataError::TrailingBytes(8))
+        );
         let bad = Bytes::from_static(&[1, 0, 0xff, 0, 0]);
         assert_eq!(Metadata::from_wire(1, bad), Err(MetadataError::NotUtf8(0)));
     }

@@ -35,7 +35,10 @@ struct Node {
 
 impl Node {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.star.is_none() && self.here.is_empty() && self.rest.is_empty()
+        self.children.is_empty()
+            && self.star.is_none()
+            && self.here.is_empty()
+            && self.rest.is_empty()
     }
 }
 
@@ -174,7 +177,14 @@ mod tests {
     #[test]
     fn finds_exact_star_and_rest_subscriptions() {
         let mut index = SubscriptionIndex::default();
-        let patterns = ["sensors/t1", "sensors/*", "sensors/**", "**", "*/t1", "other/*"];
+        let patterns = [
+            "sensors/t1",
+            "sensors/*",
+            "sensors/**",
+            "**",
+            "*/t1",
+            "other/*",
+        ];
         for (i, p) in patterns.iter().enumerate() {
             index.insert(&Pattern::parse(p.as_bytes()).unwrap(), entry(i as u64));
         }
@@ -183,8 +193,14 @@ mod tests {
         assert_eq!(keys(&index, "sensors"), vec![3]);
         assert_eq!(keys(&index, "other/x"), vec![3, 5]);
         let g = index.generation();
-        assert!(index.remove(&Pattern::parse(b"sensors/*").unwrap(), SubKey { shard: 0, local: 1 }));
-        assert!(!index.remove(&Pattern::parse(b"sensors/*").unwrap(), SubKey { shard: 0, local: 1 }));
+        assert!(index.remove(
+            &Pattern::parse(b"sensors/*").unwrap(),
+            SubKey { shard: 0, local: 1 }
+        ));
+        assert!(!index.remove(
+            &Pattern::parse(b"sensors/*").unwrap(),
+            SubKey { shard: 0, local: 1 }
+        ));
         assert_ne!(index.generation(), g);
         assert_eq!(keys(&index, "sensors/t1"), vec![0, 2, 3, 4]);
         assert_eq!(index.len(), 5);

@@ -45,7 +45,10 @@ pub struct SubscriberQueue {
 impl SubscriberQueue {
     /// A queue that holds at most `max_events` events and `max_bytes` bytes.
     pub fn new(max_events: usize, max_bytes: usize) -> SubscriberQueue {
-        assert!(max_events > 0, "a subscriber queue must hold at least one event");
+        assert!(
+            max_events > 0,
+            "a subscriber queue must hold at least one event"
+        );
         SubscriberQueue {
             lanes: Default::default(),
             arrivals: 0,
@@ -158,7 +161,15 @@ mod tests {
     #[test]
     fn delivers_in_arrival_order_across_priorities() {
         let mut q = SubscriberQueue::new(10, 1 << 20);
-        for (i, p) in [Priority::High, Priority::Batch, Priority::Critical, Priority::Low].into_iter().enumerate() {
+        for (i, p) in [
+            Priority::High,
+            Priority::Batch,
+            Priority::Critical,
+            Priority::Low,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             assert_eq!(q.offer(event(i as u64 + 1, p)), Offer::Queued);
         }
         assert_eq!(drain(&mut q), vec![1, 2, 3, 4]);
@@ -171,9 +182,18 @@ mod tests {
         q.offer(event(1, Priority::Medium));
         q.offer(event(2, Priority::Low));
         q.offer(event(3, Priority::Low));
-        assert_eq!(q.offer(event(4, Priority::High)), Offer::QueuedShedding(Priority::Low));
-        assert_eq!(q.offer(event(5, Priority::High)), Offer::QueuedShedding(Priority::Low));
-        assert_eq!(q.offer(event(6, Priority::High)), Offer::QueuedShedding(Priority::Medium));
+        assert_eq!(
+            q.offer(event(4, Priority::High)),
+            Offer::QueuedShedding(Priority::Low)
+        );
+        assert_eq!(
+            q.offer(event(5, Priority::High)),
+            Offer::QueuedShedding(Priority::Low)
+        );
+        assert_eq!(
+            q.offer(event(6, Priority::High)),
+            Offer::QueuedShedding(Priority::Medium)
+        );
         assert_eq!(drain(&mut q), vec![4, 5, 6]);
         assert_eq!(q.stats().shed, [0, 2, 1, 0, 0]);
     }
@@ -194,7 +214,10 @@ mod tests {
         let mut q = SubscriberQueue::new(2, 1 << 20);
         q.offer(event(1, Priority::Critical));
         q.offer(event(2, Priority::Low));
-        assert_eq!(q.offer(event(3, Priority::Critical)), Offer::QueuedShedding(Priority::Low));
+        assert_eq!(
+            q.offer(event(3, Priority::Critical)),
+            Offer::QueuedShedding(Priority::Low)
+        );
         assert_eq!(q.offer(event(4, Priority::Critical)), Offer::Cut);
         assert_eq!(drain(&mut q), vec![1, 3]);
     }
@@ -206,7 +229,10 @@ mod tests {
         q.offer(event(1, Priority::Low));
         q.offer(event(2, Priority::Low));
         assert_eq!(q.offer(event(3, Priority::Low)), Offer::Shed);
-        assert_eq!(q.offer(event(4, Priority::High)), Offer::QueuedShedding(Priority::Low));
+        assert_eq!(
+            q.offer(event(4, Priority::High)),
+            Offer::QueuedShedding(Priority::Low)
+        );
         assert_eq!(q.len(), 2);
         assert_eq!(q.bytes(), size * 2);
     }

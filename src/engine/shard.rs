@@ -178,6 +178,9 @@ impl Shard {
             glommio::spawn_local(async move {
                 while let Some(batch) = rx.recv().await {
                     shard.handle_batch(peer, batch);
+                    // Tasks of a shard share one thread: let the writers drain what this
+                    // batch queued before taking the next one.
+                    futures_lite::future::yield_now().await;
                 }
             })
             .detach();
@@ -480,7 +483,14 @@ impl Shard {
                 self.index.borrow_mut().insert(&pattern, entry);
             } else {
                 let pattern = pattern.clone();
-                self.push(target, ShardMsg::Subscribe { entry, pattern, token });
+                self.push(
+                    target,
+                    ShardMsg::Subscribe {
+                        entry,
+                        pattern,
+                        token,
+                    },
+                );
             }
         }
         if remote == 0 {
@@ -512,7 +522,13 @@ impl Shard {
                 self.index.borrow_mut().remove(&sub.pattern, sub.key);
             } else {
                 let pattern = sub.pattern.clone();
-                self.push(target, ShardMsg::Unsubscribe { key: sub.key, pattern });
+                self.push(
+                    target,
+                    ShardMsg::Unsubscribe {
+                        key: sub.key,
+                        pattern,
+                    },
+                );
             }
         }
     }

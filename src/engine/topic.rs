@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(topic("a\u{7}").unwrap_err(), TopicError::BadCharacter(1));
         assert_eq!(topic("a/*").unwrap_err(), TopicError::Wildcard);
         assert_eq!(topic("**").unwrap_err(), TopicError::Wildcard);
-        assert_eq!(topic(&"x".repeat(256)).unwrap_err(), TopicError::TooLong(256));
+        assert_eq!(
+            topic(&"x".repeat(256)).unwrap_err(),
+            TopicError::TooLong(256)
+        );
         assert!(topic(&"x".repeat(255)).is_ok());
         assert_eq!(
             Topic::parse(Bytes::from_static(b"\xff")).unwrap_err(),
@@ -235,7 +238,10 @@ mod tests {
             Pattern::parse(b"a/**/b").unwrap_err(),
             TopicError::DoubleStarNotLast
         );
-        assert_eq!(Pattern::parse(b"a/").unwrap_err(), TopicError::TrailingSlash);
+        assert_eq!(
+            Pattern::parse(b"a/").unwrap_err(),
+            TopicError::TrailingSlash
+        );
         assert!(pattern("sensors/t1").is_exact());
         assert!(!pattern("sensors/*").is_exact());
     }
@@ -270,7 +276,12 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("c1".to_owned()), "[a-c]{1,3}"]
+        prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("c1".to_owned()),
+            "[a-c]{1,3}"
+        ]
     }
 
     proptest! {

@@ -79,6 +79,11 @@ impl Client {
             addr: addr.to_owned(),
             source,
         })?;
+        Client::from_stream(stream)
+    }
+
+    /// Wraps a stream the caller connected (and tuned) itself.
+    pub fn from_stream(stream: TcpStream) -> Result<Client, ClientError> {
         stream.set_nodelay(true)?;
         Ok(Client {
             stream,
@@ -136,7 +141,12 @@ impl Client {
     pub fn subscribe(&mut self, pattern: &str, min_priority: Priority) -> Result<u32, ClientError> {
         let sub_id = self.next_sub;
         self.next_sub += 1;
-        codec::put_subscribe(&mut self.wbuf, sub_id, min_priority as u8, pattern.as_bytes());
+        codec::put_subscribe(
+            &mut self.wbuf,
+            sub_id,
+            min_priority as u8,
+            pattern.as_bytes(),
+        );
         self.flush()?;
         self.wait_for(u64::from(sub_id), |f| match f {
             ServerFrame::Subscribed { sub_id: s } if *s == sub_id => Some(()),
@@ -264,7 +274,12 @@ impl Client {
             self.rbuf.resize(start + 64 * 1024, 0);
             let n = match self.stream.read(&mut self.rbuf[start..]) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     self.rbuf.truncate(start);
                     let timeout = self.stream.read_timeout()?.unwrap_or_default();
                     return Err(ClientError::Timeout(timeout));

@@ -110,14 +110,24 @@ pub enum FramingError {
 pub struct BodyError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request id, subscription id or token of the frame, when its body got that far.
+    pub reference: u64,
+    /// The failing event of a batch.
+    pub index: Option<u32>,
 }
 
 impl BodyError {
-    fn malformed(what: impl Into<String>) -> BodyError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> BodyError {
         BodyError {
-            code: ErrorCode::Malformed,
-            message: what.into(),
+            code,
+            message: message.into(),
+            reference: 0,
+            index: None,
         }
+    }
+
+    fn malformed(what: impl Into<String>) -> BodyError {
+        BodyError::new(ErrorCode::Malformed, what)
     }
 }
 
@@ -266,6 +276,21 @@ impl ClientFrame {
     /// Parses a client frame's body. `max_batch` bounds how many events a batch may announce,
     /// checked before anything is allocated for them.
     pub fn parse(frame: RawFrame, max_batch: usize) -> Result<ClientFrame, BodyError> {
+        // Errors name the request they are about whenever the body is long enough to say.
+        let body = &frame.body[..];
+        let reference = match frame.kind {
+            kind::PUBLISH | kind::PUBLISH_BATCH | kind::PING if body.len() >= 8 => {
+                u64::from_le_bytes(body[..8].try_into().expect("8 bytes"))
+            }
+            kind::SUBSCRIBE | kind::UNSUBSCRIBE if body.len() >= 4 => {
+                u64::from(u32::from_le_bytes(body[..4].try_into().expect("4 bytes")))
+            }
+            _ => 0,
+        };
+        ClientFrame::parse_body(frame, max_batch).map_err(|e| BodyError { reference, ..e })
+    }
+
+    fn parse_body(frame: RawFrame, max_batch: usize) -> Result<ClientFrame, BodyError> {
         let ack = frame.flags & FLAG_ACK != 0;
         let mut r = Reader { body: frame.body };
         let parsed = match frame.kind {
@@ -283,16 +308,17 @@ impl ClientFrame {
                 let request_id = r.u64("request id")?;
                 let count = r.u32("event count")? as usize;
                 if count > max_batch {
-                    return Err(BodyError {
-                        code: ErrorCode::BatchTooLarge,
-                        message: format!("batch of {count} events, over the limit of {max_batch}"),
-                    });
+                    return Err(BodyError::new(
+                        ErrorCode::BatchTooLarge,
+                        format!("batch of {count} events, over the limit of {max_batch}"),
+                    ));
                 }
                 let mut events = Vec::with_capacity(count);
                 for i in 0..count {
                     events.push(r.event().map_err(|e| BodyError {
-                        code: e.code,
                         message: format!("event {i}: {}", e.message),
+                        index: Some(i as u32),
+                        ..e
                     })?);
                 }
                 r.end("the last event")?;
@@ -324,10 +350,10 @@ impl ClientFrame {
                 ClientFrame::Ping { token }
             }
             other => {
-                return Err(BodyError {
-                    code: ErrorCode::UnknownKind,
-                    message: format!("unknown frame kind 0x{other:02x}"),
-                })
+                return Err(BodyError::new(
+                    ErrorCode::UnknownKind,
+                    format!("unknown frame kind 0x{other:02x}"),
+                ))
             }
         };
         Ok(parsed)
@@ -340,6 +366,8 @@ pub struct Pong {
     pub token: u64,
     pub shards: u16,
     pub shards_answered: u16,
+    /// The shard serving this connection.
+    pub shard: u16,
     pub uptime_s: u64,
     pub received: u64,
     pub delivered: u64,
@@ -412,6 +440,7 @@ impl ServerFrame {
                     token: r.u64("token")?,
                     shards: r.u16("shards")?,
                     shards_answered: r.u16("shards answered")?,
+                    shard: r.u16("shard")?,
                     ..Pong::default()
                 };
                 for field in [
@@ -445,10 +474,10 @@ impl ServerFrame {
                 }
             }
             other => {
-                return Err(BodyError {
-                    code: ErrorCode::UnknownKind,
-                    message: format!("unknown frame kind 0x{other:02x}"),
-                })
+                return Err(BodyError::new(
+                    ErrorCode::UnknownKind,
+                    format!("unknown frame kind 0x{other:02x}"),
+                ))
             }
         };
         r.end("the frame")?;
@@ -516,13 +545,18 @@ pub fn put_publish(out: &mut BytesMut, request_id: u64, ack: bool, event: &RawEv
 
 /// Client: PUBLISH_BATCH.
 pub fn put_publish_batch(out: &mut BytesMut, request_id: u64, ack: bool, events: &[RawEvent]) {
-    frame(out, kind::PUBLISH_BATCH, if ack { FLAG_ACK } else { 0 }, |out| {
-        out.put_u64_le(request_id);
-        out.put_u32_le(events.len() as u32);
-        for e in events {
-            put_raw_event(out, e);
-        }
-    });
+    frame(
+        out,
+        kind::PUBLISH_BATCH,
+        if ack { FLAG_ACK } else { 0 },
+        |out| {
+            out.put_u64_le(request_id);
+            out.put_u32_le(events.len() as u32);
+            for e in events {
+                put_raw_event(out, e);
+            }
+        },
+    );
 }
 
 /// Client: SUBSCRIBE.
@@ -594,6 +628,7 @@ pub fn put_pong(out: &mut BytesMut, p: &Pong) {
         out.put_u64_le(p.token);
         out.put_u16_le(p.shards);
         out.put_u16_le(p.shards_answered);
+        out.put_u16_le(p.shard);
         for v in [
             p.uptime_s,
             p.received,
@@ -627,12 +662,17 @@ pub fn put_error(
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    frame(out, kind::ERROR, if closing { FLAG_CLOSING } else { 0 }, |out| {
-        out.put_u16_le(code as u16);
-        out.put_u64_le(reference);
-        out.put_u32_le(index.unwrap_or(NO_INDEX));
-        put_str16(out, &message.as_bytes()[..end]);
-    });
+    frame(
+        out,
+        kind::ERROR,
+        if closing { FLAG_CLOSING } else { 0 },
+        |out| {
+            out.put_u16_le(code as u16);
+            out.put_u64_le(reference);
+            out.put_u32_le(index.unwrap_or(NO_INDEX));
+            put_str16(out, &message.as_bytes()[..end]);
+        },
+    );
 }
 
 #[cfg(test)]
@@ -653,27 +693,46 @@ mod tests {
             prop::collection::vec(("[a-z]{0,8}", "\\PC{0,8}"), 0..4),
             prop::collection::vec(any::<u8>(), 0..200),
         )
-            .prop_map(|(priority, timestamp_ns, topic, id, meta, payload)| RawEvent {
-                topic: Bytes::from(topic),
-                id: Bytes::from(id),
-                payload: Bytes::from(payload),
-                metadata: Metadata::from_pairs(meta.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .prop_map(
+                |(priority, timestamp_ns, topic, id, meta, payload)| RawEvent {
+                    topic: Bytes::from(topic),
+                    id: Bytes::from(id),
+                    payload: Bytes::from(payload),
+                    metadata: Metadata::from_pairs(
+                        meta.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    )
                     .unwrap(),
-                priority,
-                timestamp_ns,
-            })
+                    priority,
+                    timestamp_ns,
+                },
+            )
     }
 
     fn client_frame() -> impl Strategy<Value = ClientFrame> {
         prop_oneof![
             (any::<u64>(), any::<bool>(), raw_event()).prop_map(|(request_id, ack, event)| {
-                ClientFrame::Publish { request_id, ack, event }
+                ClientFrame::Publish {
+                    request_id,
+                    ack,
+                    event,
+                }
             }),
-            (any::<u64>(), any::<bool>(), prop::collection::vec(raw_event(), 0..5)).prop_map(
-                |(request_id, ack, events)| ClientFrame::PublishBatch { request_id, ack, events }
-            ),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                prop::collection::vec(raw_event(), 0..5)
+            )
+                .prop_map(|(request_id, ack, events)| ClientFrame::PublishBatch {
+                    request_id,
+                    ack,
+                    events
+                }),
             (any::<u32>(), any::<u8>(), "[a-z/*]{0,30}").prop_map(|(sub_id, min_priority, p)| {
-                ClientFrame::Subscribe { sub_id, min_priority, pattern: Bytes::from(p) }
+                ClientFrame::Subscribe {
+                    sub_id,
+                    min_priority,
+                    pattern: Bytes::from(p),
+                }
             }),
             any::<u32>().prop_map(|sub_id| ClientFrame::Unsubscribe { sub_id }),
             any::<u64>().prop_map(|token| ClientFrame::Ping { token }),
@@ -682,13 +741,21 @@ mod tests {
 
     fn encode(f: &ClientFrame, out: &mut BytesMut) {
         match f {
-            ClientFrame::Publish { request_id, ack, event } => put_publish(out, *request_id, *ack, event),
-            ClientFrame::PublishBatch { request_id, ack, events } => {
-                put_publish_batch(out, *request_id, *ack, events)
-            }
-            ClientFrame::Subscribe { sub_id, min_priority, pattern } => {
-                put_subscribe(out, *sub_id, *min_priority, pattern)
-            }
+            ClientFrame::Publish {
+                request_id,
+                ack,
+                event,
+            } => put_publish(out, *request_id, *ack, event),
+            ClientFrame::PublishBatch {
+                request_id,
+                ack,
+                events,
+            } => put_publish_batch(out, *request_id, *ack, events),
+            ClientFrame::Subscribe {
+                sub_id,
+                min_priority,
+                pattern,
+            } => put_subscribe(out, *sub_id, *min_priority, pattern),
             ClientFrame::Unsubscribe { sub_id } => put_unsubscribe(out, *sub_id),
             ClientFrame::Ping { token } => put_ping(out, *token),
         }
@@ -765,13 +832,35 @@ mod tests {
 
     #[test]
     fn batch_errors_name_the_event_index() {
-        let good = RawEvent { topic: Bytes::from_static(b"a"), ..RawEvent::default() };
+        let good = RawEvent {
+            topic: Bytes::from_static(b"a"),
+            ..RawEvent::default()
+        };
         let mut buf = BytesMut::new();
         put_publish_batch(&mut buf, 9, true, &[good.clone(), good]);
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
-        let short = RawFrame { body: raw.body.slice(..raw.body.len() - 3), ..raw };
+        let short = RawFrame {
+            body: raw.body.slice(..raw.body.len() - 3),
+            ..raw
+        };
         let err = ClientFrame::parse(short, 10).unwrap_err();
         assert!(err.message.starts_with("event 1:"), "{}", err.message);
+        assert_eq!((err.reference, err.index), (9, Some(1)));
+    }
+
+    #[test]
+    fn body_errors_name_their_request() {
+        let mut buf = BytesMut::new();
+        frame(&mut buf, kind::PUBLISH, FLAG_ACK, |out| {
+            out.put_u64_le(77);
+            out.put_u8(2);
+        });
+        let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
+        let err = ClientFrame::parse(raw, 10).unwrap_err();
+        assert_eq!(
+            (err.code, err.reference, err.index),
+            (ErrorCode::Malformed, 77, None)
+        );
     }
 
     #[test]
@@ -780,9 +869,15 @@ mod tests {
         frame(&mut buf, 0x7f, 0, |out| out.put_u8(1));
         put_ping(&mut buf, 3);
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
-        assert_eq!(ClientFrame::parse(raw, 1).unwrap_err().code, ErrorCode::UnknownKind);
+        assert_eq!(
+            ClientFrame::parse(raw, 1).unwrap_err().code,
+            ErrorCode::UnknownKind
+        );
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
-        assert_eq!(ClientFrame::parse(raw, 1).unwrap(), ClientFrame::Ping { token: 3 });
+        assert_eq!(
+            ClientFrame::parse(raw, 1).unwrap(),
+            ClientFrame::Ping { token: 3 }
+        );
     }
 
     #[test]
@@ -796,25 +891,71 @@ mod tests {
             timestamp_ns: 12,
             sequence: 77,
         };
-        let pong = Pong { token: 5, shards: 4, shards_answered: 4, uptime_s: 9, version: "0.1.0".into(), ..Pong::default() };
+        let pong = Pong {
+            token: 5,
+            shards: 4,
+            shards_answered: 4,
+            uptime_s: 9,
+            version: "0.1.0".into(),
+            ..Pong::default()
+        };
         let mut buf = BytesMut::new();
         put_ack(&mut buf, 1, 2, 3, 4);
         put_event(&mut buf, 7, &event);
         put_subscribed(&mut buf, 8);
         put_unsubscribed(&mut buf, 8, 10, 2);
         put_pong(&mut buf, &pong);
-        put_error(&mut buf, ErrorCode::SlowConsumer, false, 8, None, "slow consumer");
+        put_error(
+            &mut buf,
+            ErrorCode::SlowConsumer,
+            false,
+            8,
+            None,
+            "slow consumer",
+        );
         let mut next = || ServerFrame::parse(next_frame(&mut buf, MAX).unwrap().unwrap()).unwrap();
-        assert_eq!(next(), ServerFrame::Ack { request_id: 1, count: 2, sequence: 3, latency_ns: 4 });
-        let ServerFrame::Event { sub_id: 7, sequence: 77, event: raw } = next() else { panic!() };
+        assert_eq!(
+            next(),
+            ServerFrame::Ack {
+                request_id: 1,
+                count: 2,
+                sequence: 3,
+                latency_ns: 4
+            }
+        );
+        let ServerFrame::Event {
+            sub_id: 7,
+            sequence: 77,
+            event: raw,
+        } = next()
+        else {
+            panic!()
+        };
         assert_eq!(raw.id, Bytes::from(event.id.to_string()));
-        assert_eq!((raw.topic, raw.payload, raw.priority), (event.topic.bytes().clone(), event.payload.clone(), 3));
+        assert_eq!(
+            (raw.topic, raw.payload, raw.priority),
+            (event.topic.bytes().clone(), event.payload.clone(), 3)
+        );
         assert_eq!(raw.metadata, event.metadata);
         assert_eq!(next(), ServerFrame::Subscribed { sub_id: 8 });
-        assert_eq!(next(), ServerFrame::Unsubscribed { sub_id: 8, delivered: 10, shed: 2 });
+        assert_eq!(
+            next(),
+            ServerFrame::Unsubscribed {
+                sub_id: 8,
+                delivered: 10,
+                shed: 2
+            }
+        );
         assert_eq!(next(), ServerFrame::Pong(pong));
-        assert_eq!(next(), ServerFrame::Error {
-            code: ErrorCode::SlowConsumer, closing: false, reference: 8, index: None, message: "slow consumer".into()
-        });
+        assert_eq!(
+            next(),
+            ServerFrame::Error {
+                code: ErrorCode::SlowConsumer,
+                closing: false,
+                reference: 8,
+                index: None,
+                message: "slow consumer".into()
+            }
+        );
     }
 }

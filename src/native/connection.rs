@@ -55,11 +55,12 @@ impl Door {
             if self.shard.is_closing() {
                 return;
             }
-            let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                stopped.await;
-                None
-            })
-            .await;
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    stopped.await;
+                    None
+                })
+                .await;
             match accepted {
                 None => return,
                 Some(Ok(stream)) => {
@@ -74,7 +75,7 @@ impl Door {
                 }
                 // EMFILE and friends: keep serving the clients we have, try again shortly.
                 Some(Err(e)) => {
-                    eprintln!("shard {}: accept failed: {e}", self.shard.id());
+                    crate::log_line!("shard {}: accept failed: {e}", self.shard.id());
                     glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }
@@ -129,14 +130,14 @@ impl AckSink for Connection {
 impl Connection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
         if let Err(e) = stream.set_nodelay(true) {
-            eprintln!("shard {}: TCP_NODELAY: {e}", door.shard.id());
+            crate::log_line!("shard {}: TCP_NODELAY: {e}", door.shard.id());
         }
         // The writer gets its own handle on the socket (a dup'ed fd), so reading and writing
         // proceed independently without sharing a lock.
         let write_half = match nix_dup(stream.as_raw_fd()) {
             Ok(fd) => unsafe { TcpStream::from_raw_fd(fd) },
             Err(e) => {
-                eprintln!("shard {}: dup: {e}", door.shard.id());
+                crate::log_line!("shard {}: dup: {e}", door.shard.id());
                 return;
             }
         };
@@ -162,7 +163,14 @@ impl Connection {
     }
 
     fn error(&self, code: ErrorCode, closing: bool, reference: u64, index: Option<u32>, msg: &str) {
-        codec::put_error(&mut self.control.borrow_mut(), code, closing, reference, index, msg);
+        codec::put_error(
+            &mut self.control.borrow_mut(),
+            code,
+            closing,
+            reference,
+            index,
+            msg,
+        );
         self.consumer.notify.notify();
     }
 
@@ -170,6 +178,8 @@ impl Connection {
         let mut buf = BytesMut::with_capacity(MAX_READ);
         let mut read_size = MIN_READ;
         loop {
+            // A socket that always has data would otherwise keep this task running forever.
+            futures_lite::future::yield_now().await;
             self.shard.admit().await;
             while self.control.borrow().len() > MAX_UNSENT_CONTROL {
                 self.written.wait().await;
@@ -221,7 +231,13 @@ impl Connection {
             self.error(ErrorCode::ShuttingDown, false, u64::from(sub_id), None, msg);
         }
         self.subs.borrow_mut().clear();
-        self.error(ErrorCode::ShuttingDown, true, 0, None, "the server is shutting down");
+        self.error(
+            ErrorCode::ShuttingDown,
+            true,
+            0,
+            None,
+            "the server is shutting down",
+        );
     }
 
     async fn handle(self: &Rc<Self>, frame: RawFrame) {
@@ -229,7 +245,7 @@ impl Connection {
         let parsed = ClientFrame::parse(frame, self.shard.limits().max_batch_events);
         let frame = match parsed {
             Ok(f) => f,
-            Err(e) => return self.error(e.code, false, 0, None, &e.message),
+            Err(e) => return self.error(e.code, false, e.reference, e.index, &e.message),
         };
         match frame {
             ClientFrame::Publish {
@@ -254,7 +270,13 @@ impl Connection {
                         Ok(e) => valid.push(e),
                         Err(e) => {
                             let msg = format!("event {i}: {e}");
-                            return self.error(error_code(&e), false, request_id, Some(i as u32), &msg);
+                            return self.error(
+                                error_code(&e),
+                                false,
+                                request_id,
+                                Some(i as u32),
+                                &msg,
+                            );
                         }
                     }
                 }
@@ -273,12 +295,23 @@ impl Connection {
                         self.shard.unsubscribe(&sub);
                         let stats = sub.stats();
                         let shed = stats.shed.iter().sum();
-                        codec::put_unsubscribed(&mut self.control.borrow_mut(), sub_id, stats.delivered, shed);
+                        codec::put_unsubscribed(
+                            &mut self.control.borrow_mut(),
+                            sub_id,
+                            stats.delivered,
+                            shed,
+                        );
                         self.consumer.notify.notify();
                     }
                     None => {
                         let msg = format!("no subscription {sub_id} on this connection");
-                        self.error(ErrorCode::UnknownSubscription, false, u64::from(sub_id), None, &msg);
+                        self.error(
+                            ErrorCode::UnknownSubscription,
+                            false,
+                            u64::from(sub_id),
+                            None,
+                            &msg,
+                        );
                     }
                 }
             }
@@ -288,6 +321,7 @@ impl Connection {
                     token,
                     shards: self.shard.count() as u16,
                     shards_answered: self.shard.count() as u16,
+                    shard: self.shard.id() as u16,
                     uptime_s: self.shard.uptime().as_secs(),
                     received: totals.received,
                     delivered: totals.delivered,
@@ -320,12 +354,24 @@ impl Connection {
         };
         if self.subs.borrow().contains_key(&sub_id) {
             let msg = format!("subscription id {sub_id} is already in use on this connection");
-            return self.error(ErrorCode::DuplicateSubscription, false, reference, None, &msg);
+            return self.error(
+                ErrorCode::DuplicateSubscription,
+                false,
+                reference,
+                None,
+                &msg,
+            );
         }
         let max = self.shard.limits().max_subscriptions_per_connection;
         if self.subs.borrow().len() >= max {
             let msg = format!("this connection has {max} subscriptions, the limit");
-            return self.error(ErrorCode::TooManySubscriptions, false, reference, None, &msg);
+            return self.error(
+                ErrorCode::TooManySubscriptions,
+                false,
+                reference,
+                None,
+                &msg,
+            );
         }
         let pattern = match Pattern::parse(pattern) {
             Ok(p) => p,
@@ -397,7 +443,14 @@ impl Connection {
         } else if sub.state() == SubState::Cut {
             self.subs.borrow_mut().remove(&sub_id);
             let msg = "slow consumer: a CRITICAL event could not be queued; subscription cut";
-            codec::put_error(out, ErrorCode::SlowConsumer, false, u64::from(sub_id), None, msg);
+            codec::put_error(
+                out,
+                ErrorCode::SlowConsumer,
+                false,
+                u64::from(sub_id),
+                None,
+                msg,
+            );
         }
     }
 }

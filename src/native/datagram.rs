@@ -56,20 +56,22 @@ pub fn decode_datagram(shard: &Shard, datagram: &[u8]) -> Result<Vec<Event>, Dat
 pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
+        futures_lite::future::yield_now().await;
         let stopped = shard.shutdown.wait();
         if shard.is_closing() {
             return;
         }
-        let received = futures_lite::future::or(async { Some(socket.recv_from(&mut buf).await) }, async {
-            stopped.await;
-            None
-        })
-        .await;
+        let received =
+            futures_lite::future::or(async { Some(socket.recv_from(&mut buf).await) }, async {
+                stopped.await;
+                None
+            })
+            .await;
         let n = match received {
             None => return,
             Some(Ok((n, _peer))) => n,
             Some(Err(e)) => {
-                eprintln!("shard {}: UDP receive failed: {e}", shard.id());
+                crate::log_line!("shard {}: UDP receive failed: {e}", shard.id());
                 continue;
             }
         };

@@ -1,0 +1,98 @@
+//! Shared by the end-to-end tests: an in-process server on ephemeral loopback ports with four
+//! unpinned shards (so cross-shard paths run even on a 2-CPU machine), and small helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventstream::config::Config;
+use eventstream::engine::routing::owner_of;
+use eventstream::engine::{Priority, RawEvent};
+use eventstream::native::client::Client;
+use eventstream::server::{self, RunningServer};
+
+pub const SHARDS: usize = 4;
+
+/// A server that stops when the test ends.
+pub struct TestServer {
+    running: Option<RunningServer>,
+    pub native: SocketAddr,
+    pub udp: SocketAddr,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop();
+        }
+    }
+}
+
+/// Test configuration: loopback, ephemeral ports, 4 unpinned shards.
+pub fn test_config() -> Config {
+    let mut config = Config {
+        bind: "127.0.0.1".parse().unwrap(),
+        ..Config::default()
+    };
+    config.native.port = 0;
+    config.udp.port = 0;
+    config.grpc.port = 0;
+    config.metrics.port = 0;
+    config.shards.count = Some(SHARDS);
+    config.shards.pin = false;
+    config.shutdown.drain_timeout_ms = 1_000;
+    config
+}
+
+pub fn start() -> TestServer {
+    start_with(test_config())
+}
+
+pub fn start_with(config: Config) -> TestServer {
+    let running = server::start(&config).expect("server starts");
+    let addrs = running.addresses();
+    TestServer {
+        native: addrs.native,
+        udp: addrs.udp.expect("udp enabled"),
+        running: Some(running),
+    }
+}
+
+impl TestServer {
+    /// A client with a 20 s safety timeout on every wait.
+    pub fn client(&self) -> Client {
+        let mut c = Client::connect(&self.native.to_string()).expect("connect");
+        c.set_timeout(Some(Duration::from_secs(20))).unwrap();
+        c
+    }
+
+    /// A client whose connection the kernel placed on `shard` (SO_REUSEPORT spreads
+    /// connections by their ports, so this opens connections until one lands there).
+    pub fn client_on(&self, shard: usize) -> Client {
+        for _ in 0..500 {
+            let mut c = self.client();
+            if usize::from(c.ping().unwrap().shard) == shard {
+                return c;
+            }
+        }
+        panic!("no connection landed on shard {shard}");
+    }
+}
+
+/// A topic under `prefix` owned by `shard`.
+pub fn topic_owned_by(prefix: &str, shard: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}/t{i}"))
+        .find(|t| owner_of(t.as_bytes(), SHARDS) == shard)
+        .unwrap()
+}
+
+pub fn event(topic: &str, payload: &[u8], priority: Priority) -> RawEvent {
+    RawEvent {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        payload: Bytes::copy_from_slice(payload),
+        priority: priority as u8,
+        ..RawEvent::default()
+    }
+}

@@ -1,0 +1,67 @@
+//! The UDP door: publishes reach TCP subscribers; bad datagrams are dropped and counted, never
+//! answered, and never partly applied.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use eventstream::engine::Priority;
+use eventstream::native::client::publish_datagrams;
+use eventstream::native::codec;
+
+fn dropped_eventually(server: &TestServer, expected: u64) {
+    let mut c = server.client();
+    for _ in 0..200 {
+        if c.ping().unwrap().datagrams_dropped == expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("datagrams_dropped never reached {expected}");
+}
+
+#[test]
+fn udp_publish_reaches_a_tcp_subscriber() {
+    let server = start();
+    let mut sub = server.client();
+    sub.subscribe("sensors/*", Priority::Batch).unwrap();
+    let events: Vec<_> = (0..10)
+        .map(|i| event("sensors/udp", &[i], Priority::High))
+        .collect();
+    publish_datagrams(server.udp, &events).unwrap();
+    for i in 0..10u8 {
+        let d = sub.next_event().unwrap();
+        assert_eq!(
+            (d.event.payload.as_ref(), d.sequence),
+            (&[i][..], u64::from(i) + 1)
+        );
+    }
+}
+
+#[test]
+fn bad_datagrams_are_dropped_whole_and_counted() {
+    let server = start();
+    let mut sub = server.client();
+    sub.subscribe("d/*", Priority::Batch).unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(server.udp).unwrap();
+
+    socket.send(b"not a frame at all").unwrap();
+    let mut subscribe = BytesMut::new();
+    codec::put_subscribe(&mut subscribe, 1, 0, b"d/*");
+    socket.send(&subscribe).unwrap();
+    // Two good publishes and a bad one in one datagram: none of them is published.
+    let mut mixed = BytesMut::new();
+    codec::put_publish(&mut mixed, 0, false, &event("d/a", b"1", Priority::Low));
+    codec::put_publish(&mut mixed, 0, false, &event("d/a", b"2", Priority::Low));
+    codec::put_publish(&mut mixed, 0, false, &event("d//a", b"3", Priority::Low));
+    socket.send(&mixed).unwrap();
+    dropped_eventually(&server, 3);
+
+    publish_datagrams(server.udp, &[event("d/a", b"good", Priority::Low)]).unwrap();
+    let d = sub.next_event().unwrap();
+    assert_eq!((d.event.payload.as_ref(), d.sequence), (&b"good"[..], 1));
+}
