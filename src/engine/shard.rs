@@ -8,15 +8,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Receivers, Senders};
+use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
-use super::event::{unix_now_ns, Event, EventError, IdGenerator, Priority, RawEvent};
+use super::event::{Event, EventError, IdGenerator, Priority, RawEvent};
 use super::index::{SubEntry, SubKey, SubscriptionIndex};
 use super::limits::Limits;
 use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
@@ -96,7 +98,9 @@ pub struct Shard {
     limits: Limits,
     started: Instant,
     outboxes: Vec<Outbox>,
-    topics: RefCell<HashMap<Bytes, TopicState>>,
+    /// Topics this shard owns, hashed once per event (foldhash).
+    topics: RefCell<HashTable<(Bytes, TopicState)>>,
+    hasher: DefaultHashBuilder,
     index: RefCell<SubscriptionIndex>,
     local: RefCell<HashMap<u64, Rc<Subscriber>>>,
     next_local: Cell<u64>,
@@ -120,7 +124,8 @@ impl Shard {
             limits,
             started: Instant::now(),
             outboxes: (0..count).map(|_| Outbox::default()).collect(),
-            topics: RefCell::default(),
+            topics: RefCell::new(HashTable::new()),
+            hasher: DefaultHashBuilder::default(),
             index: RefCell::default(),
             local: RefCell::default(),
             next_local: Cell::new(1),
@@ -229,9 +234,10 @@ impl Shard {
         }
     }
 
-    /// Checks a decoded event against §3 and this shard's limits; fills id and timestamp.
-    pub fn validate(&self, raw: RawEvent) -> Result<Event, EventError> {
-        Event::validate(raw, &self.limits, &mut self.ids.borrow_mut(), unix_now_ns())
+    /// Checks a decoded event against §3 and this shard's limits; fills id and timestamp
+    /// (`received_ns`: when the bytes carrying it were read, Unix ns).
+    pub fn validate(&self, raw: RawEvent, received_ns: i64) -> Result<Event, EventError> {
+        Event::validate(raw, &self.limits, &mut self.ids.borrow_mut(), received_ns)
     }
 
     /// Publishes validated events, each to its topic's owner; answers `ack` once all of them
@@ -280,23 +286,25 @@ impl Shard {
         let mut topics = self.topics.borrow_mut();
         let index = self.index.borrow();
         let key: &[u8] = event.topic.bytes();
-        if !topics.contains_key(key) {
+        let hash = self.hasher.hash_one(key);
+        let same = |entry: &(Bytes, TopicState)| entry.0 == key;
+        if topics.find(hash, same).is_none() {
             if topics.len() >= self.limits.max_topics_per_shard {
                 return Err(PublishError::TooManyTopics {
                     shard: self.id,
                     max: self.limits.max_topics_per_shard,
                 });
             }
-            topics.insert(
-                Bytes::copy_from_slice(key),
-                TopicState {
-                    last_sequence: 0,
-                    generation: u64::MAX,
-                    matches: Vec::new(),
-                },
-            );
+            let state = TopicState {
+                last_sequence: 0,
+                generation: u64::MAX,
+                matches: Vec::new(),
+            };
+            // A copy: the event's bytes point into a whole receive buffer.
+            let entry = (Bytes::copy_from_slice(key), state);
+            topics.insert_unique(hash, entry, |e| self.hasher.hash_one(&e.0[..]));
         }
-        let state = topics.get_mut(key).expect("inserted above");
+        let (_, state) = topics.find_mut(hash, same).expect("inserted above");
         if state.generation != index.generation() {
             state.matches.clear();
             index.matches(event.topic.as_str(), &mut state.matches);

@@ -70,6 +70,7 @@ pub struct Client {
     inbox: VecDeque<Inbound>,
     next_request: u64,
     next_sub: u32,
+    read_size: usize,
 }
 
 impl Client {
@@ -92,6 +93,7 @@ impl Client {
             inbox: VecDeque::new(),
             next_request: 1,
             next_sub: 1,
+            read_size: 4096,
         })
     }
 
@@ -113,6 +115,28 @@ impl Client {
     pub fn publish_nowait(&mut self, event: &RawEvent) -> Result<(), ClientError> {
         let id = self.request_id();
         codec::put_publish(&mut self.wbuf, id, false, event);
+        if self.wbuf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Like [`Client::publish_nowait`] for an event with only a topic, a priority and a
+    /// payload, encoded straight from the borrowed slices.
+    pub fn publish_nowait_simple(
+        &mut self,
+        topic: &str,
+        priority: Priority,
+        payload: &[u8],
+    ) -> Result<(), ClientError> {
+        let id = self.request_id();
+        codec::put_publish_simple(
+            &mut self.wbuf,
+            id,
+            topic.as_bytes(),
+            priority as u8,
+            payload,
+        );
         if self.wbuf.len() >= 64 * 1024 {
             self.flush()?;
         }
@@ -270,8 +294,9 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
+            // Zero (and read) about as much as the last read brought, not a fixed 64 KiB.
             let start = self.rbuf.len();
-            self.rbuf.resize(start + 64 * 1024, 0);
+            self.rbuf.resize(start + self.read_size, 0);
             let n = match self.stream.read(&mut self.rbuf[start..]) {
                 Ok(n) => n,
                 Err(e)
@@ -293,6 +318,7 @@ impl Client {
             if n == 0 {
                 return Err(ClientError::Closed);
             }
+            self.read_size = (n * 2).clamp(4096, 256 * 1024);
         }
     }
 }

@@ -14,6 +14,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
 use super::error_code;
+use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, Shard, SubState,
@@ -210,9 +211,10 @@ impl Connection {
             } else {
                 (n * 2).clamp(MIN_READ, MAX_READ)
             };
+            let received_ns = unix_now_ns();
             loop {
                 match codec::next_frame(&mut buf, max_frame) {
-                    Ok(Some(frame)) => self.handle(frame).await,
+                    Ok(Some(frame)) => self.handle(frame, received_ns).await,
                     Ok(None) => break,
                     Err(e) => {
                         self.error(ErrorCode::BadLength, true, 0, None, &e.to_string());
@@ -240,8 +242,7 @@ impl Connection {
         );
     }
 
-    async fn handle(self: &Rc<Self>, frame: RawFrame) {
-        let decoded_at = Instant::now();
+    async fn handle(self: &Rc<Self>, frame: RawFrame, received_ns: i64) {
         let parsed = ClientFrame::parse(frame, self.shard.limits().max_batch_events);
         let frame = match parsed {
             Ok(f) => f,
@@ -252,9 +253,9 @@ impl Connection {
                 request_id,
                 ack,
                 event,
-            } => match self.shard.validate(event) {
+            } => match self.shard.validate(event, received_ns) {
                 Ok(event) => {
-                    let ack = ack.then(|| self.ack_request(request_id, decoded_at));
+                    let ack = ack.then(|| self.ack_request(request_id));
                     self.shard.publish(std::iter::once(event), ack);
                 }
                 Err(e) => self.error(error_code(&e), false, request_id, None, &e.to_string()),
@@ -266,7 +267,7 @@ impl Connection {
             } => {
                 let mut valid: Vec<Event> = Vec::with_capacity(events.len());
                 for (i, raw) in events.into_iter().enumerate() {
-                    match self.shard.validate(raw) {
+                    match self.shard.validate(raw, received_ns) {
                         Ok(e) => valid.push(e),
                         Err(e) => {
                             let msg = format!("event {i}: {e}");
@@ -280,7 +281,7 @@ impl Connection {
                         }
                     }
                 }
-                let ack = ack.then(|| self.ack_request(request_id, decoded_at));
+                let ack = ack.then(|| self.ack_request(request_id));
                 self.shard.publish(valid, ack);
             }
             ClientFrame::Subscribe {
@@ -338,11 +339,12 @@ impl Connection {
         }
     }
 
-    fn ack_request(self: &Rc<Self>, request_id: u64, decoded_at: Instant) -> AckRequest {
+    /// Starts the latency clock of an acknowledged request (only those pay for reading it).
+    fn ack_request(self: &Rc<Self>, request_id: u64) -> AckRequest {
         AckRequest {
             sink: self.clone(),
             request_id,
-            decoded_at,
+            decoded_at: Instant::now(),
         }
     }
 

@@ -7,6 +7,7 @@ use bytes::BytesMut;
 use glommio::net::UdpSocket;
 
 use super::codec::{self, ClientFrame};
+use crate::engine::event::unix_now_ns;
 use crate::engine::{Event, Shard};
 
 /// Largest UDP payload over IPv4.
@@ -24,7 +25,11 @@ pub enum DatagramError {
 }
 
 /// Decodes and validates a whole datagram into events, or refuses all of it.
-pub fn decode_datagram(shard: &Shard, datagram: &[u8]) -> Result<Vec<Event>, DatagramError> {
+pub fn decode_datagram(
+    shard: &Shard,
+    datagram: &[u8],
+    received_ns: i64,
+) -> Result<Vec<Event>, DatagramError> {
     let mut buf = BytesMut::from(datagram);
     let mut events = Vec::new();
     let mut index = 0;
@@ -43,7 +48,7 @@ pub fn decode_datagram(shard: &Shard, datagram: &[u8]) -> Result<Vec<Event>, Dat
         };
         for raw in raws {
             let event = shard
-                .validate(raw)
+                .validate(raw, received_ns)
                 .map_err(|e| DatagramError::Frame(index, e.to_string()))?;
             events.push(event);
         }
@@ -75,7 +80,7 @@ pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
                 continue;
             }
         };
-        match decode_datagram(&shard, &buf[..n]) {
+        match decode_datagram(&shard, &buf[..n], unix_now_ns()) {
             Ok(events) => shard.publish(events, None),
             Err(_) => shard.count_dropped_datagram(),
         }

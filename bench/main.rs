@@ -1,0 +1,232 @@
+//! `eventstream-bench`: measures a running eventstream server and prints the seed's table
+//! (P50/P99/P99.9/max latency and events/s per row), or one JSON line per row with `--json`.
+//!
+//! Every delivery is checked (count, order, per-topic sequence); any error or loss fails the
+//! run with a non-zero exit, so a fast wrong answer never shows up as a result.
+//!
+//! Rows so far: `native-tcp` (pipelined publishes over the native protocol, received by one
+//! subscriber on another connection; latency from a send timestamp carried in the payload).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+use eventstream::engine::Priority;
+use eventstream::native::client::Client;
+
+#[derive(Parser)]
+#[command(
+    name = "eventstream-bench",
+    about = "Benchmark a running eventstream server"
+)]
+struct Args {
+    /// Native TCP address of the server.
+    #[arg(long, default_value = "127.0.0.1:9201")]
+    server: String,
+    /// Events per row (accepts k and M suffixes).
+    #[arg(long, default_value = "1M", value_parser = parse_count)]
+    count: u64,
+    /// Payload bytes per event (at least 16: send time and index).
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Rows to run, comma-separated.
+    #[arg(long, default_value = "native-tcp", value_delimiter = ',')]
+    rows: Vec<String>,
+    /// One JSON object per row instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_count(s: &str) -> Result<u64, String> {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'k' | b'K') => (&s[..s.len() - 1], 1_000),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1_000_000),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .map(|n| n * mult)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive count (e.g. 20000, 100k, 1M)"))
+}
+
+/// Events a publisher may be ahead of its subscriber (the server queues 65,536 by default).
+const WINDOW: u64 = 16 * 1024;
+
+/// One measured row.
+struct Row {
+    name: &'static str,
+    events: u64,
+    seconds: f64,
+    latency: Histogram<u64>,
+}
+
+impl Row {
+    fn events_per_s(&self) -> f64 {
+        self.events as f64 / self.seconds
+    }
+
+    fn us(&self, quantile: f64) -> f64 {
+        self.latency.value_at_quantile(quantile) as f64 / 1_000.0
+    }
+
+    fn print_json(&self) {
+        println!(
+            "{}",
+            serde_json::json!({
+                "row": self.name,
+                "events": self.events,
+                "seconds": self.seconds,
+                "events_per_s": self.events_per_s(),
+                "p50_us": self.us(0.5),
+                "p99_us": self.us(0.99),
+                "p999_us": self.us(0.999),
+                "max_us": self.latency.max() as f64 / 1_000.0,
+            })
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.size < 16 {
+        eprintln!("eventstream-bench: error: --size must be at least 16");
+        return ExitCode::FAILURE;
+    }
+    let mut rows = Vec::new();
+    for name in &args.rows {
+        let result = match name.as_str() {
+            "native-tcp" => native_tcp(&args),
+            other => Err(format!("unknown row {other:?} (known: native-tcp)")),
+        };
+        match result {
+            Ok(row) => {
+                if args.json {
+                    row.print_json();
+                }
+                rows.push(row);
+            }
+            Err(e) => {
+                eprintln!("eventstream-bench: {name}: FAILED: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if !args.json {
+        println!(
+            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>14}",
+            "path", "P50 µs", "P99 µs", "P99.9 µs", "max µs", "events/s"
+        );
+        for r in &rows {
+            println!(
+                "{:<14} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>14.0}",
+                r.name,
+                r.us(0.5),
+                r.us(0.99),
+                r.us(0.999),
+                r.latency.max() as f64 / 1_000.0,
+                r.events_per_s()
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn unique_topic(row: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("bench/{row}/{}-{nanos}", std::process::id())
+}
+
+/// Pipelined publishes on one connection, one subscriber on another; both threads of this
+/// process, so the send timestamp in the payload and the receive time share one clock.
+fn native_tcp(args: &Args) -> Result<Row, String> {
+    let topic = unique_topic("native-tcp");
+    let count = args.count;
+    let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    sub.set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    sub.subscribe(&topic, Priority::Batch)
+        .map_err(|e| e.to_string())?;
+    let clock = Instant::now();
+    // Flow control: the publisher stays at most WINDOW events ahead of the subscriber, well
+    // inside the server's subscriber queue, so the row measures delivery, not shedding.
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = received.clone();
+    let receiver = thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+        let mut last = 0;
+        for expected in 1..=count {
+            let d = sub
+                .next_event()
+                .map_err(|e| format!("after {} events: {e}", expected - 1))?;
+            let now = clock.elapsed().as_nanos() as u64;
+            let p = &d.event.payload;
+            let sent = u64::from_le_bytes(p[..8].try_into().expect("16-byte payload"));
+            let index = u64::from_le_bytes(p[8..16].try_into().expect("16-byte payload"));
+            if d.sequence != expected || index != expected - 1 {
+                return Err(format!(
+                    "expected sequence {expected} (index {}), got sequence {} (index {index}): events lost or reordered",
+                    expected - 1,
+                    d.sequence
+                ));
+            }
+            hist.record(now.saturating_sub(sent).max(1))
+                .map_err(|e| e.to_string())?;
+            last = now;
+            if expected % 1024 == 0 {
+                progress.store(expected, Ordering::Release);
+            }
+        }
+        Ok((hist, last))
+    });
+
+    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    publisher
+        .set_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut payload = vec![0u8; args.size];
+    let first = clock.elapsed().as_nanos() as u64;
+    for i in 0..count {
+        if i % 1024 == 0 {
+            while i.saturating_sub(received.load(Ordering::Acquire)) > WINDOW {
+                publisher.flush().map_err(|e| e.to_string())?;
+                if receiver.is_finished() {
+                    break; // it failed: its error is reported below
+                }
+                thread::yield_now();
+            }
+        }
+        let now = clock.elapsed().as_nanos() as u64;
+        payload[..8].copy_from_slice(&now.to_le_bytes());
+        payload[8..16].copy_from_slice(&i.to_le_bytes());
+        publisher
+            .publish_nowait_simple(&topic, Priority::Medium, &payload)
+            .map_err(|e| e.to_string())?;
+    }
+    publisher.flush().map_err(|e| e.to_string())?;
+    let pong = publisher.ping().map_err(|e| e.to_string())?;
+    let (latency, last) = receiver
+        .join()
+        .map_err(|_| "receiver thread panicked".to_owned())??;
+    if pong.shed > 0 {
+        eprintln!(
+            "note: the server reports {} shed events in total (other clients?)",
+            pong.shed
+        );
+    }
+    Ok(Row {
+        name: "native-tcp",
+        events: count,
+        seconds: (last - first) as f64 / 1e9,
+        latency,
+    })
+}
