@@ -16,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
+mod channels;
+
 use eventstream::engine::Priority;
 use eventstream::native::client::Client;
 
@@ -103,7 +105,13 @@ fn main() -> ExitCode {
     for name in &args.rows {
         let result = match name.as_str() {
             "native-tcp" => native_tcp(&args),
-            other => Err(format!("unknown row {other:?} (known: native-tcp)")),
+            "channels" => {
+                compare_channels(&args);
+                continue;
+            }
+            other => Err(format!(
+                "unknown row {other:?} (known: native-tcp, channels)"
+            )),
         };
         match result {
             Ok(row) => {
@@ -118,7 +126,7 @@ fn main() -> ExitCode {
             }
         }
     }
-    if !args.json {
+    if !args.json && !rows.is_empty() {
         println!(
             "{:<14} {:>10} {:>10} {:>10} {:>10} {:>14}",
             "path", "P50 µs", "P99 µs", "P99.9 µs", "max µs", "events/s"
@@ -136,6 +144,26 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Batches of 256 events (about what one socket read yields) and 100k round trips, three runs
+/// of each channel kind, alternating.
+fn compare_channels(args: &Args) {
+    for run in 1..=3 {
+        for result in [
+            channels::mesh(args.count, 256, 100_000),
+            channels::flume(args.count, 256, 100_000),
+        ] {
+            let line = serde_json::json!({
+                "row": "channels",
+                "run": run,
+                "kind": result.kind,
+                "events_per_s": result.events_per_s,
+                "round_trip_p50_us": result.round_trip_p50.as_secs_f64() * 1e6,
+            });
+            println!("{line}");
+        }
+    }
 }
 
 fn unique_topic(row: &str) -> String {
