@@ -292,14 +292,25 @@ fn check_memlock(shards: usize) -> Result<(), StartError> {
             }
         }
     }
-    if limit.rlim_cur == libc::RLIM_INFINITY || limit.rlim_cur >= need || has_ipc_lock() {
-        return Ok(());
+    let limit = (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur);
+    memlock_verdict(limit, need, has_ipc_lock(), shards)
+}
+
+/// `limit`: the soft RLIMIT_MEMLOCK (None: unlimited).
+fn memlock_verdict(
+    limit: Option<u64>,
+    need: u64,
+    ipc_lock: bool,
+    shards: usize,
+) -> Result<(), StartError> {
+    match limit {
+        Some(limit) if limit < need && !ipc_lock => Err(StartError::Memlock {
+            limit,
+            need,
+            shards,
+        }),
+        _ => Ok(()),
     }
-    Err(StartError::Memlock {
-        limit: limit.rlim_cur,
-        need,
-        shards,
-    })
 }
 
 /// CAP_IPC_LOCK exempts a process from RLIMIT_MEMLOCK.
@@ -313,4 +324,40 @@ fn has_ipc_lock() -> bool {
                 .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         })
         .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_too_low_fails_with_the_fix_unless_exempt() {
+        let err = memlock_verdict(Some(65_536), 393_216, false, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("65536") && err.contains("393216") && err.contains("tuning/README.md"),
+            "{err}"
+        );
+        assert!(
+            memlock_verdict(Some(65_536), 393_216, true, 2).is_ok(),
+            "CAP_IPC_LOCK exempts"
+        );
+        assert!(
+            memlock_verdict(None, 393_216, false, 2).is_ok(),
+            "unlimited"
+        );
+        assert!(memlock_verdict(Some(8 << 20), 393_216, false, 2).is_ok());
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_even_with_reuseport() {
+        let first = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = first.local_addr().unwrap();
+        assert!(check_free(taken, Type::STREAM).is_err());
+        assert!(
+            bind_tcp(taken).is_ok(),
+            "SO_REUSEPORT alone would have allowed it"
+        );
+    }
 }
