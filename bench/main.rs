@@ -39,6 +39,10 @@ struct Args {
     /// Rows to run, comma-separated.
     #[arg(long, default_value = "native-tcp", value_delimiter = ',')]
     rows: Vec<String>,
+    /// Events a publisher may run ahead of its subscriber (flow control; keep it well under
+    /// the server's subscriber queue of 65,536). Queueing latency grows with it.
+    #[arg(long, default_value_t = 4096)]
+    window: u64,
     /// One JSON object per row instead of the table.
     #[arg(long)]
     json: bool,
@@ -57,9 +61,6 @@ fn parse_count(s: &str) -> Result<u64, String> {
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("{s:?} is not a positive count (e.g. 20000, 100k, 1M)"))
 }
-
-/// Events a publisher may be ahead of its subscriber (the server queues 65,536 by default).
-const WINDOW: u64 = 16 * 1024;
 
 /// One measured row.
 struct Row {
@@ -185,7 +186,7 @@ fn native_tcp(args: &Args) -> Result<Row, String> {
     sub.subscribe(&topic, Priority::Batch)
         .map_err(|e| e.to_string())?;
     let clock = Instant::now();
-    // Flow control: the publisher stays at most WINDOW events ahead of the subscriber, well
+    // Flow control: the publisher stays at most `--window` events ahead of the subscriber,
     // inside the server's subscriber queue, so the row measures delivery, not shedding.
     let received = Arc::new(AtomicU64::new(0));
     let progress = received.clone();
@@ -225,7 +226,7 @@ fn native_tcp(args: &Args) -> Result<Row, String> {
     let first = clock.elapsed().as_nanos() as u64;
     for i in 0..count {
         if i % 1024 == 0 {
-            while i.saturating_sub(received.load(Ordering::Acquire)) > WINDOW {
+            while i.saturating_sub(received.load(Ordering::Acquire)) > args.window {
                 publisher.flush().map_err(|e| e.to_string())?;
                 if receiver.is_finished() {
                     break; // it failed: its error is reported below
