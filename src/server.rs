@@ -20,6 +20,8 @@ use crate::native::datagram;
 /// glommio registers it with three rings, which RLIMIT_MEMLOCK must cover.
 const IO_MEMORY: usize = 64 * 1024;
 const IO_MEMORY_RINGS: usize = 3;
+/// glommio refuses to create an executor below this RLIMIT_MEMLOCK, whatever it registers.
+const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 /// Batches in flight from one shard to another before the sender waits.
 const CHANNEL_BATCHES: usize = 256;
 
@@ -59,6 +61,14 @@ pub struct RunningServer {
     addresses: Addresses,
     stops: Vec<flume::Sender<()>>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// How far a shard got in starting up.
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    Created,
+    Serving,
+    Failed(String),
 }
 
 struct ShardSockets {
@@ -146,9 +156,9 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         .unwrap_or(0)
         ^ u64::from(std::process::id()) << 32;
     let mesh = MeshBuilder::<Batch, _>::full(cpus.len(), CHANNEL_BATCHES);
-    let (ready_tx, ready_rx) = flume::unbounded::<Result<(), String>>();
     let mut stops = Vec::new();
     let mut shards = Vec::new();
+    let mut progress = Vec::new();
     for (i, (cpu, (tcp, udp))) in cpus.iter().zip(tcp.into_iter().zip(udp)).enumerate() {
         let placement = match cpu {
             Some(cpu) => Placement::Fixed(*cpu),
@@ -158,7 +168,10 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         stops.push(stop_tx);
         let sockets = ShardSockets { tcp, udp };
         let mesh = mesh.clone();
-        let ready = ready_tx.clone();
+        // Each shard reports Created (its executor exists) then Serving; a sender dropped
+        // before Created means the executor could not be made, and its thread says why.
+        let (ready, ready_rx) = flume::unbounded::<Stage>();
+        progress.push(ready_rx);
         let limits = config.limits;
         let max_frame = config.native.max_frame_bytes;
         let drain = config.drain_timeout();
@@ -166,9 +179,10 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY)
             .spawn(move || async move {
+                let _ = ready.send(Stage::Created);
                 let joined = mesh.join().await;
                 let Ok((senders, receivers)) = joined else {
-                    let _ = ready.send(Err("could not join the shard mesh".into()));
+                    let _ = ready.send(Stage::Failed("could not join the shard mesh".into()));
                     return;
                 };
                 let id = senders.peer_id();
@@ -182,16 +196,26 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
             })?;
         shards.push(handle);
     }
-    drop(ready_tx);
-    for i in 0..shards.len() {
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(reason)) => return Err(StartError::Shard { shard: i, reason }),
-            Err(_) => {
-                return Err(StartError::Shard {
-                    shard: i,
-                    reason: "did not start within 10 s (is io_uring available?)".into(),
-                })
+    for stage in [Stage::Created, Stage::Serving] {
+        for (i, rx) in progress.iter().enumerate() {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(got) if got == stage => {}
+                Ok(Stage::Failed(reason)) => return Err(StartError::Shard { shard: i, reason }),
+                Ok(other) => unreachable!("shard {i} reported {other:?} before {stage:?}"),
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    // The executor could not be created: its thread ended with the reason.
+                    let reason = match shards.remove(i).join() {
+                        Err(e) => e.to_string(),
+                        Ok(()) => "stopped before serving".to_owned(),
+                    };
+                    return Err(StartError::Shard { shard: i, reason });
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    return Err(StartError::Shard {
+                        shard: i,
+                        reason: format!("not {stage:?} after 10 s"),
+                    })
+                }
             }
         }
     }
@@ -210,7 +234,7 @@ async fn run_shard(
     sockets: ShardSockets,
     max_frame: usize,
     drain: Duration,
-    ready: flume::Sender<Result<(), String>>,
+    ready: flume::Sender<Stage>,
     stop: flume::Receiver<()>,
 ) {
     // SAFETY: each fd is a bound, listening socket that this shard now owns alone.
@@ -222,7 +246,8 @@ async fn run_shard(
         let socket = unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) };
         glommio::spawn_local(datagram::serve(shard.clone(), socket))
     });
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Stage::Serving);
+    drop(ready);
     let _ = stop.recv_async().await;
     shard.begin_shutdown();
     accepting.await;
@@ -243,7 +268,12 @@ fn check_free(addr: SocketAddr, kind: Type) -> std::io::Result<()> {
         return Ok(());
     }
     let probe = Socket::new(Domain::for_address(addr), kind, None)?;
-    probe.set_reuse_address(true)?;
+    // TCP: SO_REUSEADDR so that TIME_WAIT leftovers of our own last run do not count; it
+    // never lets us share a port with a listener. UDP has no TIME_WAIT, and SO_REUSEADDR
+    // would let the probe share the port: so none there.
+    if kind == Type::STREAM {
+        probe.set_reuse_address(true)?;
+    }
     probe.bind(&addr.into())
 }
 
@@ -261,7 +291,6 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
 
 fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.set_recv_buffer_size(4 << 20)?;
@@ -271,7 +300,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
 
 /// Fails early, with the fix, when io_uring could not register its memory.
 fn check_memlock(shards: usize) -> Result<(), StartError> {
-    let need = (shards * IO_MEMORY * IO_MEMORY_RINGS) as u64;
+    let need = ((shards * IO_MEMORY * IO_MEMORY_RINGS) as u64).max(GLOMMIO_MIN_MEMLOCK);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

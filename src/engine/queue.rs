@@ -87,6 +87,10 @@ impl SubscriberQueue {
     /// Offers an arriving event, shedding by the rules of §4 when the queue is full.
     pub fn offer(&mut self, event: Event) -> Offer {
         let size = event.size();
+        if size > self.max_bytes {
+            // It could never fit: shedding others for it would lose them for nothing.
+            return self.refuse(event.priority);
+        }
         let mut outcome = Offer::Queued;
         while !self.fits(size) {
             // The lowest priority below the arriving one that has anything queued.
@@ -102,11 +106,7 @@ impl SubscriberQueue {
                     self.stats.shed[p as usize] += 1;
                     outcome = Offer::QueuedShedding(p);
                 }
-                None if event.priority == Priority::Critical => return Offer::Cut,
-                None => {
-                    self.stats.shed[event.priority as usize] += 1;
-                    return Offer::Shed;
-                }
+                None => return self.refuse(event.priority),
             }
         }
         self.arrivals += 1;
@@ -116,6 +116,14 @@ impl SubscriberQueue {
         self.lanes[event.priority as usize].push_back((self.arrivals, event));
         debug_assert!(self.len <= self.max_events);
         outcome
+    }
+
+    fn refuse(&mut self, priority: Priority) -> Offer {
+        if priority == Priority::Critical {
+            return Offer::Cut;
+        }
+        self.stats.shed[priority as usize] += 1;
+        Offer::Shed
     }
 
     /// Takes the oldest queued event (arrival order, whatever its priority).
@@ -238,10 +246,19 @@ mod tests {
     }
 
     #[test]
-    fn an_event_larger_than_the_whole_budget_is_shed_or_cuts() {
+    fn an_event_larger_than_the_whole_budget_is_shed_or_cuts_alone() {
         let size = event(0, Priority::Low).size();
-        let mut q = SubscriberQueue::new(100, size - 1);
-        assert_eq!(q.offer(event(1, Priority::High)), Offer::Shed);
-        assert_eq!(q.offer(event(2, Priority::Critical)), Offer::Cut);
+        let mut q = SubscriberQueue::new(100, size);
+        assert_eq!(q.offer(event(1, Priority::Low)), Offer::Queued);
+        let mut big = event(2, Priority::High);
+        big.payload = bytes::Bytes::from(vec![0u8; 100]);
+        assert_eq!(q.offer(big.clone()), Offer::Shed);
+        big.priority = Priority::Critical;
+        assert_eq!(q.offer(big), Offer::Cut);
+        assert_eq!(
+            drain(&mut q),
+            vec![1],
+            "nothing was shed to make room in vain"
+        );
     }
 }

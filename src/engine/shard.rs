@@ -258,7 +258,7 @@ impl Shard {
                 last_sequence: 0,
                 error: None,
             });
-            u32::try_from(token).expect("pending requests are bounded by connections' windows")
+            u32::try_from(token).expect("pending requests are bounded by what connections read")
         });
         if let (Some(token), 0) = (token, count) {
             self.finish_ack(token as usize);
@@ -554,8 +554,8 @@ impl Shard {
         stats
     }
 
-    /// Asks every other shard for its counters; returns the server-wide totals and how many
-    /// shards answered (all of them, unless the caller's timeout fires first).
+    /// Asks every other shard for its counters and returns the server-wide totals once all of
+    /// them answered. Callers that need a bound (health checks) wrap it in a timeout.
     pub async fn ping_all(&self) -> ShardStats {
         let gather = Rc::new(PingGather {
             countdown: Countdown::new(self.count - 1),

@@ -69,7 +69,6 @@ pub struct Client {
     wbuf: BytesMut,
     inbox: VecDeque<Inbound>,
     next_request: u64,
-    next_sub: u32,
     read_size: usize,
 }
 
@@ -92,7 +91,6 @@ impl Client {
             wbuf: BytesMut::with_capacity(64 * 1024),
             inbox: VecDeque::new(),
             next_request: 1,
-            next_sub: 1,
             read_size: 4096,
         })
     }
@@ -163,8 +161,10 @@ impl Client {
     /// Subscribes and waits until the server confirmed; returns the subscription id that
     /// events for it carry.
     pub fn subscribe(&mut self, pattern: &str, min_priority: Priority) -> Result<u32, ClientError> {
-        let sub_id = self.next_sub;
-        self.next_sub += 1;
+        // Drawn from the request counter, so that an ERROR's reference is never ambiguous.
+        let sub_id = u32::try_from(self.request_id()).map_err(|_| {
+            ClientError::Protocol("subscription ids exhausted on this connection".into())
+        })?;
         codec::put_subscribe(
             &mut self.wbuf,
             sub_id,
@@ -253,12 +253,16 @@ impl Client {
                 return Ok(found);
             }
             if let ServerFrame::Error {
+                code,
                 reference: r,
                 closing,
                 ..
             } = &frame
             {
-                if *r == reference || *closing {
+                // Slow-consumer and shutdown notices are news about a subscription, never the
+                // answer to a request.
+                let notice = matches!(code, ErrorCode::SlowConsumer | ErrorCode::ShuttingDown);
+                if (*r == reference && !notice) || *closing {
                     return Err(into_error(frame));
                 }
             }

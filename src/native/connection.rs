@@ -102,6 +102,9 @@ struct Connection {
     closed: Cell<bool>,
     /// Woken after every socket write (the reader may be waiting for room).
     written: Notify,
+    /// Set, and `stop` woken, when a write failed: the reader stops too.
+    broken: Cell<bool>,
+    stop: Notify,
 }
 
 impl AckSink for Connection {
@@ -149,6 +152,8 @@ impl Connection {
             subs: RefCell::default(),
             closed: Cell::new(false),
             written: Notify::default(),
+            broken: Cell::new(false),
+            stop: Notify::default(),
         });
         let writer = glommio::spawn_local({
             let conn = conn.clone();
@@ -161,6 +166,8 @@ impl Connection {
         }
         conn.consumer.notify.notify();
         writer.await;
+        // Subscriptions on the ready list point back at the consumer: break the cycle.
+        while conn.consumer.next_ready().is_some() {}
     }
 
     fn error(&self, code: ErrorCode, closing: bool, reference: u64, index: Option<u32>, msg: &str) {
@@ -182,8 +189,11 @@ impl Connection {
             // A socket that always has data would otherwise keep this task running forever.
             futures_lite::future::yield_now().await;
             self.shard.admit().await;
-            while self.control.borrow().len() > MAX_UNSENT_CONTROL {
+            while self.control.borrow().len() > MAX_UNSENT_CONTROL && !self.broken.get() {
                 self.written.wait().await;
+            }
+            if self.broken.get() {
+                return;
             }
             // Zero only what this read may fill, sized to recent reads.
             let filled = buf.len();
@@ -192,15 +202,17 @@ impl Connection {
             if self.shard.is_closing() {
                 return self.shut_down();
             }
+            let broken = self.stop.wait();
             let read = futures_lite::future::or(
                 async { Some(stream.read(&mut buf[filled..]).await) },
                 async {
-                    stopped.await;
+                    futures_lite::future::or(stopped, broken).await;
                     None
                 },
             )
             .await;
             let n = match read {
+                None if self.broken.get() => return,
                 None => return self.shut_down(),
                 Some(Ok(0)) | Some(Err(_)) => return,
                 Some(Ok(n)) => n,
@@ -415,6 +427,9 @@ impl Connection {
                 continue;
             }
             if stream.write_all(&out).await.is_err() {
+                self.broken.set(true);
+                self.stop.notify();
+                self.written.notify();
                 break;
             }
             out.clear();

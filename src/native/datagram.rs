@@ -62,6 +62,8 @@ pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         futures_lite::future::yield_now().await;
+        // A saturated engine stops taking datagrams; the kernel drops (and counts) the excess.
+        shard.admit().await;
         let stopped = shard.shutdown.wait();
         if shard.is_closing() {
             return;
