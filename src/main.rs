@@ -307,7 +307,7 @@ fn health(args: HealthArgs) -> CliResult {
     let pong = client.ping()?;
     let healthy = pong.shards_answered == pong.shards;
     println!(
-        "{} version={} uptime={}s shards={}/{} topics={} subscriptions={} received={} delivered={} shed={} cut={} datagrams_dropped={}",
+        "{} version={} uptime={}s shards={}/{} topics={} subscriptions={} received={} delivered={} shed={} cut={} refused={} datagrams_dropped={}",
         if healthy { "healthy" } else { "unhealthy" },
         pong.version,
         pong.uptime_s,
@@ -319,6 +319,7 @@ fn health(args: HealthArgs) -> CliResult {
         pong.delivered,
         pong.shed,
         pong.cut,
+        pong.refused,
         pong.datagrams_dropped,
     );
     Ok(if healthy {

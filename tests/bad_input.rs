@@ -265,3 +265,29 @@ fn a_client_that_vanishes_mid_frame_leaves_nothing_behind() {
     }
     panic!("subscription of a closed connection still registered");
 }
+
+#[test]
+fn an_owner_refusal_reaches_the_publisher_with_or_without_ack() {
+    let mut config = test_config();
+    config.limits.max_topics_per_shard = 1;
+    let server = start_with(config);
+    let mut c = server.client();
+    // Two topics owned by one shard: the second cannot be tracked.
+    let full = topic_owned_by("full", 1);
+    let first = (0..)
+        .map(|i| format!("other/t{i}"))
+        .find(|t| eventstream::engine::routing::owner_of(t.as_bytes(), SHARDS) == 1);
+    c.publish(&event(&first.unwrap(), b"", Priority::Low))
+        .unwrap();
+    let (code, _, msg) = server_error(c.publish(&event(&full, b"", Priority::Low)).unwrap_err());
+    assert_eq!(code, ErrorCode::PublishFailed);
+    assert!(msg.contains("max_topics_per_shard"), "{msg}");
+    // Without an ack the refusal still arrives, naming the request.
+    c.publish_nowait(&event(&full, b"", Priority::Low)).unwrap();
+    c.flush().unwrap();
+    match c.next_event().unwrap_err() {
+        ClientError::Server { code, .. } => assert_eq!(code, ErrorCode::PublishFailed),
+        other => panic!("expected PublishFailed, got {other}"),
+    }
+    assert_eq!(c.ping().unwrap().refused, 2);
+}

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::event::Event;
 use super::index::{SubEntry, SubKey};
+use super::shard::{Route, SinkId};
 use super::topic::Pattern;
 
 /// A shard's answer to a publish: the sequence number, or why it could not be sequenced.
@@ -30,6 +31,8 @@ pub struct ShardStats {
     pub shed: [u64; 5],
     /// Subscribers cut as slow consumers.
     pub cut: u64,
+    /// Events this shard, as owner, could not sequence (topic limit, shutdown).
+    pub refused: u64,
     /// Topics this shard owns.
     pub topics: u64,
     /// Live subscriptions homed here.
@@ -51,6 +54,7 @@ impl ShardStats {
             *a += b;
         }
         self.cut += other.cut;
+        self.refused += other.refused;
         self.topics += other.topics;
         self.subscriptions += other.subscriptions;
         self.datagrams_dropped += other.datagrams_dropped;
@@ -62,13 +66,20 @@ impl ShardStats {
 /// One message between shards. `token`s name a pending request in the sender's table.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// To the topic's owner: sequence and fan out; answer with `Sequenced` if `token` is set.
-    Publish { event: Event, token: Option<u32> },
+    /// To the topic's owner: sequence and fan out, then answer as `route` says.
+    Publish { event: Event, route: Route },
     /// To the publisher's shard: the owner sequenced (or refused) one event of request `token`.
     Sequenced {
         token: u32,
         outcome: Result<u64, PublishError>,
         at: Instant,
+    },
+    /// To the publisher's shard: the owner refused an event of unacknowledged request
+    /// `request_id`, published through `sink`.
+    Refused {
+        sink: SinkId,
+        request_id: u64,
+        error: PublishError,
     },
     /// To a subscriber's home shard: queue `event` for the subscriptions listed in the batch's
     /// `subs[start..start + len]`.

@@ -20,6 +20,6 @@ pub mod topic;
 pub use event::{Event, EventError, EventId, Metadata, Priority, RawEvent};
 pub use limits::Limits;
 pub use messages::{Batch, PublishError, ShardStats};
-pub use shard::{AckOutcome, AckRequest, AckSink, Shard};
+pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
 pub use subscriber::{Consumer, SubState, Subscriber};
 pub use topic::{Pattern, Topic, TopicError};

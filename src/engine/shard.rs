@@ -32,11 +32,40 @@ use super::topic::Pattern;
 /// sockets: the engine is saturated and publishers must slow down (§4).
 const MAX_BACKLOG: usize = 64 * 1024;
 
-/// Receives the answer to a publish that asked for one. Doors implement it to write the
-/// acknowledgement to their client.
+/// Receives the answers to a client's publishes. Doors implement it to write them to their
+/// client.
 pub trait AckSink {
     /// Called once per acknowledged request, on the shard the request arrived on.
     fn acked(&self, request_id: u64, outcome: AckOutcome);
+    /// Called for each event of an unacknowledged request that its owner could not sequence.
+    fn refused(&self, request_id: u64, error: PublishError);
+}
+
+/// A door's [`AckSink`] registered with its shard, so that owners on other shards can name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SinkId(u64);
+
+/// Who hears how a publish went.
+pub enum Reply {
+    /// Acknowledge once every event is sequenced (or report the first refusal).
+    Ack(AckRequest),
+    /// No acknowledgement; a refusal is still reported to the sink (nothing is lost silently).
+    RefusalsOnly { sink: SinkId, request_id: u64 },
+    /// Nobody can be told (UDP): refusals are counted only.
+    Nobody,
+}
+
+/// [`Reply`] as it travels with each event to the owner shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Answer `Sequenced` for the pending request `token` of the publishing shard.
+    Ack(u32),
+    /// Answer `Refused` only if the event cannot be sequenced.
+    Refusal {
+        sink: SinkId,
+        request_id: u64,
+    },
+    Nobody,
 }
 
 /// The answer to an acknowledged publish or batch.
@@ -108,6 +137,8 @@ pub struct Shard {
     ids: RefCell<IdGenerator>,
     stats: RefCell<ShardStats>,
     to_cut: RefCell<Vec<Rc<Subscriber>>>,
+    sinks: RefCell<HashMap<SinkId, Rc<dyn AckSink>>>,
+    next_sink: Cell<u64>,
     drained: Notify,
     closing: Cell<bool>,
     /// Woken when the server starts shutting down.
@@ -133,6 +164,8 @@ impl Shard {
             ids: RefCell::new(IdGenerator::new(seed ^ (id as u64) << 48)),
             stats: RefCell::default(),
             to_cut: RefCell::default(),
+            sinks: RefCell::default(),
+            next_sink: Cell::new(1),
             drained: Notify::default(),
             closing: Cell::new(false),
             shutdown: Notify::default(),
@@ -240,9 +273,22 @@ impl Shard {
         Event::validate(raw, &self.limits, &mut self.ids.borrow_mut(), received_ns)
     }
 
-    /// Publishes validated events, each to its topic's owner; answers `ack` once all of them
-    /// are sequenced. Events of one call to one topic keep their order.
-    pub fn publish<I>(&self, events: I, ack: Option<AckRequest>)
+    /// Registers a door's sink for refusal reports; unregister it when its client goes.
+    pub fn register_sink(&self, sink: Rc<dyn AckSink>) -> SinkId {
+        let id = SinkId(self.next_sink.get());
+        self.next_sink.set(id.0 + 1);
+        self.sinks.borrow_mut().insert(id, sink);
+        id
+    }
+
+    /// Forgets a sink: refusals still in flight for it are dropped (its client is gone).
+    pub fn unregister_sink(&self, id: SinkId) {
+        self.sinks.borrow_mut().remove(&id);
+    }
+
+    /// Publishes validated events, each to its topic's owner, and tells `reply` how it went.
+    /// Events of one call to one topic keep their order.
+    pub fn publish<I>(&self, events: I, reply: Reply)
     where
         I: IntoIterator<Item = Event>,
         I::IntoIter: ExactSizeIterator,
@@ -250,31 +296,73 @@ impl Shard {
         let events = events.into_iter();
         let count = u32::try_from(events.len()).expect("batch sizes are limited far below u32");
         self.stats.borrow_mut().received += u64::from(count);
-        let token = ack.map(|request| {
-            let token = self.pending.borrow_mut().insert(Pending::Ack {
-                request,
-                remaining: count,
-                count,
-                last_sequence: 0,
-                error: None,
-            });
-            u32::try_from(token).expect("pending requests are bounded by what connections read")
-        });
-        if let (Some(token), 0) = (token, count) {
-            self.finish_ack(token as usize);
-        }
+        let route = match reply {
+            Reply::Ack(request) => {
+                let token = self.pending.borrow_mut().insert(Pending::Ack {
+                    request,
+                    remaining: count,
+                    count,
+                    last_sequence: 0,
+                    error: None,
+                });
+                if count == 0 {
+                    self.finish_ack(token);
+                }
+                Route::Ack(
+                    u32::try_from(token)
+                        .expect("pending requests are bounded by what connections read"),
+                )
+            }
+            Reply::RefusalsOnly { sink, request_id } => Route::Refusal { sink, request_id },
+            Reply::Nobody => Route::Nobody,
+        };
         for event in events {
             let owner = owner_of(event.topic.bytes(), self.count);
             if owner == self.id {
                 let outcome = self.sequence(event);
-                if let Some(token) = token {
-                    self.on_sequenced(token, outcome, Instant::now());
-                }
+                self.answer(self.id, route, outcome);
             } else {
-                self.push(owner, ShardMsg::Publish { event, token });
+                self.push(owner, ShardMsg::Publish { event, route });
             }
         }
         self.process_cuts();
+    }
+
+    /// As the owner: tells the publishing shard `from` what became of one event.
+    fn answer(&self, from: usize, route: Route, outcome: Result<u64, PublishError>) {
+        if outcome.is_err() {
+            self.stats.borrow_mut().refused += 1;
+        }
+        match (route, outcome) {
+            (Route::Ack(token), outcome) if from == self.id => {
+                self.on_sequenced(token, outcome, Instant::now())
+            }
+            (Route::Ack(token), outcome) => {
+                let at = Instant::now();
+                self.push(from, ShardMsg::Sequenced { token, outcome, at });
+            }
+            (Route::Refusal { sink, request_id }, Err(error)) if from == self.id => {
+                self.on_refused(sink, request_id, error)
+            }
+            (Route::Refusal { sink, request_id }, Err(error)) => {
+                self.push(
+                    from,
+                    ShardMsg::Refused {
+                        sink,
+                        request_id,
+                        error,
+                    },
+                );
+            }
+            (Route::Refusal { .. } | Route::Nobody, _) => {}
+        }
+    }
+
+    fn on_refused(&self, sink: SinkId, request_id: u64, error: PublishError) {
+        let sink = self.sinks.borrow().get(&sink).cloned();
+        if let Some(sink) = sink {
+            sink.refused(request_id, error);
+        }
     }
 
     /// As the topic's owner: give the event its sequence number and hand it to every matching
@@ -580,13 +668,15 @@ impl Shard {
         let Batch { msgs, subs } = batch;
         for msg in msgs {
             match msg {
-                ShardMsg::Publish { event, token } => {
+                ShardMsg::Publish { event, route } => {
                     let outcome = self.sequence(event);
-                    if let Some(token) = token {
-                        let at = Instant::now();
-                        self.push(from, ShardMsg::Sequenced { token, outcome, at });
-                    }
+                    self.answer(from, route, outcome);
                 }
+                ShardMsg::Refused {
+                    sink,
+                    request_id,
+                    error,
+                } => self.on_refused(sink, request_id, error),
                 ShardMsg::Sequenced { token, outcome, at } => self.on_sequenced(token, outcome, at),
                 ShardMsg::Deliver { event, start, len } => {
                     let keys = &subs[start as usize..(start + len) as usize];

@@ -379,6 +379,9 @@ pub struct Pong {
     pub topics: u64,
     pub subscriptions: u64,
     pub datagrams_dropped: u64,
+    /// Events an owner shard could not sequence (each also reported to its publisher when
+    /// it came over TCP).
+    pub refused: u64,
     pub version: String,
 }
 
@@ -455,6 +458,7 @@ impl ServerFrame {
                     &mut p.topics,
                     &mut p.subscriptions,
                     &mut p.datagrams_dropped,
+                    &mut p.refused,
                 ] {
                     *field = r.u64("counter")?;
                 }
@@ -664,6 +668,7 @@ pub fn put_pong(out: &mut BytesMut, p: &Pong) {
             p.topics,
             p.subscriptions,
             p.datagrams_dropped,
+            p.refused,
         ] {
             out.put_u64_le(v);
         }

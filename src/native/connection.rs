@@ -17,8 +17,8 @@ use super::error_code;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, Shard, SubState,
-    Subscriber,
+    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, Reply,
+    Shard, SinkId, SubState, Subscriber,
 };
 
 /// Bytes the writer gathers before it writes (and lets other subscriptions have a turn).
@@ -102,12 +102,19 @@ struct Connection {
     closed: Cell<bool>,
     /// Woken after every socket write (the reader may be waiting for room).
     written: Notify,
+    /// This connection's sink registration with its shard (for refusal reports).
+    sink: Cell<Option<SinkId>>,
     /// Set, and `stop` woken, when a write failed: the reader stops too.
     broken: Cell<bool>,
     stop: Notify,
 }
 
 impl AckSink for Connection {
+    fn refused(&self, request_id: u64, error: PublishError) {
+        let msg = error.to_string();
+        self.error(ErrorCode::PublishFailed, false, request_id, None, &msg);
+    }
+
     fn acked(&self, request_id: u64, outcome: AckOutcome) {
         let mut control = self.control.borrow_mut();
         match outcome.result {
@@ -154,7 +161,9 @@ impl Connection {
             written: Notify::default(),
             broken: Cell::new(false),
             stop: Notify::default(),
+            sink: Cell::new(None),
         });
+        conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
         let writer = glommio::spawn_local({
             let conn = conn.clone();
             async move { conn.write_loop(write_half).await }
@@ -164,6 +173,8 @@ impl Connection {
         for (_, sub) in conn.subs.borrow_mut().drain() {
             conn.shard.unsubscribe(&sub);
         }
+        conn.shard
+            .unregister_sink(conn.sink.get().expect("registered above"));
         conn.consumer.notify.notify();
         writer.await;
         // Subscriptions on the ready list point back at the consumer: break the cycle.
@@ -266,10 +277,9 @@ impl Connection {
                 ack,
                 event,
             } => match self.shard.validate(event, received_ns) {
-                Ok(event) => {
-                    let ack = ack.then(|| self.ack_request(request_id));
-                    self.shard.publish(std::iter::once(event), ack);
-                }
+                Ok(event) => self
+                    .shard
+                    .publish(std::iter::once(event), self.reply(ack, request_id)),
                 Err(e) => self.error(error_code(&e), false, request_id, None, &e.to_string()),
             },
             ClientFrame::PublishBatch {
@@ -293,8 +303,7 @@ impl Connection {
                         }
                     }
                 }
-                let ack = ack.then(|| self.ack_request(request_id));
-                self.shard.publish(valid, ack);
+                self.shard.publish(valid, self.reply(ack, request_id));
             }
             ClientFrame::Subscribe {
                 sub_id,
@@ -343,6 +352,7 @@ impl Connection {
                     topics: totals.topics,
                     subscriptions: totals.subscriptions,
                     datagrams_dropped: totals.datagrams_dropped,
+                    refused: totals.refused,
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                 };
                 codec::put_pong(&mut self.control.borrow_mut(), &pong);
@@ -351,12 +361,20 @@ impl Connection {
         }
     }
 
-    /// Starts the latency clock of an acknowledged request (only those pay for reading it).
-    fn ack_request(self: &Rc<Self>, request_id: u64) -> AckRequest {
-        AckRequest {
-            sink: self.clone(),
-            request_id,
-            decoded_at: Instant::now(),
+    /// How a publish hears back: an ACK when asked for (only those start a latency clock),
+    /// otherwise only refusals.
+    fn reply(self: &Rc<Self>, ack: bool, request_id: u64) -> Reply {
+        if ack {
+            Reply::Ack(AckRequest {
+                sink: self.clone(),
+                request_id,
+                decoded_at: Instant::now(),
+            })
+        } else {
+            Reply::RefusalsOnly {
+                sink: self.sink.get().expect("registered before reading"),
+                request_id,
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use glommio::net::UdpSocket;
 
 use super::codec::{self, ClientFrame};
 use crate::engine::event::unix_now_ns;
-use crate::engine::{Event, Shard};
+use crate::engine::{Event, Reply, Shard};
 
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -83,7 +83,7 @@ pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
             }
         };
         match decode_datagram(&shard, &buf[..n], unix_now_ns()) {
-            Ok(events) => shard.publish(events, None),
+            Ok(events) => shard.publish(events, Reply::Nobody),
             Err(_) => shard.count_dropped_datagram(),
         }
     }
