@@ -17,6 +17,7 @@ macro_rules! log_line {
 
 pub mod config;
 pub mod engine;
+pub mod grpc;
 pub mod native;
 pub mod server;
 
