@@ -1,4 +1,5 @@
 //! HTTP/2 for the gRPC door, written for this server: [`frame`] turns bytes into checked
-//! frames and back, with no I/O.
+//! frames and back; [`connection`] is the per-connection state machine. Neither does I/O.
 
+pub mod connection;
 pub mod frame;

@@ -1,0 +1,1295 @@
+//! One server-side HTTP/2 connection as a state machine with no I/O (in the manner of
+//! quinn-proto): bytes read from the socket go in through [`Connection::receive`], requests
+//! and their data come out as [`Event`]s, responses go in through `send_*`, and everything to
+//! write accumulates in [`Connection::output`], to be written with one syscall per wake-up.
+//!
+//! It enforces the rules that need state: stream states and ids, header blocks split over
+//! CONTINUATION, HPACK, request header validity (RFC 9113 §8), both directions of flow
+//! control, SETTINGS, and limits against abuse (concurrent streams, header block size, and
+//! per-second budgets for resets, pings, settings and empty frames).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::frame::{self, setting, Frame, H2Error, Reason, SettingParam, MAX_WINDOW, PREFACE};
+
+/// What this server offers and tolerates on a connection.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: more open streams are refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_INITIAL_WINDOW_SIZE: what each stream may send us before we say more.
+    pub stream_window: u32,
+    /// The connection-wide receive window.
+    pub connection_window: u32,
+    /// SETTINGS_MAX_FRAME_SIZE we accept.
+    pub max_frame_size: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: decoded size (RFC 9113 §6.5.2) of one header list.
+    pub max_header_list_size: u32,
+    /// Per second: RST_STREAMs from the client (rapid reset), PINGs, SETTINGS, and DATA
+    /// frames that are empty without ending their stream. Over budget: GOAWAY
+    /// ENHANCE_YOUR_CALM.
+    pub resets_per_second: u32,
+    pub pings_per_second: u32,
+    pub settings_per_second: u32,
+    pub empty_frames_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_streams: 1024,
+            stream_window: 1 << 20,
+            connection_window: 16 << 20,
+            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+            max_header_list_size: 16 << 10,
+            resets_per_second: 1000,
+            pings_per_second: 100,
+            settings_per_second: 100,
+            empty_frames_per_second: 1000,
+        }
+    }
+}
+
+/// A request's header fields, in order, names lower-case (checked).
+pub type Fields = Vec<(Bytes, Bytes)>;
+
+/// What the client did, for the layer above.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A new request (its pseudo-headers checked per RFC 9113 §8.3.1).
+    Request {
+        stream: u32,
+        fields: Fields,
+        end_stream: bool,
+    },
+    /// Request body bytes; flow-control credit is returned as they are delivered.
+    Data {
+        stream: u32,
+        data: Bytes,
+        end_stream: bool,
+    },
+    /// The client ended the request with trailers (no more data).
+    EndOfRequest { stream: u32 },
+    /// The stream is gone (client reset, or we reset it for an error): free what it holds.
+    Reset { stream: u32, reason: Reason },
+}
+
+/// The connection is finished: a GOAWAY (if any was due) is in the output; write it, close.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Closed {
+    pub reason: Reason,
+}
+
+#[derive(Default)]
+struct Stream {
+    /// The client sent END_STREAM.
+    remote_closed: bool,
+    /// What the client may still send us on this stream.
+    recv_window: i64,
+    /// Bytes delivered since we last granted credit.
+    recv_unacked: u32,
+    /// What we may still send.
+    send_window: i64,
+    /// Response body waiting for window.
+    pending: BytesMut,
+    /// After `pending`: end the stream, with these trailers if any.
+    finish: Option<Option<Fields>>,
+    /// Content-length the client announced, and what arrived so far.
+    content_length: Option<u64>,
+    received: u64,
+}
+
+/// A partly received header block (HEADERS without END_HEADERS, then CONTINUATIONs).
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    bytes: BytesMut,
+}
+
+struct Budget {
+    limit: u32,
+    used: u32,
+    since: Option<Instant>,
+}
+
+impl Budget {
+    fn new(limit: u32) -> Budget {
+        Budget {
+            limit,
+            used: 0,
+            since: None,
+        }
+    }
+
+    /// Spends one; false once more than `limit` were spent within one second.
+    fn spend(&mut self, now: Instant) -> bool {
+        match self.since {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
+            _ => {
+                self.since = Some(now);
+                self.used = 0;
+            }
+        }
+        self.used += 1;
+        self.used <= self.limit
+    }
+}
+
+/// The server side of one HTTP/2 connection.
+pub struct Connection {
+    limits: Limits,
+    out: BytesMut,
+    preface_seen: bool,
+    going_away: bool,
+    decoder: loona_hpack::Decoder<'static>,
+    encoder: loona_hpack::Encoder<'static>,
+    streams: HashMap<u32, Stream>,
+    /// Highest stream id the client opened; lower ids not in `streams` are closed.
+    last_stream: u32,
+    block: Option<Block>,
+    /// Client's SETTINGS.
+    peer_initial_window: u32,
+    peer_max_frame_size: u32,
+    send_window: i64,
+    recv_window: i64,
+    recv_unacked: u32,
+    resets: Budget,
+    pings: Budget,
+    settings: Budget,
+    empty_frames: Budget,
+}
+
+fn conn_err(reason: Reason, why: &'static str) -> H2Error {
+    H2Error::Connection { reason, why }
+}
+
+fn stream_err(stream: u32, reason: Reason, why: &'static str) -> H2Error {
+    H2Error::Stream {
+        stream,
+        reason,
+        why,
+    }
+}
+
+impl Connection {
+    /// A connection that will announce `limits` in its first SETTINGS (already in the output).
+    pub fn new(limits: Limits) -> Connection {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        frame::put_settings(
+            &mut out,
+            &[
+                SettingParam {
+                    id: setting::MAX_CONCURRENT_STREAMS,
+                    value: limits.max_concurrent_streams,
+                },
+                SettingParam {
+                    id: setting::INITIAL_WINDOW_SIZE,
+                    value: limits.stream_window,
+                },
+                SettingParam {
+                    id: setting::MAX_FRAME_SIZE,
+                    value: limits.max_frame_size,
+                },
+                SettingParam {
+                    id: setting::MAX_HEADER_LIST_SIZE,
+                    value: limits.max_header_list_size,
+                },
+                SettingParam {
+                    id: setting::ENABLE_PUSH,
+                    value: 0,
+                },
+            ],
+        );
+        let extra = limits.connection_window.saturating_sub(65_535);
+        if extra > 0 {
+            frame::put_window_update(&mut out, 0, extra);
+        }
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(4096);
+        Connection {
+            resets: Budget::new(limits.resets_per_second),
+            pings: Budget::new(limits.pings_per_second),
+            settings: Budget::new(limits.settings_per_second),
+            empty_frames: Budget::new(limits.empty_frames_per_second),
+            recv_window: i64::from(limits.connection_window),
+            limits,
+            out,
+            preface_seen: false,
+            going_away: false,
+            decoder,
+            encoder: loona_hpack::Encoder::new(),
+            streams: HashMap::new(),
+            last_stream: 0,
+            block: None,
+            peer_initial_window: 65_535,
+            peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+            send_window: 65_535,
+            recv_unacked: 0,
+        }
+    }
+
+    /// Bytes to write to the socket; the caller writes them and clears the buffer.
+    pub fn output(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    /// Streams open right now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Consumes every whole frame in `input`, appending what happened to `events`.
+    pub fn receive(
+        &mut self,
+        input: &mut BytesMut,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Closed> {
+        if !self.preface_seen {
+            let n = input.len().min(PREFACE.len());
+            if input[..n] != PREFACE[..n] {
+                return Err(self.fail(conn_err(
+                    Reason::ProtocolError,
+                    "not an HTTP/2 connection preface",
+                )));
+            }
+            if n < PREFACE.len() {
+                return Ok(());
+            }
+            let _ = input.split_to(PREFACE.len());
+            self.preface_seen = true;
+        }
+        loop {
+            let frame = match frame::decode(input, self.limits.max_frame_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    if let Some(closed) = self.handle_error(e, events) {
+                        return Err(closed);
+                    }
+                    continue;
+                }
+            };
+            if let Err(e) = self.on_frame(frame, now, events) {
+                if let Some(closed) = self.handle_error(e, events) {
+                    return Err(closed);
+                }
+            }
+        }
+    }
+
+    /// A stream error resets one stream; a connection error ends everything.
+    fn handle_error(&mut self, e: H2Error, events: &mut Vec<Event>) -> Option<Closed> {
+        match e {
+            H2Error::Stream { stream, reason, .. } => {
+                self.reset(stream, reason);
+                if self.streams.remove(&stream).is_some() {
+                    events.push(Event::Reset { stream, reason });
+                }
+                None
+            }
+            e => Some(self.fail(e)),
+        }
+    }
+
+    fn fail(&mut self, e: H2Error) -> Closed {
+        let (reason, why) = match e {
+            H2Error::Connection { reason, why } => (reason, why),
+            H2Error::Stream { reason, why, .. } => (reason, why),
+        };
+        frame::put_goaway(&mut self.out, self.last_stream, reason, why.as_bytes());
+        self.going_away = true;
+        Closed { reason }
+    }
+
+    /// Starts a graceful shutdown: no new streams; open ones may finish.
+    pub fn go_away(&mut self) {
+        if !self.going_away {
+            frame::put_goaway(&mut self.out, self.last_stream, Reason::NoError, b"");
+            self.going_away = true;
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        frame: Frame,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<(), H2Error> {
+        if let Some(block) = &self.block {
+            let continues =
+                matches!(&frame, Frame::Continuation { stream, .. } if *stream == block.stream);
+            if !continues {
+                return Err(conn_err(Reason::ProtocolError, "header block interrupted"));
+            }
+        }
+        match frame {
+            Frame::Settings { ack: true, .. } => {}
+            Frame::Settings { ack: false, params } => {
+                if !self.settings.spend(now) {
+                    return Err(conn_err(Reason::EnhanceYourCalm, "SETTINGS flood"));
+                }
+                self.apply_settings(&params)?;
+                frame::put_settings_ack(&mut self.out);
+            }
+            Frame::Ping { ack: true, .. } => {}
+            Frame::Ping { ack: false, data } => {
+                if !self.pings.spend(now) {
+                    return Err(conn_err(Reason::EnhanceYourCalm, "PING flood"));
+                }
+                frame::put_ping(&mut self.out, true, data);
+            }
+            Frame::GoAway { .. } => self.going_away = true,
+            Frame::WindowUpdate {
+                stream: 0,
+                increment,
+            } => {
+                self.send_window += i64::from(increment);
+                if self.send_window > i64::from(MAX_WINDOW) {
+                    return Err(conn_err(
+                        Reason::FlowControlError,
+                        "connection window above 2^31-1",
+                    ));
+                }
+                self.flush_pending();
+            }
+            Frame::WindowUpdate { stream, increment } => {
+                if stream > self.last_stream {
+                    return Err(conn_err(
+                        Reason::ProtocolError,
+                        "WINDOW_UPDATE on an idle stream",
+                    ));
+                }
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.send_window += i64::from(increment);
+                    if s.send_window > i64::from(MAX_WINDOW) {
+                        return Err(stream_err(
+                            stream,
+                            Reason::FlowControlError,
+                            "stream window above 2^31-1",
+                        ));
+                    }
+                    self.flush_pending();
+                }
+            }
+            Frame::Priority { stream, .. } => {
+                // Parsed and ignored; it may name an idle stream without opening it.
+                let _ = stream;
+            }
+            Frame::RstStream { stream, code } => {
+                if stream > self.last_stream {
+                    return Err(conn_err(
+                        Reason::ProtocolError,
+                        "RST_STREAM on an idle stream",
+                    ));
+                }
+                if !self.resets.spend(now) {
+                    return Err(conn_err(Reason::EnhanceYourCalm, "RST_STREAM flood"));
+                }
+                if self.streams.remove(&stream).is_some() {
+                    let reason = reason_from(code);
+                    events.push(Event::Reset { stream, reason });
+                }
+            }
+            Frame::Headers {
+                stream,
+                end_stream,
+                end_headers,
+                block,
+                ..
+            } => {
+                let mut bytes = BytesMut::from(&block[..]);
+                if end_headers {
+                    self.on_header_block(stream, end_stream, &mut bytes, events)?;
+                } else {
+                    self.check_block_size(bytes.len())?;
+                    bytes.reserve(bytes.len());
+                    self.block = Some(Block {
+                        stream,
+                        end_stream,
+                        bytes,
+                    });
+                }
+            }
+            Frame::Continuation {
+                stream,
+                end_headers,
+                block,
+            } => {
+                let Some(mut pending) = self.block.take() else {
+                    return Err(conn_err(
+                        Reason::ProtocolError,
+                        "CONTINUATION without HEADERS",
+                    ));
+                };
+                debug_assert_eq!(pending.stream, stream);
+                self.check_block_size(pending.bytes.len() + block.len())?;
+                pending.bytes.extend_from_slice(&block);
+                if end_headers {
+                    self.on_header_block(stream, pending.end_stream, &mut pending.bytes, events)?;
+                } else {
+                    self.block = Some(pending);
+                }
+            }
+            Frame::Data {
+                stream,
+                end_stream,
+                data,
+                flow_len,
+            } => {
+                self.on_data(stream, end_stream, data, flow_len, now, events)?;
+            }
+            Frame::Unknown { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn check_block_size(&self, len: usize) -> Result<(), H2Error> {
+        // A block may be larger than the decoded list it carries only by a little (HPACK
+        // literals); four times the list limit is a flood, not a request.
+        if len > 4 * self.limits.max_header_list_size as usize {
+            return Err(conn_err(Reason::EnhanceYourCalm, "header block too large"));
+        }
+        Ok(())
+    }
+
+    fn apply_settings(&mut self, params: &[SettingParam]) -> Result<(), H2Error> {
+        for p in params {
+            match p.id {
+                setting::INITIAL_WINDOW_SIZE => {
+                    let delta = i64::from(p.value) - i64::from(self.peer_initial_window);
+                    self.peer_initial_window = p.value;
+                    for s in self.streams.values_mut() {
+                        s.send_window += delta;
+                        if s.send_window > i64::from(MAX_WINDOW) {
+                            return Err(conn_err(
+                                Reason::FlowControlError,
+                                "stream window above 2^31-1",
+                            ));
+                        }
+                    }
+                }
+                setting::MAX_FRAME_SIZE => self.peer_max_frame_size = p.value,
+                setting::HEADER_TABLE_SIZE => {
+                    self.encoder.set_max_table_size(p.value.min(4096) as usize)
+                }
+                _ => {}
+            }
+        }
+        self.flush_pending();
+        Ok(())
+    }
+
+    fn on_header_block(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        block: &mut BytesMut,
+        events: &mut Vec<Event>,
+    ) -> Result<(), H2Error> {
+        // Decode first, whatever happens to the stream: the HPACK table must stay in step.
+        let mut fields = Fields::new();
+        let mut list_size = 0usize;
+        self.decoder
+            .decode_with_cb(block, |name, value| {
+                list_size += name.len() + value.len() + 32;
+                fields.push((
+                    Bytes::copy_from_slice(&name),
+                    Bytes::copy_from_slice(&value),
+                ));
+            })
+            .map_err(|_| conn_err(Reason::CompressionError, "HPACK decoding failed"))?;
+
+        if let Some(s) = self.streams.get_mut(&stream) {
+            // Trailers: they must end the stream and carry no pseudo-header.
+            if s.remote_closed {
+                return Err(stream_err(
+                    stream,
+                    Reason::StreamClosed,
+                    "HEADERS after END_STREAM",
+                ));
+            }
+            if !end_stream {
+                return Err(stream_err(
+                    stream,
+                    Reason::ProtocolError,
+                    "trailers without END_STREAM",
+                ));
+            }
+            if fields.iter().any(|(n, _)| n.starts_with(b":")) {
+                return Err(stream_err(
+                    stream,
+                    Reason::ProtocolError,
+                    "pseudo-header in trailers",
+                ));
+            }
+            s.remote_closed = true;
+            events.push(Event::EndOfRequest { stream });
+            return Ok(());
+        }
+        if stream % 2 == 0 {
+            return Err(conn_err(
+                Reason::ProtocolError,
+                "client opened an even stream id",
+            ));
+        }
+        if stream <= self.last_stream {
+            return Err(conn_err(Reason::StreamClosed, "HEADERS on a closed stream"));
+        }
+        self.last_stream = stream;
+        if self.going_away {
+            return Err(stream_err(stream, Reason::RefusedStream, "shutting down"));
+        }
+        if self.streams.len() >= self.limits.max_concurrent_streams as usize {
+            return Err(stream_err(
+                stream,
+                Reason::RefusedStream,
+                "too many concurrent streams",
+            ));
+        }
+        let content_length = check_request(&fields, list_size, &self.limits)
+            .map_err(|why| stream_err(stream, Reason::ProtocolError, why))?;
+        if end_stream && content_length.is_some_and(|n| n != 0) {
+            return Err(stream_err(
+                stream,
+                Reason::ProtocolError,
+                "content-length without a body",
+            ));
+        }
+        self.streams.insert(
+            stream,
+            Stream {
+                remote_closed: end_stream,
+                recv_window: i64::from(self.limits.stream_window),
+                send_window: i64::from(self.peer_initial_window),
+                content_length,
+                ..Stream::default()
+            },
+        );
+        events.push(Event::Request {
+            stream,
+            fields,
+            end_stream,
+        });
+        Ok(())
+    }
+
+    fn on_data(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        data: Bytes,
+        flow_len: u32,
+        now: Instant,
+        events: &mut Vec<Event>,
+    ) -> Result<(), H2Error> {
+        // Connection-level flow control counts every DATA frame, even for closed streams.
+        self.recv_window -= i64::from(flow_len);
+        if self.recv_window < 0 {
+            return Err(conn_err(
+                Reason::FlowControlError,
+                "connection window exceeded",
+            ));
+        }
+        self.grant_connection(flow_len);
+        if flow_len == 0 && !end_stream && !self.empty_frames.spend(now) {
+            return Err(conn_err(Reason::EnhanceYourCalm, "empty DATA flood"));
+        }
+        if stream > self.last_stream {
+            return Err(conn_err(Reason::ProtocolError, "DATA on an idle stream"));
+        }
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return Err(stream_err(
+                stream,
+                Reason::StreamClosed,
+                "DATA on a closed stream",
+            ));
+        };
+        if s.remote_closed {
+            return Err(stream_err(
+                stream,
+                Reason::StreamClosed,
+                "DATA after END_STREAM",
+            ));
+        }
+        s.recv_window -= i64::from(flow_len);
+        if s.recv_window < 0 {
+            return Err(stream_err(
+                stream,
+                Reason::FlowControlError,
+                "stream window exceeded",
+            ));
+        }
+        s.received += data.len() as u64;
+        if let Some(expected) = s.content_length {
+            if s.received > expected || (end_stream && s.received != expected) {
+                return Err(stream_err(
+                    stream,
+                    Reason::ProtocolError,
+                    "body does not match content-length",
+                ));
+            }
+        }
+        s.remote_closed = end_stream;
+        // Credit goes back as data is handed over; the layer above bounds what it buffers.
+        s.recv_unacked += flow_len;
+        if !end_stream && s.recv_unacked >= self.limits.stream_window / 2 {
+            s.recv_window += i64::from(s.recv_unacked);
+            frame::put_window_update(&mut self.out, stream, s.recv_unacked);
+            s.recv_unacked = 0;
+        }
+        events.push(Event::Data {
+            stream,
+            data,
+            end_stream,
+        });
+        Ok(())
+    }
+
+    fn grant_connection(&mut self, flow_len: u32) {
+        self.recv_unacked += flow_len;
+        if self.recv_unacked >= self.limits.connection_window / 2 {
+            self.recv_window += i64::from(self.recv_unacked);
+            frame::put_window_update(&mut self.out, 0, self.recv_unacked);
+            self.recv_unacked = 0;
+        }
+    }
+
+    /// Sends response headers (not flow-controlled).
+    pub fn send_headers(&mut self, stream: u32, fields: &[(&[u8], &[u8])], end_stream: bool) {
+        let mut block = Vec::with_capacity(64);
+        self.encoder
+            .encode_into(fields.iter().copied(), &mut block)
+            .expect("writing to a Vec cannot fail");
+        frame::put_headers(
+            &mut self.out,
+            stream,
+            &block,
+            end_stream,
+            self.peer_max_frame_size,
+        );
+        if end_stream {
+            self.end_local(stream);
+        }
+    }
+
+    /// Queues response body bytes; they go out as flow control allows.
+    pub fn send_data(&mut self, stream: u32, data: &[u8]) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            debug_assert!(s.finish.is_none(), "data after the end of the response");
+            s.pending.extend_from_slice(data);
+            self.flush_stream(stream);
+        }
+    }
+
+    /// Ends the response with trailers, after all queued data.
+    pub fn send_trailers(&mut self, stream: u32, fields: Fields) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.finish = Some(Some(fields));
+            self.flush_stream(stream);
+        }
+    }
+
+    /// Bytes queued for `stream` that flow control has not let out yet.
+    pub fn queued(&self, stream: u32) -> usize {
+        self.streams.get(&stream).map_or(0, |s| s.pending.len())
+    }
+
+    /// Resets a stream (RST_STREAM) and forgets it.
+    pub fn reset(&mut self, stream: u32, reason: Reason) {
+        frame::put_rst_stream(&mut self.out, stream, reason);
+        self.streams.remove(&stream);
+    }
+
+    /// Our side of `stream` is complete. If the client is still sending, tell it to stop
+    /// (RST_STREAM NO_ERROR, RFC 9113 §8.1): either way the stream is done here.
+    fn end_local(&mut self, stream: u32) {
+        if let Some(s) = self.streams.remove(&stream) {
+            if !s.remote_closed {
+                frame::put_rst_stream(&mut self.out, stream, Reason::NoError);
+            }
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        let ids: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.pending.is_empty() || s.finish.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush_stream(id);
+        }
+    }
+
+    /// Writes as much of a stream's queued body as both windows allow, then its trailers.
+    fn flush_stream(&mut self, stream: u32) {
+        let max_frame = self.peer_max_frame_size as i64;
+        let Some(s) = self.streams.get_mut(&stream) else {
+            return;
+        };
+        while !s.pending.is_empty() {
+            let n = (s.pending.len() as i64)
+                .min(s.send_window)
+                .min(self.send_window)
+                .min(max_frame);
+            if n <= 0 {
+                return;
+            }
+            let chunk = s.pending.split_to(n as usize);
+            frame::put_data(&mut self.out, stream, &chunk, false);
+            s.send_window -= n;
+            self.send_window -= n;
+        }
+        if let Some(finish) = s.finish.take() {
+            match finish {
+                Some(fields) => {
+                    let refs: Vec<(&[u8], &[u8])> =
+                        fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+                    self.send_headers(stream, &refs, true);
+                }
+                None => {
+                    frame::put_data(&mut self.out, stream, &[], true);
+                    self.end_local(stream);
+                }
+            }
+        }
+    }
+}
+
+fn reason_from(code: u32) -> Reason {
+    use Reason::*;
+    [
+        NoError,
+        ProtocolError,
+        InternalError,
+        FlowControlError,
+        SettingsTimeout,
+        StreamClosed,
+        FrameSizeError,
+        RefusedStream,
+        Cancel,
+        CompressionError,
+        ConnectError,
+        EnhanceYourCalm,
+        InadequateSecurity,
+        Http11Required,
+    ]
+    .into_iter()
+    .find(|r| *r as u32 == code)
+    .unwrap_or(InternalError)
+}
+
+/// RFC 9113 §8.2-8.3 for a request head; returns its content-length, if any.
+fn check_request(
+    fields: &Fields,
+    list_size: usize,
+    limits: &Limits,
+) -> Result<Option<u64>, &'static str> {
+    if list_size > limits.max_header_list_size as usize {
+        return Err("header list larger than SETTINGS_MAX_HEADER_LIST_SIZE");
+    }
+    let (mut method, mut scheme, mut path) = (0, 0, 0);
+    let mut regular_seen = false;
+    let mut content_length = None;
+    for (name, value) in fields {
+        if name.iter().any(|b| b.is_ascii_uppercase()) {
+            return Err("upper-case header name");
+        }
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if regular_seen {
+                return Err("pseudo-header after a regular header");
+            }
+            match pseudo {
+                b"method" => method += 1,
+                b"scheme" => scheme += 1,
+                b"path" => {
+                    if value.is_empty() {
+                        return Err("empty :path");
+                    }
+                    path += 1
+                }
+                b"authority" => {}
+                _ => return Err("unknown pseudo-header"),
+            }
+            continue;
+        }
+        regular_seen = true;
+        match &name[..] {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => {
+                return Err("connection-specific header");
+            }
+            b"te" if &value[..] != b"trailers" => return Err("te other than trailers"),
+            b"content-length" => {
+                let n = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or("content-length is not a number")?;
+                content_length = Some(n);
+            }
+            _ => {}
+        }
+    }
+    if (method, scheme, path) != (1, 1, 1) {
+        return Err("missing or repeated :method, :scheme or :path");
+    }
+    Ok(content_length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grpc::h2::frame::{flag, kind};
+
+    /// The client side of the conversation, built from the frame codec and an HPACK encoder.
+    struct Peer {
+        conn: Connection,
+        input: BytesMut,
+        encoder: loona_hpack::Encoder<'static>,
+        decoder: loona_hpack::Decoder<'static>,
+        now: Instant,
+    }
+
+    const REQUEST: &[(&[u8], &[u8])] = &[
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":path", b"/eventstream.EventService/Publish"),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ];
+
+    impl Peer {
+        fn new(limits: Limits) -> Peer {
+            let mut p = Peer {
+                conn: Connection::new(limits),
+                input: BytesMut::from(PREFACE),
+                encoder: loona_hpack::Encoder::new(),
+                decoder: loona_hpack::Decoder::new(),
+                now: Instant::now(),
+            };
+            frame::put_settings(&mut p.input, &[]);
+            p
+        }
+
+        fn block(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+            self.encoder.encode(fields.iter().copied())
+        }
+
+        fn headers(&mut self, stream: u32, fields: &[(&[u8], &[u8])], end_stream: bool) {
+            let block = self.block(fields);
+            frame::put_headers(&mut self.input, stream, &block, end_stream, 16_384);
+        }
+
+        fn raw(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+            self.input
+                .extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+            self.input.extend_from_slice(&[kind, flags]);
+            self.input.extend_from_slice(&stream.to_be_bytes());
+            self.input.extend_from_slice(payload);
+        }
+
+        fn run(&mut self) -> (Vec<Event>, Result<(), Closed>) {
+            let mut events = Vec::new();
+            let result = self.conn.receive(&mut self.input, self.now, &mut events);
+            (events, result)
+        }
+
+        /// Everything the server wrote, decoded (header blocks as field lists).
+        fn frames(&mut self) -> Vec<Frame> {
+            let mut out = std::mem::take(self.conn.output());
+            let mut frames = Vec::new();
+            while let Some(f) = frame::decode(&mut out, frame::MAX_MAX_FRAME_SIZE).unwrap() {
+                frames.push(f);
+            }
+            frames
+        }
+
+        fn fields(&mut self, block: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+            let mut out = Vec::new();
+            self.decoder
+                .decode_with_cb(block, |n, v| out.push((n.to_vec(), v.to_vec())))
+                .unwrap();
+            out
+        }
+    }
+
+    fn goaway_reason(frames: &[Frame]) -> Option<u32> {
+        frames.iter().find_map(|f| match f {
+            Frame::GoAway { code, .. } => Some(*code),
+            _ => None,
+        })
+    }
+
+    fn rst(frames: &[Frame], stream: u32) -> Option<u32> {
+        frames.iter().find_map(|f| match f {
+            Frame::RstStream { stream: s, code } if *s == stream => Some(*code),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn handshake_then_a_request_with_a_body() {
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, false);
+        frame::put_data(&mut p.input, 1, b"\0\0\0\0\x02hi", true);
+        let (events, result) = p.run();
+        assert_eq!(result, Ok(()));
+        let Event::Request {
+            stream: 1,
+            fields,
+            end_stream: false,
+        } = &events[0]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(fields.len(), 5);
+        assert_eq!(
+            events[1],
+            Event::Data {
+                stream: 1,
+                data: Bytes::from_static(b"\0\0\0\0\x02hi"),
+                end_stream: true
+            }
+        );
+        let frames = p.frames();
+        assert!(matches!(&frames[0], Frame::Settings { ack: false, params } if params.len() == 5));
+        assert!(frames.contains(&Frame::Settings {
+            ack: true,
+            params: vec![]
+        }));
+    }
+
+    #[test]
+    fn a_response_is_headers_data_and_trailers() {
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, true);
+        p.run().1.unwrap();
+        p.frames();
+        p.conn.send_headers(
+            1,
+            &[(b":status", b"200"), (b"content-type", b"application/grpc")],
+            false,
+        );
+        p.conn.send_data(1, b"body");
+        p.conn.send_trailers(
+            1,
+            vec![(Bytes::from_static(b"grpc-status"), Bytes::from_static(b"0"))],
+        );
+        let frames = p.frames();
+        let Frame::Headers {
+            block,
+            end_stream: false,
+            ..
+        } = &frames[0]
+        else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(p.fields(block)[0], (b":status".to_vec(), b"200".to_vec()));
+        assert!(
+            matches!(&frames[1], Frame::Data { data, end_stream: false, .. } if &data[..] == b"body")
+        );
+        let Frame::Headers {
+            block,
+            end_stream: true,
+            ..
+        } = &frames[2]
+        else {
+            panic!("{frames:?}")
+        };
+        assert_eq!(
+            p.fields(block),
+            vec![(b"grpc-status".to_vec(), b"0".to_vec())]
+        );
+        assert_eq!(p.conn.open_streams(), 0);
+    }
+
+    #[test]
+    fn response_data_waits_for_the_clients_window() {
+        let mut p = Peer::new(Limits::default());
+        p.input.clear();
+        p.input.extend_from_slice(PREFACE);
+        frame::put_settings(
+            &mut p.input,
+            &[SettingParam {
+                id: setting::INITIAL_WINDOW_SIZE,
+                value: 10,
+            }],
+        );
+        p.headers(1, REQUEST, true);
+        p.run().1.unwrap();
+        p.frames();
+        p.conn.send_headers(1, &[(b":status", b"200")], false);
+        p.conn.send_data(1, &[7u8; 25]);
+        p.conn.send_trailers(
+            1,
+            vec![(Bytes::from_static(b"grpc-status"), Bytes::from_static(b"0"))],
+        );
+        let frames = p.frames();
+        assert!(matches!(&frames[1], Frame::Data { data, .. } if data.len() == 10));
+        assert_eq!(frames.len(), 2, "the rest and the trailers wait");
+        assert_eq!(p.conn.queued(1), 15);
+        frame::put_window_update(&mut p.input, 1, 100);
+        p.run().1.unwrap();
+        let frames = p.frames();
+        assert!(matches!(&frames[0], Frame::Data { data, .. } if data.len() == 15));
+        assert!(matches!(
+            &frames[1],
+            Frame::Headers {
+                end_stream: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn header_blocks_may_span_continuations_but_not_be_interrupted() {
+        let mut p = Peer::new(Limits::default());
+        let block = p.block(REQUEST);
+        let (a, b) = block.split_at(block.len() / 2);
+        p.raw(kind::HEADERS, 0, 1, a);
+        p.raw(kind::CONTINUATION, flag::END_HEADERS, 1, b);
+        let (events, result) = p.run();
+        result.unwrap();
+        assert!(matches!(events[0], Event::Request { stream: 1, .. }));
+
+        let mut p = Peer::new(Limits::default());
+        let block = p.block(REQUEST);
+        p.raw(kind::HEADERS, 0, 1, &block[..4]);
+        frame::put_ping(&mut p.input, false, [0; 8]);
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::ProtocolError
+            })
+        );
+        assert_eq!(
+            goaway_reason(&p.frames()),
+            Some(Reason::ProtocolError as u32)
+        );
+    }
+
+    #[test]
+    fn a_continuation_flood_ends_the_connection() {
+        let mut p = Peer::new(Limits::default());
+        p.raw(kind::HEADERS, 0, 1, &[0x40; 100]);
+        for _ in 0..10_000 {
+            p.raw(kind::CONTINUATION, 0, 1, &[0x40; 100]);
+        }
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::EnhanceYourCalm
+            })
+        );
+    }
+
+    #[test]
+    fn streams_over_the_limit_are_refused_and_others_go_on() {
+        let mut p = Peer::new(Limits {
+            max_concurrent_streams: 2,
+            ..Limits::default()
+        });
+        for id in [1, 3, 5] {
+            p.headers(id, REQUEST, false);
+        }
+        let (events, result) = p.run();
+        result.unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(rst(&p.frames(), 5), Some(Reason::RefusedStream as u32));
+        p.headers(7, REQUEST, false);
+        frame::put_rst_stream(&mut p.input, 1, Reason::Cancel);
+        p.headers(9, REQUEST, false);
+        let (events, _) = p.run();
+        assert!(events.contains(&Event::Reset {
+            stream: 1,
+            reason: Reason::Cancel
+        }));
+        assert!(matches!(
+            events.last(),
+            Some(Event::Request { stream: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn rapid_resets_and_ping_floods_get_enhance_your_calm() {
+        let mut p = Peer::new(Limits {
+            resets_per_second: 10,
+            ..Limits::default()
+        });
+        for i in 0..20 {
+            let id = 1 + 2 * i;
+            p.headers(id, REQUEST, false);
+            frame::put_rst_stream(&mut p.input, id, Reason::Cancel);
+        }
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::EnhanceYourCalm
+            })
+        );
+
+        let mut p = Peer::new(Limits {
+            pings_per_second: 5,
+            ..Limits::default()
+        });
+        for _ in 0..6 {
+            frame::put_ping(&mut p.input, false, [1; 8]);
+        }
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::EnhanceYourCalm
+            })
+        );
+        let acks = p
+            .frames()
+            .iter()
+            .filter(|f| matches!(f, Frame::Ping { ack: true, .. }))
+            .count();
+        assert_eq!(acks, 5);
+    }
+
+    #[test]
+    fn malformed_requests_reset_only_their_stream() {
+        let bad: &[&[(&[u8], &[u8])]] = &[
+            &[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/x"),
+                (b"Content-Type", b"a"),
+            ],
+            &[(b":method", b"POST"), (b":scheme", b"http")],
+            &[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/x"),
+                (b":path", b"/y"),
+            ],
+            &[
+                (b":method", b"POST"),
+                (b"a", b"b"),
+                (b":scheme", b"http"),
+                (b":path", b"/x"),
+            ],
+            &[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/x"),
+                (b":foo", b"x"),
+            ],
+            &[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/x"),
+                (b"connection", b"close"),
+            ],
+            &[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b"/x"),
+                (b"te", b"gzip"),
+            ],
+            &[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", b""),
+            ],
+        ];
+        for (i, fields) in bad.iter().enumerate() {
+            let mut p = Peer::new(Limits::default());
+            p.headers(1, fields, true);
+            p.headers(3, REQUEST, true);
+            let (events, result) = p.run();
+            result.unwrap();
+            assert_eq!(
+                rst(&p.frames(), 1),
+                Some(Reason::ProtocolError as u32),
+                "case {i}"
+            );
+            assert!(
+                matches!(events[..], [Event::Request { stream: 3, .. }]),
+                "case {i}: {events:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flow_control_violations_and_stream_id_rules() {
+        let mut p = Peer::new(Limits {
+            stream_window: 8,
+            ..Limits::default()
+        });
+        p.headers(1, REQUEST, false);
+        frame::put_data(&mut p.input, 1, &[0; 9], false);
+        let (_, result) = p.run();
+        result.unwrap();
+        assert_eq!(rst(&p.frames(), 1), Some(Reason::FlowControlError as u32));
+
+        let mut p = Peer::new(Limits::default());
+        p.headers(2, REQUEST, true);
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::ProtocolError
+            })
+        );
+
+        let mut p = Peer::new(Limits::default());
+        p.headers(5, REQUEST, true);
+        p.headers(3, REQUEST, true);
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::StreamClosed
+            })
+        );
+
+        let mut p = Peer::new(Limits::default());
+        frame::put_data(&mut p.input, 1, b"x", false);
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::ProtocolError
+            })
+        );
+    }
+
+    #[test]
+    fn a_wrong_preface_is_refused() {
+        let mut p = Peer::new(Limits::default());
+        p.input = BytesMut::from(&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..]);
+        assert_eq!(
+            p.run().1,
+            Err(Closed {
+                reason: Reason::ProtocolError
+            })
+        );
+    }
+
+    #[test]
+    fn go_away_refuses_new_streams_and_lets_open_ones_finish() {
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, true);
+        p.run().1.unwrap();
+        p.conn.go_away();
+        p.headers(3, REQUEST, true);
+        p.run().1.unwrap();
+        let frames = p.frames();
+        assert_eq!(goaway_reason(&frames), Some(0));
+        assert_eq!(rst(&frames, 3), Some(Reason::RefusedStream as u32));
+        p.conn.send_headers(1, &[(b":status", b"200")], true);
+        assert!(matches!(
+            p.frames()[..],
+            [Frame::Headers {
+                stream: 1,
+                end_stream: true,
+                ..
+            }]
+        ));
+    }
+}
