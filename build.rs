@@ -4,6 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/eventstream.proto");
     let descriptors = protox::compile(["proto/eventstream.proto"], ["proto"])?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // Byte fields as `Bytes`, so payloads are shared with the engine instead of copied.
+    prost_build::Config::new()
+        .bytes(["."])
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -175,10 +175,11 @@ fn serve(args: ServeArgs) -> CliResult {
     let running = server::start(&config)?;
     let addrs = running.addresses();
     eventstream::log_line!(
-        "eventstream {} serving: native tcp {}{}",
+        "eventstream {} serving: native tcp {}{}, grpc {}",
         env!("CARGO_PKG_VERSION"),
         addrs.native,
-        addrs.udp.map(|a| format!(", udp {a}")).unwrap_or_default()
+        addrs.udp.map(|a| format!(", udp {a}")).unwrap_or_default(),
+        addrs.grpc,
     );
     let signal = wait_for_signal(&signals);
     eventstream::log_line!("eventstream: signal {signal}, shutting down");

@@ -13,6 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{Batch, Shard};
+use crate::grpc::connection::Door as GrpcDoor;
 use crate::native::connection::Door;
 use crate::native::datagram;
 
@@ -53,6 +54,7 @@ pub enum StartError {
 #[derive(Clone, Copy, Debug)]
 pub struct Addresses {
     pub native: SocketAddr,
+    pub grpc: SocketAddr,
     pub udp: Option<SocketAddr>,
 }
 
@@ -73,6 +75,7 @@ enum Stage {
 
 struct ShardSockets {
     tcp: OwnedFd,
+    grpc: OwnedFd,
     udp: Option<OwnedFd>,
 }
 
@@ -106,29 +109,16 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     let cpus = config.shard_cpus(&available)?;
     check_memlock(cpus.len())?;
 
-    let native_addr = SocketAddr::new(config.bind, config.native.port);
-    check_free(native_addr, Type::STREAM).map_err(|source| StartError::Bind {
-        key: "native.port",
-        addr: native_addr,
-        source,
-    })?;
-    let first = bind_tcp(native_addr).map_err(|source| StartError::Bind {
-        key: "native.port",
-        addr: native_addr,
-        source,
-    })?;
-    // Port 0 picks a free port once; every other shard binds that same port.
-    let native_addr = first.local_addr().expect("bound socket has an address");
-    let mut tcp = vec![OwnedFd::from(first)];
-    for _ in 1..cpus.len() {
-        tcp.push(OwnedFd::from(bind_tcp(native_addr).map_err(|source| {
-            StartError::Bind {
-                key: "native.port",
-                addr: native_addr,
-                source,
-            }
-        })?));
-    }
+    let (tcp, native_addr) = bind_tcp_shards(
+        "native.port",
+        SocketAddr::new(config.bind, config.native.port),
+        cpus.len(),
+    )?;
+    let (grpc, grpc_addr) = bind_tcp_shards(
+        "grpc.port",
+        SocketAddr::new(config.bind, config.grpc.port),
+        cpus.len(),
+    )?;
     let mut udp: Vec<Option<OwnedFd>> = (0..cpus.len()).map(|_| None).collect();
     let mut udp_addr = None;
     if config.udp.enabled {
@@ -159,14 +149,15 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     let mut stops = Vec::new();
     let mut shards = Vec::new();
     let mut progress = Vec::new();
-    for (i, (cpu, (tcp, udp))) in cpus.iter().zip(tcp.into_iter().zip(udp)).enumerate() {
+    let sockets = tcp.into_iter().zip(grpc).zip(udp);
+    for (i, (cpu, ((tcp, grpc), udp))) in cpus.iter().zip(sockets).enumerate() {
         let placement = match cpu {
             Some(cpu) => Placement::Fixed(*cpu),
             None => Placement::Unbound,
         };
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         stops.push(stop_tx);
-        let sockets = ShardSockets { tcp, udp };
+        let sockets = ShardSockets { tcp, grpc, udp };
         let mesh = mesh.clone();
         // Each shard reports Created (its executor exists) then Serving; a sender dropped
         // before Created means the executor could not be made, and its thread says why.
@@ -222,6 +213,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         addresses: Addresses {
             native: native_addr,
+            grpc: grpc_addr,
             udp: udp_addr,
         },
         stops,
@@ -241,6 +233,10 @@ async fn run_shard(
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
     let door = Door::new(shard.clone(), max_frame);
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
+    // SAFETY: as above.
+    let grpc_listener = unsafe { TcpListener::from_raw_fd(sockets.grpc.into_raw_fd()) };
+    let grpc_door = GrpcDoor::new(shard.clone(), shard.limits().max_message_bytes + 64 * 1024);
+    let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
     let receiving = sockets.udp.map(|fd| {
         // SAFETY: as above, a bound UDP socket owned by this shard.
         let socket = unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) };
@@ -251,14 +247,34 @@ async fn run_shard(
     let _ = stop.recv_async().await;
     shard.begin_shutdown();
     accepting.await;
+    grpc_accepting.await;
     if let Some(receiving) = receiving {
         receiving.await;
     }
     let _ = glommio::timer::timeout(drain, async {
         door.drained().await;
+        grpc_door.drained().await;
         Ok(())
     })
     .await;
+}
+
+/// Binds `count` SO_REUSEPORT listeners on one port (the first picks it when `addr` has port
+/// 0), after checking nothing else holds it.
+fn bind_tcp_shards(
+    key: &'static str,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let error = |addr, source| StartError::Bind { key, addr, source };
+    check_free(addr, Type::STREAM).map_err(|e| error(addr, e))?;
+    let first = bind_tcp(addr).map_err(|e| error(addr, e))?;
+    let addr = first.local_addr().expect("bound socket has an address");
+    let mut fds = vec![OwnedFd::from(first)];
+    for _ in 1..count {
+        fds.push(OwnedFd::from(bind_tcp(addr).map_err(|e| error(addr, e))?));
+    }
+    Ok((fds, addr))
 }
 
 /// Fails if anything already listens on `addr`. SO_REUSEPORT would otherwise let a second

@@ -19,6 +19,7 @@ pub struct TestServer {
     running: Option<RunningServer>,
     pub native: SocketAddr,
     pub udp: SocketAddr,
+    pub grpc: SocketAddr,
 }
 
 impl Drop for TestServer {
@@ -55,6 +56,7 @@ pub fn start_with(config: Config) -> TestServer {
     TestServer {
         native: addrs.native,
         udp: addrs.udp.expect("udp enabled"),
+        grpc: addrs.grpc,
         running: Some(running),
     }
 }

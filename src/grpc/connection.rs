@@ -1,0 +1,698 @@
+//! One gRPC client connection on its shard: a reader that feeds socket bytes to the HTTP/2
+//! state machine and turns its events into calls on the engine, and a writer that turns
+//! everything one wake-up produced (responses, subscription events) into one socket write.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::framing::{self, MessageReader};
+use super::h2::connection::{Connection as H2, Event as H2Event, Fields, Limits as H2Limits};
+use super::service::{self, Method};
+use super::status::{percent_encode, Code, GrpcError};
+use crate::engine::event::unix_now_ns;
+use crate::engine::notify::Notify;
+use crate::engine::{
+    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, Reply,
+    Shard, SinkId, SubState, Subscriber,
+};
+use crate::proto;
+
+/// Response bytes a subscription stream may have queued in HTTP/2 (waiting for the client's
+/// window) before its events stay in its subscriber queue, where shedding applies.
+const MAX_QUEUED_PER_STREAM: usize = 256 * 1024;
+const READ_SIZE: usize = 64 * 1024;
+
+/// The gRPC door of one shard.
+pub struct Door {
+    shard: Rc<Shard>,
+    max_message: usize,
+    live: Cell<usize>,
+    idle: Notify,
+}
+
+impl Door {
+    /// The door of `shard`; messages over `max_message` bytes are RESOURCE_EXHAUSTED.
+    pub fn new(shard: Rc<Shard>, max_message: usize) -> Rc<Door> {
+        Rc::new(Door {
+            shard,
+            max_message,
+            live: Cell::new(0),
+            idle: Notify::default(),
+        })
+    }
+
+    /// Accepts clients until shutdown, each served by its own task on this shard.
+    pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            let stopped = self.shard.shutdown.wait();
+            if self.shard.is_closing() {
+                return;
+            }
+            let accepted =
+                futures_lite::future::or(async { Some(listener.accept().await) }, async {
+                    stopped.await;
+                    None
+                })
+                .await;
+            match accepted {
+                None => return,
+                Some(Ok(stream)) => {
+                    let door = self.clone();
+                    door.live.set(door.live.get() + 1);
+                    glommio::spawn_local(async move {
+                        GrpcConnection::serve(&door, stream).await;
+                        door.live.set(door.live.get() - 1);
+                        door.idle.notify();
+                    })
+                    .detach();
+                }
+                Some(Err(e)) => {
+                    crate::log_line!("shard {}: gRPC accept failed: {e}", self.shard.id());
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    /// Completes once every connection of this door has closed.
+    pub async fn drained(&self) {
+        while self.live.get() > 0 {
+            self.idle.wait().await;
+        }
+    }
+}
+
+/// What a stream (one call) is doing.
+enum Call {
+    /// Unary or server-streaming request still arriving.
+    Request {
+        method: Method,
+        reader: MessageReader,
+        messages: Vec<Bytes>,
+    },
+    /// Waiting for the engine (an acknowledged publish, a health ping).
+    Waiting,
+    /// A Subscribe call streaming events.
+    Subscription { sub: Rc<Subscriber> },
+    /// A Stream call: inbound events are published, matching events go out.
+    Bidi {
+        reader: MessageReader,
+        sub: Rc<Subscriber>,
+        published: u64,
+    },
+}
+
+struct GrpcConnection {
+    shard: Rc<Shard>,
+    h2: RefCell<H2>,
+    calls: RefCell<HashMap<u32, Call>>,
+    consumer: Rc<Consumer>,
+    /// Subscriptions whose stream had too much queued; retried on the next wake-up.
+    blocked: RefCell<Vec<Rc<Subscriber>>>,
+    max_message: usize,
+    closed: Cell<bool>,
+    broken: Cell<bool>,
+    stop: Notify,
+    sink: Cell<Option<SinkId>>,
+}
+
+impl AckSink for GrpcConnection {
+    fn acked(&self, request_id: u64, outcome: AckOutcome) {
+        let stream = request_id as u32;
+        self.calls.borrow_mut().remove(&stream);
+        match outcome.result {
+            Ok(()) => {
+                let response = proto::PublishResponse {
+                    success: true,
+                    message: String::new(),
+                    latency_ns: outcome.latency.as_nanos() as i64,
+                };
+                self.respond(stream, &response);
+            }
+            Err(e) => self.fail(stream, &GrpcError::Publish(e), false),
+        }
+        self.consumer.notify.notify();
+    }
+
+    fn refused(&self, request_id: u64, error: PublishError) {
+        let stream = request_id as u32;
+        if let Some(Call::Bidi { sub, .. }) = self.calls.borrow_mut().remove(&stream) {
+            self.shard.unsubscribe(&sub);
+            self.fail(stream, &GrpcError::Publish(error), true);
+            self.consumer.notify.notify();
+        }
+    }
+}
+
+impl GrpcConnection {
+    async fn serve(door: &Rc<Door>, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) has no memory-safety preconditions; checked below.
+        let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: `fd` is a fresh duplicate that this handle alone owns.
+        let write_half = unsafe { TcpStream::from_raw_fd(fd) };
+        let conn = Rc::new(GrpcConnection {
+            shard: door.shard.clone(),
+            h2: RefCell::new(H2::new(H2Limits::default())),
+            calls: RefCell::default(),
+            consumer: Rc::new(Consumer::default()),
+            blocked: RefCell::default(),
+            max_message: door.max_message,
+            closed: Cell::new(false),
+            broken: Cell::new(false),
+            stop: Notify::default(),
+            sink: Cell::new(None),
+        });
+        conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
+        let writer = glommio::spawn_local({
+            let conn = conn.clone();
+            async move { conn.write_loop(write_half).await }
+        });
+        conn.consumer.notify.notify(); // our SETTINGS go out first
+        conn.read_loop(stream).await;
+        conn.closed.set(true);
+        for (_, call) in conn.calls.borrow_mut().drain() {
+            if let Call::Subscription { sub } | Call::Bidi { sub, .. } = call {
+                conn.shard.unsubscribe(&sub);
+            }
+        }
+        conn.shard
+            .unregister_sink(conn.sink.get().expect("registered above"));
+        conn.consumer.notify.notify();
+        writer.await;
+        while conn.consumer.next_ready().is_some() {}
+        conn.blocked.borrow_mut().clear();
+    }
+
+    async fn read_loop(self: &Rc<Self>, mut stream: TcpStream) {
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let mut events = Vec::new();
+        loop {
+            futures_lite::future::yield_now().await;
+            self.shard.admit().await;
+            let filled = buf.len();
+            buf.resize(filled + READ_SIZE, 0);
+            let stopped = self.shard.shutdown.wait();
+            if self.shard.is_closing() {
+                return self.shut_down();
+            }
+            let broken = self.stop.wait();
+            let read = futures_lite::future::or(
+                async { Some(stream.read(&mut buf[filled..]).await) },
+                async {
+                    futures_lite::future::or(stopped, broken).await;
+                    None
+                },
+            )
+            .await;
+            let n = match read {
+                None if self.broken.get() => return,
+                None => return self.shut_down(),
+                Some(Ok(0)) | Some(Err(_)) => return,
+                Some(Ok(n)) => n,
+            };
+            buf.truncate(filled + n);
+            let result = self
+                .h2
+                .borrow_mut()
+                .receive(&mut buf, Instant::now(), &mut events);
+            for event in events.drain(..) {
+                self.on_event(event).await;
+            }
+            self.consumer.notify.notify();
+            if result.is_err() {
+                return; // GOAWAY is in the output; the writer sends it and closes
+            }
+        }
+    }
+
+    /// Server shutdown: GOAWAY, every subscription ends with UNAVAILABLE.
+    fn shut_down(&self) {
+        self.h2.borrow_mut().go_away();
+        let calls: Vec<(u32, Call)> = self.calls.borrow_mut().drain().collect();
+        for (stream, call) in calls {
+            if let Call::Subscription { sub } | Call::Bidi { sub, .. } = call {
+                self.shard.unsubscribe(&sub);
+                self.fail(stream, &GrpcError::ShuttingDown, true);
+            }
+        }
+        self.consumer.notify.notify();
+    }
+
+    async fn on_event(self: &Rc<Self>, event: H2Event) {
+        match event {
+            H2Event::Request {
+                stream,
+                fields,
+                end_stream,
+            } => self.on_request(stream, fields, end_stream).await,
+            H2Event::Data {
+                stream,
+                data,
+                end_stream,
+            } => self.on_data(stream, data, end_stream).await,
+            H2Event::EndOfRequest { stream } => self.on_data(stream, Bytes::new(), true).await,
+            H2Event::Reset { stream, .. } => {
+                // The client cancelled: free everything the call holds.
+                if let Some(Call::Subscription { sub } | Call::Bidi { sub, .. }) =
+                    self.calls.borrow_mut().remove(&stream)
+                {
+                    self.shard.unsubscribe(&sub);
+                }
+            }
+        }
+    }
+
+    async fn on_request(self: &Rc<Self>, stream: u32, fields: Fields, end_stream: bool) {
+        let header = |name: &[u8]| {
+            fields
+                .iter()
+                .find(|(n, _)| &n[..] == name)
+                .map(|(_, v)| v.clone())
+        };
+        let content_type = header(b"content-type").unwrap_or_default();
+        if !content_type.starts_with(b"application/grpc") {
+            // Not a gRPC request: plain HTTP 415, as the gRPC protocol asks.
+            self.h2
+                .borrow_mut()
+                .send_headers(stream, &[(b":status", b"415")], true);
+            return;
+        }
+        if header(b":method").as_deref() != Some(b"POST") {
+            self.h2
+                .borrow_mut()
+                .send_headers(stream, &[(b":status", b"405")], true);
+            return;
+        }
+        let path = header(b":path").unwrap_or_default();
+        let Some(method) = Method::from_path(&path) else {
+            let name = String::from_utf8_lossy(&path).into_owned();
+            return self.fail(stream, &GrpcError::UnknownMethod(name), false);
+        };
+        if let Some(encoding) = header(b"grpc-encoding") {
+            if &encoding[..] != b"identity" {
+                let name = String::from_utf8_lossy(&encoding).into_owned();
+                return self.fail(stream, &GrpcError::Compression(name), false);
+            }
+        }
+        if method == Method::Stream {
+            return self.start_bidi(stream, &header).await;
+        }
+        self.calls.borrow_mut().insert(
+            stream,
+            Call::Request {
+                method,
+                reader: MessageReader::default(),
+                messages: Vec::new(),
+            },
+        );
+        if end_stream {
+            self.on_data(stream, Bytes::new(), true).await;
+        }
+    }
+
+    async fn start_bidi(self: &Rc<Self>, stream: u32, header: &impl Fn(&[u8]) -> Option<Bytes>) {
+        let Some(pattern) = header(b"x-topic-pattern") else {
+            let e = GrpcError::InvalidArgument("Stream needs the x-topic-pattern metadata".into());
+            return self.fail(stream, &e, false);
+        };
+        let pattern = match Pattern::parse(&pattern) {
+            Ok(p) => p,
+            Err(e) => return self.fail(stream, &GrpcError::InvalidPattern(e), false),
+        };
+        let min_priority = match header(b"x-min-priority") {
+            None => Priority::Batch,
+            Some(v) => match std::str::from_utf8(&v).ok().and_then(Priority::parse) {
+                Some(p) => p,
+                None => {
+                    let e = GrpcError::InvalidArgument(format!(
+                        "x-min-priority {:?} is not a priority name or 0..=4",
+                        String::from_utf8_lossy(&v)
+                    ));
+                    return self.fail(stream, &e, false);
+                }
+            },
+        };
+        let sub = self
+            .shard
+            .subscribe(pattern, min_priority, &self.consumer, u64::from(stream))
+            .await;
+        self.send_response_headers(stream);
+        self.calls.borrow_mut().insert(
+            stream,
+            Call::Bidi {
+                reader: MessageReader::default(),
+                sub: sub.clone(),
+                published: 0,
+            },
+        );
+        sub.requeue();
+    }
+
+    async fn on_data(self: &Rc<Self>, stream: u32, data: Bytes, end_stream: bool) {
+        let mut messages = Vec::new();
+        let max = self.max_message;
+        let pushed = match self.calls.borrow_mut().get_mut(&stream) {
+            Some(Call::Request {
+                reader,
+                messages: held,
+                ..
+            }) => {
+                let r = reader.push(data, max, held);
+                r.map(|()| false)
+            }
+            Some(Call::Bidi { reader, .. }) => reader.push(data, max, &mut messages).map(|()| true),
+            _ => return,
+        };
+        match pushed {
+            Err(e) => self.end_call_with(stream, &e),
+            Ok(true) => self.on_bidi_messages(stream, messages, end_stream),
+            Ok(false) if end_stream => self.dispatch(stream).await,
+            Ok(false) => {}
+        }
+    }
+
+    fn end_call_with(&self, stream: u32, e: &GrpcError) {
+        let call = self.calls.borrow_mut().remove(&stream);
+        let headers_sent = matches!(call, Some(Call::Subscription { .. } | Call::Bidi { .. }));
+        if let Some(Call::Subscription { sub } | Call::Bidi { sub, .. }) = &call {
+            self.shard.unsubscribe(sub);
+        }
+        // Ending our side also tells a client still sending to stop (RST_STREAM NO_ERROR).
+        self.fail(stream, e, headers_sent);
+    }
+
+    fn on_bidi_messages(&self, stream: u32, messages: Vec<Bytes>, end_stream: bool) {
+        let now_ns = unix_now_ns();
+        for message in messages {
+            let index = match self.calls.borrow().get(&stream) {
+                Some(Call::Bidi { published, .. }) => *published,
+                _ => return,
+            };
+            let event = service::decode::<proto::Event>(message)
+                .and_then(service::raw_event)
+                .and_then(|raw| self.shard.validate(raw, now_ns).map_err(GrpcError::from));
+            match event {
+                Ok(event) => {
+                    let sink = self.sink.get().expect("registered");
+                    let reply = Reply::RefusalsOnly {
+                        sink,
+                        request_id: u64::from(stream),
+                    };
+                    self.shard.publish(std::iter::once(event), reply);
+                    if let Some(Call::Bidi { published, .. }) =
+                        self.calls.borrow_mut().get_mut(&stream)
+                    {
+                        *published += 1;
+                    }
+                }
+                Err(e) => {
+                    let e = GrpcError::InvalidArgument(format!("inbound event {index}: {e}"));
+                    return self.end_call_with(stream, &e);
+                }
+            }
+        }
+        if end_stream {
+            if let Some(Call::Bidi { sub, published, .. }) = self.calls.borrow_mut().remove(&stream)
+            {
+                self.shard.unsubscribe(&sub);
+                let count = published.to_string();
+                self.finish(
+                    stream,
+                    Code::Ok,
+                    "",
+                    &[(b"x-published-count", count.as_bytes())],
+                );
+            }
+        }
+    }
+
+    /// A unary or server-streaming request arrived whole.
+    async fn dispatch(self: &Rc<Self>, stream: u32) {
+        let Some(Call::Request {
+            method,
+            reader,
+            mut messages,
+        }) = self.calls.borrow_mut().remove(&stream)
+        else {
+            return;
+        };
+        if !reader.is_empty() || messages.len() != 1 {
+            let e = GrpcError::InvalidArgument(format!(
+                "expected exactly one request message, got {}{}",
+                messages.len(),
+                if reader.is_empty() {
+                    ""
+                } else {
+                    " and a partial one"
+                }
+            ));
+            return self.fail(stream, &e, false);
+        }
+        let message = messages.pop().expect("one message");
+        let result = match method {
+            Method::Publish => self.publish(stream, message),
+            Method::PublishBatch => self.publish_batch(stream, message),
+            Method::Subscribe => self.subscribe(stream, message).await,
+            Method::HealthCheck => {
+                self.health(stream).await;
+                Ok(())
+            }
+            Method::Stream => unreachable!("Stream starts with its headers"),
+        };
+        if let Err(e) = result {
+            self.fail(stream, &e, false);
+        }
+    }
+
+    fn ack_request(self: &Rc<Self>, stream: u32) -> Reply {
+        Reply::Ack(AckRequest {
+            sink: self.clone(),
+            request_id: u64::from(stream),
+            decoded_at: Instant::now(),
+        })
+    }
+
+    fn publish(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
+        let request: proto::PublishRequest = service::decode(message)?;
+        let event = request
+            .event
+            .ok_or_else(|| GrpcError::InvalidArgument("PublishRequest.event is required".into()))?;
+        let event = self
+            .shard
+            .validate(service::raw_event(event)?, unix_now_ns())?;
+        self.calls.borrow_mut().insert(stream, Call::Waiting);
+        self.shard
+            .publish(std::iter::once(event), self.ack_request(stream));
+        Ok(())
+    }
+
+    fn publish_batch(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
+        let request: proto::PublishBatchRequest = service::decode(message)?;
+        let max = self.shard.limits().max_batch_events;
+        if request.events.len() > max {
+            return Err(GrpcError::InvalidArgument(format!(
+                "batch of {} events, over the limit of {max}",
+                request.events.len()
+            )));
+        }
+        let now_ns = unix_now_ns();
+        let mut events: Vec<Event> = Vec::with_capacity(request.events.len());
+        for (index, e) in request.events.into_iter().enumerate() {
+            let raw = service::raw_event(e)
+                .map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
+            let event = self
+                .shard
+                .validate(raw, now_ns)
+                .map_err(|error| GrpcError::InvalidBatchEvent { index, error })?;
+            events.push(event);
+        }
+        self.calls.borrow_mut().insert(stream, Call::Waiting);
+        self.shard.publish(events, self.ack_request(stream));
+        Ok(())
+    }
+
+    async fn subscribe(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
+        let request: proto::SubscribeRequest = service::decode(message)?;
+        let pattern =
+            Pattern::parse(request.topic_pattern.as_bytes()).map_err(GrpcError::InvalidPattern)?;
+        let min_priority = u8::try_from(request.min_priority)
+            .ok()
+            .and_then(Priority::from_u8)
+            .ok_or_else(|| {
+                GrpcError::InvalidArgument(format!(
+                    "min_priority {} is not one of 0..=4",
+                    request.min_priority
+                ))
+            })?;
+        self.calls.borrow_mut().insert(stream, Call::Waiting);
+        let sub = self
+            .shard
+            .subscribe(pattern, min_priority, &self.consumer, u64::from(stream))
+            .await;
+        if self.calls.borrow().get(&stream).is_none() {
+            // Cancelled while registering.
+            self.shard.unsubscribe(&sub);
+            return Ok(());
+        }
+        self.send_response_headers(stream);
+        self.calls
+            .borrow_mut()
+            .insert(stream, Call::Subscription { sub: sub.clone() });
+        sub.requeue();
+        Ok(())
+    }
+
+    async fn health(self: &Rc<Self>, stream: u32) {
+        self.calls.borrow_mut().insert(stream, Call::Waiting);
+        let answered = glommio::timer::timeout(Duration::from_secs(1), async {
+            Ok(self.shard.ping_all().await)
+        })
+        .await
+        .is_ok();
+        if self.calls.borrow_mut().remove(&stream).is_none() {
+            return; // cancelled meanwhile
+        }
+        let response = proto::HealthResponse {
+            healthy: answered && !self.shard.is_closing(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.shard.uptime().as_secs() as i64,
+        };
+        self.respond(stream, &response);
+    }
+
+    fn send_response_headers(&self, stream: u32) {
+        self.h2.borrow_mut().send_headers(
+            stream,
+            &[(b":status", b"200"), (b"content-type", b"application/grpc")],
+            false,
+        );
+    }
+
+    /// Headers, one message, OK trailers.
+    fn respond(&self, stream: u32, message: &impl prost::Message) {
+        self.send_response_headers(stream);
+        let framed = service::framed(message);
+        let mut h2 = self.h2.borrow_mut();
+        h2.send_data(stream, &framed);
+        h2.send_trailers(
+            stream,
+            vec![(Bytes::from_static(b"grpc-status"), Bytes::from_static(b"0"))],
+        );
+    }
+
+    /// Ends a call with an error status: trailers-only when nothing was sent yet.
+    fn fail(&self, stream: u32, e: &GrpcError, headers_sent: bool) {
+        let message = percent_encode(&e.to_string());
+        if headers_sent {
+            self.finish(stream, e.code(), &message, &[]);
+        } else {
+            let code = (e.code() as u8).to_string();
+            self.h2.borrow_mut().send_headers(
+                stream,
+                &[
+                    (b":status", b"200"),
+                    (b"content-type", b"application/grpc"),
+                    (b"grpc-status", code.as_bytes()),
+                    (b"grpc-message", message.as_bytes()),
+                ],
+                true,
+            );
+        }
+    }
+
+    /// Trailers after a streamed response.
+    fn finish(&self, stream: u32, code: Code, message: &str, extra: &[(&[u8], &[u8])]) {
+        let mut fields: Fields = vec![(
+            Bytes::from_static(b"grpc-status"),
+            Bytes::from((code as u8).to_string()),
+        )];
+        if !message.is_empty() {
+            fields.push((
+                Bytes::from_static(b"grpc-message"),
+                Bytes::copy_from_slice(message.as_bytes()),
+            ));
+        }
+        fields.extend(
+            extra
+                .iter()
+                .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v))),
+        );
+        self.h2.borrow_mut().send_trailers(stream, fields);
+    }
+
+    async fn write_loop(&self, mut socket: TcpStream) {
+        loop {
+            let woken = self.consumer.notify.wait();
+            let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
+            for sub in blocked {
+                sub.requeue();
+            }
+            while let Some(sub) = self.consumer.next_ready() {
+                self.drain_subscription(&sub);
+            }
+            let out = std::mem::take(self.h2.borrow_mut().output());
+            if out.is_empty() {
+                if self.closed.get() {
+                    break;
+                }
+                woken.await;
+                continue;
+            }
+            if socket.write_all(&out).await.is_err() {
+                self.broken.set(true);
+                self.stop.notify();
+                break;
+            }
+            // Give the buffer back to the connection, emptied, so its capacity is reused.
+            let mut out = out;
+            out.clear();
+            let mut h2 = self.h2.borrow_mut();
+            if h2.output().is_empty() {
+                *h2.output() = out;
+            }
+        }
+        let _ = socket.close().await;
+    }
+
+    /// Moves a subscription's queued events into its stream, as far as HTTP/2 lets them.
+    fn drain_subscription(&self, sub: &Rc<Subscriber>) {
+        let stream = sub.tag as u32;
+        let current = match self.calls.borrow().get(&stream) {
+            Some(Call::Subscription { sub: s } | Call::Bidi { sub: s, .. }) => Rc::ptr_eq(s, sub),
+            _ => false,
+        };
+        if !current || sub.state() == SubState::Closed {
+            return;
+        }
+        let mut data = BytesMut::new();
+        let mut h2 = self.h2.borrow_mut();
+        while h2.queued(stream) + data.len() < MAX_QUEUED_PER_STREAM {
+            let Some(event) = sub.pop() else { break };
+            let message = service::proto_event(&event);
+            framing::put_message(&mut data, |o| {
+                prost::Message::encode(&message, o).expect("BytesMut grows")
+            });
+        }
+        if !data.is_empty() {
+            h2.send_data(stream, &data);
+        }
+        drop(h2);
+        if sub.queued() > 0 {
+            self.blocked.borrow_mut().push(sub.clone());
+        } else if sub.state() == SubState::Cut {
+            self.calls.borrow_mut().remove(&stream);
+            self.fail(stream, &GrpcError::SlowConsumer, true);
+        }
+    }
+}

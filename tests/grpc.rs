@@ -1,0 +1,376 @@
+//! The gRPC door through an independent HTTP/2 client (the `h2` crate): SPEC §2 methods,
+//! statuses, and the same engine as the native door.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use common::*;
+use eventstream::engine::Priority;
+use eventstream::proto;
+use prost::Message;
+
+type Sender = h2::client::SendRequest<Bytes>;
+
+async fn connect(server: &TestServer) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    // h2 counts small DATA frames it has buffered unread against a budget; a thousand
+    // responses arriving before their tasks read them would exhaust the default.
+    let (sender, connection) = h2::client::Builder::new()
+        .data_frame_budget(1 << 20)
+        .handshake(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+}
+
+fn framed(msg: &impl Message) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(0);
+    out.put_u32(msg.encoded_len() as u32);
+    msg.encode(&mut out).unwrap();
+    out.freeze()
+}
+
+fn request(method: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "http://localhost/eventstream.EventService/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+}
+
+/// The end of a call: grpc-status, grpc-message, and the messages received.
+#[derive(Debug)]
+struct Outcome {
+    status: u8,
+    message: String,
+    messages: Vec<Bytes>,
+    trailers: http::HeaderMap,
+}
+
+async fn finish(response: h2::client::ResponseFuture) -> Outcome {
+    let response = response.await.unwrap();
+    let headers = response.headers().clone();
+    let mut body = response.into_body();
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .unwrap()
+        .unwrap_or_else(|| headers.clone());
+    let status = trailers["grpc-status"].to_str().unwrap().parse().unwrap();
+    let message = trailers
+        .get("grpc-message")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let mut messages = Vec::new();
+    while data.len() >= 5 {
+        let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+        data.advance(5);
+        messages.push(data.split_to(len).freeze());
+    }
+    Outcome {
+        status,
+        message,
+        messages,
+        trailers,
+    }
+}
+
+async fn unary(sender: &mut Sender, method: &str, body: Bytes) -> Outcome {
+    let (response, mut stream) = sender
+        .send_request(request(method).body(()).unwrap(), false)
+        .unwrap();
+    stream.send_data(body, true).unwrap();
+    finish(response).await
+}
+
+fn event(topic: &str, payload: &[u8], priority: Priority) -> proto::Event {
+    proto::Event {
+        topic: topic.into(),
+        payload: Bytes::copy_from_slice(payload),
+        priority: priority as i32,
+        ..Default::default()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn publish_over_grpc_reaches_a_native_subscriber_with_the_same_sequence() {
+    let server = start();
+    let mut native = server.client();
+    native.subscribe("orders/*", Priority::Batch).unwrap();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let mut e = event("orders/new", b"o-1", Priority::High);
+        e.metadata.insert("source".into(), "grpc".into());
+        let outcome = unary(
+            &mut sender,
+            "Publish",
+            framed(&proto::PublishRequest { event: Some(e) }),
+        )
+        .await;
+        assert_eq!(outcome.status, 0, "{outcome:?}");
+        let response = proto::PublishResponse::decode(outcome.messages[0].clone()).unwrap();
+        assert!(response.success);
+        assert!(response.latency_ns > 0);
+    });
+    let d = native.next_event().unwrap();
+    assert_eq!((d.sequence, &d.event.payload[..]), (1, &b"o-1"[..]));
+    assert_eq!(
+        d.event.metadata.iter().collect::<Vec<_>>(),
+        vec![("source", "grpc")]
+    );
+    assert_eq!(d.event.id.len(), 36);
+}
+
+#[test]
+fn a_grpc_subscriber_receives_native_publishes_and_cancel_frees_it() {
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let subscribe = proto::SubscribeRequest {
+            topic_pattern: "sensors/*".into(),
+            min_priority: Priority::Low as i32,
+        };
+        let (response, mut stream) = sender
+            .send_request(request("Subscribe").body(()).unwrap(), false)
+            .unwrap();
+        stream.send_data(framed(&subscribe), true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        // Registered once the response headers arrived: publish natively now.
+        let mut native = server.client();
+        native
+            .publish(&common::event("sensors/t1", b"a", Priority::Medium))
+            .unwrap();
+        native
+            .publish(&common::event("sensors/t2", b"low", Priority::Batch))
+            .unwrap();
+        native
+            .publish(&common::event("sensors/t2", b"b", Priority::Critical))
+            .unwrap();
+        let mut data = BytesMut::new();
+        let mut events = Vec::new();
+        while events.len() < 2 {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            data.extend_from_slice(&chunk);
+            while data.len() >= 5 {
+                let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+                if data.len() < 5 + len {
+                    break;
+                }
+                data.advance(5);
+                events.push(proto::Event::decode(data.split_to(len)).unwrap());
+            }
+        }
+        assert_eq!(
+            (events[0].topic.as_str(), events[0].sequence),
+            ("sensors/t1", 1)
+        );
+        assert_eq!(
+            (
+                events[1].topic.as_str(),
+                events[1].sequence,
+                &events[1].payload[..]
+            ),
+            ("sensors/t2", 2, &b"b"[..])
+        );
+        // Cancel: the subscription is released on every shard.
+        drop(body);
+        drop(stream);
+        for _ in 0..100 {
+            if native.ping().unwrap().subscriptions == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("cancelled subscription still registered");
+    });
+}
+
+#[test]
+fn statuses_of_section_2() {
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let bad = framed(&proto::PublishRequest {
+            event: Some(event("a//b", b"", Priority::Low)),
+        });
+        let o = unary(&mut sender, "Publish", bad).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.contains("empty segment"), "{}", o.message);
+
+        let mut events: Vec<_> = (0..4)
+            .map(|i| event(&format!("b/{i}"), b"", Priority::Low))
+            .collect();
+        events[2].topic = "b/ x".into();
+        let o = unary(
+            &mut sender,
+            "PublishBatch",
+            framed(&proto::PublishBatchRequest { events }),
+        )
+        .await;
+        assert_eq!(o.status, 3);
+        assert!(o.message.starts_with("event 2"), "{}", o.message);
+
+        let o = unary(&mut sender, "Nope", framed(&proto::Empty {})).await;
+        assert_eq!(o.status, 12);
+
+        let o = unary(
+            &mut sender,
+            "Publish",
+            Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]),
+        )
+        .await;
+        assert_eq!(o.status, 3, "malformed protobuf: {o:?}");
+
+        let o = unary(
+            &mut sender,
+            "Publish",
+            Bytes::from_static(&[1, 0, 0, 0, 1, 0]),
+        )
+        .await;
+        assert_eq!(o.status, 12, "compressed without grpc-encoding: {o:?}");
+
+        let big = |n: usize| {
+            framed(&proto::PublishRequest {
+                event: Some(event("big", &vec![0u8; n], Priority::Low)),
+            })
+        };
+        let o = unary(&mut sender, "Publish", big(3 << 20)).await;
+        assert_eq!(o.status, 0, "3 MiB passes: {o:?}");
+        let o = unary(&mut sender, "Publish", big(5 << 20)).await;
+        assert_eq!(o.status, 8, "5 MiB is RESOURCE_EXHAUSTED: {o:?}");
+
+        let o = unary(&mut sender, "HealthCheck", framed(&proto::Empty {})).await;
+        assert_eq!(o.status, 0);
+        let health = proto::HealthResponse::decode(o.messages[0].clone()).unwrap();
+        assert!(health.healthy);
+        assert_eq!(health.version, env!("CARGO_PKG_VERSION"));
+    });
+}
+
+#[test]
+fn stream_publishes_inbound_events_and_sends_matching_ones() {
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let req = request("Stream")
+            .header("x-topic-pattern", "chat/**")
+            .header("x-min-priority", "LOW")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = sender.send_request(req, false).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        for (topic, p) in [
+            ("chat/a", Priority::Medium),
+            ("other/x", Priority::High),
+            ("chat/b/c", Priority::Batch),
+            ("chat/b", Priority::High),
+        ] {
+            stream
+                .send_data(framed(&event(topic, b"m", p)), false)
+                .unwrap();
+        }
+        let mut data = BytesMut::new();
+        let mut topics = Vec::new();
+        while topics.len() < 2 {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            data.extend_from_slice(&chunk);
+            while data.len() >= 5 {
+                let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+                if data.len() < 5 + len {
+                    break;
+                }
+                data.advance(5);
+                topics.push(proto::Event::decode(data.split_to(len)).unwrap().topic);
+            }
+        }
+        // Two topics, possibly two owner shards: no order between them is promised.
+        topics.sort();
+        assert_eq!(
+            topics,
+            vec!["chat/a", "chat/b"],
+            "own events matching the pattern and priority"
+        );
+        stream.send_data(Bytes::new(), true).unwrap();
+        let trailers = body.trailers().await.unwrap().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["x-published-count"], "4");
+
+        // An invalid inbound event ends the call with INVALID_ARGUMENT naming its position.
+        let req = request("Stream")
+            .header("x-topic-pattern", "chat/**")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = sender.send_request(req, false).unwrap();
+        stream
+            .send_data(framed(&event("chat/ok", b"", Priority::Low)), false)
+            .unwrap();
+        stream
+            .send_data(framed(&event("chat//bad", b"", Priority::Low)), false)
+            .unwrap();
+        let o = finish(response).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.contains("inbound event 1"), "{}", o.message);
+        let _ = o.trailers;
+    });
+}
+
+#[test]
+fn a_thousand_concurrent_streams_on_one_connection() {
+    let server = start();
+    runtime().block_on(async {
+        let sender = connect(&server).await;
+        let mut calls = Vec::new();
+        for i in 0..1000 {
+            let sender = sender.clone();
+            calls.push(tokio::spawn(async move {
+                let mut sender = sender.ready().await.unwrap();
+                let e = event(&format!("many/{}", i % 10), b"x", Priority::Low);
+                unary(
+                    &mut sender,
+                    "Publish",
+                    framed(&proto::PublishRequest { event: Some(e) }),
+                )
+                .await
+                .status
+            }));
+        }
+        for call in calls {
+            assert_eq!(call.await.unwrap(), 0);
+        }
+    });
+}
