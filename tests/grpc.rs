@@ -374,3 +374,34 @@ fn a_thousand_concurrent_streams_on_one_connection() {
         }
     });
 }
+
+#[test]
+fn grpc_timeout_ends_a_subscription_with_deadline_exceeded() {
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let req = request("Subscribe")
+            .header("grpc-timeout", "200m")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = sender.send_request(req, false).unwrap();
+        let subscribe = proto::SubscribeRequest {
+            topic_pattern: "quiet/*".into(),
+            min_priority: 0,
+        };
+        stream.send_data(framed(&subscribe), true).unwrap();
+        let started = std::time::Instant::now();
+        let o = tokio::time::timeout(Duration::from_secs(10), finish(response))
+            .await
+            .unwrap();
+        assert_eq!(o.status, 4, "{o:?}");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        let bad = request("Publish")
+            .header("grpc-timeout", "soon")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = sender.send_request(bad, false).unwrap();
+        stream.send_data(framed(&proto::Empty {}), true).unwrap();
+        assert_eq!(finish(response).await.status, 3);
+    });
+}

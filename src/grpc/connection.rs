@@ -3,7 +3,8 @@
 //! everything one wake-up produced (responses, subscription events) into one socket write.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -67,7 +68,17 @@ impl Door {
                     let door = self.clone();
                     door.live.set(door.live.get() + 1);
                     glommio::spawn_local(async move {
-                        GrpcConnection::serve(&door, stream).await;
+                        let serving =
+                            std::panic::AssertUnwindSafe(GrpcConnection::serve(&door, stream));
+                        if futures_lite::FutureExt::catch_unwind(serving)
+                            .await
+                            .is_err()
+                        {
+                            crate::log_line!(
+                                "shard {}: a gRPC connection failed and was closed",
+                                door.shard.id()
+                            );
+                        }
                         door.live.set(door.live.get() - 1);
                         door.idle.notify();
                     })
@@ -89,6 +100,28 @@ impl Door {
     }
 }
 
+/// Releases what a connection holds in the engine when its reader ends, normally or by a
+/// panic (which the door contains to this one connection).
+struct Release(Rc<GrpcConnection>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        conn.closed.set(true);
+        let calls: Vec<Call> = conn.calls.borrow_mut().drain().map(|(_, c)| c).collect();
+        for call in calls {
+            if let Call::Subscription { sub } | Call::Bidi { sub, .. } = call {
+                conn.shard.unsubscribe(&sub);
+            }
+        }
+        if let Some(sink) = conn.sink.take() {
+            conn.shard.unregister_sink(sink);
+        }
+        conn.consumer.notify.notify();
+        conn.deadline_added.notify();
+    }
+}
+
 /// What a stream (one call) is doing.
 enum Call {
     /// Unary or server-streaming request still arriving.
@@ -107,6 +140,8 @@ enum Call {
         sub: Rc<Subscriber>,
         published: u64,
     },
+    /// Not a gRPC request: answered with this HTTP status once the request has ended.
+    Rejected { status: &'static [u8] },
 }
 
 struct GrpcConnection {
@@ -121,12 +156,17 @@ struct GrpcConnection {
     broken: Cell<bool>,
     stop: Notify,
     sink: Cell<Option<SinkId>>,
+    /// Calls with a grpc-timeout, earliest first.
+    deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
+    deadline_added: Notify,
 }
 
 impl AckSink for GrpcConnection {
     fn acked(&self, request_id: u64, outcome: AckOutcome) {
         let stream = request_id as u32;
-        self.calls.borrow_mut().remove(&stream);
+        if self.calls.borrow_mut().remove(&stream).is_none() {
+            return; // cancelled or past its deadline meanwhile
+        }
         match outcome.result {
             Ok(()) => {
                 let response = proto::PublishResponse {
@@ -172,24 +212,34 @@ impl GrpcConnection {
             broken: Cell::new(false),
             stop: Notify::default(),
             sink: Cell::new(None),
+            deadlines: RefCell::default(),
+            deadline_added: Notify::default(),
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
         let writer = glommio::spawn_local({
             let conn = conn.clone();
-            async move { conn.write_loop(write_half).await }
+            async move {
+                let writing = std::panic::AssertUnwindSafe(conn.write_loop(write_half));
+                if futures_lite::FutureExt::catch_unwind(writing)
+                    .await
+                    .is_err()
+                {
+                    // Contained to this connection: its reader stops too.
+                    conn.broken.set(true);
+                    conn.stop.notify();
+                }
+            }
+        });
+        let timer = glommio::spawn_local({
+            let conn = conn.clone();
+            async move { conn.deadline_loop().await }
         });
         conn.consumer.notify.notify(); // our SETTINGS go out first
+        let release = Release(conn.clone());
         conn.read_loop(stream).await;
-        conn.closed.set(true);
-        for (_, call) in conn.calls.borrow_mut().drain() {
-            if let Call::Subscription { sub } | Call::Bidi { sub, .. } = call {
-                conn.shard.unsubscribe(&sub);
-            }
-        }
-        conn.shard
-            .unregister_sink(conn.sink.get().expect("registered above"));
-        conn.consumer.notify.notify();
+        drop(release);
         writer.await;
+        timer.await;
         while conn.consumer.next_ready().is_some() {}
         conn.blocked.borrow_mut().clear();
     }
@@ -281,17 +331,23 @@ impl GrpcConnection {
                 .map(|(_, v)| v.clone())
         };
         let content_type = header(b"content-type").unwrap_or_default();
-        if !content_type.starts_with(b"application/grpc") {
-            // Not a gRPC request: plain HTTP 415, as the gRPC protocol asks.
-            self.h2
-                .borrow_mut()
-                .send_headers(stream, &[(b":status", b"415")], true);
-            return;
-        }
-        if header(b":method").as_deref() != Some(b"POST") {
-            self.h2
-                .borrow_mut()
-                .send_headers(stream, &[(b":status", b"405")], true);
+        // Not a gRPC request: a plain HTTP status (415 as the gRPC protocol asks, 405 for
+        // other methods), once the client has sent all of its request.
+        let rejected: Option<&'static [u8]> = if !content_type.starts_with(b"application/grpc") {
+            Some(b"415")
+        } else if header(b":method").as_deref() != Some(b"POST") {
+            Some(b"405")
+        } else {
+            None
+        };
+        if let Some(status) = rejected {
+            if end_stream {
+                self.reject(stream, status);
+            } else {
+                self.calls
+                    .borrow_mut()
+                    .insert(stream, Call::Rejected { status });
+            }
             return;
         }
         let path = header(b":path").unwrap_or_default();
@@ -304,6 +360,24 @@ impl GrpcConnection {
                 let name = String::from_utf8_lossy(&encoding).into_owned();
                 return self.fail(stream, &GrpcError::Compression(name), false);
             }
+        }
+        if let Some(timeout) = header(b"grpc-timeout") {
+            let Some(timeout) = framing::parse_timeout(&timeout) else {
+                let e = GrpcError::InvalidArgument(format!(
+                    "grpc-timeout {:?} is not a number of at most 8 digits and a unit",
+                    String::from_utf8_lossy(&timeout)
+                ));
+                return self.fail(stream, &e, false);
+            };
+            let mut deadlines = self.deadlines.borrow_mut();
+            deadlines.push(Reverse((Instant::now() + timeout, stream)));
+            // Finished calls leave their deadline behind; sweep when they outnumber the live.
+            let calls = self.calls.borrow();
+            if deadlines.len() > 64 + 2 * calls.len() {
+                deadlines.retain(|Reverse((_, s))| *s == stream || calls.contains_key(s));
+            }
+            drop((deadlines, calls));
+            self.deadline_added.notify();
         }
         if method == Method::Stream {
             return self.start_bidi(stream, &header).await;
@@ -362,17 +436,31 @@ impl GrpcConnection {
     async fn on_data(self: &Rc<Self>, stream: u32, data: Bytes, end_stream: bool) {
         let mut messages = Vec::new();
         let max = self.max_message;
-        let pushed = match self.calls.borrow_mut().get_mut(&stream) {
-            Some(Call::Request {
-                reader,
-                messages: held,
-                ..
-            }) => {
-                let r = reader.push(data, max, held);
-                r.map(|()| false)
+        let pushed = {
+            let mut calls = self.calls.borrow_mut();
+            match calls.get_mut(&stream) {
+                Some(Call::Request {
+                    reader,
+                    messages: held,
+                    ..
+                }) => {
+                    let r = reader.push(data, max, held);
+                    r.map(|()| false)
+                }
+                Some(Call::Bidi { reader, .. }) => {
+                    reader.push(data, max, &mut messages).map(|()| true)
+                }
+                Some(Call::Rejected { status }) => {
+                    let status = *status;
+                    if end_stream {
+                        calls.remove(&stream);
+                        drop(calls);
+                        self.reject(stream, status);
+                    }
+                    return;
+                }
+                _ => return,
             }
-            Some(Call::Bidi { reader, .. }) => reader.push(data, max, &mut messages).map(|()| true),
-            _ => return,
         };
         match pushed {
             Err(e) => self.end_call_with(stream, &e),
@@ -380,6 +468,19 @@ impl GrpcConnection {
             Ok(false) if end_stream => self.dispatch(stream).await,
             Ok(false) => {}
         }
+    }
+
+    /// Answers a request that is not gRPC with a plain HTTP status and a line saying why.
+    fn reject(&self, stream: u32, status: &'static [u8]) {
+        const WHY: &[u8] = b"this port serves gRPC (POST, content-type application/grpc)\n";
+        let mut h2 = self.h2.borrow_mut();
+        h2.send_headers(
+            stream,
+            &[(b":status", status), (b"content-type", b"text/plain")],
+            false,
+        );
+        h2.send_data(stream, WHY);
+        h2.finish(stream);
     }
 
     fn end_call_with(&self, stream: u32, e: &GrpcError) {
@@ -629,6 +730,45 @@ impl GrpcConnection {
                 .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v))),
         );
         self.h2.borrow_mut().send_trailers(stream, fields);
+    }
+
+    /// Ends calls whose grpc-timeout passed with DEADLINE_EXCEEDED.
+    async fn deadline_loop(&self) {
+        loop {
+            let added = self.deadline_added.wait();
+            if self.closed.get() {
+                return;
+            }
+            let next = self.deadlines.borrow().peek().map(|Reverse((t, _))| *t);
+            let Some(next) = next else {
+                added.await;
+                continue;
+            };
+            let now = Instant::now();
+            if next > now {
+                let sleep = glommio::timer::sleep(next - now);
+                futures_lite::future::or(sleep, added).await;
+                continue;
+            }
+            let mut expired = Vec::new();
+            {
+                let mut deadlines = self.deadlines.borrow_mut();
+                while let Some(Reverse((t, stream))) = deadlines.peek().copied() {
+                    if t > now {
+                        break;
+                    }
+                    deadlines.pop();
+                    expired.push(stream);
+                }
+            }
+            for stream in expired {
+                let live = self.calls.borrow().contains_key(&stream);
+                if live {
+                    self.end_call_with(stream, &GrpcError::DeadlineExceeded);
+                }
+            }
+            self.consumer.notify.notify();
+        }
     }
 
     async fn write_loop(&self, mut socket: TcpStream) {

@@ -68,7 +68,17 @@ impl Door {
                     let door = self.clone();
                     door.live.set(door.live.get() + 1);
                     glommio::spawn_local(async move {
-                        Connection::serve(&door, stream).await;
+                        let serving =
+                            std::panic::AssertUnwindSafe(Connection::serve(&door, stream));
+                        if futures_lite::FutureExt::catch_unwind(serving)
+                            .await
+                            .is_err()
+                        {
+                            crate::log_line!(
+                                "shard {}: a connection failed and was closed",
+                                door.shard.id()
+                            );
+                        }
                         door.live.set(door.live.get() - 1);
                         door.idle.notify();
                     })
@@ -88,6 +98,25 @@ impl Door {
         while self.live.get() > 0 {
             self.idle.wait().await;
         }
+    }
+}
+
+/// Releases what a connection holds in the engine when its reader ends, normally or by a
+/// panic (which the door contains to this one connection).
+struct Release(Rc<Connection>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let conn = &self.0;
+        conn.closed.set(true);
+        let subs: Vec<Rc<Subscriber>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            conn.shard.unsubscribe(&sub);
+        }
+        if let Some(sink) = conn.sink.take() {
+            conn.shard.unregister_sink(sink);
+        }
+        conn.consumer.notify.notify();
     }
 }
 
@@ -166,16 +195,21 @@ impl Connection {
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
         let writer = glommio::spawn_local({
             let conn = conn.clone();
-            async move { conn.write_loop(write_half).await }
+            async move {
+                let writing = std::panic::AssertUnwindSafe(conn.write_loop(write_half));
+                if futures_lite::FutureExt::catch_unwind(writing)
+                    .await
+                    .is_err()
+                {
+                    // Contained to this connection: its reader stops too.
+                    conn.broken.set(true);
+                    conn.stop.notify();
+                }
+            }
         });
+        let release = Release(conn.clone());
         conn.read_loop(stream, door.max_frame).await;
-        conn.closed.set(true);
-        for (_, sub) in conn.subs.borrow_mut().drain() {
-            conn.shard.unsubscribe(&sub);
-        }
-        conn.shard
-            .unregister_sink(conn.sink.get().expect("registered above"));
-        conn.consumer.notify.notify();
+        drop(release);
         writer.await;
         // Subscriptions on the ready list point back at the consumer: break the cycle.
         while conn.consumer.next_ready().is_some() {}

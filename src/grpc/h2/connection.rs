@@ -102,6 +102,21 @@ struct Stream {
     received: u64,
 }
 
+/// How a stream ended, remembered for a while: frames arriving afterwards are answered
+/// differently (RFC 9113 §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClosedBy {
+    /// The client reset it: any further frame is a connection error STREAM_CLOSED.
+    PeerReset,
+    /// Both sides ended it: likewise.
+    Finished,
+    /// We reset it: frames the client had already sent are ignored.
+    LocalReset,
+}
+
+/// Closed streams remembered.
+const CLOSED_MEMORY: usize = 1024;
+
 /// A partly received header block (HEADERS without END_HEADERS, then CONTINUATIONs).
 struct Block {
     stream: u32,
@@ -149,6 +164,8 @@ pub struct Connection {
     streams: HashMap<u32, Stream>,
     /// Highest stream id the client opened; lower ids not in `streams` are closed.
     last_stream: u32,
+    closed: HashMap<u32, ClosedBy>,
+    closed_order: std::collections::VecDeque<u32>,
     block: Option<Block>,
     /// Client's SETTINGS.
     peer_initial_window: u32,
@@ -223,6 +240,8 @@ impl Connection {
             encoder: loona_hpack::Encoder::new(),
             streams: HashMap::new(),
             last_stream: 0,
+            closed: HashMap::new(),
+            closed_order: std::collections::VecDeque::new(),
             block: None,
             peer_initial_window: 65_535,
             peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -285,8 +304,9 @@ impl Connection {
     fn handle_error(&mut self, e: H2Error, events: &mut Vec<Event>) -> Option<Closed> {
         match e {
             H2Error::Stream { stream, reason, .. } => {
+                let was_open = self.streams.contains_key(&stream);
                 self.reset(stream, reason);
-                if self.streams.remove(&stream).is_some() {
+                if was_open {
                     events.push(Event::Reset { stream, reason });
                 }
                 None
@@ -303,6 +323,19 @@ impl Connection {
         frame::put_goaway(&mut self.out, self.last_stream, reason, why.as_bytes());
         self.going_away = true;
         Closed { reason }
+    }
+
+    /// Forgets an open stream, remembering how it closed.
+    fn close(&mut self, stream: u32, how: ClosedBy) -> Option<Stream> {
+        let removed = self.streams.remove(&stream);
+        if self.closed.insert(stream, how).is_none() {
+            self.closed_order.push_back(stream);
+            if self.closed_order.len() > CLOSED_MEMORY {
+                let old = self.closed_order.pop_front().expect("non-empty");
+                self.closed.remove(&old);
+            }
+        }
+        removed
     }
 
     /// Starts a graceful shutdown: no new streams; open ones may finish.
@@ -389,7 +422,7 @@ impl Connection {
                 if !self.resets.spend(now) {
                     return Err(conn_err(Reason::EnhanceYourCalm, "RST_STREAM flood"));
                 }
-                if self.streams.remove(&stream).is_some() {
+                if self.close(stream, ClosedBy::PeerReset).is_some() {
                     let reason = reason_from(code);
                     events.push(Event::Reset { stream, reason });
                 }
@@ -537,7 +570,14 @@ impl Connection {
             ));
         }
         if stream <= self.last_stream {
-            return Err(conn_err(Reason::StreamClosed, "HEADERS on a closed stream"));
+            return Err(match self.closed.get(&stream) {
+                Some(ClosedBy::LocalReset) => return Ok(()), // frames in flight: ignore
+                Some(_) => conn_err(Reason::StreamClosed, "HEADERS on a closed stream"),
+                None => conn_err(
+                    Reason::ProtocolError,
+                    "stream id lower than one already used",
+                ),
+            });
         }
         self.last_stream = stream;
         if self.going_away {
@@ -658,8 +698,12 @@ impl Connection {
         }
     }
 
-    /// Sends response headers (not flow-controlled).
+    /// Sends response headers (not flow-controlled). Ignored for a stream that is not open
+    /// any more (the client reset it): nothing may be sent on a closed stream.
     pub fn send_headers(&mut self, stream: u32, fields: &[(&[u8], &[u8])], end_stream: bool) {
+        if !self.streams.contains_key(&stream) {
+            return;
+        }
         let mut block = Vec::with_capacity(64);
         self.encoder
             .encode_into(fields.iter().copied(), &mut block)
@@ -693,6 +737,14 @@ impl Connection {
         }
     }
 
+    /// Ends the response after all queued data, without trailers (an empty END_STREAM DATA).
+    pub fn finish(&mut self, stream: u32) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.finish = Some(None);
+            self.flush_stream(stream);
+        }
+    }
+
     /// Bytes queued for `stream` that flow control has not let out yet.
     pub fn queued(&self, stream: u32) -> usize {
         self.streams.get(&stream).map_or(0, |s| s.pending.len())
@@ -701,16 +753,19 @@ impl Connection {
     /// Resets a stream (RST_STREAM) and forgets it.
     pub fn reset(&mut self, stream: u32, reason: Reason) {
         frame::put_rst_stream(&mut self.out, stream, reason);
-        self.streams.remove(&stream);
+        self.close(stream, ClosedBy::LocalReset);
     }
 
     /// Our side of `stream` is complete. If the client is still sending, tell it to stop
     /// (RST_STREAM NO_ERROR, RFC 9113 §8.1): either way the stream is done here.
     fn end_local(&mut self, stream: u32) {
-        if let Some(s) = self.streams.remove(&stream) {
-            if !s.remote_closed {
-                frame::put_rst_stream(&mut self.out, stream, Reason::NoError);
+        let remote_closed = self.streams.get(&stream).map(|s| s.remote_closed);
+        match remote_closed {
+            Some(true) => {
+                self.close(stream, ClosedBy::Finished);
             }
+            Some(false) => self.reset(stream, Reason::NoError),
+            None => {}
         }
     }
 
@@ -796,9 +851,23 @@ fn check_request(
     let (mut method, mut scheme, mut path) = (0, 0, 0);
     let mut regular_seen = false;
     let mut content_length = None;
+    let (mut authority, mut host) = (None, None);
     for (name, value) in fields {
-        if name.iter().any(|b| b.is_ascii_uppercase()) {
-            return Err("upper-case header name");
+        let bare = name.strip_prefix(b":").unwrap_or(name);
+        if bare.is_empty()
+            || bare
+                .iter()
+                .any(|&b| b <= 0x20 || b == b':' || b.is_ascii_uppercase() || b >= 0x7f)
+        {
+            return Err(
+                "header name empty, upper-case, or with a space, control or non-ASCII byte",
+            );
+        }
+        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n')
+            || value.first().is_some_and(|&b| b == b' ' || b == b'\t')
+            || value.last().is_some_and(|&b| b == b' ' || b == b'\t')
+        {
+            return Err("header value with NUL, CR or LF, or surrounded by whitespace");
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
             if regular_seen {
@@ -813,7 +882,7 @@ fn check_request(
                     }
                     path += 1
                 }
-                b"authority" => {}
+                b"authority" => authority = Some(value),
                 _ => return Err("unknown pseudo-header"),
             }
             continue;
@@ -825,6 +894,7 @@ fn check_request(
                 return Err("connection-specific header");
             }
             b"te" if &value[..] != b"trailers" => return Err("te other than trailers"),
+            b"host" => host = Some(value),
             b"content-length" => {
                 let n = std::str::from_utf8(value)
                     .ok()
@@ -837,6 +907,11 @@ fn check_request(
     }
     if (method, scheme, path) != (1, 1, 1) {
         return Err("missing or repeated :method, :scheme or :path");
+    }
+    if let (Some(a), Some(h)) = (authority, host) {
+        if a != h {
+            return Err(":authority and host differ");
+        }
     }
     Ok(content_length)
 }
@@ -1242,10 +1317,11 @@ mod tests {
         let mut p = Peer::new(Limits::default());
         p.headers(5, REQUEST, true);
         p.headers(3, REQUEST, true);
+        let lower_unused_id = p.run().1;
         assert_eq!(
-            p.run().1,
+            lower_unused_id,
             Err(Closed {
-                reason: Reason::StreamClosed
+                reason: Reason::ProtocolError
             })
         );
 
@@ -1269,6 +1345,18 @@ mod tests {
                 reason: Reason::ProtocolError
             })
         );
+    }
+
+    #[test]
+    fn nothing_is_sent_on_a_stream_the_client_reset() {
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, false);
+        frame::put_rst_stream(&mut p.input, 1, Reason::Cancel);
+        p.run().1.unwrap();
+        p.frames();
+        p.conn.send_headers(1, &[(b":status", b"200")], false);
+        p.conn.send_data(1, b"late");
+        assert!(p.frames().is_empty());
     }
 
     #[test]
