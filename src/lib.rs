@@ -25,4 +25,21 @@ pub mod server;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/eventstream.rs"));
+
+    /// The standard gRPC health and reflection services, generated the same way.
+    pub mod grpc {
+        pub mod health {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+            }
+        }
+        pub mod reflection {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/grpc.reflection.v1.rs"));
+            }
+        }
+    }
+
+    /// Every .proto the server serves, compiled: answers gRPC reflection.
+    pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 }

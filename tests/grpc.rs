@@ -405,3 +405,110 @@ fn grpc_timeout_ends_a_subscription_with_deadline_exceeded() {
         assert_eq!(finish(response).await.status, 3);
     });
 }
+
+fn call(path: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+}
+
+#[test]
+fn health_v1_and_reflection_answer() {
+    use eventstream::proto::grpc::health::v1::{HealthCheckRequest, HealthCheckResponse};
+    use eventstream::proto::grpc::reflection::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest, ServerReflectionResponse,
+    };
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let ask = |service: &str| {
+            framed(&HealthCheckRequest {
+                service: service.into(),
+            })
+        };
+        for service in ["", "eventstream.EventService"] {
+            let (response, mut stream) = sender
+                .send_request(
+                    call("/grpc.health.v1.Health/Check").body(()).unwrap(),
+                    false,
+                )
+                .unwrap();
+            stream.send_data(ask(service), true).unwrap();
+            let o = finish(response).await;
+            assert_eq!(o.status, 0);
+            assert_eq!(
+                HealthCheckResponse::decode(o.messages[0].clone())
+                    .unwrap()
+                    .status,
+                1,
+                "SERVING"
+            );
+        }
+        let (response, mut stream) = sender
+            .send_request(
+                call("/grpc.health.v1.Health/Check").body(()).unwrap(),
+                false,
+            )
+            .unwrap();
+        stream.send_data(ask("nope.Service"), true).unwrap();
+        assert_eq!(finish(response).await.status, 5, "NOT_FOUND");
+
+        let (response, mut stream) = sender
+            .send_request(
+                call("/grpc.health.v1.Health/Watch").body(()).unwrap(),
+                false,
+            )
+            .unwrap();
+        stream.send_data(ask(""), true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let first = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(HealthCheckResponse::decode(&first[5..]).unwrap().status, 1);
+
+        for path in [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            let (response, mut stream) = sender
+                .send_request(call(path).body(()).unwrap(), false)
+                .unwrap();
+            let list = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let symbol = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::FileContainingSymbol(
+                    "eventstream.EventService".into(),
+                )),
+            };
+            stream.send_data(framed(&list), false).unwrap();
+            stream.send_data(framed(&symbol), true).unwrap();
+            let o = finish(response).await;
+            assert_eq!(o.status, 0, "{path}");
+            let Some(MessageResponse::ListServicesResponse(services)) =
+                ServerReflectionResponse::decode(o.messages[0].clone())
+                    .unwrap()
+                    .message_response
+            else {
+                panic!("{path}")
+            };
+            assert!(services
+                .service
+                .iter()
+                .any(|s| s.name == "eventstream.EventService"));
+            assert!(matches!(
+                ServerReflectionResponse::decode(o.messages[1].clone())
+                    .unwrap()
+                    .message_response,
+                Some(MessageResponse::FileDescriptorResponse(_))
+            ));
+        }
+    });
+}

@@ -140,6 +140,10 @@ enum Call {
         sub: Rc<Subscriber>,
         published: u64,
     },
+    /// A health Watch: SERVING now, NOT_SERVING when the server stops.
+    Watch,
+    /// A reflection call: each request message gets one response message.
+    Reflection { reader: MessageReader },
     /// Not a gRPC request: answered with this HTTP status once the request has ended.
     Rejected { status: &'static [u8] },
 }
@@ -291,9 +295,24 @@ impl GrpcConnection {
         self.h2.borrow_mut().go_away();
         let calls: Vec<(u32, Call)> = self.calls.borrow_mut().drain().collect();
         for (stream, call) in calls {
-            if let Call::Subscription { sub } | Call::Bidi { sub, .. } = call {
-                self.shard.unsubscribe(&sub);
-                self.fail(stream, &GrpcError::ShuttingDown, true);
+            match call {
+                Call::Subscription { sub } | Call::Bidi { sub, .. } => {
+                    self.shard.unsubscribe(&sub);
+                    self.fail(stream, &GrpcError::ShuttingDown, true);
+                }
+                Call::Watch => {
+                    use crate::proto::grpc::health::v1::{
+                        health_check_response::ServingStatus, HealthCheckResponse,
+                    };
+                    let response = HealthCheckResponse {
+                        status: ServingStatus::NotServing as i32,
+                    };
+                    self.h2
+                        .borrow_mut()
+                        .send_data(stream, &service::framed(&response));
+                    self.fail(stream, &GrpcError::ShuttingDown, true);
+                }
+                _ => {}
             }
         }
         self.consumer.notify.notify();
@@ -382,6 +401,17 @@ impl GrpcConnection {
         if method == Method::Stream {
             return self.start_bidi(stream, &header).await;
         }
+        if method == Method::Reflection {
+            self.send_response_headers(stream);
+            let reader = MessageReader::default();
+            self.calls
+                .borrow_mut()
+                .insert(stream, Call::Reflection { reader });
+            if end_stream {
+                self.on_data(stream, Bytes::new(), true).await;
+            }
+            return;
+        }
         self.calls.borrow_mut().insert(
             stream,
             Call::Request {
@@ -450,6 +480,11 @@ impl GrpcConnection {
                 Some(Call::Bidi { reader, .. }) => {
                     reader.push(data, max, &mut messages).map(|()| true)
                 }
+                Some(Call::Reflection { reader }) => {
+                    let pushed = reader.push(data, max, &mut messages);
+                    drop(calls);
+                    return self.on_reflection(stream, pushed, messages, end_stream);
+                }
                 Some(Call::Rejected { status }) => {
                     let status = *status;
                     if end_stream {
@@ -470,6 +505,31 @@ impl GrpcConnection {
         }
     }
 
+    fn on_reflection(
+        &self,
+        stream: u32,
+        pushed: Result<(), GrpcError>,
+        messages: Vec<Bytes>,
+        end_stream: bool,
+    ) {
+        if let Err(e) = pushed {
+            return self.end_call_with(stream, &e);
+        }
+        for message in messages {
+            use crate::proto::grpc::reflection::v1::ServerReflectionRequest;
+            match service::decode::<ServerReflectionRequest>(message) {
+                Ok(request) => {
+                    let framed = service::framed(&super::reflection::answer(request));
+                    self.h2.borrow_mut().send_data(stream, &framed);
+                }
+                Err(e) => return self.end_call_with(stream, &e),
+            }
+        }
+        if end_stream && self.calls.borrow_mut().remove(&stream).is_some() {
+            self.finish(stream, Code::Ok, "", &[]);
+        }
+    }
+
     /// Answers a request that is not gRPC with a plain HTTP status and a line saying why.
     fn reject(&self, stream: u32, status: &'static [u8]) {
         const WHY: &[u8] = b"this port serves gRPC (POST, content-type application/grpc)\n";
@@ -485,7 +545,15 @@ impl GrpcConnection {
 
     fn end_call_with(&self, stream: u32, e: &GrpcError) {
         let call = self.calls.borrow_mut().remove(&stream);
-        let headers_sent = matches!(call, Some(Call::Subscription { .. } | Call::Bidi { .. }));
+        let headers_sent = matches!(
+            call,
+            Some(
+                Call::Subscription { .. }
+                    | Call::Bidi { .. }
+                    | Call::Watch
+                    | Call::Reflection { .. }
+            )
+        );
         if let Some(Call::Subscription { sub } | Call::Bidi { sub, .. }) = &call {
             self.shard.unsubscribe(sub);
         }
@@ -569,6 +637,11 @@ impl GrpcConnection {
                 self.health(stream).await;
                 Ok(())
             }
+            Method::HealthV1Check | Method::HealthV1Watch => {
+                self.health_v1(stream, message, method == Method::HealthV1Watch)
+                    .await
+            }
+            Method::Reflection => unreachable!("reflection starts with its headers"),
             Method::Stream => unreachable!("Stream starts with its headers"),
         };
         if let Err(e) = result {
@@ -670,6 +743,54 @@ impl GrpcConnection {
             uptime_seconds: self.shard.uptime().as_secs() as i64,
         };
         self.respond(stream, &response);
+    }
+
+    /// `grpc.health.v1`: the whole server ("") and `eventstream.EventService` are SERVING
+    /// while every shard answers a ping within 1 s and the server is not stopping.
+    async fn health_v1(
+        self: &Rc<Self>,
+        stream: u32,
+        message: Bytes,
+        watch: bool,
+    ) -> Result<(), GrpcError> {
+        use crate::proto::grpc::health::v1::{
+            health_check_response::ServingStatus, HealthCheckRequest, HealthCheckResponse,
+        };
+        let request: HealthCheckRequest = service::decode(message)?;
+        let known = matches!(request.service.as_str(), "" | "eventstream.EventService");
+        if !known && !watch {
+            return Err(GrpcError::NotFound(format!(
+                "unknown service {:?}",
+                request.service
+            )));
+        }
+        self.calls.borrow_mut().insert(stream, Call::Waiting);
+        let answered = glommio::timer::timeout(Duration::from_secs(1), async {
+            Ok(self.shard.ping_all().await)
+        })
+        .await
+        .is_ok();
+        if self.calls.borrow_mut().remove(&stream).is_none() {
+            return Ok(()); // cancelled meanwhile
+        }
+        let status = match (known, answered && !self.shard.is_closing()) {
+            (false, _) => ServingStatus::ServiceUnknown,
+            (true, true) => ServingStatus::Serving,
+            (true, false) => ServingStatus::NotServing,
+        };
+        let response = HealthCheckResponse {
+            status: status as i32,
+        };
+        if watch {
+            self.send_response_headers(stream);
+            self.h2
+                .borrow_mut()
+                .send_data(stream, &service::framed(&response));
+            self.calls.borrow_mut().insert(stream, Call::Watch);
+        } else {
+            self.respond(stream, &response);
+        }
+        Ok(())
     }
 
     fn send_response_headers(&self, stream: u32) {

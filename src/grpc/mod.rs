@@ -1,9 +1,11 @@
 //! The gRPC door (port 9200): HTTP/2 written for this server ([`h2`]), gRPC's message
 //! framing ([`framing`]) and statuses ([`status`]), `eventstream.EventService`
-//! ([`service`]), and the per-connection driver on a shard ([`connection`]).
+//! ([`service`]), server reflection ([`reflection`]), and the per-connection driver on a shard
+//! ([`connection`]).
 
 pub mod connection;
 pub mod framing;
 pub mod h2;
+pub mod reflection;
 pub mod service;
 pub mod status;

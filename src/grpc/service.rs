@@ -16,6 +16,12 @@ pub enum Method {
     Subscribe,
     Stream,
     HealthCheck,
+    /// `grpc.health.v1.Health/Check`.
+    HealthV1Check,
+    /// `grpc.health.v1.Health/Watch`.
+    HealthV1Watch,
+    /// `ServerReflectionInfo` of `grpc.reflection.v1` or `v1alpha` (same wire format).
+    Reflection,
 }
 
 impl Method {
@@ -27,6 +33,12 @@ impl Method {
             b"/eventstream.EventService/Subscribe" => Method::Subscribe,
             b"/eventstream.EventService/Stream" => Method::Stream,
             b"/eventstream.EventService/HealthCheck" => Method::HealthCheck,
+            b"/grpc.health.v1.Health/Check" => Method::HealthV1Check,
+            b"/grpc.health.v1.Health/Watch" => Method::HealthV1Watch,
+            b"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+            | b"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" => {
+                Method::Reflection
+            }
             _ => return None,
         })
     }

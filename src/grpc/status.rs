@@ -54,6 +54,8 @@ pub enum GrpcError {
     DeadlineExceeded,
     #[error("{0}")]
     ResourceExhausted(String),
+    #[error("{0}")]
+    NotFound(String),
 }
 
 impl GrpcError {
@@ -74,6 +76,7 @@ impl GrpcError {
                 Code::Unavailable
             }
             GrpcError::DeadlineExceeded => Code::DeadlineExceeded,
+            GrpcError::NotFound(_) => Code::NotFound,
         }
     }
 }
