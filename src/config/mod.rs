@@ -46,7 +46,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-/// The gRPC door (port reserved and checked; see the README for its status).
+/// The gRPC door.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
