@@ -20,6 +20,7 @@ pub mod engine;
 pub mod grpc;
 pub mod native;
 pub mod server;
+pub mod tls;
 
 /// Types generated from `proto/eventstream.proto` (by build.rs, with protox).
 #[allow(clippy::all, missing_docs)]

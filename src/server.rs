@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -108,6 +109,8 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         .collect();
     let cpus = config.shard_cpus(&available)?;
     check_memlock(cpus.len())?;
+    let grpc_tls = config.grpc.tls.load("grpc", &[b"h2"])?;
+    let native_tls = config.native.tls.load("native", &[])?;
 
     let (tcp, native_addr) = bind_tcp_shards(
         "native.port",
@@ -121,7 +124,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     )?;
     let mut udp: Vec<Option<OwnedFd>> = (0..cpus.len()).map(|_| None).collect();
     let mut udp_addr = None;
-    if config.udp.enabled {
+    if config.udp_enabled() {
         let mut addr = SocketAddr::new(config.bind, config.udp.port);
         check_free(addr, Type::DGRAM).map_err(|source| StartError::Bind {
             key: "udp.port",
@@ -158,6 +161,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         stops.push(stop_tx);
         let sockets = ShardSockets { tcp, grpc, udp };
+        let (grpc_tls, native_tls) = (grpc_tls.clone(), native_tls.clone());
         let mesh = mesh.clone();
         // Each shard reports Created (its executor exists) then Serving; a sender dropped
         // before Created means the executor could not be made, and its thread says why.
@@ -179,7 +183,11 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                 let id = senders.peer_id();
                 let shard = Shard::new(id, senders.nr_consumers(), limits, seed);
                 shard.spawn_links(senders, receivers);
-                run_shard(shard, sockets, max_frame, drain, ready, stop_rx).await;
+                let tls = DoorTls {
+                    grpc: grpc_tls,
+                    native: native_tls,
+                };
+                run_shard(shard, sockets, tls, max_frame, drain, ready, stop_rx).await;
             })
             .map_err(|e| StartError::Shard {
                 shard: i,
@@ -221,9 +229,16 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     })
 }
 
+/// The TLS configuration of each TCP door (None: plaintext).
+struct DoorTls {
+    grpc: Option<Arc<rustls::ServerConfig>>,
+    native: Option<Arc<rustls::ServerConfig>>,
+}
+
 async fn run_shard(
     shard: std::rc::Rc<Shard>,
     sockets: ShardSockets,
+    tls: DoorTls,
     max_frame: usize,
     drain: Duration,
     ready: flume::Sender<Stage>,
@@ -231,11 +246,12 @@ async fn run_shard(
 ) {
     // SAFETY: each fd is a bound, listening socket that this shard now owns alone.
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
-    let door = Door::new(shard.clone(), max_frame);
+    let door = Door::new(shard.clone(), max_frame, tls.native);
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
     // SAFETY: as above.
     let grpc_listener = unsafe { TcpListener::from_raw_fd(sockets.grpc.into_raw_fd()) };
-    let grpc_door = GrpcDoor::new(shard.clone(), shard.limits().max_message_bytes + 64 * 1024);
+    let max_message = shard.limits().max_message_bytes + 64 * 1024;
+    let grpc_door = GrpcDoor::new(shard.clone(), max_message, tls.grpc);
     let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
     let receiving = sockets.udp.map(|fd| {
         // SAFETY: as above, a bound UDP socket owned by this shard.

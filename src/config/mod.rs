@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use crate::engine::Limits;
 
+mod tls;
+pub use tls::{ClientAuth, TlsConfig};
+
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -21,12 +24,12 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key}: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.to_owned(),
         reason: reason.into(),
     }
 }
@@ -51,6 +54,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct GrpcConfig {
     pub port: u16,
+    pub tls: TlsConfig,
 }
 
 /// The native TCP door.
@@ -60,6 +64,7 @@ pub struct NativeConfig {
     pub port: u16,
     /// Largest frame a client may send, in bytes (length field value).
     pub max_frame_bytes: usize,
+    pub tls: TlsConfig,
 }
 
 /// The native UDP door.
@@ -68,6 +73,9 @@ pub struct NativeConfig {
 pub struct UdpConfig {
     pub enabled: bool,
     pub port: u16,
+    /// UDP cannot authenticate: where a TCP door requires client certificates, the UDP door
+    /// stays off unless this is true.
+    pub allow_with_mtls: bool,
 }
 
 /// The metrics endpoint (port reserved and checked; see the README for its status).
@@ -111,7 +119,10 @@ impl Default for Config {
 
 impl Default for GrpcConfig {
     fn default() -> Self {
-        GrpcConfig { port: 9200 }
+        GrpcConfig {
+            port: 9200,
+            tls: TlsConfig::default(),
+        }
     }
 }
 
@@ -120,6 +131,7 @@ impl Default for NativeConfig {
         NativeConfig {
             port: 9201,
             max_frame_bytes: 16 << 20,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -129,6 +141,7 @@ impl Default for UdpConfig {
         UdpConfig {
             enabled: true,
             port: 9202,
+            allow_with_mtls: false,
         }
     }
 }
@@ -175,6 +188,14 @@ impl Config {
             return Ok(Config::default());
         }
         serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Whether the UDP door runs: on, unless a TCP door requires client certificates and UDP
+    /// was not explicitly allowed anyway (§6).
+    pub fn udp_enabled(&self) -> bool {
+        let mtls = self.grpc.tls.requires_client_certificates()
+            || self.native.tls.requires_client_certificates();
+        self.udp.enabled && (!mtls || self.udp.allow_with_mtls)
     }
 
     /// The drain timeout as a duration.
@@ -327,6 +348,21 @@ mod tests {
         assert!(e.starts_with("shards.count"), "{e}");
         c.shards.count = None;
         assert_eq!(c.shard_cpus(&[0, 1]).unwrap(), vec![Some(0), Some(1)]);
+    }
+
+    #[test]
+    fn the_seed_yaml_parses_and_mtls_turns_udp_off() {
+        let c = Config::from_yaml(
+            "grpc:\n  port: 9200\n  tls:\n    enabled: true\n    cert_file: /etc/eventstream/server.crt\n    key_file: /etc/eventstream/server.key\n    ca_file: /etc/eventstream/ca.crt\n    client_auth: require  # mTLS; also: none, optional\n",
+        )
+        .unwrap();
+        assert_eq!(c.grpc.tls.client_auth, ClientAuth::Require);
+        assert!(!c.udp_enabled());
+        let e = c.grpc.tls.load("grpc", &[b"h2"]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("grpc.tls.cert_file: /etc/eventstream/server.crt"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::framing::{self, MessageReader};
@@ -24,6 +25,7 @@ use crate::engine::{
     Shard, SinkId, SubState, Subscriber,
 };
 use crate::proto;
+use crate::tls::Transport;
 
 /// Response bytes a subscription stream may have queued in HTTP/2 (waiting for the client's
 /// window) before its events stay in its subscriber queue, where shedding applies.
@@ -34,16 +36,23 @@ const READ_SIZE: usize = 64 * 1024;
 pub struct Door {
     shard: Rc<Shard>,
     max_message: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     live: Cell<usize>,
     idle: Notify,
 }
 
 impl Door {
-    /// The door of `shard`; messages over `max_message` bytes are RESOURCE_EXHAUSTED.
-    pub fn new(shard: Rc<Shard>, max_message: usize) -> Rc<Door> {
+    /// The door of `shard`; messages over `max_message` bytes are RESOURCE_EXHAUSTED. With
+    /// `tls`, every connection is TLS (ALPN h2).
+    pub fn new(
+        shard: Rc<Shard>,
+        max_message: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Rc<Door> {
         Rc::new(Door {
             shard,
             max_message,
+            tls,
             live: Cell::new(0),
             idle: Notify::default(),
         })
@@ -160,6 +169,7 @@ struct GrpcConnection {
     broken: Cell<bool>,
     stop: Notify,
     sink: Cell<Option<SinkId>>,
+    transport: Transport,
     /// Calls with a grpc-timeout, earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
     deadline_added: Notify,
@@ -205,6 +215,9 @@ impl GrpcConnection {
         }
         // SAFETY: `fd` is a fresh duplicate that this handle alone owns.
         let write_half = unsafe { TcpStream::from_raw_fd(fd) };
+        let Ok(transport) = Transport::new(door.tls.as_ref()) else {
+            return;
+        };
         let conn = Rc::new(GrpcConnection {
             shard: door.shard.clone(),
             h2: RefCell::new(H2::new(H2Limits::default())),
@@ -216,6 +229,7 @@ impl GrpcConnection {
             broken: Cell::new(false),
             stop: Notify::default(),
             sink: Cell::new(None),
+            transport,
             deadlines: RefCell::default(),
             deadline_added: Notify::default(),
         });
@@ -250,32 +264,39 @@ impl GrpcConnection {
 
     async fn read_loop(self: &Rc<Self>, mut stream: TcpStream) {
         let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let mut wire = Vec::new();
         let mut events = Vec::new();
         loop {
             futures_lite::future::yield_now().await;
             self.shard.admit().await;
-            let filled = buf.len();
-            buf.resize(filled + READ_SIZE, 0);
             let stopped = self.shard.shutdown.wait();
             if self.shard.is_closing() {
                 return self.shut_down();
             }
             let broken = self.stop.wait();
             let read = futures_lite::future::or(
-                async { Some(stream.read(&mut buf[filled..]).await) },
+                async {
+                    Some(
+                        self.transport
+                            .read(&mut stream, &mut buf, READ_SIZE, &mut wire)
+                            .await,
+                    )
+                },
                 async {
                     futures_lite::future::or(stopped, broken).await;
                     None
                 },
             )
             .await;
-            let n = match read {
+            if self.transport.wants_write() {
+                self.consumer.notify.notify(); // TLS handshake or alert to send
+            }
+            match read {
                 None if self.broken.get() => return,
                 None => return self.shut_down(),
-                Some(Ok(0)) | Some(Err(_)) => return,
-                Some(Ok(n)) => n,
-            };
-            buf.truncate(filled + n);
+                Some(Ok(false)) | Some(Err(_)) => return,
+                Some(Ok(true)) => {}
+            }
             let result = self
                 .h2
                 .borrow_mut()
@@ -893,6 +914,7 @@ impl GrpcConnection {
     }
 
     async fn write_loop(&self, mut socket: TcpStream) {
+        let mut wire = Vec::new();
         loop {
             let woken = self.consumer.notify.wait();
             let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
@@ -903,14 +925,23 @@ impl GrpcConnection {
                 self.drain_subscription(&sub);
             }
             let out = std::mem::take(self.h2.borrow_mut().output());
-            if out.is_empty() {
+            if out.is_empty() && !self.transport.wants_write() {
                 if self.closed.get() {
                     break;
                 }
                 woken.await;
                 continue;
             }
-            if socket.write_all(&out).await.is_err() {
+            let bytes: &[u8] = if self.transport.is_tls() {
+                wire.clear();
+                if self.transport.seal(&out, &mut wire).is_err() {
+                    break;
+                }
+                &wire
+            } else {
+                &out
+            };
+            if socket.write_all(bytes).await.is_err() {
                 self.broken.set(true);
                 self.stop.notify();
                 break;

@@ -6,10 +6,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
@@ -20,6 +21,7 @@ use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, Reply,
     Shard, SinkId, SubState, Subscriber,
 };
+use crate::tls::Transport;
 
 /// Bytes the writer gathers before it writes (and lets other subscriptions have a turn).
 const WRITE_BUDGET: usize = 256 * 1024;
@@ -34,16 +36,23 @@ const MIN_READ: usize = 4 * 1024;
 pub struct Door {
     shard: Rc<Shard>,
     max_frame: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
     live: Cell<usize>,
     idle: Notify,
 }
 
 impl Door {
-    /// The door of `shard`, refusing frames over `max_frame` bytes.
-    pub fn new(shard: Rc<Shard>, max_frame: usize) -> Rc<Door> {
+    /// The door of `shard`, refusing frames over `max_frame` bytes; TLS on every connection
+    /// when `tls` is set.
+    pub fn new(
+        shard: Rc<Shard>,
+        max_frame: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Rc<Door> {
         Rc::new(Door {
             shard,
             max_frame,
+            tls,
             live: Cell::new(0),
             idle: Notify::default(),
         })
@@ -131,6 +140,7 @@ struct Connection {
     closed: Cell<bool>,
     /// Woken after every socket write (the reader may be waiting for room).
     written: Notify,
+    transport: Transport,
     /// This connection's sink registration with its shard (for refusal reports).
     sink: Cell<Option<SinkId>>,
     /// Set, and `stop` woken, when a write failed: the reader stops too.
@@ -181,6 +191,9 @@ impl Connection {
                 return;
             }
         };
+        let Ok(transport) = Transport::new(door.tls.as_ref()) else {
+            return;
+        };
         let conn = Rc::new(Connection {
             shard: door.shard.clone(),
             consumer: Rc::new(Consumer::default()),
@@ -191,6 +204,7 @@ impl Connection {
             broken: Cell::new(false),
             stop: Notify::default(),
             sink: Cell::new(None),
+            transport,
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
         let writer = glommio::spawn_local({
@@ -229,6 +243,7 @@ impl Connection {
 
     async fn read_loop(self: &Rc<Self>, mut stream: TcpStream, max_frame: usize) {
         let mut buf = BytesMut::with_capacity(MAX_READ);
+        let mut wire = Vec::new();
         let mut read_size = MIN_READ;
         loop {
             // A socket that always has data would otherwise keep this task running forever.
@@ -242,27 +257,35 @@ impl Connection {
             }
             // Zero only what this read may fill, sized to recent reads.
             let filled = buf.len();
-            buf.resize(filled + read_size, 0);
             let stopped = self.shard.shutdown.wait();
             if self.shard.is_closing() {
                 return self.shut_down();
             }
             let broken = self.stop.wait();
             let read = futures_lite::future::or(
-                async { Some(stream.read(&mut buf[filled..]).await) },
+                async {
+                    Some(
+                        self.transport
+                            .read(&mut stream, &mut buf, read_size, &mut wire)
+                            .await,
+                    )
+                },
                 async {
                     futures_lite::future::or(stopped, broken).await;
                     None
                 },
             )
             .await;
-            let n = match read {
+            if self.transport.wants_write() {
+                self.consumer.notify.notify(); // TLS handshake or alert to send
+            }
+            match read {
                 None if self.broken.get() => return,
                 None => return self.shut_down(),
-                Some(Ok(0)) | Some(Err(_)) => return,
-                Some(Ok(n)) => n,
-            };
-            buf.truncate(filled + n);
+                Some(Ok(false)) | Some(Err(_)) => return,
+                Some(Ok(true)) => {}
+            }
+            let n = buf.len() - filled;
             read_size = if n == read_size {
                 (read_size * 2).min(MAX_READ)
             } else {
@@ -458,6 +481,7 @@ impl Connection {
 
     async fn write_loop(&self, mut stream: TcpStream) {
         let mut out = BytesMut::with_capacity(WRITE_BUDGET);
+        let mut wire = Vec::new();
         loop {
             let woken = self.consumer.notify.wait();
             {
@@ -471,14 +495,23 @@ impl Connection {
                 };
                 self.drain_into(&sub, &mut out);
             }
-            if out.is_empty() {
+            if out.is_empty() && !self.transport.wants_write() {
                 if self.closed.get() {
                     break;
                 }
                 woken.await;
                 continue;
             }
-            if stream.write_all(&out).await.is_err() {
+            let bytes: &[u8] = if self.transport.is_tls() {
+                wire.clear();
+                if self.transport.seal(&out, &mut wire).is_err() {
+                    break;
+                }
+                &wire
+            } else {
+                &out
+            };
+            if stream.write_all(bytes).await.is_err() {
                 self.broken.set(true);
                 self.stop.notify();
                 self.written.notify();

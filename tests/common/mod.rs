@@ -51,17 +51,21 @@ pub fn start() -> TestServer {
 }
 
 pub fn start_with(config: Config) -> TestServer {
-    let running = server::start(&config).expect("server starts");
-    let addrs = running.addresses();
-    TestServer {
-        native: addrs.native,
-        udp: addrs.udp.expect("udp enabled"),
-        grpc: addrs.grpc,
-        running: Some(running),
-    }
+    TestServer::from_running(server::start(&config).expect("server starts"))
 }
 
 impl TestServer {
+    /// Wraps a started server (its UDP address is unspecified when the door is off).
+    pub fn from_running(running: RunningServer) -> TestServer {
+        let addrs = running.addresses();
+        TestServer {
+            native: addrs.native,
+            udp: addrs.udp.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
+            grpc: addrs.grpc,
+            running: Some(running),
+        }
+    }
+
     /// A client with a 20 s safety timeout on every wait.
     pub fn client(&self) -> Client {
         let mut c = Client::connect(&self.native.to_string()).expect("connect");

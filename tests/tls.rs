@@ -1,0 +1,250 @@
+//! TLS and mTLS on the TCP doors (SPEC §6): the seed's configuration shape, client
+//! certificates required, plaintext and certificate-less clients refused cleanly, UDP off.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::*;
+use eventstream::config::{ClientAuth, TlsConfig};
+use eventstream::engine::Priority;
+use eventstream::proto;
+use prost::Message;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tokio_rustls::rustls;
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let client = CertificateParams::new(vec!["client".into()])
+        .unwrap()
+        .signed_by(&client_key, &issuer)
+        .unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("ca.crt", &ca_cert.pem());
+    write("server.crt", &server.pem());
+    write("server.key", &server_key.serialize_pem());
+    Pki {
+        ca_pem: ca_cert.pem(),
+        client_cert: client.pem(),
+        client_key: client_key.serialize_pem(),
+        dir,
+    }
+}
+
+fn tls_config(dir: &Path, client_auth: ClientAuth) -> TlsConfig {
+    TlsConfig {
+        enabled: true,
+        cert_file: Some(dir.join("server.crt")),
+        key_file: Some(dir.join("server.key")),
+        ca_file: Some(dir.join("ca.crt")),
+        client_auth,
+    }
+}
+
+fn client_config(pki: &Pki, with_cert: bool) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut config = if with_cert {
+        let cert = CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
+        let key = PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).unwrap();
+        builder.with_client_auth_cert(vec![cert], key).unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
+fn framed(msg: &impl Message) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_u8(0);
+    out.put_u32(msg.encoded_len() as u32);
+    msg.encode(&mut out).unwrap();
+    out.freeze()
+}
+
+/// A gRPC Publish over TLS; Err when the connection or the handshake fails.
+async fn publish_over_tls(
+    server: &TestServer,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<u8, String> {
+    let tcp = tokio::net::TcpStream::connect(server.grpc)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/eventstream.EventService/Publish")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = sender
+        .send_request(request, false)
+        .map_err(|e| e.to_string())?;
+    let event = proto::Event {
+        topic: "secure/x".into(),
+        priority: Priority::High as i32,
+        ..Default::default()
+    };
+    stream
+        .send_data(framed(&proto::PublishRequest { event: Some(event) }), true)
+        .map_err(|e| e.to_string())?;
+    let mut body = response.await.map_err(|e| e.to_string())?.into_body();
+    while let Some(chunk) = body.data().await {
+        chunk.map_err(|e| e.to_string())?;
+    }
+    let trailers = body
+        .trailers()
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no trailers")?;
+    Ok(trailers["grpc-status"].to_str().unwrap().parse().unwrap())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn mtls_required_accepts_certified_clients_only_and_turns_udp_off() {
+    let pki = pki();
+    let mut config = test_config();
+    config.grpc.tls = tls_config(pki.dir.path(), ClientAuth::Require);
+    let running = eventstream::server::start(&config).expect("starts with mTLS");
+    assert!(
+        running.addresses().udp.is_none(),
+        "UDP cannot authenticate: off under mTLS"
+    );
+    let server = TestServer::from_running(running);
+    runtime().block_on(async {
+        assert_eq!(
+            publish_over_tls(&server, client_config(&pki, true)).await,
+            Ok(0)
+        );
+        let refused = publish_over_tls(&server, client_config(&pki, false)).await;
+        assert!(
+            refused.is_err(),
+            "a client without a certificate is refused: {refused:?}"
+        );
+        // A plaintext HTTP/2 client on the TLS port fails cleanly, and the server goes on.
+        let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+        let plain = tokio::time::timeout(Duration::from_secs(10), async {
+            let (mut sender, connection) = h2::client::handshake(tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let request = http::Request::builder()
+                .method("POST")
+                .uri("http://localhost/x")
+                .body(())
+                .unwrap();
+            let (response, _) = sender
+                .send_request(request, true)
+                .map_err(|e| e.to_string())?;
+            response.await.map_err(|e| e.to_string()).map(|_| ())
+        })
+        .await
+        .expect("no hang");
+        assert!(plain.is_err(), "plaintext refused: {plain:?}");
+        assert_eq!(
+            publish_over_tls(&server, client_config(&pki, true)).await,
+            Ok(0)
+        );
+    });
+    let mut native = server.client();
+    assert_eq!(
+        native.ping().unwrap().received,
+        2,
+        "the native door is still plaintext here"
+    );
+}
+
+#[test]
+fn optional_client_auth_accepts_both() {
+    let pki = pki();
+    let mut config = test_config();
+    config.grpc.tls = tls_config(pki.dir.path(), ClientAuth::Optional);
+    let server = start_with(config);
+    runtime().block_on(async {
+        assert_eq!(
+            publish_over_tls(&server, client_config(&pki, true)).await,
+            Ok(0)
+        );
+        assert_eq!(
+            publish_over_tls(&server, client_config(&pki, false)).await,
+            Ok(0)
+        );
+    });
+}
+
+#[test]
+fn bad_tls_settings_fail_at_start_naming_the_key() {
+    let pki = pki();
+    let check = |tls: TlsConfig, key: &str| {
+        let mut config = test_config();
+        config.grpc.tls = tls;
+        let err = eventstream::server::start(&config)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    };
+    let mut t = tls_config(pki.dir.path(), ClientAuth::Require);
+    t.cert_file = Some(pki.dir.path().join("missing.crt"));
+    check(t, "grpc.tls.cert_file");
+    let mut t = tls_config(pki.dir.path(), ClientAuth::Require);
+    t.ca_file = Some(pki.dir.path().join("server.key"));
+    check(t, "grpc.tls.ca_file");
+    // A key that does not go with the certificate.
+    let other = KeyPair::generate().unwrap();
+    std::fs::write(pki.dir.path().join("other.key"), other.serialize_pem()).unwrap();
+    let mut t = tls_config(pki.dir.path(), ClientAuth::None);
+    t.key_file = Some(pki.dir.path().join("other.key"));
+    check(t, "grpc.tls.key_file");
+}
