@@ -512,3 +512,89 @@ fn health_v1_and_reflection_answer() {
         }
     });
 }
+
+/// Raw bytes for abuse tests, built with the server's own frame encoder.
+fn raw_request_block() -> Vec<u8> {
+    let mut encoder = loona_hpack::Encoder::new();
+    encoder.encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":path", b"/eventstream.EventService/Subscribe"),
+        (b"content-type", b"application/grpc"),
+    ])
+}
+
+#[test]
+fn rapid_resets_and_malformed_frames_end_only_the_abusers_connection() {
+    use eventstream::grpc::h2::frame::{self, Reason};
+    use std::io::{Read, Write};
+    let server = start();
+    // Rapid reset: open and cancel streams as fast as possible.
+    let mut abuser = std::net::TcpStream::connect(server.grpc).unwrap();
+    abuser
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut out = BytesMut::from(frame::PREFACE);
+    frame::put_settings(&mut out, &[]);
+    let block = raw_request_block();
+    for i in 0..5_000u32 {
+        let id = 1 + 2 * i;
+        // The same block each time: its fields are literals (with indexing), so repeating it
+        // is valid HPACK whatever the server's table holds.
+        frame::put_headers(&mut out, id, &block, false, 16_384);
+        frame::put_rst_stream(&mut out, id, Reason::Cancel);
+    }
+    let _ = abuser.write_all(&out);
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while let Ok(n) = abuser.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let mut seen = BytesMut::from(&seen[..]);
+    let mut goaway = None;
+    while let Ok(Some(f)) = frame::decode(&mut seen, frame::MAX_MAX_FRAME_SIZE) {
+        if let frame::Frame::GoAway { code, .. } = f {
+            goaway = Some(code);
+        }
+    }
+    assert_eq!(
+        goaway,
+        Some(Reason::EnhanceYourCalm as u32),
+        "rapid reset is stopped"
+    );
+
+    // Garbage after a valid preface: a connection error, GOAWAY, close.
+    for garbage in [
+        &[0xffu8; 64][..],
+        &[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+    ] {
+        let mut bad = std::net::TcpStream::connect(server.grpc).unwrap();
+        bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut out = BytesMut::from(frame::PREFACE);
+        out.extend_from_slice(garbage);
+        let _ = bad.write_all(&out);
+        let mut sink = Vec::new();
+        let _ = bad.read_to_end(&mut sink);
+    }
+
+    // Meanwhile everyone else is served.
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let e = event("still/up", b"", Priority::Low);
+        let o = unary(
+            &mut sender,
+            "Publish",
+            framed(&proto::PublishRequest { event: Some(e) }),
+        )
+        .await;
+        assert_eq!(o.status, 0);
+    });
+    assert_eq!(
+        server.client().ping().unwrap().subscriptions,
+        0,
+        "reset streams hold nothing"
+    );
+}
