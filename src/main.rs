@@ -13,8 +13,11 @@ use clap::{Parser, Subcommand};
 
 use eventstream::config::Config;
 use eventstream::engine::{Metadata, Priority, RawEvent};
+use eventstream::grpc::client::{ClientTls, GrpcClient};
 use eventstream::native::client::{self, Client, Delivery};
+use eventstream::proto;
 use eventstream::server;
+use prost::Message;
 
 #[derive(Parser)]
 #[command(
@@ -67,14 +70,63 @@ struct ServeArgs {
     no_pin: bool,
 }
 
+/// Talking to the gRPC door instead of the native one, optionally over TLS.
+#[derive(clap::Args, Clone)]
+struct GrpcArgs {
+    /// Use the gRPC door (default address 127.0.0.1:9200).
+    #[arg(long)]
+    grpc: bool,
+    /// CA certificate (PEM) to trust: turns TLS on (gRPC door).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<String>,
+    /// Client certificate (PEM), for mTLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// Client private key (PEM), for mTLS.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<String>,
+}
+
+impl GrpcArgs {
+    fn client(
+        &self,
+        server: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<GrpcClient, Box<dyn std::error::Error>> {
+        let tls = match &self.tls_ca {
+            Some(ca) => Some(ClientTls {
+                ca_file: ca.clone(),
+                cert_file: self.tls_cert.clone(),
+                key_file: self.tls_key.clone(),
+            }),
+            None if self.tls_cert.is_some() => return Err("--tls-cert needs --tls-ca".into()),
+            None => None,
+        };
+        Ok(GrpcClient::connect(
+            server.unwrap_or("127.0.0.1:9200"),
+            tls.as_ref(),
+            timeout,
+        )?)
+    }
+
+    fn check_native(&self) -> Result<(), Box<dyn std::error::Error>> {
+        if self.tls_ca.is_some() {
+            return Err("TLS from the command line is supported with --grpc only".into());
+        }
+        Ok(())
+    }
+}
+
 #[derive(clap::Args)]
 struct PubArgs {
-    /// Server address [default: 127.0.0.1:9201, with --udp 127.0.0.1:9202].
+    /// Server address [default: 127.0.0.1:9201, with --udp 127.0.0.1:9202, with --grpc 127.0.0.1:9200].
     #[arg(long)]
     server: Option<String>,
     /// Send as a UDP datagram (no acknowledgement).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "grpc")]
     udp: bool,
+    #[command(flatten)]
+    grpc: GrpcArgs,
     /// BATCH, LOW, MEDIUM, HIGH or CRITICAL (or 0..4).
     #[arg(long, default_value = "MEDIUM", value_parser = parse_priority)]
     priority: Priority,
@@ -89,9 +141,11 @@ struct PubArgs {
 
 #[derive(clap::Args)]
 struct SubArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:9201")]
-    server: String,
+    /// Server address [default: 127.0.0.1:9201, with --grpc 127.0.0.1:9200].
+    #[arg(long)]
+    server: Option<String>,
+    #[command(flatten)]
+    grpc: GrpcArgs,
     /// Only events of at least this priority.
     #[arg(long, default_value = "BATCH", value_parser = parse_priority)]
     min_priority: Priority,
@@ -107,9 +161,11 @@ struct SubArgs {
 
 #[derive(clap::Args)]
 struct HealthArgs {
-    /// Server address.
-    #[arg(long, default_value = "127.0.0.1:9201")]
-    server: String,
+    /// Server address [default: 127.0.0.1:9201, with --grpc 127.0.0.1:9200].
+    #[arg(long)]
+    server: Option<String>,
+    #[command(flatten)]
+    grpc: GrpcArgs,
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -222,6 +278,27 @@ fn publish(args: PubArgs) -> CliResult {
         priority: args.priority as u8,
         ..RawEvent::default()
     };
+    if args.grpc.grpc {
+        let mut client = args
+            .grpc
+            .client(args.server.as_deref(), Some(Duration::from_secs(10)))?;
+        let event = proto::Event {
+            topic: args.topic.clone(),
+            payload: event.payload,
+            priority: i32::from(event.priority),
+            metadata: args.meta.iter().cloned().collect(),
+            ..Default::default()
+        };
+        let request = proto::PublishRequest { event: Some(event) };
+        let response: proto::PublishResponse =
+            client.unary("/eventstream.EventService/Publish", &request)?;
+        println!(
+            "{} published latency_ns={}",
+            args.topic, response.latency_ns
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    args.grpc.check_native()?;
     if args.udp {
         let server = args.server.unwrap_or_else(|| "127.0.0.1:9202".into());
         client::publish_datagrams(server.as_str(), &[event])?;
@@ -236,14 +313,40 @@ fn publish(args: PubArgs) -> CliResult {
 }
 
 fn subscribe(args: SubArgs) -> CliResult {
-    let mut client = Client::connect(&args.server)?;
-    client.set_timeout(Some(Duration::from_secs(10)))?;
-    client.subscribe(&args.pattern, args.min_priority)?;
-    client.set_timeout(None)?;
+    let mut grpc_client;
+    let mut next: Box<dyn FnMut() -> Result<Delivery, Box<dyn std::error::Error>> + '_>;
+    if args.grpc.grpc {
+        grpc_client = args.grpc.client(args.server.as_deref(), None)?;
+        let request = proto::SubscribeRequest {
+            topic_pattern: args.pattern.clone(),
+            min_priority: i32::from(args.min_priority as u8),
+        };
+        let mut call = grpc_client.call("/eventstream.EventService/Subscribe", &request, &[])?;
+        next = Box::new(move || {
+            let message = call
+                .next_message()?
+                .ok_or("the server ended the subscription")?;
+            let event = proto::Event::decode(message)?;
+            let sequence = event.sequence;
+            let event = eventstream::grpc::service::raw_event(event)?;
+            Ok(Delivery {
+                sub_id: 0,
+                sequence,
+                event,
+            })
+        });
+    } else {
+        args.grpc.check_native()?;
+        let mut client = Client::connect(args.server.as_deref().unwrap_or("127.0.0.1:9201"))?;
+        client.set_timeout(Some(Duration::from_secs(10)))?;
+        client.subscribe(&args.pattern, args.min_priority)?;
+        client.set_timeout(None)?;
+        next = Box::new(move || Ok(client.next_event()?));
+    }
     let stdout = std::io::stdout();
     let mut received = 0;
     while args.count.is_none_or(|n| received < n) {
-        let delivery = client.next_event()?;
+        let delivery = next()?;
         let line = if args.json {
             json_line(&delivery)
         } else {
@@ -303,7 +406,30 @@ fn json_line(d: &Delivery) -> String {
 }
 
 fn health(args: HealthArgs) -> CliResult {
-    let mut client = Client::connect(&args.server)?;
+    if args.grpc.grpc {
+        let mut client = args
+            .grpc
+            .client(args.server.as_deref(), Some(Duration::from_secs(2)))?;
+        let health: proto::HealthResponse =
+            client.unary("/eventstream.EventService/HealthCheck", &proto::Empty {})?;
+        println!(
+            "{} version={} uptime={}s",
+            if health.healthy {
+                "healthy"
+            } else {
+                "unhealthy"
+            },
+            health.version,
+            health.uptime_seconds
+        );
+        return Ok(if health.healthy {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    args.grpc.check_native()?;
+    let mut client = Client::connect(args.server.as_deref().unwrap_or("127.0.0.1:9201"))?;
     client.set_timeout(Some(Duration::from_secs(1)))?;
     let pong = client.ping()?;
     let healthy = pong.shards_answered == pong.shards;

@@ -9,6 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_eventstream");
 
 struct Served {
     child: Child,
+    grpc: String,
     /// Kept open: the server's log goes there.
     _log: BufReader<std::process::ChildStderr>,
     tcp: String,
@@ -58,6 +59,7 @@ fn serve(extra: &[&str]) -> Served {
         rest.split([',', '\n']).next().unwrap().trim().to_owned()
     };
     Served {
+        grpc: addr_after("grpc "),
         _log: log,
         tcp: addr_after("native tcp "),
         udp: addr_after("udp "),
@@ -248,4 +250,60 @@ fn errors_are_one_clear_line_and_a_nonzero_exit() {
         &["serve", "--config", "/nonexistent/eventstream.yaml"],
         "/nonexistent/eventstream.yaml",
     );
+}
+
+#[test]
+fn pub_sub_and_health_over_grpc() {
+    let served = serve(&[]);
+    let sub = Command::new(BIN)
+        .args([
+            "sub",
+            "--grpc",
+            "--server",
+            &served.grpc,
+            "orders/*",
+            "--count",
+            "2",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        let out = run(&["health", "--server", &served.tcp]);
+        if String::from_utf8_lossy(&out.stdout).contains("subscriptions=1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let p = run(&[
+        "pub",
+        "--grpc",
+        "--server",
+        &served.grpc,
+        "--meta",
+        "k=v",
+        "orders/new",
+        "one",
+    ]);
+    assert!(p.status.success(), "{p:?}");
+    assert!(run(&["pub", "--server", &served.tcp, "orders/old", "two"])
+        .status
+        .success());
+    let out = sub.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut topics: Vec<&str> = lines.iter().map(|l| l["topic"].as_str().unwrap()).collect();
+    topics.sort();
+    assert_eq!(topics, vec!["orders/new", "orders/old"]);
+    let health = run(&["health", "--grpc", "--server", &served.grpc]);
+    assert!(health.status.success());
+    assert!(String::from_utf8_lossy(&health.stdout).starts_with("healthy"));
+    let bad = run(&["pub", "--grpc", "--server", &served.grpc, "bad//topic", "x"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("status 3"));
 }

@@ -1,0 +1,360 @@
+//! A small blocking gRPC client over this crate's own HTTP/2 frame codec, for the CLI
+//! (`eventstream pub/sub/health --grpc`): unary and server-streaming calls on one connection,
+//! plaintext or TLS (rustls), with the flow control such calls need. Tests and benchmarks use
+//! the independent `h2` crate instead.
+
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use super::framing::{self, MessageReader};
+use super::h2::frame::{self, setting, Frame, SettingParam, MAX_WINDOW};
+
+/// What can go wrong in a call.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcClientError {
+    #[error("cannot reach {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("status {code}: {message}")]
+    Status { code: u32, message: String },
+}
+
+/// PEM files for TLS: the CA to trust, and optionally a client certificate and key (mTLS).
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca_file: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// A decoded header field: name, value.
+type Field = (Vec<u8>, Vec<u8>);
+
+trait Transport: Read + Write {}
+impl<T: Read + Write> Transport for T {}
+
+/// One HTTP/2 connection to the gRPC door.
+pub struct GrpcClient {
+    io: Box<dyn Transport>,
+    authority: String,
+    scheme: &'static str,
+    rbuf: BytesMut,
+    encoder: loona_hpack::Encoder<'static>,
+    decoder: httlib_hpack::Decoder<'static>,
+    next_stream: u32,
+    peer_max_frame: u32,
+    consumed: u32,
+}
+
+/// The response of one call, as it arrives.
+pub struct Call<'a> {
+    client: &'a mut GrpcClient,
+    stream: u32,
+    reader: MessageReader,
+    ready: std::collections::VecDeque<Bytes>,
+    done: bool,
+}
+
+impl GrpcClient {
+    /// Connects and does the HTTP/2 handshake (TLS first, with ALPN h2, when `tls` is given).
+    pub fn connect(
+        addr: &str,
+        tls: Option<&ClientTls>,
+        timeout: Option<Duration>,
+    ) -> Result<GrpcClient, GrpcClientError> {
+        let tcp = TcpStream::connect(addr).map_err(|source| GrpcClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(timeout)?;
+        let (io, scheme): (Box<dyn Transport>, _) = match tls {
+            None => (Box::new(tcp), "http"),
+            Some(tls) => (Box::new(tls_stream(tcp, addr, tls)?), "https"),
+        };
+        let mut client = GrpcClient {
+            io,
+            authority: addr.to_owned(),
+            scheme,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            encoder: loona_hpack::Encoder::new(),
+            decoder: httlib_hpack::Decoder::with_dynamic_size(4096),
+            next_stream: 1,
+            peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+            consumed: 0,
+        };
+        let mut out = BytesMut::from(frame::PREFACE);
+        frame::put_settings(
+            &mut out,
+            &[
+                SettingParam {
+                    id: setting::ENABLE_PUSH,
+                    value: 0,
+                },
+                SettingParam {
+                    id: setting::INITIAL_WINDOW_SIZE,
+                    value: MAX_WINDOW,
+                },
+            ],
+        );
+        frame::put_window_update(&mut out, 0, MAX_WINDOW - 65_535);
+        client.io.write_all(&out)?;
+        client.io.flush()?;
+        Ok(client)
+    }
+
+    /// Starts a call with one request message; read the response with [`Call::next_message`].
+    pub fn call(
+        &mut self,
+        path: &str,
+        request: &impl Message,
+        metadata: &[(&str, &str)],
+    ) -> Result<Call<'_>, GrpcClientError> {
+        let stream = self.next_stream;
+        self.next_stream += 2;
+        let mut fields: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", self.scheme.as_bytes()),
+            (b":path", path.as_bytes()),
+            (b":authority", self.authority.as_bytes()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ];
+        fields.extend(metadata.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
+        let block = self.encoder.encode(fields);
+        let mut out = BytesMut::new();
+        frame::put_headers(&mut out, stream, &block, false, self.peer_max_frame);
+        let mut body = BytesMut::new();
+        framing::put_message(&mut body, |o| request.encode(o).expect("BytesMut grows"));
+        let mut chunks = body.chunks(self.peer_max_frame as usize).peekable();
+        while let Some(chunk) = chunks.next() {
+            frame::put_data(&mut out, stream, chunk, chunks.peek().is_none());
+        }
+        self.io.write_all(&out)?;
+        self.io.flush()?;
+        Ok(Call {
+            client: self,
+            stream,
+            reader: MessageReader::default(),
+            ready: Default::default(),
+            done: false,
+        })
+    }
+
+    /// A unary call: its one response message.
+    pub fn unary<R: Message + Default>(
+        &mut self,
+        path: &str,
+        request: &impl Message,
+    ) -> Result<R, GrpcClientError> {
+        let mut call = self.call(path, request, &[])?;
+        let message = call
+            .next_message()?
+            .ok_or_else(|| GrpcClientError::Protocol("no response message".into()))?;
+        while call.next_message()?.is_some() {}
+        R::decode(message).map_err(|e| GrpcClientError::Protocol(e.to_string()))
+    }
+
+    fn read_frame(&mut self) -> Result<Frame, GrpcClientError> {
+        loop {
+            match frame::decode(&mut self.rbuf, frame::MAX_MAX_FRAME_SIZE) {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(e) => return Err(GrpcClientError::Protocol(e.to_string())),
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.io.read(&mut chunk)?;
+            if n == 0 {
+                return Err(GrpcClientError::Protocol(
+                    "server closed the connection".into(),
+                ));
+            }
+            self.rbuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn fields(&mut self, block: Bytes) -> Result<Vec<Field>, GrpcClientError> {
+        let mut decoded = Vec::new();
+        self.decoder
+            .decode(&mut block.to_vec(), &mut decoded)
+            .map_err(|e| GrpcClientError::Protocol(format!("HPACK: {e:?}")))?;
+        Ok(decoded.into_iter().map(|(n, v, _)| (n, v)).collect())
+    }
+}
+
+impl Call<'_> {
+    /// The next response message; None once the call ended with status OK.
+    pub fn next_message(&mut self) -> Result<Option<Bytes>, GrpcClientError> {
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return Ok(Some(m));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            let client = &mut *self.client;
+            match client.read_frame()? {
+                Frame::Settings { ack: false, params } => {
+                    for p in params {
+                        if p.id == setting::MAX_FRAME_SIZE {
+                            client.peer_max_frame = p.value;
+                        }
+                    }
+                    let mut out = BytesMut::new();
+                    frame::put_settings_ack(&mut out);
+                    client.io.write_all(&out)?;
+                }
+                Frame::Ping { ack: false, data } => {
+                    let mut out = BytesMut::new();
+                    frame::put_ping(&mut out, true, data);
+                    client.io.write_all(&out)?;
+                }
+                Frame::Data {
+                    stream,
+                    data,
+                    end_stream,
+                    flow_len,
+                } => {
+                    client.consumed += flow_len;
+                    if client.consumed > MAX_WINDOW / 2 {
+                        let mut out = BytesMut::new();
+                        frame::put_window_update(&mut out, 0, client.consumed);
+                        frame::put_window_update(&mut out, self.stream, client.consumed);
+                        client.io.write_all(&out)?;
+                        client.consumed = 0;
+                    }
+                    if stream == self.stream {
+                        let mut out = Vec::new();
+                        self.reader
+                            .push(data, usize::MAX, &mut out)
+                            .map_err(|e| GrpcClientError::Protocol(e.to_string()))?;
+                        self.ready.extend(out);
+                        if end_stream {
+                            self.done = true;
+                        }
+                    }
+                }
+                Frame::Headers {
+                    stream,
+                    end_stream,
+                    block,
+                    ..
+                } if stream == self.stream => {
+                    let fields = client.fields(block)?;
+                    let get = |name: &[u8]| {
+                        fields
+                            .iter()
+                            .find(|(n, _)| n == name)
+                            .map(|(_, v)| v.clone())
+                    };
+                    if let Some(status) = get(b":status") {
+                        if status != b"200" {
+                            return Err(GrpcClientError::Protocol(format!(
+                                "HTTP status {}",
+                                String::from_utf8_lossy(&status)
+                            )));
+                        }
+                    }
+                    if let Some(code) = get(b"grpc-status") {
+                        let code: u32 = String::from_utf8_lossy(&code).parse().unwrap_or(2);
+                        self.done = true;
+                        if code != 0 {
+                            let message = get(b"grpc-message")
+                                .map(|m| percent_decode(&m))
+                                .unwrap_or_default();
+                            return Err(GrpcClientError::Status { code, message });
+                        }
+                    } else if end_stream {
+                        self.done = true;
+                    }
+                }
+                Frame::RstStream { stream, code } if stream == self.stream => {
+                    return Err(GrpcClientError::Protocol(format!(
+                        "stream reset by the server (code {code})"
+                    )));
+                }
+                Frame::GoAway { code, debug, .. } if code != 0 => {
+                    return Err(GrpcClientError::Protocol(format!(
+                        "connection closed by the server (code {code}): {}",
+                        String::from_utf8_lossy(&debug)
+                    )));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn percent_decode(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' && tail.len() >= 2 {
+            if let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&tail[..2]), 16) {
+                out.push(v);
+                rest = &tail[2..];
+                continue;
+            }
+        }
+        out.push(b);
+        rest = tail;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn tls_stream(
+    tcp: TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, GrpcClientError> {
+    let err = |what: &str, e: &dyn std::fmt::Display| GrpcClientError::Tls(format!("{what}: {e}"));
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| err(&tls.ca_file, &e))? {
+        roots
+            .add(cert.map_err(|e| err(&tls.ca_file, &e))?)
+            .map_err(|e| err(&tls.ca_file, &e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("protocol versions", &e))?
+        .with_root_certificates(roots);
+    let mut config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect())
+                .map_err(|e| err(cert, &e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, &e))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| err("client certificate", &e))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(GrpcClientError::Tls(
+                "--tls-cert and --tls-key go together".into(),
+            ))
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| err(host, &e))?;
+    let session = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| err("TLS session", &e))?;
+    Ok(rustls::StreamOwned::new(session, tcp))
+}
