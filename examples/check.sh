@@ -93,4 +93,7 @@ pids=()
 echo "== batch: python -> 100 events to sensors/batch"
 python3 python/batch.py "${args[@]}" || die "python batch.py"
 
+echo "== reflection: python lists the services without the .proto"
+python3 python/reflect.py "${args[@]}" || die "python reflect.py"
+
 echo "check.sh: OK: python, go and node examples passed against $server"

@@ -25,6 +25,11 @@ def _read(path):
 
 def stub(args):
     """An EventService stub: plaintext (h2c) unless --ca/--cert/--key is given."""
+    return eventstream_pb2_grpc.EventServiceStub(channel(args))
+
+
+def channel(args):
+    """The channel to the server: plaintext (h2c) unless --ca/--cert/--key is given."""
     if args.ca or args.cert or args.key:
         if bool(args.cert) != bool(args.key):
             raise SystemExit("--cert and --key go together")
@@ -33,10 +38,8 @@ def stub(args):
             private_key=_read(args.key),
             certificate_chain=_read(args.cert),
         )
-        channel = grpc.secure_channel(args.server, creds)
-    else:
-        channel = grpc.insecure_channel(args.server)
-    return eventstream_pb2_grpc.EventServiceStub(channel)
+        return grpc.secure_channel(args.server, creds)
+    return grpc.insecure_channel(args.server)
 
 
 def run(main):
