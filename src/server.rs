@@ -169,6 +169,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         progress.push(ready_rx);
         let limits = config.limits;
         let max_frame = config.native.max_frame_bytes;
+        let grpc_idle = Duration::from_millis(config.grpc.idle_timeout_ms);
         let drain = config.drain_timeout();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
@@ -187,7 +188,11 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                     grpc: grpc_tls,
                     native: native_tls,
                 };
-                run_shard(shard, sockets, tls, max_frame, drain, ready, stop_rx).await;
+                let doors = DoorSettings {
+                    max_frame,
+                    grpc_idle,
+                };
+                run_shard(shard, sockets, tls, doors, drain, ready, stop_rx).await;
             })
             .map_err(|e| StartError::Shard {
                 shard: i,
@@ -235,23 +240,29 @@ struct DoorTls {
     native: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Per-door settings a shard needs.
+struct DoorSettings {
+    max_frame: usize,
+    grpc_idle: Duration,
+}
+
 async fn run_shard(
     shard: std::rc::Rc<Shard>,
     sockets: ShardSockets,
     tls: DoorTls,
-    max_frame: usize,
+    doors: DoorSettings,
     drain: Duration,
     ready: flume::Sender<Stage>,
     stop: flume::Receiver<()>,
 ) {
     // SAFETY: each fd is a bound, listening socket that this shard now owns alone.
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
-    let door = Door::new(shard.clone(), max_frame, tls.native);
+    let door = Door::new(shard.clone(), doors.max_frame, tls.native);
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
     // SAFETY: as above.
     let grpc_listener = unsafe { TcpListener::from_raw_fd(sockets.grpc.into_raw_fd()) };
     let max_message = shard.limits().max_message_bytes + 64 * 1024;
-    let grpc_door = GrpcDoor::new(shard.clone(), max_message, tls.grpc);
+    let grpc_door = GrpcDoor::new(shard.clone(), max_message, tls.grpc, doors.grpc_idle);
     let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
     let receiving = sockets.udp.map(|fd| {
         // SAFETY: as above, a bound UDP socket owned by this shard.

@@ -598,3 +598,43 @@ fn rapid_resets_and_malformed_frames_end_only_the_abusers_connection() {
         "reset streams hold nothing"
     );
 }
+
+#[test]
+fn idle_connections_are_closed_with_goaway() {
+    let mut config = test_config();
+    config.grpc.idle_timeout_ms = 200;
+    let server = start_with(config);
+    runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+        let (_sender, connection) = h2::client::handshake(tcp).await.unwrap();
+        let started = std::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+        assert!(ended.is_ok(), "the idle connection was closed");
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        // A connection with a call in progress is not idle.
+        let mut sender = connect(&server).await;
+        let req = request("Subscribe").body(()).unwrap();
+        let (response, mut stream) = sender.send_request(req, false).unwrap();
+        stream
+            .send_data(
+                framed(&proto::SubscribeRequest {
+                    topic_pattern: "idle/*".into(),
+                    min_priority: 0,
+                }),
+                true,
+            )
+            .unwrap();
+        let mut body = response.await.unwrap().into_body();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut native = server.client();
+        native
+            .publish(&common::event("idle/x", b"still here", Priority::Low))
+            .unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(chunk.len() > 5);
+    });
+}

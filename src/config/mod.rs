@@ -55,6 +55,8 @@ pub struct Config {
 pub struct GrpcConfig {
     pub port: u16,
     pub tls: TlsConfig,
+    /// A connection with no call and no traffic for this long is closed (GOAWAY); 0: never.
+    pub idle_timeout_ms: u64,
 }
 
 /// The native TCP door.
@@ -122,6 +124,7 @@ impl Default for GrpcConfig {
         GrpcConfig {
             port: 9200,
             tls: TlsConfig::default(),
+            idle_timeout_ms: 300_000,
         }
     }
 }

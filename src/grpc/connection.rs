@@ -37,6 +37,7 @@ pub struct Door {
     shard: Rc<Shard>,
     max_message: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
+    idle_timeout: Duration,
     live: Cell<usize>,
     idle: Notify,
 }
@@ -48,11 +49,13 @@ impl Door {
         shard: Rc<Shard>,
         max_message: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
+        idle_timeout: Duration,
     ) -> Rc<Door> {
         Rc::new(Door {
             shard,
             max_message,
             tls,
+            idle_timeout,
             live: Cell::new(0),
             idle: Notify::default(),
         })
@@ -170,6 +173,9 @@ struct GrpcConnection {
     stop: Notify,
     sink: Cell<Option<SinkId>>,
     transport: Transport,
+    /// When the client last sent anything, and how long a connection may sit idle.
+    last_activity: Cell<Instant>,
+    idle_timeout: Duration,
     /// Calls with a grpc-timeout, earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
     deadline_added: Notify,
@@ -230,6 +236,8 @@ impl GrpcConnection {
             stop: Notify::default(),
             sink: Cell::new(None),
             transport,
+            last_activity: Cell::new(Instant::now()),
+            idle_timeout: door.idle_timeout,
             deadlines: RefCell::default(),
             deadline_added: Notify::default(),
         });
@@ -295,7 +303,7 @@ impl GrpcConnection {
                 None if self.broken.get() => return,
                 None => return self.shut_down(),
                 Some(Ok(false)) | Some(Err(_)) => return,
-                Some(Ok(true)) => {}
+                Some(Ok(true)) => self.last_activity.set(Instant::now()),
             }
             let result = self
                 .h2
@@ -874,19 +882,34 @@ impl GrpcConnection {
         self.h2.borrow_mut().send_trailers(stream, fields);
     }
 
-    /// Ends calls whose grpc-timeout passed with DEADLINE_EXCEEDED.
+    /// Ends calls whose grpc-timeout passed, and closes the connection (GOAWAY) once it has
+    /// had no call and no traffic for the idle timeout.
     async fn deadline_loop(&self) {
         loop {
             let added = self.deadline_added.wait();
             if self.closed.get() {
                 return;
             }
+            let now = Instant::now();
+            let watching_idle = self.idle_timeout > Duration::ZERO;
+            let quiet = self.calls.borrow().is_empty();
+            if watching_idle && quiet && self.last_activity.get() + self.idle_timeout <= now {
+                self.h2.borrow_mut().go_away();
+                self.consumer.notify.notify();
+                self.broken.set(true); // stops the reader; the writer sends the GOAWAY
+                self.stop.notify();
+                return;
+            }
+            // With calls open, look again one idle period from now (they may all end quietly).
+            let idle_at = watching_idle.then(|| {
+                let since = if quiet { self.last_activity.get() } else { now };
+                since + self.idle_timeout
+            });
             let next = self.deadlines.borrow().peek().map(|Reverse((t, _))| *t);
-            let Some(next) = next else {
+            let Some(next) = next.into_iter().chain(idle_at).min() else {
                 added.await;
                 continue;
             };
-            let now = Instant::now();
             if next > now {
                 let sleep = glommio::timer::sleep(next - now);
                 futures_lite::future::or(sleep, added).await;
