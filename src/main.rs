@@ -76,7 +76,7 @@ struct GrpcArgs {
     /// Use the gRPC door (default address 127.0.0.1:9200).
     #[arg(long)]
     grpc: bool,
-    /// CA certificate (PEM) to trust: turns TLS on (gRPC door).
+    /// CA certificate (PEM) to trust: turns TLS on.
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<String>,
     /// Client certificate (PEM), for mTLS.
@@ -88,32 +88,36 @@ struct GrpcArgs {
 }
 
 impl GrpcArgs {
+    fn tls(&self) -> Result<Option<ClientTls>, Box<dyn std::error::Error>> {
+        match &self.tls_ca {
+            Some(ca) => Ok(Some(ClientTls {
+                ca_file: ca.clone(),
+                cert_file: self.tls_cert.clone(),
+                key_file: self.tls_key.clone(),
+            })),
+            None if self.tls_cert.is_some() => Err("--tls-cert needs --tls-ca".into()),
+            None => Ok(None),
+        }
+    }
+
+    /// A client of the gRPC door.
     fn client(
         &self,
         server: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<GrpcClient, Box<dyn std::error::Error>> {
-        let tls = match &self.tls_ca {
-            Some(ca) => Some(ClientTls {
-                ca_file: ca.clone(),
-                cert_file: self.tls_cert.clone(),
-                key_file: self.tls_key.clone(),
-            }),
-            None if self.tls_cert.is_some() => return Err("--tls-cert needs --tls-ca".into()),
-            None => None,
-        };
-        Ok(GrpcClient::connect(
-            server.unwrap_or("127.0.0.1:9200"),
-            tls.as_ref(),
-            timeout,
-        )?)
+        let tls = self.tls()?;
+        let server = server.unwrap_or("127.0.0.1:9200");
+        Ok(GrpcClient::connect(server, tls.as_ref(), timeout)?)
     }
 
-    fn check_native(&self) -> Result<(), Box<dyn std::error::Error>> {
-        if self.tls_ca.is_some() {
-            return Err("TLS from the command line is supported with --grpc only".into());
-        }
-        Ok(())
+    /// A client of the native TCP door.
+    fn native(&self, server: Option<&str>) -> Result<Client, Box<dyn std::error::Error>> {
+        let server = server.unwrap_or("127.0.0.1:9201");
+        Ok(match self.tls()? {
+            Some(tls) => Client::connect_tls(server, &tls)?,
+            None => Client::connect(server)?,
+        })
     }
 }
 
@@ -298,14 +302,12 @@ fn publish(args: PubArgs) -> CliResult {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    args.grpc.check_native()?;
     if args.udp {
         let server = args.server.unwrap_or_else(|| "127.0.0.1:9202".into());
         client::publish_datagrams(server.as_str(), &[event])?;
         return Ok(ExitCode::SUCCESS);
     }
-    let server = args.server.unwrap_or_else(|| "127.0.0.1:9201".into());
-    let mut client = Client::connect(&server)?;
+    let mut client = args.grpc.native(args.server.as_deref())?;
     client.set_timeout(Some(Duration::from_secs(10)))?;
     let ack = client.publish(&event)?;
     println!("{} sequence={}", args.topic, ack.sequence);
@@ -336,8 +338,7 @@ fn subscribe(args: SubArgs) -> CliResult {
             })
         });
     } else {
-        args.grpc.check_native()?;
-        let mut client = Client::connect(args.server.as_deref().unwrap_or("127.0.0.1:9201"))?;
+        let mut client = args.grpc.native(args.server.as_deref())?;
         client.set_timeout(Some(Duration::from_secs(10)))?;
         client.subscribe(&args.pattern, args.min_priority)?;
         client.set_timeout(None)?;
@@ -428,8 +429,7 @@ fn health(args: HealthArgs) -> CliResult {
             ExitCode::FAILURE
         });
     }
-    args.grpc.check_native()?;
-    let mut client = Client::connect(args.server.as_deref().unwrap_or("127.0.0.1:9201"))?;
+    let mut client = args.grpc.native(args.server.as_deref())?;
     client.set_timeout(Some(Duration::from_secs(1)))?;
     let pong = client.ping()?;
     let healthy = pong.shards_answered == pong.shards;

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ServerConfig, ServerConnection};
 
 /// A connection's transport: plaintext, or TLS.
@@ -106,4 +108,56 @@ impl Transport {
         }
         Ok(())
     }
+}
+
+/// PEM files for a TLS client: the CA to trust, and optionally a certificate and key (mTLS).
+#[derive(Clone, Debug, Default)]
+pub struct ClientTls {
+    pub ca_file: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// A TLS client stream over `tcp` to `addr` (its host is the name checked in the server's
+/// certificate), offering `alpn`.
+pub fn client_stream(
+    tcp: std::net::TcpStream,
+    addr: &str,
+    tls: &ClientTls,
+    alpn: &[&[u8]],
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>, String> {
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| err(&tls.ca_file, &e))? {
+        roots
+            .add(cert.map_err(|e| err(&tls.ca_file, &e))?)
+            .map_err(|e| err(&tls.ca_file, &e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err("protocol versions", &e))?
+        .with_root_certificates(roots);
+    let mut config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|i| i.collect())
+                .map_err(|e| err(cert, &e))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, &e))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| err("client certificate", &e))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let name = ServerName::try_from(host.to_owned()).map_err(|e| err(host, &e))?;
+    let session = rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| err("TLS session", &e))?;
+    Ok(rustls::StreamOwned::new(session, tcp))
 }

@@ -248,3 +248,51 @@ fn bad_tls_settings_fail_at_start_naming_the_key() {
     t.key_file = Some(pki.dir.path().join("other.key"));
     check(t, "grpc.tls.key_file");
 }
+
+#[test]
+fn the_native_door_speaks_tls_and_mtls_too() {
+    use eventstream::native::client::Client;
+    use eventstream::tls::ClientTls;
+    let pki = pki();
+    let mut config = test_config();
+    config.native.tls = tls_config(pki.dir.path(), ClientAuth::Require);
+    config.udp.allow_with_mtls = true;
+    let running = eventstream::server::start(&config).unwrap();
+    assert!(running.addresses().udp.is_some(), "explicitly allowed");
+    let server = TestServer::from_running(running);
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("client.crt"), &pki.client_cert).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
+    let tls = ClientTls {
+        ca_file: dir.join("ca.crt").to_string_lossy().into_owned(),
+        cert_file: Some(dir.join("client.crt").to_string_lossy().into_owned()),
+        key_file: Some(dir.join("client.key").to_string_lossy().into_owned()),
+    };
+    let addr = format!("localhost:{}", server.native.port());
+    let mut sub = Client::connect_tls(&addr, &tls).unwrap();
+    sub.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    sub.subscribe("secure/*", Priority::Batch).unwrap();
+    let mut publisher = Client::connect_tls(&addr, &tls).unwrap();
+    publisher
+        .set_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    publisher
+        .publish(&event("secure/a", b"over tls", Priority::Low))
+        .unwrap();
+    assert_eq!(&sub.next_event().unwrap().event.payload[..], b"over tls");
+    // No client certificate: refused.
+    let anonymous = ClientTls {
+        cert_file: None,
+        key_file: None,
+        ..tls.clone()
+    };
+    let refused = Client::connect_tls(&addr, &anonymous).and_then(|mut c| {
+        c.set_timeout(Some(Duration::from_secs(10)))?;
+        c.ping()
+    });
+    assert!(refused.is_err());
+    // Plaintext: refused.
+    let mut plain = Client::connect(&addr).unwrap();
+    plain.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(plain.ping().is_err());
+}

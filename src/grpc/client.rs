@@ -5,13 +5,11 @@
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::tls::ClientTls;
 use bytes::{Bytes, BytesMut};
 use prost::Message;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use super::framing::{self, MessageReader};
 use super::h2::frame::{self, setting, Frame, SettingParam, MAX_WINDOW};
@@ -29,14 +27,6 @@ pub enum GrpcClientError {
     Protocol(String),
     #[error("status {code}: {message}")]
     Status { code: u32, message: String },
-}
-
-/// PEM files for TLS: the CA to trust, and optionally a client certificate and key (mTLS).
-#[derive(Clone, Debug, Default)]
-pub struct ClientTls {
-    pub ca_file: String,
-    pub cert_file: Option<String>,
-    pub key_file: Option<String>,
 }
 
 /// A decoded header field: name, value.
@@ -82,7 +72,11 @@ impl GrpcClient {
         tcp.set_read_timeout(timeout)?;
         let (io, scheme): (Box<dyn Transport>, _) = match tls {
             None => (Box::new(tcp), "http"),
-            Some(tls) => (Box::new(tls_stream(tcp, addr, tls)?), "https"),
+            Some(tls) => {
+                let stream = crate::tls::client_stream(tcp, addr, tls, &[b"h2"])
+                    .map_err(GrpcClientError::Tls)?;
+                (Box::new(stream), "https")
+            }
         };
         let mut client = GrpcClient {
             io,
@@ -312,49 +306,4 @@ fn percent_decode(bytes: &[u8]) -> String {
         rest = tail;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn tls_stream(
-    tcp: TcpStream,
-    addr: &str,
-    tls: &ClientTls,
-) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, GrpcClientError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| GrpcClientError::Tls(format!("{what}: {e}"));
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&tls.ca_file).map_err(|e| err(&tls.ca_file, &e))? {
-        roots
-            .add(cert.map_err(|e| err(&tls.ca_file, &e))?)
-            .map_err(|e| err(&tls.ca_file, &e))?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| err("protocol versions", &e))?
-        .with_root_certificates(roots);
-    let mut config = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(|i| i.collect())
-                .map_err(|e| err(cert, &e))?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| err(key, &e))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| err("client certificate", &e))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(GrpcClientError::Tls(
-                "--tls-cert and --tls-key go together".into(),
-            ))
-        }
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(h, _)| h)
-        .trim_matches(['[', ']']);
-    let name = ServerName::try_from(host.to_owned()).map_err(|e| err(host, &e))?;
-    let session = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| err("TLS session", &e))?;
-    Ok(rustls::StreamOwned::new(session, tcp))
 }

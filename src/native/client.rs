@@ -34,6 +34,8 @@ pub enum ClientError {
         index: Option<u32>,
         message: String,
     },
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("protocol violation by the server: {0}")]
     Protocol(String),
     #[error("no answer within {0:?}")]
@@ -62,9 +64,14 @@ enum Inbound {
     Error(ClientError),
 }
 
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
 /// A connection to the native TCP door.
 pub struct Client {
-    stream: TcpStream,
+    io: Box<dyn Io>,
+    /// The socket itself, for timeouts (the same socket `io` reads and writes, maybe via TLS).
+    socket: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     inbox: VecDeque<Inbound>,
@@ -82,22 +89,41 @@ impl Client {
         Client::from_stream(stream)
     }
 
+    /// Connects over TLS (the native door's `native.tls`), with a client certificate when
+    /// `tls` names one.
+    pub fn connect_tls(addr: &str, tls: &crate::tls::ClientTls) -> Result<Client, ClientError> {
+        let tcp = TcpStream::connect(addr).map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        tcp.set_nodelay(true)?;
+        let socket = tcp.try_clone()?;
+        let stream = crate::tls::client_stream(tcp, addr, tls, &[]).map_err(ClientError::Tls)?;
+        Ok(Client::over(Box::new(stream), socket))
+    }
+
     /// Wraps a stream the caller connected (and tuned) itself.
     pub fn from_stream(stream: TcpStream) -> Result<Client, ClientError> {
         stream.set_nodelay(true)?;
-        Ok(Client {
-            stream,
+        let socket = stream.try_clone()?;
+        Ok(Client::over(Box::new(stream), socket))
+    }
+
+    fn over(io: Box<dyn Io>, socket: TcpStream) -> Client {
+        Client {
+            io,
+            socket,
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::with_capacity(64 * 1024),
             inbox: VecDeque::new(),
             next_request: 1,
             read_size: 4096,
-        })
+        }
     }
 
     /// Waits at most `timeout` for any answer or event (None: forever).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.stream.set_read_timeout(timeout)
+        self.socket.set_read_timeout(timeout)
     }
 
     /// Publishes and waits until the event's topic owner sequenced it.
@@ -152,7 +178,8 @@ impl Client {
     /// Sends everything buffered.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf)?;
+            self.io.write_all(&self.wbuf)?;
+            self.io.flush()?;
             self.wbuf.clear();
         }
         Ok(())
@@ -301,7 +328,7 @@ impl Client {
             // Zero (and read) about as much as the last read brought, not a fixed 64 KiB.
             let start = self.rbuf.len();
             self.rbuf.resize(start + self.read_size, 0);
-            let n = match self.stream.read(&mut self.rbuf[start..]) {
+            let n = match self.io.read(&mut self.rbuf[start..]) {
                 Ok(n) => n,
                 Err(e)
                     if matches!(
@@ -310,7 +337,7 @@ impl Client {
                     ) =>
                 {
                     self.rbuf.truncate(start);
-                    let timeout = self.stream.read_timeout()?.unwrap_or_default();
+                    let timeout = self.socket.read_timeout()?.unwrap_or_default();
                     return Err(ClientError::Timeout(timeout));
                 }
                 Err(e) => {
