@@ -15,6 +15,7 @@ macro_rules! log_line {
     }};
 }
 
+pub mod accept;
 pub mod config;
 pub mod engine;
 pub mod grpc;

@@ -18,6 +18,7 @@ use super::framing::{self, MessageReader};
 use super::h2::connection::{Connection as H2, Event as H2Event, Fields, Limits as H2Limits};
 use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
+use crate::accept::Connections;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -38,8 +39,7 @@ pub struct Door {
     max_message: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     idle_timeout: Duration,
-    live: Cell<usize>,
-    idle: Notify,
+    connections: Rc<Connections>,
 }
 
 impl Door {
@@ -56,59 +56,23 @@ impl Door {
             max_message,
             tls,
             idle_timeout,
-            live: Cell::new(0),
-            idle: Notify::default(),
+            connections: Rc::default(),
         })
     }
 
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
-        loop {
-            let stopped = self.shard.shutdown.wait();
-            if self.shard.is_closing() {
-                return;
-            }
-            let accepted =
-                futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    stopped.await;
-                    None
-                })
-                .await;
-            match accepted {
-                None => return,
-                Some(Ok(stream)) => {
-                    let door = self.clone();
-                    door.live.set(door.live.get() + 1);
-                    glommio::spawn_local(async move {
-                        let serving =
-                            std::panic::AssertUnwindSafe(GrpcConnection::serve(&door, stream));
-                        if futures_lite::FutureExt::catch_unwind(serving)
-                            .await
-                            .is_err()
-                        {
-                            crate::log_line!(
-                                "shard {}: a gRPC connection failed and was closed",
-                                door.shard.id()
-                            );
-                        }
-                        door.live.set(door.live.get() - 1);
-                        door.idle.notify();
-                    })
-                    .detach();
-                }
-                Some(Err(e)) => {
-                    crate::log_line!("shard {}: gRPC accept failed: {e}", self.shard.id());
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
+        let (shard, connections) = (self.shard.clone(), self.connections.clone());
+        crate::accept::accept_loop(shard, listener, connections, "gRPC", move |stream| {
+            let door = self.clone();
+            async move { GrpcConnection::serve(&door, stream).await }
+        })
+        .await;
     }
 
     /// Completes once every connection of this door has closed.
     pub async fn drained(&self) {
-        while self.live.get() > 0 {
-            self.idle.wait().await;
-        }
+        self.connections.drained().await;
     }
 }
 

@@ -15,6 +15,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
 use super::error_code;
+use crate::accept::Connections;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -37,8 +38,7 @@ pub struct Door {
     shard: Rc<Shard>,
     max_frame: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
-    live: Cell<usize>,
-    idle: Notify,
+    connections: Rc<Connections>,
 }
 
 impl Door {
@@ -53,60 +53,23 @@ impl Door {
             shard,
             max_frame,
             tls,
-            live: Cell::new(0),
-            idle: Notify::default(),
+            connections: Rc::default(),
         })
     }
 
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
-        loop {
-            let stopped = self.shard.shutdown.wait();
-            if self.shard.is_closing() {
-                return;
-            }
-            let accepted =
-                futures_lite::future::or(async { Some(listener.accept().await) }, async {
-                    stopped.await;
-                    None
-                })
-                .await;
-            match accepted {
-                None => return,
-                Some(Ok(stream)) => {
-                    let door = self.clone();
-                    door.live.set(door.live.get() + 1);
-                    glommio::spawn_local(async move {
-                        let serving =
-                            std::panic::AssertUnwindSafe(Connection::serve(&door, stream));
-                        if futures_lite::FutureExt::catch_unwind(serving)
-                            .await
-                            .is_err()
-                        {
-                            crate::log_line!(
-                                "shard {}: a connection failed and was closed",
-                                door.shard.id()
-                            );
-                        }
-                        door.live.set(door.live.get() - 1);
-                        door.idle.notify();
-                    })
-                    .detach();
-                }
-                // EMFILE and friends: keep serving the clients we have, try again shortly.
-                Some(Err(e)) => {
-                    crate::log_line!("shard {}: accept failed: {e}", self.shard.id());
-                    glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-                }
-            }
-        }
+        let (shard, connections) = (self.shard.clone(), self.connections.clone());
+        crate::accept::accept_loop(shard, listener, connections, "native", move |stream| {
+            let door = self.clone();
+            async move { Connection::serve(&door, stream).await }
+        })
+        .await;
     }
 
     /// Completes once every connection of this door has closed.
     pub async fn drained(&self) {
-        while self.live.get() > 0 {
-            self.idle.wait().await;
-        }
+        self.connections.drained().await;
     }
 }
 
