@@ -720,18 +720,25 @@ impl GrpcConnection {
         Ok(())
     }
 
-    async fn health(self: &Rc<Self>, stream: u32) {
+    /// Whether the server is healthy: every shard answers a ping within 1 s and it is not
+    /// stopping. None when the call was cancelled meanwhile.
+    async fn healthy(self: &Rc<Self>, stream: u32) -> Option<bool> {
         self.calls.borrow_mut().insert(stream, Call::Waiting);
         let answered = glommio::timer::timeout(Duration::from_secs(1), async {
             Ok(self.shard.ping_all().await)
         })
         .await
         .is_ok();
-        if self.calls.borrow_mut().remove(&stream).is_none() {
-            return; // cancelled meanwhile
-        }
+        self.calls.borrow_mut().remove(&stream)?;
+        Some(answered && !self.shard.is_closing())
+    }
+
+    async fn health(self: &Rc<Self>, stream: u32) {
+        let Some(healthy) = self.healthy(stream).await else {
+            return;
+        };
         let response = proto::HealthResponse {
-            healthy: answered && !self.shard.is_closing(),
+            healthy,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.shard.uptime().as_secs() as i64,
         };
@@ -757,16 +764,10 @@ impl GrpcConnection {
                 request.service
             )));
         }
-        self.calls.borrow_mut().insert(stream, Call::Waiting);
-        let answered = glommio::timer::timeout(Duration::from_secs(1), async {
-            Ok(self.shard.ping_all().await)
-        })
-        .await
-        .is_ok();
-        if self.calls.borrow_mut().remove(&stream).is_none() {
+        let Some(healthy) = self.healthy(stream).await else {
             return Ok(()); // cancelled meanwhile
-        }
-        let status = match (known, answered && !self.shard.is_closing()) {
+        };
+        let status = match (known, healthy) {
             (false, _) => ServingStatus::ServiceUnknown,
             (true, true) => ServingStatus::Serving,
             (true, false) => ServingStatus::NotServing,
