@@ -638,3 +638,59 @@ fn idle_connections_are_closed_with_goaway() {
         assert!(chunk.len() > 5);
     });
 }
+
+#[test]
+fn partial_messages_cannot_hold_unbounded_memory() {
+    let server = start();
+    runtime().block_on(async {
+        let sender = connect(&server).await;
+        let (statuses, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+        let mut streams = Vec::new();
+        for _ in 0..8 {
+            let mut s = sender.clone().ready().await.unwrap();
+            let (response, mut stream) = s
+                .send_request(request("Publish").body(()).unwrap(), false)
+                .unwrap();
+            // A 4,000,000-byte message announced, 3 MiB of it sent, never finished.
+            let mut partial = BytesMut::new();
+            partial.put_u8(0);
+            partial.put_u32(4_000_000);
+            partial.extend_from_slice(&vec![0u8; 3 << 20]);
+            stream.reserve_capacity(partial.len());
+            stream.send_data(partial.freeze(), false).unwrap();
+            streams.push(stream);
+            let statuses = statuses.clone();
+            tokio::spawn(async move {
+                if let Ok(r) = response.await {
+                    let status = r
+                        .headers()
+                        .get("grpc-status")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let _ = statuses.send(status);
+                }
+            });
+        }
+        let first = tokio::time::timeout(Duration::from_secs(20), refusals.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            first.as_deref(),
+            Some("8"),
+            "over 4 maximum-size messages buffered: RESOURCE_EXHAUSTED"
+        );
+        drop(streams);
+        let mut sender = connect(&server).await;
+        let e = event("after/partials", b"", Priority::Low);
+        assert_eq!(
+            unary(
+                &mut sender,
+                "Publish",
+                framed(&proto::PublishRequest { event: Some(e) })
+            )
+            .await
+            .status,
+            0
+        );
+    });
+}

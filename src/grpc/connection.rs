@@ -466,10 +466,15 @@ impl GrpcConnection {
                     reader,
                     messages: held,
                     ..
-                }) => {
-                    let r = reader.push(data, max, held);
-                    r.map(|()| false)
-                }
+                }) => reader.push(data, max, held).and_then(|()| {
+                    // Unary and server-streaming calls take one message: refuse more at once
+                    // rather than hold them until the request ends.
+                    if held.len() > 1 {
+                        let why = "this method takes exactly one request message";
+                        return Err(GrpcError::InvalidArgument(why.into()));
+                    }
+                    Ok(false)
+                }),
                 Some(Call::Bidi { reader, .. }) => {
                     reader.push(data, max, &mut messages).map(|()| true)
                 }
@@ -490,12 +495,37 @@ impl GrpcConnection {
                 _ => return,
             }
         };
+        let pushed = pushed.and_then(|bidi| self.check_buffered(stream).map(|()| bidi));
         match pushed {
             Err(e) => self.end_call_with(stream, &e),
             Ok(true) => self.on_bidi_messages(stream, messages, end_stream),
             Ok(false) if end_stream => self.dispatch(stream).await,
             Ok(false) => {}
         }
+    }
+
+    /// Bounds what partial request messages may hold on one connection: a stream holding more
+    /// than 64 KiB triggers a count over all of them, refused past four maximum-size messages
+    /// (below that threshold, at most 1,024 streams × 64 KiB are held uncounted).
+    fn check_buffered(&self, stream: u32) -> Result<(), GrpcError> {
+        let reader_of = |call: &Call| match call {
+            Call::Request { reader, .. }
+            | Call::Bidi { reader, .. }
+            | Call::Reflection { reader } => reader.buffered(),
+            _ => 0,
+        };
+        let calls = self.calls.borrow();
+        if calls.get(&stream).map_or(0, reader_of) <= 64 * 1024 {
+            return Ok(());
+        }
+        let total: usize = calls.values().map(reader_of).sum();
+        let max = 4 * self.max_message;
+        if total > max {
+            return Err(GrpcError::ResourceExhausted(format!(
+                "partial request messages on this connection hold {total} bytes, over {max}"
+            )));
+        }
+        Ok(())
     }
 
     fn on_reflection(

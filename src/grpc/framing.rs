@@ -54,6 +54,11 @@ impl MessageReader {
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+
+    /// Bytes of a partial message held.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 fn check_prefix(prefix: &[u8], max: usize) -> Result<usize, GrpcError> {
