@@ -32,6 +32,9 @@ use crate::tls::Transport;
 /// window) before its events stay in its subscriber queue, where shedding applies.
 const MAX_QUEUED_PER_STREAM: usize = 256 * 1024;
 const READ_SIZE: usize = 64 * 1024;
+/// Response bytes waiting for the socket after which the reader stops reading: a client that
+/// sends requests but never reads the answers slows itself down, nobody else.
+const MAX_UNSENT: usize = 4 << 20;
 
 /// The gRPC door of one shard.
 pub struct Door {
@@ -137,6 +140,8 @@ struct GrpcConnection {
     stop: Notify,
     sink: Cell<Option<SinkId>>,
     transport: Transport,
+    /// Woken after every socket write (the reader may be waiting for room).
+    written: Notify,
     /// When the client last sent anything, and how long a connection may sit idle.
     last_activity: Cell<Instant>,
     idle_timeout: Duration,
@@ -200,6 +205,7 @@ impl GrpcConnection {
             stop: Notify::default(),
             sink: Cell::new(None),
             transport,
+            written: Notify::default(),
             last_activity: Cell::new(Instant::now()),
             idle_timeout: door.idle_timeout,
             deadlines: RefCell::default(),
@@ -241,6 +247,9 @@ impl GrpcConnection {
         loop {
             futures_lite::future::yield_now().await;
             self.shard.admit().await;
+            while self.h2.borrow_mut().output().len() > MAX_UNSENT && !self.broken.get() {
+                self.written.wait().await;
+            }
             let stopped = self.shard.shutdown.wait();
             if self.shard.is_closing() {
                 return self.shut_down();
@@ -962,8 +971,10 @@ impl GrpcConnection {
             if socket.write_all(bytes).await.is_err() {
                 self.broken.set(true);
                 self.stop.notify();
+                self.written.notify();
                 break;
             }
+            self.written.notify();
             // Give the buffer back to the connection, emptied, so its capacity is reused.
             let mut out = out;
             out.clear();
