@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -91,6 +91,22 @@ impl Transport {
             Transport::Plain => false,
             Transport::Tls(session) => session.borrow().wants_write(),
         }
+    }
+
+    /// Writes `plain` to the socket, through TLS when on (`wire` is scratch space for records),
+    /// with whatever TLS has to send of its own.
+    pub async fn write(
+        &self,
+        stream: &mut TcpStream,
+        plain: &[u8],
+        wire: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        if !self.is_tls() {
+            return stream.write_all(plain).await;
+        }
+        wire.clear();
+        self.seal(plain, wire)?;
+        stream.write_all(wire).await
     }
 
     /// Encrypts `plain` (may be empty) into `wire`, with whatever else TLS has to send.

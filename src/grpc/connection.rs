@@ -5,7 +5,6 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use super::framing::{self, MessageReader};
 use super::h2::connection::{Connection as H2, Event as H2Event, Fields, Limits as H2Limits};
 use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
-use crate::accept::Connections;
+use crate::accept::{self, Connections};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -182,14 +181,10 @@ impl AckSink for GrpcConnection {
 
 impl GrpcConnection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
-        let _ = stream.set_nodelay(true);
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) has no memory-safety preconditions; checked below.
-        let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if fd < 0 {
-            return;
-        }
-        // SAFETY: `fd` is a fresh duplicate that this handle alone owns.
-        let write_half = unsafe { TcpStream::from_raw_fd(fd) };
+        let (stream, write_half) = match accept::split(stream) {
+            Ok(halves) => halves,
+            Err(e) => return crate::log_line!("shard {}: {e}", door.shard.id()),
+        };
         let Ok(transport) = Transport::new(door.tls.as_ref()) else {
             return;
         };
@@ -212,20 +207,17 @@ impl GrpcConnection {
             deadline_added: Notify::default(),
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
-        let writer = glommio::spawn_local({
-            let conn = conn.clone();
-            async move {
-                let writing = std::panic::AssertUnwindSafe(conn.write_loop(write_half));
-                if futures_lite::FutureExt::catch_unwind(writing)
-                    .await
-                    .is_err()
-                {
-                    // Contained to this connection: its reader stops too.
-                    conn.broken.set(true);
-                    conn.stop.notify();
+        let writer = {
+            let (writing, stopping) = (conn.clone(), conn.clone());
+            let work = async move { writing.write_loop(write_half).await };
+            // A panic in the writer is contained to this connection: its reader stops too.
+            accept::spawn_contained(work, move |panicked| {
+                if panicked {
+                    stopping.broken.set(true);
+                    stopping.stop.notify();
                 }
-            }
-        });
+            })
+        };
         let timer = glommio::spawn_local({
             let conn = conn.clone();
             async move { conn.deadline_loop().await }
@@ -255,20 +247,10 @@ impl GrpcConnection {
                 return self.shut_down();
             }
             let broken = self.stop.wait();
-            let read = futures_lite::future::or(
-                async {
-                    Some(
-                        self.transport
-                            .read(&mut stream, &mut buf, READ_SIZE, &mut wire)
-                            .await,
-                    )
-                },
-                async {
-                    futures_lite::future::or(stopped, broken).await;
-                    None
-                },
-            )
-            .await;
+            let reading = self
+                .transport
+                .read(&mut stream, &mut buf, READ_SIZE, &mut wire);
+            let read = accept::unless(reading, futures_lite::future::or(stopped, broken)).await;
             if self.transport.wants_write() {
                 self.consumer.notify.notify(); // TLS handshake or alert to send
             }
@@ -959,16 +941,12 @@ impl GrpcConnection {
                 woken.await;
                 continue;
             }
-            let bytes: &[u8] = if self.transport.is_tls() {
-                wire.clear();
-                if self.transport.seal(&out, &mut wire).is_err() {
-                    break;
-                }
-                &wire
-            } else {
-                &out
-            };
-            if socket.write_all(bytes).await.is_err() {
+            if self
+                .transport
+                .write(&mut socket, &out, &mut wire)
+                .await
+                .is_err()
+            {
                 self.broken.set(true);
                 self.stop.notify();
                 self.written.notify();

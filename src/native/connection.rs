@@ -4,7 +4,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +14,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
 use super::error_code;
-use crate::accept::Connections;
+use crate::accept::{self, Connections};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -142,17 +141,9 @@ impl AckSink for Connection {
 
 impl Connection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
-        if let Err(e) = stream.set_nodelay(true) {
-            crate::log_line!("shard {}: TCP_NODELAY: {e}", door.shard.id());
-        }
-        // The writer gets its own handle on the socket (a dup'ed fd), so reading and writing
-        // proceed independently without sharing a lock.
-        let write_half = match nix_dup(stream.as_raw_fd()) {
-            Ok(fd) => unsafe { TcpStream::from_raw_fd(fd) },
-            Err(e) => {
-                crate::log_line!("shard {}: dup: {e}", door.shard.id());
-                return;
-            }
+        let (stream, write_half) = match accept::split(stream) {
+            Ok(halves) => halves,
+            Err(e) => return crate::log_line!("shard {}: {e}", door.shard.id()),
         };
         let Ok(transport) = Transport::new(door.tls.as_ref()) else {
             return;
@@ -170,20 +161,17 @@ impl Connection {
             transport,
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
-        let writer = glommio::spawn_local({
-            let conn = conn.clone();
-            async move {
-                let writing = std::panic::AssertUnwindSafe(conn.write_loop(write_half));
-                if futures_lite::FutureExt::catch_unwind(writing)
-                    .await
-                    .is_err()
-                {
-                    // Contained to this connection: its reader stops too.
-                    conn.broken.set(true);
-                    conn.stop.notify();
+        let writer = {
+            let (writing, stopping) = (conn.clone(), conn.clone());
+            let work = async move { writing.write_loop(write_half).await };
+            // A panic in the writer is contained to this connection: its reader stops too.
+            accept::spawn_contained(work, move |panicked| {
+                if panicked {
+                    stopping.broken.set(true);
+                    stopping.stop.notify();
                 }
-            }
-        });
+            })
+        };
         let release = Release(conn.clone());
         conn.read_loop(stream, door.max_frame).await;
         drop(release);
@@ -225,20 +213,10 @@ impl Connection {
                 return self.shut_down();
             }
             let broken = self.stop.wait();
-            let read = futures_lite::future::or(
-                async {
-                    Some(
-                        self.transport
-                            .read(&mut stream, &mut buf, read_size, &mut wire)
-                            .await,
-                    )
-                },
-                async {
-                    futures_lite::future::or(stopped, broken).await;
-                    None
-                },
-            )
-            .await;
+            let reading = self
+                .transport
+                .read(&mut stream, &mut buf, read_size, &mut wire);
+            let read = accept::unless(reading, futures_lite::future::or(stopped, broken)).await;
             if self.transport.wants_write() {
                 self.consumer.notify.notify(); // TLS handshake or alert to send
             }
@@ -465,16 +443,12 @@ impl Connection {
                 woken.await;
                 continue;
             }
-            let bytes: &[u8] = if self.transport.is_tls() {
-                wire.clear();
-                if self.transport.seal(&out, &mut wire).is_err() {
-                    break;
-                }
-                &wire
-            } else {
-                &out
-            };
-            if stream.write_all(bytes).await.is_err() {
+            if self
+                .transport
+                .write(&mut stream, &out, &mut wire)
+                .await
+                .is_err()
+            {
                 self.broken.set(true);
                 self.stop.notify();
                 self.written.notify();
@@ -517,15 +491,5 @@ impl Connection {
                 msg,
             );
         }
-    }
-}
-
-fn nix_dup(fd: i32) -> std::io::Result<i32> {
-    // SAFETY: dup has no memory-safety preconditions; the result is checked.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(new)
     }
 }
