@@ -978,10 +978,7 @@ impl GrpcConnection {
         let mut h2 = self.h2.borrow_mut();
         while h2.queued(stream) + data.len() < MAX_QUEUED_PER_STREAM {
             let Some(event) = sub.pop() else { break };
-            let message = service::proto_event(&event);
-            framing::put_message(&mut data, |o| {
-                prost::Message::encode(&message, o).expect("BytesMut grows")
-            });
+            framing::put_message(&mut data, |o| service::put_event(o, &event));
         }
         if !data.is_empty() {
             h2.send_data(stream, &data);
