@@ -41,16 +41,19 @@ pub fn decode_datagram(
         };
         let parsed = ClientFrame::parse(frame, shard.limits().max_batch_events)
             .map_err(|e| DatagramError::Frame(index, e.message))?;
-        let raws = match parsed {
-            ClientFrame::Publish { event, .. } => vec![event],
-            ClientFrame::PublishBatch { events, .. } => events,
-            _ => return Err(DatagramError::NotPublish(index)),
-        };
-        for raw in raws {
+        let mut accept = |raw| {
             let event = shard
                 .validate(raw, received_ns)
                 .map_err(|e| DatagramError::Frame(index, e.to_string()))?;
             events.push(event);
+            Ok(())
+        };
+        match parsed {
+            ClientFrame::Publish { event, .. } => accept(event)?,
+            ClientFrame::PublishBatch { events: raws, .. } => {
+                raws.into_iter().try_for_each(accept)?
+            }
+            _ => return Err(DatagramError::NotPublish(index)),
         }
         index += 1;
     }
