@@ -13,6 +13,7 @@ use prost::Message;
 
 use super::framing::{self, MessageReader};
 use super::h2::frame::{self, setting, Frame, SettingParam, MAX_WINDOW};
+use super::h2::hpack::{self, HeaderList};
 
 /// What can go wrong in a call.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +30,6 @@ pub enum GrpcClientError {
     Status { code: u32, message: String },
 }
 
-/// A decoded header field: name, value.
-type Field = (Vec<u8>, Vec<u8>);
-
 trait Transport: Read + Write {}
 impl<T: Read + Write> Transport for T {}
 
@@ -41,8 +39,9 @@ pub struct GrpcClient {
     authority: String,
     scheme: &'static str,
     rbuf: BytesMut,
-    encoder: loona_hpack::Encoder<'static>,
-    decoder: httlib_hpack::Decoder<'static>,
+    decoder: hpack::Decoder,
+    /// Our first header block has not gone out yet (it starts with a table size update to 0).
+    first_block: bool,
     next_stream: u32,
     peer_max_frame: u32,
     consumed: u32,
@@ -83,8 +82,8 @@ impl GrpcClient {
             authority: addr.to_owned(),
             scheme,
             rbuf: BytesMut::with_capacity(64 * 1024),
-            encoder: loona_hpack::Encoder::new(),
-            decoder: httlib_hpack::Decoder::with_dynamic_size(4096),
+            decoder: hpack::Decoder::new(4096),
+            first_block: true,
             next_stream: 1,
             peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
             consumed: 0,
@@ -127,7 +126,13 @@ impl GrpcClient {
             (b"te", b"trailers"),
         ];
         fields.extend(metadata.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())));
-        let block = self.encoder.encode(fields);
+        let mut block = Vec::new();
+        if std::mem::take(&mut self.first_block) {
+            block.push(hpack::TABLE_SIZE_ZERO);
+        }
+        for (name, value) in fields {
+            hpack::put_field(&mut block, name, value);
+        }
         let mut out = BytesMut::new();
         frame::put_headers(&mut out, stream, &block, false, self.peer_max_frame);
         let mut body = BytesMut::new();
@@ -179,12 +184,12 @@ impl GrpcClient {
         }
     }
 
-    fn fields(&mut self, block: Bytes) -> Result<Vec<Field>, GrpcClientError> {
-        let mut decoded = Vec::new();
+    fn fields(&mut self, block: Bytes) -> Result<HeaderList, GrpcClientError> {
+        let mut fields = HeaderList::default();
         self.decoder
-            .decode(&mut block.to_vec(), &mut decoded)
-            .map_err(|e| GrpcClientError::Protocol(format!("HPACK: {e:?}")))?;
-        Ok(decoded.into_iter().map(|(n, v, _)| (n, v)).collect())
+            .decode(&block, &mut fields, 1 << 20)
+            .map_err(|e| GrpcClientError::Protocol(format!("HPACK: {e}")))?;
+        Ok(fields)
     }
 }
 
@@ -247,27 +252,21 @@ impl Call<'_> {
                     ..
                 } if stream == self.stream => {
                     let fields = client.fields(block)?;
-                    let get = |name: &[u8]| {
-                        fields
-                            .iter()
-                            .find(|(n, _)| n == name)
-                            .map(|(_, v)| v.clone())
-                    };
+                    let get = |name: &[u8]| fields.get(name);
                     if let Some(status) = get(b":status") {
                         if status != b"200" {
                             return Err(GrpcClientError::Protocol(format!(
                                 "HTTP status {}",
-                                String::from_utf8_lossy(&status)
+                                String::from_utf8_lossy(status)
                             )));
                         }
                     }
                     if let Some(code) = get(b"grpc-status") {
-                        let code: u32 = String::from_utf8_lossy(&code).parse().unwrap_or(2);
+                        let code: u32 = String::from_utf8_lossy(code).parse().unwrap_or(2);
                         self.done = true;
                         if code != 0 {
-                            let message = get(b"grpc-message")
-                                .map(|m| percent_decode(&m))
-                                .unwrap_or_default();
+                            let message =
+                                get(b"grpc-message").map(percent_decode).unwrap_or_default();
                             return Err(GrpcClientError::Status { code, message });
                         }
                     } else if end_stream {

@@ -4,7 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
+use hashbrown::HashMap;
 
 use super::framing::{self, MessageReader};
-use super::h2::connection::{Connection as H2, Event as H2Event, Fields, Limits as H2Limits};
+use super::h2::connection::{Connection as H2, Event as H2Event, Limits as H2Limits};
+use super::h2::hpack::HeaderList;
 use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
 use crate::accept::{self, Connections};
@@ -106,7 +108,7 @@ enum Call {
     Request {
         method: Method,
         reader: MessageReader,
-        messages: Vec<Bytes>,
+        message: Option<Bytes>,
     },
     /// Waiting for the engine (an acknowledged publish, a health ping).
     Waiting,
@@ -147,6 +149,11 @@ struct GrpcConnection {
     /// Calls with a grpc-timeout, earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
     deadline_added: Notify,
+    /// Reused buffers: request messages as DATA completes them, a batch's validated events.
+    messages: Cell<Vec<Bytes>>,
+    batch: Cell<Vec<Event>>,
+    /// Reused buffer a response message is encoded into.
+    encoded: Cell<BytesMut>,
 }
 
 impl AckSink for GrpcConnection {
@@ -205,6 +212,9 @@ impl GrpcConnection {
             idle_timeout: door.idle_timeout,
             deadlines: RefCell::default(),
             deadline_added: Notify::default(),
+            messages: Cell::default(),
+            batch: Cell::default(),
+            encoded: Cell::default(),
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
         let writer = {
@@ -306,9 +316,12 @@ impl GrpcConnection {
         match event {
             H2Event::Request {
                 stream,
-                fields,
+                headers,
                 end_stream,
-            } => self.on_request(stream, fields, end_stream).await,
+            } => {
+                self.on_request(stream, &headers, end_stream).await;
+                self.h2.borrow_mut().recycle(headers);
+            }
             H2Event::Data {
                 stream,
                 data,
@@ -326,19 +339,14 @@ impl GrpcConnection {
         }
     }
 
-    async fn on_request(self: &Rc<Self>, stream: u32, fields: Fields, end_stream: bool) {
-        let header = |name: &[u8]| {
-            fields
-                .iter()
-                .find(|(n, _)| &n[..] == name)
-                .map(|(_, v)| v.clone())
-        };
+    async fn on_request(self: &Rc<Self>, stream: u32, headers: &HeaderList, end_stream: bool) {
+        let header = |name: &[u8]| headers.get(name);
         let content_type = header(b"content-type").unwrap_or_default();
         // Not a gRPC request: a plain HTTP status (415 as the gRPC protocol asks, 405 for
         // other methods), once the client has sent all of its request.
         let rejected: Option<&'static [u8]> = if !content_type.starts_with(b"application/grpc") {
             Some(b"415")
-        } else if header(b":method").as_deref() != Some(b"POST") {
+        } else if header(b":method") != Some(b"POST") {
             Some(b"405")
         } else {
             None
@@ -354,21 +362,21 @@ impl GrpcConnection {
             return;
         }
         let path = header(b":path").unwrap_or_default();
-        let Some(method) = Method::from_path(&path) else {
-            let name = String::from_utf8_lossy(&path).into_owned();
+        let Some(method) = Method::from_path(path) else {
+            let name = String::from_utf8_lossy(path).into_owned();
             return self.fail(stream, &GrpcError::UnknownMethod(name), false);
         };
         if let Some(encoding) = header(b"grpc-encoding") {
-            if &encoding[..] != b"identity" {
-                let name = String::from_utf8_lossy(&encoding).into_owned();
+            if encoding != b"identity" {
+                let name = String::from_utf8_lossy(encoding).into_owned();
                 return self.fail(stream, &GrpcError::Compression(name), false);
             }
         }
         if let Some(timeout) = header(b"grpc-timeout") {
-            let Some(timeout) = framing::parse_timeout(&timeout) else {
+            let Some(timeout) = framing::parse_timeout(timeout) else {
                 let e = GrpcError::InvalidArgument(format!(
                     "grpc-timeout {:?} is not a number of at most 8 digits and a unit",
-                    String::from_utf8_lossy(&timeout)
+                    String::from_utf8_lossy(timeout)
                 ));
                 return self.fail(stream, &e, false);
             };
@@ -383,7 +391,7 @@ impl GrpcConnection {
             self.deadline_added.notify();
         }
         if method == Method::Stream {
-            return self.start_bidi(stream, &header).await;
+            return self.start_bidi(stream, headers).await;
         }
         if method == Method::Reflection {
             self.send_response_headers(stream);
@@ -401,7 +409,7 @@ impl GrpcConnection {
             Call::Request {
                 method,
                 reader: MessageReader::default(),
-                messages: Vec::new(),
+                message: None,
             },
         );
         if end_stream {
@@ -409,23 +417,23 @@ impl GrpcConnection {
         }
     }
 
-    async fn start_bidi(self: &Rc<Self>, stream: u32, header: &impl Fn(&[u8]) -> Option<Bytes>) {
-        let Some(pattern) = header(b"x-topic-pattern") else {
+    async fn start_bidi(self: &Rc<Self>, stream: u32, headers: &HeaderList) {
+        let Some(pattern) = headers.get(b"x-topic-pattern") else {
             let e = GrpcError::InvalidArgument("Stream needs the x-topic-pattern metadata".into());
             return self.fail(stream, &e, false);
         };
-        let pattern = match Pattern::parse(&pattern) {
+        let pattern = match Pattern::parse(pattern) {
             Ok(p) => p,
             Err(e) => return self.fail(stream, &GrpcError::InvalidPattern(e), false),
         };
-        let min_priority = match header(b"x-min-priority") {
+        let min_priority = match headers.get(b"x-min-priority") {
             None => Priority::Batch,
-            Some(v) => match std::str::from_utf8(&v).ok().and_then(Priority::parse) {
+            Some(v) => match std::str::from_utf8(v).ok().and_then(Priority::parse) {
                 Some(p) => p,
                 None => {
                     let e = GrpcError::InvalidArgument(format!(
                         "x-min-priority {:?} is not a priority name or 0..=4",
-                        String::from_utf8_lossy(&v)
+                        String::from_utf8_lossy(v)
                     ));
                     return self.fail(stream, &e, false);
                 }
@@ -448,24 +456,27 @@ impl GrpcConnection {
     }
 
     async fn on_data(self: &Rc<Self>, stream: u32, data: Bytes, end_stream: bool) {
-        let mut messages = Vec::new();
+        // Complete messages gather in a buffer the connection reuses.
+        let mut messages = self.messages.take();
         let max = self.max_message;
         let pushed = {
             let mut calls = self.calls.borrow_mut();
             match calls.get_mut(&stream) {
                 Some(Call::Request {
-                    reader,
-                    messages: held,
-                    ..
-                }) => reader.push(data, max, held).and_then(|()| {
-                    // Unary and server-streaming calls take one message: refuse more at once
-                    // rather than hold them until the request ends.
-                    if held.len() > 1 {
-                        let why = "this method takes exactly one request message";
-                        return Err(GrpcError::InvalidArgument(why.into()));
-                    }
-                    Ok(false)
-                }),
+                    reader, message, ..
+                }) => {
+                    reader.push(data, max, &mut messages).and_then(|()| {
+                        // Unary and server-streaming calls take one message: refuse more at
+                        // once rather than hold them until the request ends.
+                        for m in messages.drain(..) {
+                            if message.replace(m).is_some() {
+                                let why = "this method takes exactly one request message";
+                                return Err(GrpcError::InvalidArgument(why.into()));
+                            }
+                        }
+                        Ok(false)
+                    })
+                }
                 Some(Call::Bidi { reader, .. }) => {
                     reader.push(data, max, &mut messages).map(|()| true)
                 }
@@ -489,10 +500,12 @@ impl GrpcConnection {
         let pushed = pushed.and_then(|bidi| self.check_buffered(stream).map(|()| bidi));
         match pushed {
             Err(e) => self.end_call_with(stream, &e),
-            Ok(true) => self.on_bidi_messages(stream, messages, end_stream),
+            Ok(true) => self.on_bidi_messages(stream, messages.drain(..), end_stream),
             Ok(false) if end_stream => self.dispatch(stream).await,
             Ok(false) => {}
         }
+        messages.clear();
+        self.messages.set(messages);
     }
 
     /// Bounds what partial request messages may hold on one connection: a stream holding more
@@ -575,15 +588,19 @@ impl GrpcConnection {
         self.fail(stream, e, headers_sent);
     }
 
-    fn on_bidi_messages(&self, stream: u32, messages: Vec<Bytes>, end_stream: bool) {
+    fn on_bidi_messages(
+        &self,
+        stream: u32,
+        messages: impl Iterator<Item = Bytes>,
+        end_stream: bool,
+    ) {
         let now_ns = unix_now_ns();
         for message in messages {
             let index = match self.calls.borrow().get(&stream) {
                 Some(Call::Bidi { published, .. }) => *published,
                 _ => return,
             };
-            let event = service::decode::<proto::Event>(message)
-                .and_then(service::raw_event)
+            let event = service::decode_event(message)
                 .and_then(|raw| self.shard.validate(raw, now_ns).map_err(GrpcError::from));
             match event {
                 Ok(event) => {
@@ -625,24 +642,26 @@ impl GrpcConnection {
         let Some(Call::Request {
             method,
             reader,
-            mut messages,
+            message,
         }) = self.calls.borrow_mut().remove(&stream)
         else {
             return;
         };
-        if !reader.is_empty() || messages.len() != 1 {
-            let e = GrpcError::InvalidArgument(format!(
-                "expected exactly one request message, got {}{}",
-                messages.len(),
-                if reader.is_empty() {
-                    ""
-                } else {
-                    " and a partial one"
-                }
-            ));
-            return self.fail(stream, &e, false);
-        }
-        let message = messages.pop().expect("one message");
+        let message = match message {
+            Some(message) if reader.is_empty() => message,
+            _ => {
+                let e = GrpcError::InvalidArgument(format!(
+                    "expected exactly one request message, got {}{}",
+                    usize::from(message.is_some()),
+                    if reader.is_empty() {
+                        ""
+                    } else {
+                        " and a partial one"
+                    }
+                ));
+                return self.fail(stream, &e, false);
+            }
+        };
         let result = match method {
             Method::Publish => self.publish(stream, message),
             Method::PublishBatch => self.publish_batch(stream, message),
@@ -672,13 +691,9 @@ impl GrpcConnection {
     }
 
     fn publish(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
-        let request: proto::PublishRequest = service::decode(message)?;
-        let event = request
-            .event
-            .ok_or_else(|| GrpcError::InvalidArgument("PublishRequest.event is required".into()))?;
         let event = self
             .shard
-            .validate(service::raw_event(event)?, unix_now_ns())?;
+            .validate(service::decode_publish(message)?, unix_now_ns())?;
         self.calls.borrow_mut().insert(stream, Call::Waiting);
         self.shard
             .publish(std::iter::once(event), self.ack_request(stream));
@@ -686,28 +701,28 @@ impl GrpcConnection {
     }
 
     fn publish_batch(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
-        let request: proto::PublishBatchRequest = service::decode(message)?;
         let max = self.shard.limits().max_batch_events;
-        if request.events.len() > max {
-            return Err(GrpcError::InvalidArgument(format!(
-                "batch of {} events, over the limit of {max}",
-                request.events.len()
-            )));
-        }
         let now_ns = unix_now_ns();
-        let mut events: Vec<Event> = Vec::with_capacity(request.events.len());
-        for (index, e) in request.events.into_iter().enumerate() {
-            let raw = service::raw_event(e)
-                .map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
+        // Validated events gather in a buffer the connection reuses.
+        let mut events = self.batch.take();
+        events.clear();
+        let decoded = service::decode_batch(message, max, |index, raw| {
+            let raw = raw.map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
             let event = self
                 .shard
                 .validate(raw, now_ns)
                 .map_err(|error| GrpcError::InvalidBatchEvent { index, error })?;
             events.push(event);
+            Ok(())
+        });
+        if decoded.is_ok() {
+            self.calls.borrow_mut().insert(stream, Call::Waiting);
+            self.shard
+                .publish(events.drain(..), self.ack_request(stream));
         }
-        self.calls.borrow_mut().insert(stream, Call::Waiting);
-        self.shard.publish(events, self.ack_request(stream));
-        Ok(())
+        events.clear();
+        self.batch.set(events);
+        decoded
     }
 
     async fn subscribe(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
@@ -819,13 +834,13 @@ impl GrpcConnection {
     /// Headers, one message, OK trailers.
     fn respond(&self, stream: u32, message: &impl prost::Message) {
         self.send_response_headers(stream);
-        let framed = service::framed(message);
+        let mut framed = self.encoded.take();
+        framed.clear();
+        framing::put_message(&mut framed, |o| message.encode(o).expect("BytesMut grows"));
         let mut h2 = self.h2.borrow_mut();
         h2.send_data(stream, &framed);
-        h2.send_trailers(
-            stream,
-            vec![(Bytes::from_static(b"grpc-status"), Bytes::from_static(b"0"))],
-        );
+        self.encoded.set(framed);
+        h2.send_trailers(stream, &[(b"grpc-status", Code::Ok.as_header())]);
     }
 
     /// Ends a call with an error status: trailers-only when nothing was sent yet.
@@ -834,13 +849,12 @@ impl GrpcConnection {
         if headers_sent {
             self.finish(stream, e.code(), &message, &[]);
         } else {
-            let code = (e.code() as u8).to_string();
             self.h2.borrow_mut().send_headers(
                 stream,
                 &[
                     (b":status", b"200"),
                     (b"content-type", b"application/grpc"),
-                    (b"grpc-status", code.as_bytes()),
+                    (b"grpc-status", e.code().as_header()),
                     (b"grpc-message", message.as_bytes()),
                 ],
                 true,
@@ -850,22 +864,12 @@ impl GrpcConnection {
 
     /// Trailers after a streamed response.
     fn finish(&self, stream: u32, code: Code, message: &str, extra: &[(&[u8], &[u8])]) {
-        let mut fields: Fields = vec![(
-            Bytes::from_static(b"grpc-status"),
-            Bytes::from((code as u8).to_string()),
-        )];
+        let mut fields: Vec<(&[u8], &[u8])> = vec![(b"grpc-status", code.as_header())];
         if !message.is_empty() {
-            fields.push((
-                Bytes::from_static(b"grpc-message"),
-                Bytes::copy_from_slice(message.as_bytes()),
-            ));
+            fields.push((b"grpc-message", message.as_bytes()));
         }
-        fields.extend(
-            extra
-                .iter()
-                .map(|(n, v)| (Bytes::copy_from_slice(n), Bytes::copy_from_slice(v))),
-        );
-        self.h2.borrow_mut().send_trailers(stream, fields);
+        fields.extend_from_slice(extra);
+        self.h2.borrow_mut().send_trailers(stream, &fields);
     }
 
     /// Ends calls whose grpc-timeout passed, and closes the connection (GOAWAY) once it has

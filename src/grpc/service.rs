@@ -50,6 +50,276 @@ pub fn decode<M: Message + Default>(bytes: Bytes) -> Result<M, GrpcError> {
 }
 
 /// A protobuf event as the engine's unchecked event.
+/// The event of a `PublishRequest`, decoded with [`decode_event`].
+pub fn decode_publish(message: Bytes) -> Result<RawEvent, GrpcError> {
+    match fast::publish_request(message.clone()) {
+        Some(Ok(event)) => decode_event(event),
+        Some(Err(())) => Err(GrpcError::InvalidArgument(
+            "PublishRequest.event is required".into(),
+        )),
+        None => {
+            let request: proto::PublishRequest = decode(message)?;
+            let event = request.event.ok_or_else(|| {
+                GrpcError::InvalidArgument("PublishRequest.event is required".into())
+            })?;
+            raw_event(event)
+        }
+    }
+}
+
+/// The events of a `PublishBatchRequest` (at most `max_events`), each decoded with
+/// [`decode_event`] and handed to `each` with its index, in order; stops at the first error
+/// `each` returns.
+pub fn decode_batch(
+    message: Bytes,
+    max_events: usize,
+    mut each: impl FnMut(usize, Result<RawEvent, GrpcError>) -> Result<(), GrpcError>,
+) -> Result<(), GrpcError> {
+    let too_many = |count: usize| {
+        GrpcError::InvalidArgument(format!(
+            "batch of {count} events, over the limit of {max_events}"
+        ))
+    };
+    match fast::batch_events(message.clone()) {
+        Some(events) => {
+            if events.len() > max_events {
+                return Err(too_many(events.len()));
+            }
+            for (index, event) in events.enumerate() {
+                each(index, decode_event(event))?;
+            }
+        }
+        None => {
+            // An encoding the fast path does not take apart: prost decides.
+            let request: proto::PublishBatchRequest = decode(message)?;
+            if request.events.len() > max_events {
+                return Err(too_many(request.events.len()));
+            }
+            for (index, event) in request.events.into_iter().enumerate() {
+                each(index, raw_event(event))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes an `Event` message into the engine's form. Topic, id and payload stay slices of
+/// the request's bytes, where prost would copy the strings into new allocations; an encoding
+/// the fast path does not handle (a metadata key given twice, many metadata entries, an
+/// error) is decoded again by prost, so both ways agree on results and on error messages.
+pub fn decode_event(message: Bytes) -> Result<RawEvent, GrpcError> {
+    match fast::event(message.clone()) {
+        Some(raw) => Ok(raw),
+        None => raw_event(decode(message)?),
+    }
+}
+
+/// Protobuf decoding of the request messages without prost's owned strings.
+mod fast {
+    use bytes::{Buf, BufMut, Bytes, BytesMut};
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+
+    use crate::engine::{Metadata, RawEvent};
+
+    /// Metadata entries the fast path takes; more go to prost (duplicate keys are looked for
+    /// by scanning, which must stay cheap).
+    const MAX_FAST_METADATA: usize = 32;
+
+    /// A length-delimited field's bytes, as a slice of `buf`.
+    fn delimited(buf: &mut Bytes) -> Option<Bytes> {
+        let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
+        (len <= buf.remaining()).then(|| buf.split_to(len))
+    }
+
+    fn string(buf: &mut Bytes) -> Option<Bytes> {
+        delimited(buf).filter(|b| std::str::from_utf8(b).is_ok())
+    }
+
+    /// Walks the fields of a message, calling `field` for the known ones and skipping the
+    /// others; None on any malformation.
+    fn fields(
+        mut buf: Bytes,
+        mut field: impl FnMut(u32, WireType, &mut Bytes) -> Option<()>,
+        known: u32,
+    ) -> Option<()> {
+        while buf.has_remaining() {
+            let (tag, wire) = decode_key(&mut buf).ok()?;
+            if tag <= known {
+                field(tag, wire, &mut buf)?;
+            } else {
+                skip_field(wire, tag, &mut buf, DecodeContext::default()).ok()?;
+            }
+        }
+        Some(())
+    }
+
+    /// `PublishRequest`: Some(Ok(event bytes)), Some(Err) when it has no event, None for
+    /// anything else (the event given twice is merged by prost).
+    pub fn publish_request(message: Bytes) -> Option<Result<Bytes, ()>> {
+        let mut event = None;
+        fields(
+            message,
+            |_, wire, buf| {
+                if wire != WireType::LengthDelimited || event.is_some() {
+                    return None;
+                }
+                event = Some(delimited(buf)?);
+                Some(())
+            },
+            1,
+        )?;
+        Some(event.ok_or(()))
+    }
+
+    /// The events of a `PublishBatchRequest`, as an exact-size iterator over their encoded
+    /// bytes; None if the message is malformed (prost then decides what to say about it).
+    pub fn batch_events(message: Bytes) -> Option<impl ExactSizeIterator<Item = Bytes>> {
+        // Check the framing and count first, so that no event is handed out from a broken
+        // message and the batch limit applies before any work.
+        let mut count = 0;
+        fields(
+            message.clone(),
+            |_, wire, buf| {
+                (wire == WireType::LengthDelimited).then_some(())?;
+                delimited(buf)?;
+                count += 1;
+                Some(())
+            },
+            1,
+        )?;
+        let mut buf = message;
+        let events = std::iter::from_fn(move || loop {
+            if !buf.has_remaining() {
+                return None;
+            }
+            let (tag, wire) = decode_key(&mut buf).expect("checked above");
+            if tag == 1 {
+                return Some(delimited(&mut buf).expect("checked above"));
+            }
+            skip_field(wire, tag, &mut buf, DecodeContext::default()).expect("checked above");
+        });
+        Some(Counted {
+            events,
+            left: count,
+        })
+    }
+
+    /// An iterator that knows how many items it has left.
+    struct Counted<I> {
+        events: I,
+        left: usize,
+    }
+
+    impl<I: Iterator<Item = Bytes>> Iterator for Counted<I> {
+        type Item = Bytes;
+
+        fn next(&mut self) -> Option<Bytes> {
+            let next = self.events.next();
+            debug_assert_eq!(next.is_some(), self.left > 0, "the count was taken first");
+            self.left = self.left.saturating_sub(1);
+            next
+        }
+
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.left, Some(self.left))
+        }
+    }
+
+    impl<I: Iterator<Item = Bytes>> ExactSizeIterator for Counted<I> {}
+
+    /// `Event`, or None for anything the fast path leaves to prost.
+    pub fn event(message: Bytes) -> Option<RawEvent> {
+        let (mut id, mut topic, mut payload) = (Bytes::new(), Bytes::new(), Bytes::new());
+        let (mut priority, mut timestamp_ns) = (0i32, 0i64);
+        let mut metadata: Option<(BytesMut, usize)> = None;
+        fields(
+            message,
+            |tag, wire, buf| {
+                let expected = match tag {
+                    1 | 2 | 3 | 6 => WireType::LengthDelimited,
+                    _ => WireType::Varint,
+                };
+                if wire != expected {
+                    return None;
+                }
+                match tag {
+                    1 => id = string(buf)?,
+                    2 => topic = string(buf)?,
+                    3 => payload = delimited(buf)?,
+                    4 => priority = decode_varint(buf).ok()? as i32,
+                    5 => timestamp_ns = decode_varint(buf).ok()? as i64,
+                    6 => {
+                        let (raw, count) = metadata.get_or_insert_with(|| (BytesMut::new(), 0));
+                        metadata_entry(delimited(buf)?, raw, count)?;
+                    }
+                    // 7, sequence: the server assigns it.
+                    _ => drop(decode_varint(buf).ok()?),
+                }
+                Some(())
+            },
+            7,
+        )?;
+        let metadata = match metadata {
+            None => Metadata::default(),
+            Some((raw, count)) => Metadata::from_wire(count as u16, raw.freeze()).ok()?,
+        };
+        Some(RawEvent {
+            topic,
+            id,
+            payload,
+            metadata,
+            // Out of range: prost's path words the error.
+            priority: u8::try_from(priority).ok().filter(|p| *p <= 4)?,
+            timestamp_ns,
+        })
+    }
+
+    /// One map entry (key = 1, value = 2) appended in the engine's metadata form (u16 LE
+    /// length, bytes; key then value). None for a repeated key, too many entries, or a
+    /// string the engine's form cannot hold.
+    fn metadata_entry(entry: Bytes, raw: &mut BytesMut, count: &mut usize) -> Option<()> {
+        let (mut key, mut value) = (Bytes::new(), Bytes::new());
+        fields(
+            entry,
+            |tag, wire, buf| {
+                if wire != WireType::LengthDelimited {
+                    return None;
+                }
+                *(if tag == 1 { &mut key } else { &mut value }) = string(buf)?;
+                Some(())
+            },
+            2,
+        )?;
+        if *count == MAX_FAST_METADATA || keys(raw).any(|k| k == key) {
+            return None;
+        }
+        for s in [&key, &value] {
+            raw.put_u16_le(u16::try_from(s.len()).ok()?);
+            raw.put_slice(s);
+        }
+        *count += 1;
+        Some(())
+    }
+
+    /// The keys already in a metadata buffer.
+    fn keys(mut raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+        fn next<'a>(raw: &mut &'a [u8]) -> &'a [u8] {
+            let len = usize::from(raw.get_u16_le());
+            let (s, rest) = raw.split_at(len);
+            *raw = rest;
+            s
+        }
+        std::iter::from_fn(move || {
+            if raw.is_empty() {
+                return None;
+            }
+            let key = next(&mut raw);
+            next(&mut raw);
+            Some(key)
+        })
+    }
+}
+
 pub fn raw_event(e: proto::Event) -> Result<RawEvent, GrpcError> {
     let priority = u8::try_from(e.priority)
         .ok()
@@ -145,6 +415,128 @@ pub fn framed(msg: &impl Message) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A decoded event with its metadata as a sorted list (prost's map has no order).
+    fn comparable(
+        r: Result<RawEvent, GrpcError>,
+    ) -> Result<(RawEvent, Vec<(String, String)>), String> {
+        let mut r = r.map_err(|e| e.to_string())?;
+        let mut pairs: Vec<(String, String)> = r
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        pairs.sort();
+        r.metadata = Metadata::default();
+        Ok((r, pairs))
+    }
+
+    fn with_prost(message: Bytes) -> Result<RawEvent, GrpcError> {
+        raw_event(decode(message)?)
+    }
+
+    fn events() -> impl Strategy<Value = proto::Event> {
+        (
+            ".{0,12}",
+            "[a-z/*]{0,16}",
+            proptest::collection::vec(any::<u8>(), 0..48),
+            -2i32..7,
+            any::<i64>(),
+            proptest::collection::hash_map("[a-z]{0,3}", ".{0,5}", 0..40),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(id, topic, payload, priority, timestamp_ns, metadata, sequence)| proto::Event {
+                    id,
+                    topic,
+                    payload: payload.into(),
+                    priority,
+                    timestamp_ns,
+                    metadata,
+                    sequence,
+                },
+            )
+    }
+
+    proptest! {
+        /// The fast decoder reads every event as prost does (metadata aside from its order),
+        /// including out-of-range priorities and more metadata than it takes itself.
+        #[test]
+        fn events_decode_as_with_prost(event in events()) {
+            let message = Bytes::from(event.encode_to_vec());
+            prop_assert_eq!(
+                comparable(decode_event(message.clone())),
+                comparable(with_prost(message))
+            );
+        }
+
+        /// On arbitrary bytes, and on events with bytes flipped, both ways agree: the same
+        /// event or the same error.
+        #[test]
+        fn garbage_decodes_as_with_prost(
+            event in events(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = event.encode_to_vec();
+            for (at, value) in flips {
+                if !bytes.is_empty() {
+                    let n = bytes.len();
+                    bytes[at % n] = value;
+                }
+            }
+            for message in [Bytes::from(bytes), Bytes::from(junk)] {
+                prop_assert_eq!(
+                    comparable(decode_event(message.clone())),
+                    comparable(with_prost(message))
+                );
+            }
+        }
+
+        /// Batches: the same events in the same order, or the same error, as prost; the
+        /// batch limit counts events before any is decoded.
+        #[test]
+        fn batches_decode_as_with_prost(
+            events in proptest::collection::vec(events(), 0..6),
+            cut in any::<usize>(),
+            max in 0usize..8,
+        ) {
+            let request = proto::PublishBatchRequest { events };
+            let mut bytes = request.encode_to_vec();
+            if cut % 3 == 0 && !bytes.is_empty() {
+                bytes.truncate(cut % bytes.len());
+            }
+            let message = Bytes::from(bytes);
+            let mut ours = Vec::new();
+            let result = decode_batch(message.clone(), max, |i, e| {
+                ours.push((i, comparable(e)));
+                Ok(())
+            });
+            let theirs = decode::<proto::PublishBatchRequest>(message);
+            match theirs {
+                Err(e) => prop_assert_eq!(result, Err(e)),
+                Ok(r) if r.events.len() > max => prop_assert!(result.is_err() && ours.is_empty()),
+                Ok(r) => {
+                    prop_assert_eq!(result, Ok(()));
+                    let want: Vec<_> = r
+                        .events
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, e)| (i, comparable(raw_event(e))))
+                        .collect();
+                    prop_assert_eq!(ours, want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_publish_request_without_event_is_refused() {
+        let message = Bytes::from(proto::PublishRequest { event: None }.encode_to_vec());
+        let err = decode_publish(message).unwrap_err();
+        assert!(err.to_string().contains("event is required"), "{err}");
+    }
 
     #[test]
     fn paths_route_to_methods() {

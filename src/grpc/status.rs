@@ -25,6 +25,17 @@ pub enum Code {
     Unauthenticated = 16,
 }
 
+impl Code {
+    /// The `grpc-status` header value, without formatting a number per response.
+    pub fn as_header(self) -> &'static [u8] {
+        const VALUES: [&[u8]; 17] = [
+            b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9", b"10", b"11", b"12", b"13",
+            b"14", b"15", b"16",
+        ];
+        VALUES[self as usize]
+    }
+}
+
 /// Why a call ends with something other than OK. Each variant maps to one status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GrpcError {
@@ -98,6 +109,18 @@ pub fn percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_header_values_are_the_codes() {
+        for code in [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::Unavailable,
+            Code::Unauthenticated,
+        ] {
+            assert_eq!(code.as_header(), (code as u8).to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn messages_are_percent_encoded() {

@@ -8,12 +8,13 @@
 //! control, SETTINGS, and limits against abuse (concurrent streams, header block size, and
 //! per-second budgets for resets, pings, settings and empty frames).
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::frame::{self, setting, Frame, H2Error, Reason, SettingParam, MAX_WINDOW, PREFACE};
+use super::hpack::{self, HeaderList};
 
 /// What this server offers and tolerates on a connection.
 #[derive(Clone, Debug)]
@@ -53,16 +54,18 @@ impl Default for Limits {
     }
 }
 
-/// A request's header fields, in order, names lower-case (checked).
-pub type Fields = Vec<(Bytes, Bytes)>;
+/// Header lists kept for reuse ([`Connection::recycle`]): enough for the requests one read
+/// brings in, so that steady traffic decodes request heads without allocating.
+const SPARE_HEADER_LISTS: usize = 64;
 
 /// What the client did, for the layer above.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A new request (its pseudo-headers checked per RFC 9113 §8.3.1).
+    /// A new request (its pseudo-headers checked per RFC 9113 §8.3.1). Hand `headers` back
+    /// through [`Connection::recycle`] when done with them.
     Request {
         stream: u32,
-        fields: Fields,
+        headers: HeaderList,
         end_stream: bool,
     },
     /// Request body bytes; flow-control credit is returned as they are delivered.
@@ -95,8 +98,8 @@ struct Stream {
     send_window: i64,
     /// Response body waiting for window.
     pending: BytesMut,
-    /// After `pending`: end the stream, with these trailers if any.
-    finish: Option<Option<Fields>>,
+    /// After `pending`: end the stream, with this encoded trailer block if any.
+    finish: Option<Option<Vec<u8>>>,
     /// Content-length the client announced, and what arrived so far.
     content_length: Option<u64>,
     received: u64,
@@ -159,10 +162,13 @@ pub struct Connection {
     out: BytesMut,
     preface_seen: bool,
     going_away: bool,
-    /// HPACK decoding with httlib-hpack: loona-hpack rebuilds its Huffman table (a map of
-    /// maps) for every Huffman-coded string, 70% of this door's CPU in a profile.
-    decoder: httlib_hpack::Decoder<'static>,
-    encoder: loona_hpack::Encoder<'static>,
+    decoder: hpack::Decoder,
+    /// Header lists handed back by the layer above, reused for the next requests.
+    spare_headers: Vec<HeaderList>,
+    /// Where header blocks we send are encoded before framing.
+    encoded: Vec<u8>,
+    /// Our first header block has not gone out yet: it starts with a table size update to 0.
+    first_block: bool,
     streams: HashMap<u32, Stream>,
     /// Highest stream id the client opened; lower ids not in `streams` are closed.
     last_stream: u32,
@@ -226,7 +232,6 @@ impl Connection {
         if extra > 0 {
             frame::put_window_update(&mut out, 0, extra);
         }
-        let decoder = httlib_hpack::Decoder::with_dynamic_size(4096);
         Connection {
             resets: Budget::new(limits.resets_per_second),
             pings: Budget::new(limits.pings_per_second),
@@ -237,8 +242,10 @@ impl Connection {
             out,
             preface_seen: false,
             going_away: false,
-            decoder,
-            encoder: loona_hpack::Encoder::new(),
+            decoder: hpack::Decoder::new(4096),
+            spare_headers: Vec::new(),
+            encoded: Vec::with_capacity(256),
+            first_block: true,
             streams: HashMap::new(),
             last_stream: 0,
             closed: HashMap::new(),
@@ -507,9 +514,6 @@ impl Connection {
                     }
                 }
                 setting::MAX_FRAME_SIZE => self.peer_max_frame_size = p.value,
-                setting::HEADER_TABLE_SIZE => {
-                    self.encoder.set_max_table_size(p.value.min(4096) as usize)
-                }
                 _ => {}
             }
         }
@@ -525,20 +529,48 @@ impl Connection {
         events: &mut Vec<Event>,
     ) -> Result<(), H2Error> {
         // Decode first, whatever happens to the stream: the HPACK table must stay in step.
-        let mut decoded = Vec::with_capacity(8);
-        let mut input = block.to_vec();
-        self.decoder
-            .decode(&mut input, &mut decoded)
+        let mut headers = self.spare_headers.pop().unwrap_or_default();
+        let list_size = self
+            .decoder
+            .decode(
+                block,
+                &mut headers,
+                self.limits.max_header_list_size as usize,
+            )
             .map_err(|_| conn_err(Reason::CompressionError, "HPACK decoding failed"))?;
-        let mut list_size = 0usize;
-        let fields: Fields = decoded
-            .into_iter()
-            .map(|(name, value, _flags)| {
-                list_size += name.len() + value.len() + 32;
-                (Bytes::from(name), Bytes::from(value))
-            })
-            .collect();
+        let result = self.open_stream(stream, end_stream, &headers, list_size, events);
+        match result {
+            Ok(true) => {
+                events.push(Event::Request {
+                    stream,
+                    headers,
+                    end_stream,
+                });
+                Ok(())
+            }
+            Ok(false) | Err(_) => {
+                self.recycle(headers);
+                result.map(|_| ())
+            }
+        }
+    }
 
+    /// Hands a request's header list back for reuse.
+    pub fn recycle(&mut self, headers: HeaderList) {
+        if self.spare_headers.len() < SPARE_HEADER_LISTS {
+            self.spare_headers.push(headers);
+        }
+    }
+
+    /// Applies a decoded header block to its stream: true if it opened a request.
+    fn open_stream(
+        &mut self,
+        stream: u32,
+        end_stream: bool,
+        fields: &HeaderList,
+        list_size: usize,
+        events: &mut Vec<Event>,
+    ) -> Result<bool, H2Error> {
         if let Some(s) = self.streams.get_mut(&stream) {
             // Trailers: they must end the stream and carry no pseudo-header.
             if s.remote_closed {
@@ -555,6 +587,13 @@ impl Connection {
                     "trailers without END_STREAM",
                 ));
             }
+            if list_size > self.limits.max_header_list_size as usize {
+                return Err(stream_err(
+                    stream,
+                    Reason::ProtocolError,
+                    "trailers larger than SETTINGS_MAX_HEADER_LIST_SIZE",
+                ));
+            }
             if fields.iter().any(|(n, _)| n.starts_with(b":")) {
                 return Err(stream_err(
                     stream,
@@ -564,7 +603,7 @@ impl Connection {
             }
             s.remote_closed = true;
             events.push(Event::EndOfRequest { stream });
-            return Ok(());
+            return Ok(false);
         }
         if stream % 2 == 0 {
             return Err(conn_err(
@@ -574,7 +613,7 @@ impl Connection {
         }
         if stream <= self.last_stream {
             return Err(match self.closed.get(&stream) {
-                Some(ClosedBy::LocalReset) => return Ok(()), // frames in flight: ignore
+                Some(ClosedBy::LocalReset) => return Ok(false), // frames in flight: ignore
                 Some(_) => conn_err(Reason::StreamClosed, "HEADERS on a closed stream"),
                 None => conn_err(
                     Reason::ProtocolError,
@@ -593,7 +632,7 @@ impl Connection {
                 "too many concurrent streams",
             ));
         }
-        let content_length = check_request(&fields, list_size, &self.limits)
+        let content_length = check_request(fields, list_size, &self.limits)
             .map_err(|why| stream_err(stream, Reason::ProtocolError, why))?;
         if end_stream && content_length.is_some_and(|n| n != 0) {
             return Err(stream_err(
@@ -612,12 +651,7 @@ impl Connection {
                 ..Stream::default()
             },
         );
-        events.push(Event::Request {
-            stream,
-            fields,
-            end_stream,
-        });
-        Ok(())
+        Ok(true)
     }
 
     fn on_data(
@@ -707,14 +741,29 @@ impl Connection {
         if !self.streams.contains_key(&stream) {
             return;
         }
-        let mut block = Vec::with_capacity(64);
-        self.encoder
-            .encode_into(fields.iter().copied(), &mut block)
-            .expect("writing to a Vec cannot fail");
+        let block = self.encode(fields);
+        self.put_block(stream, &block, end_stream);
+        self.encoded = block;
+    }
+
+    /// Encodes a header block into the reusable buffer, which the caller gives back.
+    fn encode(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+        let mut block = std::mem::take(&mut self.encoded);
+        block.clear();
+        if std::mem::take(&mut self.first_block) {
+            block.push(hpack::TABLE_SIZE_ZERO);
+        }
+        for (name, value) in fields {
+            hpack::put_field(&mut block, name, value);
+        }
+        block
+    }
+
+    fn put_block(&mut self, stream: u32, block: &[u8], end_stream: bool) {
         frame::put_headers(
             &mut self.out,
             stream,
-            &block,
+            block,
             end_stream,
             self.peer_max_frame_size,
         );
@@ -727,16 +776,37 @@ impl Connection {
     pub fn send_data(&mut self, stream: u32, data: &[u8]) {
         if let Some(s) = self.streams.get_mut(&stream) {
             debug_assert!(s.finish.is_none(), "data after the end of the response");
-            s.pending.extend_from_slice(data);
-            self.flush_stream(stream);
+            // Nothing queued ahead (the usual case): straight into the output as far as the
+            // windows allow, and only the rest waits in the stream's queue.
+            let sent = if s.pending.is_empty() {
+                let window = &mut self.send_window;
+                put_allowed(
+                    &mut self.out,
+                    stream,
+                    s,
+                    window,
+                    self.peer_max_frame_size,
+                    data,
+                )
+            } else {
+                0
+            };
+            s.pending.extend_from_slice(&data[sent..]);
         }
     }
 
     /// Ends the response with trailers, after all queued data.
-    pub fn send_trailers(&mut self, stream: u32, fields: Fields) {
-        if let Some(s) = self.streams.get_mut(&stream) {
-            s.finish = Some(Some(fields));
-            self.flush_stream(stream);
+    pub fn send_trailers(&mut self, stream: u32, fields: &[(&[u8], &[u8])]) {
+        let Some(queued) = self.streams.get(&stream).map(|s| s.pending.len()) else {
+            return;
+        };
+        let block = self.encode(fields);
+        if queued == 0 {
+            // Nothing queued before them (the usual case): out now, no copy kept.
+            self.put_block(stream, &block, true);
+            self.encoded = block;
+        } else if let Some(s) = self.streams.get_mut(&stream) {
+            s.finish = Some(Some(block));
         }
     }
 
@@ -786,30 +856,22 @@ impl Connection {
 
     /// Writes as much of a stream's queued body as both windows allow, then its trailers.
     fn flush_stream(&mut self, stream: u32) {
-        let max_frame = self.peer_max_frame_size as i64;
+        let max_frame = self.peer_max_frame_size;
         let Some(s) = self.streams.get_mut(&stream) else {
             return;
         };
-        while !s.pending.is_empty() {
-            let n = (s.pending.len() as i64)
-                .min(s.send_window)
-                .min(self.send_window)
-                .min(max_frame);
-            if n <= 0 {
-                return;
-            }
-            let chunk = s.pending.split_to(n as usize);
-            frame::put_data(&mut self.out, stream, &chunk, false);
-            s.send_window -= n;
-            self.send_window -= n;
+        let mut pending = std::mem::take(&mut s.pending);
+        let window = &mut self.send_window;
+        let sent = put_allowed(&mut self.out, stream, s, window, max_frame, &pending);
+        pending.advance(sent);
+        let done = pending.is_empty();
+        s.pending = pending;
+        if !done {
+            return;
         }
         if let Some(finish) = s.finish.take() {
             match finish {
-                Some(fields) => {
-                    let refs: Vec<(&[u8], &[u8])> =
-                        fields.iter().map(|(n, v)| (&n[..], &v[..])).collect();
-                    self.send_headers(stream, &refs, true);
-                }
+                Some(block) => self.put_block(stream, &block, true),
                 None => {
                     frame::put_data(&mut self.out, stream, &[], true);
                     self.end_local(stream);
@@ -817,6 +879,33 @@ impl Connection {
             }
         }
     }
+}
+
+/// Writes DATA frames of `data` for `stream` as far as its window, the connection's window
+/// and the peer's frame size allow; returns how many bytes went out.
+fn put_allowed(
+    out: &mut BytesMut,
+    stream: u32,
+    s: &mut Stream,
+    connection_window: &mut i64,
+    max_frame: u32,
+    data: &[u8],
+) -> usize {
+    let mut sent = 0;
+    while sent < data.len() {
+        let n = ((data.len() - sent) as i64)
+            .min(s.send_window)
+            .min(*connection_window)
+            .min(i64::from(max_frame));
+        if n <= 0 {
+            break;
+        }
+        frame::put_data(out, stream, &data[sent..sent + n as usize], false);
+        s.send_window -= n;
+        *connection_window -= n;
+        sent += n as usize;
+    }
+    sent
 }
 
 fn reason_from(code: u32) -> Reason {
@@ -844,7 +933,7 @@ fn reason_from(code: u32) -> Reason {
 
 /// RFC 9113 §8.2-8.3 for a request head; returns its content-length, if any.
 fn check_request(
-    fields: &Fields,
+    fields: &HeaderList,
     list_size: usize,
     limits: &Limits,
 ) -> Result<Option<u64>, &'static str> {
@@ -855,7 +944,7 @@ fn check_request(
     let mut regular_seen = false;
     let mut content_length = None;
     let (mut authority, mut host) = (None, None);
-    for (name, value) in fields {
+    for (name, value) in fields.iter() {
         let bare = name.strip_prefix(b":").unwrap_or(name);
         if bare.is_empty()
             || bare
@@ -891,12 +980,12 @@ fn check_request(
             continue;
         }
         regular_seen = true;
-        match &name[..] {
+        match name {
             b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
             | b"upgrade" => {
                 return Err("connection-specific header");
             }
-            b"te" if &value[..] != b"trailers" => return Err("te other than trailers"),
+            b"te" if value != b"trailers" => return Err("te other than trailers"),
             b"host" => host = Some(value),
             b"content-length" => {
                 let n = std::str::from_utf8(value)
@@ -1019,7 +1108,7 @@ mod tests {
         assert_eq!(result, Ok(()));
         let Event::Request {
             stream: 1,
-            fields,
+            headers: fields,
             end_stream: false,
         } = &events[0]
         else {
@@ -1054,10 +1143,7 @@ mod tests {
             false,
         );
         p.conn.send_data(1, b"body");
-        p.conn.send_trailers(
-            1,
-            vec![(Bytes::from_static(b"grpc-status"), Bytes::from_static(b"0"))],
-        );
+        p.conn.send_trailers(1, &[(b"grpc-status", b"0")]);
         let frames = p.frames();
         let Frame::Headers {
             block,
@@ -1103,10 +1189,7 @@ mod tests {
         p.frames();
         p.conn.send_headers(1, &[(b":status", b"200")], false);
         p.conn.send_data(1, &[7u8; 25]);
-        p.conn.send_trailers(
-            1,
-            vec![(Bytes::from_static(b"grpc-status"), Bytes::from_static(b"0"))],
-        );
+        p.conn.send_trailers(1, &[(b"grpc-status", b"0")]);
         let frames = p.frames();
         assert!(matches!(&frames[1], Frame::Data { data, .. } if data.len() == 10));
         assert_eq!(frames.len(), 2, "the rest and the trailers wait");

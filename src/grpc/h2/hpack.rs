@@ -1,0 +1,697 @@
+//! HPACK (RFC 7541), shaped for a server that answers many small requests per connection.
+//!
+//! The [`Decoder`] keeps its dynamic table and its output in buffers it reuses, so decoding the
+//! head of a request allocates nothing once a connection is warm: indexed fields are copies out
+//! of the tables, and Huffman-coded strings that clients send again and again without indexing
+//! (nghttp2 never indexes `:path` or `content-length`) come from a small cache instead of being
+//! decoded each time. Huffman decoding itself is httlib-huffman's.
+//!
+//! The encoder side is stateless: [`put_field`] writes literals without indexing (or a static
+//! table index), and [`TABLE_SIZE_ZERO`] opens a connection's first block so that the client
+//! never has to keep a dynamic table for us. Response heads are a handful of short fields; a
+//! dynamic table would save a few bytes at the price of state and lookups on every response.
+
+use std::collections::VecDeque;
+
+/// Every way a header block can be malformed; all of them are a connection error
+/// COMPRESSION_ERROR (RFC 9113 §4.3), the variants only say which rule broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HpackError {
+    #[error("header block ends inside a field")]
+    Truncated,
+    #[error("integer too large")]
+    IntegerOverflow,
+    #[error("index {0} is neither in the static nor in the dynamic table")]
+    BadIndex(usize),
+    #[error("invalid Huffman code or padding")]
+    Huffman,
+    #[error("dynamic table size update above the limit or after a field")]
+    BadSizeUpdate,
+}
+
+/// RFC 7541 Appendix A; index `i` is `STATIC_TABLE[i - 1]`.
+pub const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
+    (b":authority", b""),
+    (b":method", b"GET"),
+    (b":method", b"POST"),
+    (b":path", b"/"),
+    (b":path", b"/index.html"),
+    (b":scheme", b"http"),
+    (b":scheme", b"https"),
+    (b":status", b"200"),
+    (b":status", b"204"),
+    (b":status", b"206"),
+    (b":status", b"304"),
+    (b":status", b"400"),
+    (b":status", b"404"),
+    (b":status", b"500"),
+    (b"accept-charset", b""),
+    (b"accept-encoding", b"gzip, deflate"),
+    (b"accept-language", b""),
+    (b"accept-ranges", b""),
+    (b"accept", b""),
+    (b"access-control-allow-origin", b""),
+    (b"age", b""),
+    (b"allow", b""),
+    (b"authorization", b""),
+    (b"cache-control", b""),
+    (b"content-disposition", b""),
+    (b"content-encoding", b""),
+    (b"content-language", b""),
+    (b"content-length", b""),
+    (b"content-location", b""),
+    (b"content-range", b""),
+    (b"content-type", b""),
+    (b"cookie", b""),
+    (b"date", b""),
+    (b"etag", b""),
+    (b"expect", b""),
+    (b"expires", b""),
+    (b"from", b""),
+    (b"host", b""),
+    (b"if-match", b""),
+    (b"if-modified-since", b""),
+    (b"if-none-match", b""),
+    (b"if-range", b""),
+    (b"if-unmodified-since", b""),
+    (b"last-modified", b""),
+    (b"link", b""),
+    (b"location", b""),
+    (b"max-forwards", b""),
+    (b"proxy-authenticate", b""),
+    (b"proxy-authorization", b""),
+    (b"range", b""),
+    (b"referer", b""),
+    (b"refresh", b""),
+    (b"retry-after", b""),
+    (b"server", b""),
+    (b"set-cookie", b""),
+    (b"strict-transport-security", b""),
+    (b"transfer-encoding", b""),
+    (b"user-agent", b""),
+    (b"vary", b""),
+    (b"via", b""),
+    (b"www-authenticate", b""),
+];
+
+/// What RFC 7541 §4.1 adds to each entry's name and value lengths.
+const ENTRY_OVERHEAD: usize = 32;
+
+/// A decoded header list: names and values packed in one buffer, in the order they came.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct HeaderList {
+    bytes: Vec<u8>,
+    /// Per field, where its name and its value end in `bytes`; it starts where the previous
+    /// field's value ended.
+    ends: Vec<(usize, usize)>,
+}
+
+impl HeaderList {
+    /// Empties the list, keeping its buffers for the next block.
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.bytes.extend_from_slice(name);
+        let name_end = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.ends.push((name_end, self.bytes.len()));
+    }
+
+    /// The fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(name_end, value_end)| {
+            let field = (
+                &self.bytes[start..name_end],
+                &self.bytes[name_end..value_end],
+            );
+            start = value_end;
+            field
+        })
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &[u8]) -> Option<&[u8]> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// One dynamic table entry: name then value in one buffer.
+struct Entry {
+    bytes: Vec<u8>,
+    name_len: usize,
+}
+
+impl Entry {
+    fn name(&self) -> &[u8] {
+        &self.bytes[..self.name_len]
+    }
+
+    fn value(&self) -> &[u8] {
+        &self.bytes[self.name_len..]
+    }
+
+    fn size(&self) -> usize {
+        self.bytes.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// Huffman-coded strings seen lately, with what they decode to.
+#[derive(Default)]
+struct HuffmanCache {
+    entries: Vec<(Vec<u8>, Vec<u8>)>,
+    next: usize,
+}
+
+impl HuffmanCache {
+    const ENTRIES: usize = 16;
+    /// Longer strings are decoded every time: they are rarely repeated verbatim.
+    const MAX_ENCODED: usize = 96;
+
+    /// Appends the decoding of `encoded` to `dst`.
+    fn decode(&mut self, encoded: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
+        if encoded.len() > Self::MAX_ENCODED {
+            return huffman_decode(encoded, dst);
+        }
+        if let Some((_, decoded)) = self.entries.iter().find(|(e, _)| e == encoded) {
+            dst.extend_from_slice(decoded);
+            return Ok(());
+        }
+        let start = dst.len();
+        huffman_decode(encoded, dst)?;
+        if self.entries.len() < Self::ENTRIES {
+            self.entries.push((encoded.to_vec(), dst[start..].to_vec()));
+        } else {
+            // Round-robin replacement; the slot's buffers are reused.
+            let (e, d) = &mut self.entries[self.next];
+            e.clear();
+            e.extend_from_slice(encoded);
+            d.clear();
+            d.extend_from_slice(&dst[start..]);
+            self.next = (self.next + 1) % Self::ENTRIES;
+        }
+        Ok(())
+    }
+}
+
+fn huffman_decode(encoded: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
+    use httlib_huffman::encoder::table::ENCODE_TABLE;
+    let start = dst.len();
+    httlib_huffman::decode(encoded, dst, httlib_huffman::DecoderSpeed::FourBits)
+        .map_err(|_| HpackError::Huffman)?;
+    // httlib-huffman lets zero bits pass as padding; RFC 7541 §5.2 allows at most 7 bits,
+    // all ones (the start of EOS).
+    let bits: usize = dst[start..]
+        .iter()
+        .map(|&b| usize::from(ENCODE_TABLE[usize::from(b)].0))
+        .sum();
+    let padding = (encoded.len() * 8)
+        .checked_sub(bits)
+        .ok_or(HpackError::Huffman)?;
+    let ones = (1u16 << padding.min(8)) - 1;
+    match encoded.last() {
+        _ if padding > 7 => Err(HpackError::Huffman),
+        Some(&last) if u16::from(last) & ones != ones => Err(HpackError::Huffman),
+        _ => Ok(()),
+    }
+}
+
+/// The decoding side of one connection's HPACK context.
+pub struct Decoder {
+    /// Newest entry first: dynamic index 62 is `table[0]`.
+    table: VecDeque<Entry>,
+    size: usize,
+    max_size: usize,
+    /// SETTINGS_HEADER_TABLE_SIZE as we announced it: size updates may not exceed it.
+    limit: usize,
+    /// The buffer of the entry evicted last, reused by the next insertion.
+    spare: Vec<u8>,
+    /// The field being decoded: name then value.
+    field: Vec<u8>,
+    huffman: HuffmanCache,
+}
+
+impl Decoder {
+    /// A decoder for a connection that announced `limit` as its SETTINGS_HEADER_TABLE_SIZE.
+    pub fn new(limit: usize) -> Decoder {
+        Decoder {
+            table: VecDeque::new(),
+            size: 0,
+            max_size: limit,
+            limit,
+            spare: Vec::new(),
+            field: Vec::new(),
+            huffman: HuffmanCache::default(),
+        }
+    }
+
+    /// Decodes one complete header block into `out` (emptied first) and returns the header
+    /// list's size (RFC 9113 §6.5.2). Fields stop being stored once that size passes
+    /// `max_list_size`, but the whole block is still decoded so that the dynamic table stays
+    /// in step with the client's: the caller compares the size and refuses the request.
+    pub fn decode(
+        &mut self,
+        mut block: &[u8],
+        out: &mut HeaderList,
+        max_list_size: usize,
+    ) -> Result<usize, HpackError> {
+        out.clear();
+        let mut list_size = 0usize;
+        let mut fields_seen = false;
+        while let Some(&first) = block.first() {
+            if first & 0x80 != 0 {
+                // Indexed field (§6.1).
+                let index = integer(&mut block, 7)?;
+                let (name, value) = lookup(&self.table, index)?;
+                list_size += name.len() + value.len() + ENTRY_OVERHEAD;
+                if list_size <= max_list_size {
+                    out.push(name, value);
+                }
+                fields_seen = true;
+                continue;
+            }
+            if first & 0xe0 == 0x20 {
+                // Dynamic table size update (§6.3): only before the block's first field.
+                let size = integer(&mut block, 5)?;
+                if fields_seen || size > self.limit {
+                    return Err(HpackError::BadSizeUpdate);
+                }
+                self.max_size = size;
+                self.evict_to(size);
+                continue;
+            }
+            // A literal (§6.2): with incremental indexing (01), or without / never indexed.
+            let (indexing, prefix) = if first & 0xc0 == 0x40 {
+                (true, 6)
+            } else {
+                (false, 4)
+            };
+            let name_index = integer(&mut block, prefix)?;
+            self.field.clear();
+            if name_index == 0 {
+                self.string(&mut block)?;
+            } else {
+                let (name, _) = lookup(&self.table, name_index)?;
+                self.field.extend_from_slice(name);
+            }
+            let name_len = self.field.len();
+            self.string(&mut block)?;
+            let (name, value) = self.field.split_at(name_len);
+            list_size += name.len() + value.len() + ENTRY_OVERHEAD;
+            if list_size <= max_list_size {
+                out.push(name, value);
+            }
+            if indexing {
+                self.insert(name_len);
+            }
+            fields_seen = true;
+        }
+        Ok(list_size)
+    }
+
+    /// Appends a string literal (§5.2) to `self.field`.
+    fn string(&mut self, block: &mut &[u8]) -> Result<(), HpackError> {
+        let huffman = block.first().ok_or(HpackError::Truncated)? & 0x80 != 0;
+        let len = integer(block, 7)?;
+        if len > block.len() {
+            return Err(HpackError::Truncated);
+        }
+        let (bytes, rest) = block.split_at(len);
+        *block = rest;
+        if huffman {
+            self.huffman.decode(bytes, &mut self.field)
+        } else {
+            self.field.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    /// Adds `self.field` (name of `name_len` bytes, then value) as the newest entry (§4.4).
+    fn insert(&mut self, name_len: usize) {
+        let size = self.field.len() + ENTRY_OVERHEAD;
+        if size > self.max_size {
+            // Larger than the whole table: the table ends up empty.
+            self.evict_to(0);
+            return;
+        }
+        self.evict_to(self.max_size - size);
+        let mut bytes = std::mem::take(&mut self.spare);
+        bytes.clear();
+        bytes.extend_from_slice(&self.field);
+        self.table.push_front(Entry { bytes, name_len });
+        self.size += size;
+        debug_assert!(self.size <= self.max_size);
+    }
+
+    fn evict_to(&mut self, size: usize) {
+        while self.size > size {
+            let old = self.table.pop_back().expect("size counts the entries");
+            self.size -= old.size();
+            self.spare = old.bytes;
+        }
+    }
+}
+
+/// The (name, value) at an HPACK index: static entries first, then the dynamic table.
+fn lookup(table: &VecDeque<Entry>, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
+    match index {
+        1..=61 => Ok(STATIC_TABLE[index - 1]),
+        _ => table
+            .get(index.wrapping_sub(62))
+            .map(|e| (e.name(), e.value()))
+            .ok_or(HpackError::BadIndex(index)),
+    }
+}
+
+/// Reads an integer with an N-bit prefix (§5.1) from the front of `block`.
+fn integer(block: &mut &[u8], prefix_bits: u32) -> Result<usize, HpackError> {
+    let (&first, rest) = block.split_first().ok_or(HpackError::Truncated)?;
+    *block = rest;
+    let max_prefix = (1usize << prefix_bits) - 1;
+    let mut value = usize::from(first) & max_prefix;
+    if value < max_prefix {
+        return Ok(value);
+    }
+    let mut shift = 0;
+    loop {
+        let (&byte, rest) = block.split_first().ok_or(HpackError::Truncated)?;
+        *block = rest;
+        // Four continuation bytes reach 2^28: far above any size this server accepts.
+        if shift > 21 {
+            return Err(HpackError::IntegerOverflow);
+        }
+        value += usize::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+}
+
+/// Writes an integer with an N-bit prefix; `flags` are the bits above the prefix.
+fn put_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u32, mut value: usize) {
+    let max_prefix = (1usize << prefix_bits) - 1;
+    if value < max_prefix {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max_prefix as u8);
+    value -= max_prefix;
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A dynamic table size update to 0 (§6.3): the first bytes of the first header block a
+/// connection sends, since [`put_field`] never adds to the client's table.
+pub const TABLE_SIZE_ZERO: u8 = 0x20;
+
+/// Appends one field: an indexed field when the static table holds it whole, otherwise a
+/// literal without indexing (§6.2.2), naming a static entry's name where there is one.
+/// Strings go out raw: response heads are short, and Huffman would cost more CPU than the
+/// bytes it saves on loopback and LAN links.
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let mut name_index = 0;
+    for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
+        if *n == name {
+            if *v == value {
+                return put_integer(out, 0x80, 7, i + 1);
+            }
+            if name_index == 0 {
+                name_index = i + 1;
+            }
+        }
+    }
+    put_integer(out, 0x00, 4, name_index);
+    if name_index == 0 {
+        put_integer(out, 0x00, 7, name.len());
+        out.extend_from_slice(name);
+    }
+    put_integer(out, 0x00, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hex(s: &str) -> Vec<u8> {
+        let s: String = s.split_whitespace().collect();
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn fields(list: &HeaderList) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| {
+                (
+                    String::from_utf8(n.to_vec()).unwrap(),
+                    String::from_utf8(v.to_vec()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// RFC 7541 C.3 (raw strings) and C.4 (the same requests Huffman-coded): three requests on
+    /// one connection, the dynamic table carrying `:authority` and `cache-control` across.
+    #[test]
+    fn rfc7541_request_examples() {
+        let expected = [
+            (
+                pairs(&[
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                    (":authority", "www.example.com"),
+                ]),
+                57,
+            ),
+            (
+                pairs(&[
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                    (":authority", "www.example.com"),
+                    ("cache-control", "no-cache"),
+                ]),
+                110,
+            ),
+            (
+                pairs(&[
+                    (":method", "GET"),
+                    (":scheme", "https"),
+                    (":path", "/index.html"),
+                    (":authority", "www.example.com"),
+                    ("custom-key", "custom-value"),
+                ]),
+                164,
+            ),
+        ];
+        let raw = [
+            "8286 8441 0f77 7777 2e65 7861 6d70 6c65 2e63 6f6d",
+            "8286 84be 5808 6e6f 2d63 6163 6865",
+            "8287 85bf 400a 6375 7374 6f6d 2d6b 6579 0c63 7573 746f 6d2d 7661 6c75 65",
+        ];
+        let huffman = [
+            "8286 8441 8cf1 e3c2 e5f2 3a6b a0ab 90f4 ff",
+            "8286 84be 5886 a8eb 1064 9cbf",
+            "8287 85bf 4088 25a8 49e9 5ba9 7d7f 8925 a849 e95b b8e8 b4bf",
+        ];
+        for blocks in [raw, huffman] {
+            let mut decoder = Decoder::new(4096);
+            let mut out = HeaderList::default();
+            for (block, (want, table_size)) in blocks.iter().zip(&expected) {
+                decoder.decode(&hex(block), &mut out, 1 << 20).unwrap();
+                assert_eq!(&fields(&out), want);
+                assert_eq!(decoder.size, *table_size);
+            }
+        }
+    }
+
+    /// RFC 7541 C.5.1-C.5.3's first response, with a 256-byte table: entries are evicted
+    /// oldest first and the table never exceeds its size.
+    #[test]
+    fn eviction_keeps_the_table_within_its_size() {
+        let mut decoder = Decoder::new(256);
+        let mut out = HeaderList::default();
+        let block = hex(
+            "4803 3330 3258 0770 7269 7661 7465 611d 4d6f 6e2c 2032 3120 4f63 7420 3230 3133
+             2032 303a 3133 3a32 3120 474d 546e 1768 7474 7073 3a2f 2f77 7777 2e65 7861 6d70
+             6c65 2e63 6f6d",
+        );
+        decoder.decode(&block, &mut out, 1 << 20).unwrap();
+        assert_eq!(decoder.size, 222);
+        let block = hex("4803 3330 37c1 c0bf");
+        decoder.decode(&block, &mut out, 1 << 20).unwrap();
+        assert_eq!(
+            fields(&out),
+            pairs(&[
+                (":status", "307"),
+                ("cache-control", "private"),
+                ("date", "Mon, 21 Oct 2013 20:13:21 GMT"),
+                ("location", "https://www.example.com"),
+            ])
+        );
+        assert_eq!(decoder.size, 222);
+        assert!(decoder.size <= decoder.max_size);
+    }
+
+    #[test]
+    fn malformed_blocks_are_refused() {
+        let cases: [(&str, HpackError); 7] = [
+            ("80", HpackError::BadIndex(0)),
+            ("be", HpackError::BadIndex(62)),
+            ("ff ff ff", HpackError::Truncated),
+            ("ff 80 80 80 80 80 01", HpackError::IntegerOverflow),
+            ("00 05 61", HpackError::Truncated),
+            ("3f e2 1f", HpackError::BadSizeUpdate), // 4097 > 4096
+            ("82 20", HpackError::BadSizeUpdate),    // after a field
+        ];
+        for (block, want) in cases {
+            let mut out = HeaderList::default();
+            let got = Decoder::new(4096).decode(&hex(block), &mut out, 1 << 20);
+            assert_eq!(got, Err(want), "block {block}");
+        }
+        // Huffman strings padded with zero bits instead of the EOS prefix, or with more than
+        // seven bits; the same with valid padding decodes.
+        for block in ["00 81 00 81 00", "00 81 1c 81 1f", "00 82 1f ff 81 1f"] {
+            let mut out = HeaderList::default();
+            let got = Decoder::new(4096).decode(&hex(block), &mut out, 1 << 20);
+            assert_eq!(got, Err(HpackError::Huffman), "block {block}");
+        }
+        let mut out = HeaderList::default();
+        Decoder::new(4096)
+            .decode(&hex("00 81 1f 81 1f"), &mut out, 1 << 20)
+            .unwrap();
+        assert_eq!(out.get(b"a"), Some(&b"a"[..]));
+    }
+
+    /// One byte can name a 4 KiB table entry: the list size, not the block size, is what
+    /// bounds the output, and the table keeps in step past the limit.
+    #[test]
+    fn oversized_lists_are_measured_not_stored() {
+        let mut decoder = Decoder::new(4096);
+        let mut out = HeaderList::default();
+        let mut block = hex("40 01 78"); // literal with indexing, new name "x"
+        put_integer(&mut block, 0, 7, 3000);
+        block.extend(std::iter::repeat_n(b'y', 3000));
+        let size = decoder.decode(&block, &mut out, 16 << 10).unwrap();
+        assert_eq!(size, 3033);
+        let amplified = vec![0xbe; 100]; // 100 references to that entry
+        let size = decoder.decode(&amplified, &mut out, 16 << 10).unwrap();
+        assert_eq!(size, 303_300);
+        assert!(out.len() <= 5, "stored {} fields", out.len());
+        decoder.decode(&hex("be"), &mut out, 16 << 10).unwrap();
+        assert_eq!(out.get(b"x").map(<[u8]>::len), Some(3000));
+    }
+
+    #[test]
+    fn encoder_output_decodes_back() {
+        let mut block = vec![TABLE_SIZE_ZERO];
+        let sent: [(&[u8], &[u8]); 5] = [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", b"3"),
+            (b"grpc-message", &[b'm'; 300]),
+            (b":status", b"415"),
+        ];
+        for (n, v) in sent {
+            put_field(&mut block, n, v);
+        }
+        assert_eq!(block[1], 0x88, ":status 200 is static index 8");
+        let mut decoder = loona_hpack::Decoder::new();
+        let got = decoder.decode(&block).unwrap();
+        let want: Vec<(Vec<u8>, Vec<u8>)> =
+            sent.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+        assert_eq!(got, want);
+        let mut ours = HeaderList::default();
+        Decoder::new(4096)
+            .decode(&block, &mut ours, 1 << 20)
+            .unwrap();
+        assert_eq!(ours.iter().count(), 5);
+        assert!(ours
+            .iter()
+            .zip(&want)
+            .all(|((n, v), (wn, wv))| n == wn && v == wv));
+    }
+
+    fn header_lists() -> impl Strategy<Value = Vec<Vec<(Vec<u8>, Vec<u8>)>>> {
+        let name = prop_oneof![
+            Just(b":path".to_vec()),
+            Just(b"content-type".to_vec()),
+            Just(b"grpc-timeout".to_vec()),
+            proptest::collection::vec(b'a'..=b'z', 1..12),
+        ];
+        let value = proptest::collection::vec(any::<u8>(), 0..300);
+        let field = (name, value);
+        proptest::collection::vec(proptest::collection::vec(field, 0..12), 1..8)
+    }
+
+    proptest! {
+        /// Blocks from an independent encoder (loona-hpack, which indexes everything and so
+        /// fills and churns the dynamic table) decode to what was encoded, block after block.
+        #[test]
+        fn independent_encoder_round_trips(lists in header_lists()) {
+            let mut encoder = loona_hpack::Encoder::new();
+            let mut decoder = Decoder::new(4096);
+            let mut out = HeaderList::default();
+            for list in &lists {
+                let block = encoder.encode(list.iter().map(|(n, v)| (&n[..], &v[..])));
+                decoder.decode(&block, &mut out, 1 << 20).unwrap();
+                prop_assert!(out.iter().eq(list.iter().map(|(n, v)| (&n[..], &v[..]))));
+                prop_assert!(decoder.size <= decoder.max_size);
+            }
+        }
+
+        /// Huffman strings, cached or not, decode like the reference decoder does.
+        #[test]
+        fn huffman_strings_decode(values in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..200), 1..40)) {
+            let mut decoder = Decoder::new(4096);
+            let mut out = HeaderList::default();
+            for value in values.iter().chain(values.iter()) {
+                let mut encoded = Vec::new();
+                httlib_huffman::encode(value, &mut encoded).unwrap();
+                let mut block = vec![0x00, 0x01, b'v'];
+                put_integer(&mut block, 0x80, 7, encoded.len());
+                block.extend_from_slice(&encoded);
+                decoder.decode(&block, &mut out, 1 << 20).unwrap();
+                prop_assert_eq!(out.get(b"v"), Some(&value[..]));
+            }
+        }
+
+        /// Garbage never panics and never grows the table past its size.
+        #[test]
+        fn garbage_is_refused_or_decoded(blocks in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..64), 1..8)) {
+            let mut decoder = Decoder::new(4096);
+            let mut out = HeaderList::default();
+            for block in &blocks {
+                let _ = decoder.decode(block, &mut out, 16 << 10);
+                prop_assert!(decoder.size <= decoder.max_size);
+            }
+        }
+    }
+}
