@@ -316,11 +316,13 @@ impl Shard {
             Reply::RefusalsOnly { sink, request_id } => Route::Refusal { sink, request_id },
             Reply::Nobody => Route::Nobody,
         };
+        // One clock reading for the whole call: it timestamps when its events were sequenced.
+        let now = Instant::now();
         for event in events {
             let owner = owner_of(event.topic.bytes(), self.count);
             if owner == self.id {
                 let outcome = self.sequence(event);
-                self.answer(self.id, route, outcome);
+                self.answer(self.id, route, outcome, now);
             } else {
                 self.push(owner, ShardMsg::Publish { event, route });
             }
@@ -329,16 +331,15 @@ impl Shard {
     }
 
     /// As the owner: tells the publishing shard `from` what became of one event.
-    fn answer(&self, from: usize, route: Route, outcome: Result<u64, PublishError>) {
+    fn answer(&self, from: usize, route: Route, outcome: Result<u64, PublishError>, at: Instant) {
         if outcome.is_err() {
             self.stats.borrow_mut().refused += 1;
         }
         match (route, outcome) {
             (Route::Ack(token), outcome) if from == self.id => {
-                self.on_sequenced(token, outcome, Instant::now())
+                self.on_sequenced(token, outcome, at)
             }
             (Route::Ack(token), outcome) => {
-                let at = Instant::now();
                 self.push(from, ShardMsg::Sequenced { token, outcome, at });
             }
             (Route::Refusal { sink, request_id }, Err(error)) if from == self.id => {
@@ -666,11 +667,12 @@ impl Shard {
     /// Applies one batch received from shard `from`.
     pub fn handle_batch(&self, from: usize, batch: Batch) {
         let Batch { msgs, subs } = batch;
+        let now = Instant::now();
         for msg in msgs {
             match msg {
                 ShardMsg::Publish { event, route } => {
                     let outcome = self.sequence(event);
-                    self.answer(from, route, outcome);
+                    self.answer(from, route, outcome, now);
                 }
                 ShardMsg::Refused {
                     sink,

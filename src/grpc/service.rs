@@ -52,17 +52,13 @@ pub fn decode<M: Message + Default>(bytes: Bytes) -> Result<M, GrpcError> {
 /// A protobuf event as the engine's unchecked event.
 /// The event of a `PublishRequest`, decoded with [`decode_event`].
 pub fn decode_publish(message: Bytes) -> Result<RawEvent, GrpcError> {
-    match fast::publish_request(message.clone()) {
-        Some(Ok(event)) => decode_event(event),
-        Some(Err(())) => Err(GrpcError::InvalidArgument(
-            "PublishRequest.event is required".into(),
-        )),
+    let missing = || GrpcError::InvalidArgument("PublishRequest.event is required".into());
+    match fast::publish_request(&message) {
+        Some(Some(event)) => decode_event_in(&message, event),
+        Some(None) => Err(missing()),
         None => {
             let request: proto::PublishRequest = decode(message)?;
-            let event = request.event.ok_or_else(|| {
-                GrpcError::InvalidArgument("PublishRequest.event is required".into())
-            })?;
-            raw_event(event)
+            raw_event(request.event.ok_or_else(missing)?)
         }
     }
 }
@@ -80,25 +76,22 @@ pub fn decode_batch(
             "batch of {count} events, over the limit of {max_events}"
         ))
     };
-    match fast::batch_events(message.clone()) {
-        Some(events) => {
-            if events.len() > max_events {
-                return Err(too_many(events.len()));
-            }
-            for (index, event) in events.enumerate() {
-                each(index, decode_event(event))?;
-            }
+    if let Some(events) = fast::batch_events(&message) {
+        if events.len() > max_events {
+            return Err(too_many(events.len()));
         }
-        None => {
-            // An encoding the fast path does not take apart: prost decides.
-            let request: proto::PublishBatchRequest = decode(message)?;
-            if request.events.len() > max_events {
-                return Err(too_many(request.events.len()));
-            }
-            for (index, event) in request.events.into_iter().enumerate() {
-                each(index, raw_event(event))?;
-            }
+        for (index, event) in events.enumerate() {
+            each(index, decode_event_in(&message, event))?;
         }
+        return Ok(());
+    }
+    // An encoding the fast path does not take apart: prost decides.
+    let request: proto::PublishBatchRequest = decode(message)?;
+    if request.events.len() > max_events {
+        return Err(too_many(request.events.len()));
+    }
+    for (index, event) in request.events.into_iter().enumerate() {
+        each(index, raw_event(event))?;
     }
     Ok(())
 }
@@ -108,13 +101,19 @@ pub fn decode_batch(
 /// the fast path does not handle (a metadata key given twice, many metadata entries, an
 /// error) is decoded again by prost, so both ways agree on results and on error messages.
 pub fn decode_event(message: Bytes) -> Result<RawEvent, GrpcError> {
-    match fast::event(message.clone()) {
+    decode_event_in(&message, &message)
+}
+
+/// [`decode_event`] for an event encoded at `event`, a part of `whole`.
+fn decode_event_in(whole: &Bytes, event: &[u8]) -> Result<RawEvent, GrpcError> {
+    match fast::event(whole, event) {
         Some(raw) => Ok(raw),
-        None => raw_event(decode(message)?),
+        None => raw_event(decode(whole.slice_ref(event))?),
     }
 }
 
-/// Protobuf decoding of the request messages without prost's owned strings.
+/// Protobuf decoding of the request messages without prost's owned strings. It reads
+/// borrowed slices and takes shared `Bytes` only of what an event keeps.
 mod fast {
     use bytes::{Buf, BufMut, Bytes, BytesMut};
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
@@ -125,24 +124,29 @@ mod fast {
     /// by scanning, which must stay cheap).
     const MAX_FAST_METADATA: usize = 32;
 
-    /// A length-delimited field's bytes, as a slice of `buf`.
-    fn delimited(buf: &mut Bytes) -> Option<Bytes> {
+    /// A length-delimited field's bytes.
+    fn delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
         let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
-        (len <= buf.remaining()).then(|| buf.split_to(len))
+        if len > buf.len() {
+            return None;
+        }
+        let (field, rest) = buf.split_at(len);
+        *buf = rest;
+        Some(field)
     }
 
-    fn string(buf: &mut Bytes) -> Option<Bytes> {
+    fn string<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
         delimited(buf).filter(|b| std::str::from_utf8(b).is_ok())
     }
 
-    /// Walks the fields of a message, calling `field` for the known ones and skipping the
+    /// Walks the fields of a message, calling `field` for tags up to `known` and skipping the
     /// others; None on any malformation.
-    fn fields(
-        mut buf: Bytes,
-        mut field: impl FnMut(u32, WireType, &mut Bytes) -> Option<()>,
+    fn fields<'a>(
+        mut buf: &'a [u8],
+        mut field: impl FnMut(u32, WireType, &mut &'a [u8]) -> Option<()>,
         known: u32,
     ) -> Option<()> {
-        while buf.has_remaining() {
+        while !buf.is_empty() {
             let (tag, wire) = decode_key(&mut buf).ok()?;
             if tag <= known {
                 field(tag, wire, &mut buf)?;
@@ -153,9 +157,9 @@ mod fast {
         Some(())
     }
 
-    /// `PublishRequest`: Some(Ok(event bytes)), Some(Err) when it has no event, None for
-    /// anything else (the event given twice is merged by prost).
-    pub fn publish_request(message: Bytes) -> Option<Result<Bytes, ()>> {
+    /// `PublishRequest`: Some(Some(event)), Some(None) when it has no event, None for
+    /// anything else (an event given twice is merged by prost).
+    pub fn publish_request(message: &[u8]) -> Option<Option<&[u8]>> {
         let mut event = None;
         fields(
             message,
@@ -168,17 +172,17 @@ mod fast {
             },
             1,
         )?;
-        Some(event.ok_or(()))
+        Some(event)
     }
 
     /// The events of a `PublishBatchRequest`, as an exact-size iterator over their encoded
     /// bytes; None if the message is malformed (prost then decides what to say about it).
-    pub fn batch_events(message: Bytes) -> Option<impl ExactSizeIterator<Item = Bytes>> {
+    pub fn batch_events(message: &[u8]) -> Option<impl ExactSizeIterator<Item = &[u8]>> {
         // Check the framing and count first, so that no event is handed out from a broken
         // message and the batch limit applies before any work.
         let mut count = 0;
         fields(
-            message.clone(),
+            message,
             |_, wire, buf| {
                 (wire == WireType::LengthDelimited).then_some(())?;
                 delimited(buf)?;
@@ -189,7 +193,7 @@ mod fast {
         )?;
         let mut buf = message;
         let events = std::iter::from_fn(move || loop {
-            if !buf.has_remaining() {
+            if buf.is_empty() {
                 return None;
             }
             let (tag, wire) = decode_key(&mut buf).expect("checked above");
@@ -210,10 +214,10 @@ mod fast {
         left: usize,
     }
 
-    impl<I: Iterator<Item = Bytes>> Iterator for Counted<I> {
-        type Item = Bytes;
+    impl<'a, I: Iterator<Item = &'a [u8]>> Iterator for Counted<I> {
+        type Item = &'a [u8];
 
-        fn next(&mut self) -> Option<Bytes> {
+        fn next(&mut self) -> Option<&'a [u8]> {
             let next = self.events.next();
             debug_assert_eq!(next.is_some(), self.left > 0, "the count was taken first");
             self.left = self.left.saturating_sub(1);
@@ -225,15 +229,16 @@ mod fast {
         }
     }
 
-    impl<I: Iterator<Item = Bytes>> ExactSizeIterator for Counted<I> {}
+    impl<'a, I: Iterator<Item = &'a [u8]>> ExactSizeIterator for Counted<I> {}
 
-    /// `Event`, or None for anything the fast path leaves to prost.
-    pub fn event(message: Bytes) -> Option<RawEvent> {
-        let (mut id, mut topic, mut payload) = (Bytes::new(), Bytes::new(), Bytes::new());
+    /// The `Event` encoded at `event` (a part of `whole`), or None for anything the fast
+    /// path leaves to prost.
+    pub fn event(whole: &Bytes, event: &[u8]) -> Option<RawEvent> {
+        let (mut id, mut topic, mut payload): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
         let (mut priority, mut timestamp_ns) = (0i32, 0i64);
         let mut metadata: Option<(BytesMut, usize)> = None;
         fields(
-            message,
+            event,
             |tag, wire, buf| {
                 let expected = match tag {
                     1 | 2 | 3 | 6 => WireType::LengthDelimited,
@@ -263,10 +268,17 @@ mod fast {
             None => Metadata::default(),
             Some((raw, count)) => Metadata::from_wire(count as u16, raw.freeze()).ok()?,
         };
+        let shared = |part: &[u8]| {
+            if part.is_empty() {
+                Bytes::new()
+            } else {
+                whole.slice_ref(part)
+            }
+        };
         Some(RawEvent {
-            topic,
-            id,
-            payload,
+            topic: shared(topic),
+            id: shared(id),
+            payload: shared(payload),
             metadata,
             // Out of range: prost's path words the error.
             priority: u8::try_from(priority).ok().filter(|p| *p <= 4)?,
@@ -277,8 +289,8 @@ mod fast {
     /// One map entry (key = 1, value = 2) appended in the engine's metadata form (u16 LE
     /// length, bytes; key then value). None for a repeated key, too many entries, or a
     /// string the engine's form cannot hold.
-    fn metadata_entry(entry: Bytes, raw: &mut BytesMut, count: &mut usize) -> Option<()> {
-        let (mut key, mut value) = (Bytes::new(), Bytes::new());
+    fn metadata_entry(entry: &[u8], raw: &mut BytesMut, count: &mut usize) -> Option<()> {
+        let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
         fields(
             entry,
             |tag, wire, buf| {
@@ -293,7 +305,7 @@ mod fast {
         if *count == MAX_FAST_METADATA || keys(raw).any(|k| k == key) {
             return None;
         }
-        for s in [&key, &value] {
+        for s in [key, value] {
             raw.put_u16_le(u16::try_from(s.len()).ok()?);
             raw.put_slice(s);
         }

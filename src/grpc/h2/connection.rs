@@ -442,10 +442,11 @@ impl Connection {
                 block,
                 ..
             } => {
-                let mut bytes = BytesMut::from(&block[..]);
                 if end_headers {
-                    self.on_header_block(stream, end_stream, &mut bytes, events)?;
+                    // The whole block in one frame (the usual case): decoded in place.
+                    self.on_header_block(stream, end_stream, &block, events)?;
                 } else {
+                    let mut bytes = BytesMut::from(&block[..]);
                     self.check_block_size(bytes.len())?;
                     bytes.reserve(bytes.len());
                     self.block = Some(Block {
@@ -470,7 +471,7 @@ impl Connection {
                 self.check_block_size(pending.bytes.len() + block.len())?;
                 pending.bytes.extend_from_slice(&block);
                 if end_headers {
-                    self.on_header_block(stream, pending.end_stream, &mut pending.bytes, events)?;
+                    self.on_header_block(stream, pending.end_stream, &pending.bytes, events)?;
                 } else {
                     self.block = Some(pending);
                 }
@@ -525,7 +526,7 @@ impl Connection {
         &mut self,
         stream: u32,
         end_stream: bool,
-        block: &mut BytesMut,
+        block: &[u8],
         events: &mut Vec<Event>,
     ) -> Result<(), H2Error> {
         // Decode first, whatever happens to the stream: the HPACK table must stay in step.

@@ -425,7 +425,9 @@ pub const TABLE_SIZE_ZERO: u8 = 0x20;
 /// bytes it saves on loopback and LAN links.
 pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let mut name_index = 0;
-    for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
+    // No static entry starts like gRPC's own and custom metadata names: no scan for them.
+    let unlisted = name.starts_with(b"grpc-") || name.starts_with(b"x-");
+    for (i, (n, v)) in STATIC_TABLE.iter().enumerate().filter(|_| !unlisted) {
         if *n == name {
             if *v == value {
                 return put_integer(out, 0x80, 7, i + 1);
@@ -605,6 +607,13 @@ mod tests {
         assert!(out.len() <= 5, "stored {} fields", out.len());
         decoder.decode(&hex("be"), &mut out, 16 << 10).unwrap();
         assert_eq!(out.get(b"x").map(<[u8]>::len), Some(3000));
+    }
+
+    #[test]
+    fn no_static_name_starts_like_grpc_or_custom_metadata() {
+        for (name, _) in STATIC_TABLE {
+            assert!(!name.starts_with(b"grpc-") && !name.starts_with(b"x-"));
+        }
     }
 
     #[test]
