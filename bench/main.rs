@@ -4,8 +4,10 @@
 //! Every delivery is checked (count, order, per-topic sequence); any error or loss fails the
 //! run with a non-zero exit, so a fast wrong answer never shows up as a result.
 //!
-//! Rows so far: `native-tcp` (pipelined publishes over the native protocol, received by one
-//! subscriber on another connection; latency from a send timestamp carried in the payload).
+//! Rows: `native-tcp` (pipelined publishes over the native protocol, received by one
+//! subscriber on another connection; latency from a send timestamp carried in the payload),
+//! and the gRPC rows of [`grpc`] (`grpc-unary`, `grpc-stream`, `grpc-batch`). `--spawn` starts
+//! a server inside this process, its shards pinned to `--cores`, the load on the other CPUs.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 
 mod channels;
+mod grpc;
 
 use eventstream::engine::Priority;
 use eventstream::native::client::Client;
@@ -30,6 +33,25 @@ struct Args {
     /// Native TCP address of the server.
     #[arg(long, default_value = "127.0.0.1:9201")]
     server: String,
+    /// gRPC address of the server.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    grpc: String,
+    /// Start a server in this process (ephemeral ports on 127.0.0.1) instead of using one.
+    #[arg(long)]
+    spawn: bool,
+    /// With --spawn: CPUs for the server's shards, one pinned shard each (default: the last
+    /// CPU); the load runs on the other CPUs.
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// gRPC rows: connections.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// gRPC unary and batch rows: calls in flight on each connection.
+    #[arg(long, default_value_t = 32)]
+    inflight: usize,
+    /// grpc-batch: events per PublishBatch.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Events per row (accepts k and M suffixes).
     #[arg(long, default_value = "1M", value_parser = parse_count)]
     count: u64,
@@ -37,7 +59,11 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     size: usize,
     /// Rows to run, comma-separated.
-    #[arg(long, default_value = "native-tcp", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "native-tcp,grpc-unary,grpc-stream,grpc-batch",
+        value_delimiter = ','
+    )]
     rows: Vec<String>,
     /// Events a publisher may run ahead of its subscriber (flow control; keep it well under
     /// the server's subscriber queue of 65,536). Queueing latency grows with it.
@@ -97,21 +123,150 @@ impl Row {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.size < 16 {
         eprintln!("eventstream-bench: error: --size must be at least 16");
         return ExitCode::FAILURE;
     }
+    if args.conns == 0 || args.inflight == 0 || args.batch == 0 {
+        eprintln!("eventstream-bench: error: --conns, --inflight and --batch must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let server = if args.spawn {
+        match spawn(args.cores.as_deref()) {
+            Ok(server) => {
+                let a = server.addresses();
+                args.server = a.native.to_string();
+                args.grpc = a.grpc.to_string();
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("eventstream-bench: error: --spawn: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let code = run_rows(&args);
+    if let Some(server) = server {
+        server.stop();
+    }
+    code
+}
+
+/// Starts a server in this process: one pinned shard per CPU of `cores` (default: the last
+/// CPU), then moves this thread, and so the load, to the other CPUs.
+fn spawn(cores: Option<&[usize]>) -> Result<eventstream::server::RunningServer, String> {
+    let all: Vec<usize> = core_affinity::get_core_ids()
+        .ok_or("cannot read this process's CPUs")?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let server_cpus: Vec<usize> = match cores {
+        Some(list) => list.to_vec(),
+        None => all.last().copied().into_iter().collect(),
+    };
+    if let Some(bad) = server_cpus.iter().find(|c| !all.contains(c)) {
+        return Err(format!(
+            "CPU {bad} is not one this process may use ({all:?})"
+        ));
+    }
+    let load_cpus: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|c| !server_cpus.contains(c))
+        .collect();
+    // The server takes the CPUs the starting thread may use: narrow them, start, move on.
+    set_affinity(&server_cpus)?;
+    let mut config = eventstream::config::Config {
+        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        ..Default::default()
+    };
+    config.native.port = 0;
+    config.grpc.port = 0;
+    config.udp.port = 0;
+    config.shards.count = Some(server_cpus.len());
+    config.shards.pin = true;
+    let server = eventstream::server::start(&config).map_err(|e| e.to_string());
+    set_affinity(if load_cpus.is_empty() {
+        &all
+    } else {
+        &load_cpus
+    })?;
+    let server = server?;
+    eprintln!(
+        "eventstream-bench: server on CPU {server_cpus:?} (native {}, gRPC {}), load on CPU {:?}",
+        server.addresses().native,
+        server.addresses().grpc,
+        if load_cpus.is_empty() {
+            &all
+        } else {
+            &load_cpus
+        }
+    );
+    Ok(server)
+}
+
+/// Restricts the calling thread (and the threads it starts later) to `cpus`.
+fn set_affinity(cpus: &[usize]) -> Result<(), String> {
+    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it, and
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot pin to CPUs {cpus:?}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn grpc_row(args: &Args, name: &'static str) -> Result<Row, String> {
+    let load = grpc::Load {
+        addr: args.grpc.clone(),
+        count: args.count,
+        size: args.size,
+        conns: args.conns,
+        inflight: args.inflight,
+        window: args.window,
+    };
+    let topic = unique_topic(name);
+    let measured = match name {
+        "grpc-unary" => grpc::publish_rows(&load, &topic, None),
+        "grpc-batch" => grpc::publish_rows(&load, &topic, Some(args.batch)),
+        _ => grpc::stream_row(&load, &topic),
+    }?;
+    Ok(Row {
+        name,
+        events: measured.events,
+        seconds: measured.seconds,
+        latency: measured.latency,
+    })
+}
+
+fn run_rows(args: &Args) -> ExitCode {
     let mut rows = Vec::new();
     for name in &args.rows {
         let result = match name.as_str() {
-            "native-tcp" => native_tcp(&args),
+            "native-tcp" => native_tcp(args),
+            "grpc-unary" => grpc_row(args, "grpc-unary"),
+            "grpc-stream" => grpc_row(args, "grpc-stream"),
+            "grpc-batch" => grpc_row(args, "grpc-batch"),
             "channels" => {
-                compare_channels(&args);
+                compare_channels(args);
                 continue;
             }
             other => Err(format!(
-                "unknown row {other:?} (known: native-tcp, channels)"
+                "unknown row {other:?} (known: native-tcp, grpc-unary, grpc-stream, \
+                 grpc-batch, channels)"
             )),
         };
         match result {

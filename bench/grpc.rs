@@ -1,0 +1,321 @@
+//! The gRPC rows, spoken with the `h2` crate: an HTTP/2 implementation independent of the
+//! server's own, on a single-threaded tokio runtime (the load generator's one CPU).
+//!
+//! - `grpc-unary`: Publish RPCs, `--inflight` on each of `--conns` connections; latency per RPC.
+//! - `grpc-batch`: PublishBatch of `--batch` events, `--inflight` per connection; latency per
+//!   batch, events/s counts events.
+//! - `grpc-stream`: one Stream call that subscribes to its own topic: events go out on the
+//!   request side and come back on the response side; latency from the send time carried in
+//!   the payload, every event checked for order and sequence.
+//!
+//! Every response is checked (HTTP 200, grpc-status 0, `success: true`); any failure ends the
+//! row with an error.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use prost::Message;
+
+use eventstream::proto;
+
+/// What a gRPC row needs to know.
+pub struct Load {
+    pub addr: String,
+    pub count: u64,
+    pub size: usize,
+    pub conns: usize,
+    pub inflight: usize,
+    pub window: u64,
+}
+
+/// What a row measured: operations (RPCs or events) and per-operation latency in ns.
+pub struct Measured {
+    pub events: u64,
+    pub seconds: f64,
+    pub latency: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+async fn connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .handshake(tcp)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn request(addr: &str, method: &str, extra: &[(&str, &str)]) -> http::Request<()> {
+    let mut builder = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/eventstream.EventService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in extra {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(()).expect("a valid request")
+}
+
+/// The message framed for gRPC (uncompressed).
+fn framed(message: &impl Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(message.encoded_len() + 5);
+    out.extend_from_slice(&[0, 0, 0, 0, 0]);
+    message.encode(&mut out).expect("BytesMut grows");
+    let len = (out.len() - 5) as u32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    out.freeze()
+}
+
+fn event(topic: &str, payload: Vec<u8>) -> proto::Event {
+    proto::Event {
+        topic: topic.to_owned(),
+        payload: payload.into(),
+        priority: proto::Priority::Medium as i32,
+        ..Default::default()
+    }
+}
+
+/// One unary call: the response message, after checking status and trailers.
+async fn unary(
+    client: &mut h2::client::SendRequest<Bytes>,
+    addr: &str,
+    method: &str,
+    body: Bytes,
+) -> Result<Bytes, String> {
+    let ready = client.clone().ready().await.map_err(|e| e.to_string())?;
+    *client = ready;
+    let (response, mut send) = client
+        .send_request(request(addr, method, &[]), false)
+        .map_err(|e| e.to_string())?;
+    send.send_data(body, true).map_err(|e| e.to_string())?;
+    let response = response.await.map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(format!("HTTP status {}", response.status()));
+    }
+    if response.headers().contains_key("grpc-status") {
+        // Trailers-only: the call failed before any message.
+        check_status(Some(response.headers()))?;
+    }
+    let mut body = response.into_body();
+    let mut data = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+    check_status(trailers.as_ref())?;
+    if data.len() < 5 {
+        return Err("no response message".into());
+    }
+    data.advance(5);
+    Ok(data.freeze())
+}
+
+fn check_status(trailers: Option<&http::HeaderMap>) -> Result<(), String> {
+    let status = trailers
+        .and_then(|t| t.get("grpc-status"))
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .unwrap_or_else(|| "missing".into());
+    if status != "0" {
+        let message = trailers
+            .and_then(|t| t.get("grpc-message"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        return Err(format!("grpc-status {status}: {message}"));
+    }
+    Ok(())
+}
+
+/// Publish (batch = None) or PublishBatch RPCs until `load.count` events went out, with
+/// `inflight` calls at a time on each connection.
+pub fn publish_rows(load: &Load, topic: &str, batch: Option<usize>) -> Result<Measured, String> {
+    let per_call = batch.unwrap_or(1) as u64;
+    let calls = load.count.div_ceil(per_call);
+    let body = match batch {
+        None => framed(&proto::PublishRequest {
+            event: Some(event(topic, vec![7; load.size])),
+        }),
+        Some(n) => framed(&proto::PublishBatchRequest {
+            events: (0..n).map(|_| event(topic, vec![7; load.size])).collect(),
+        }),
+    };
+    let method = if batch.is_some() {
+        "PublishBatch"
+    } else {
+        "Publish"
+    };
+    let rt = runtime()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let next = Rc::new(Cell::new(0u64));
+        let latency = Rc::new(RefCell::new(histogram()));
+        let mut workers = Vec::new();
+        for _ in 0..load.conns {
+            let client = connect(&load.addr).await?;
+            for _ in 0..load.inflight {
+                let (mut client, next, latency) = (client.clone(), next.clone(), latency.clone());
+                let (addr, body) = (load.addr.clone(), body.clone());
+                workers.push(tokio::task::spawn_local(async move {
+                    loop {
+                        let n = next.get();
+                        if n >= calls {
+                            return Ok::<(), String>(());
+                        }
+                        next.set(n + 1);
+                        let start = Instant::now();
+                        let message = unary(&mut client, &addr, method, body.clone()).await?;
+                        let ns = start.elapsed().as_nanos() as u64;
+                        let response = proto::PublishResponse::decode(message)
+                            .map_err(|e| format!("PublishResponse: {e}"))?;
+                        if !response.success {
+                            return Err(format!("publish refused: {}", response.message));
+                        }
+                        latency
+                            .borrow_mut()
+                            .record(ns.max(1))
+                            .map_err(|e| e.to_string())?;
+                    }
+                }));
+            }
+        }
+        let start = Instant::now();
+        for worker in workers {
+            worker.await.map_err(|e| e.to_string())??;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let latency = latency.borrow().clone();
+        Ok(Measured {
+            events: calls * per_call,
+            seconds,
+            latency,
+        })
+    })
+}
+
+/// One Stream call subscribed to its own topic: every event published on it comes back on it.
+pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
+    let count = load.count;
+    let rt = runtime()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let clock = Instant::now();
+        let mut client = connect(&load.addr).await?;
+        client = client.ready().await.map_err(|e| e.to_string())?;
+        let request = request(&load.addr, "Stream", &[("x-topic-pattern", topic)]);
+        let (response, mut send) = client
+            .send_request(request, false)
+            .map_err(|e| e.to_string())?;
+        let received = Rc::new(Cell::new(0u64));
+        let progress = received.clone();
+        let receiver = tokio::task::spawn_local(async move {
+            let response = response.await.map_err(|e| e.to_string())?;
+            if response.status() != 200 {
+                return Err(format!("HTTP status {}", response.status()));
+            }
+            let mut body = response.into_body();
+            let mut latency = histogram();
+            let mut buf = BytesMut::new();
+            let mut expected = 1u64;
+            let mut last = 0u64;
+            while expected <= count {
+                let Some(chunk) = body.data().await else {
+                    let trailers = body.trailers().await.map_err(|e| e.to_string())?;
+                    check_status(trailers.as_ref())?;
+                    return Err(format!("stream ended after {} events", expected - 1));
+                };
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                while buf.len() >= 5 {
+                    let len = u32::from_be_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
+                    if buf.len() < 5 + len {
+                        break;
+                    }
+                    buf.advance(5);
+                    let message = buf.split_to(len).freeze();
+                    let now = clock.elapsed().as_nanos() as u64;
+                    let event = proto::Event::decode(message).map_err(|e| e.to_string())?;
+                    let p = &event.payload;
+                    let sent = u64::from_le_bytes(p[..8].try_into().expect("16-byte payload"));
+                    let index = u64::from_le_bytes(p[8..16].try_into().expect("16-byte payload"));
+                    // A server without sequence numbers (a peer) sends 0: order by index.
+                    let sequenced = event.sequence == expected || event.sequence == 0;
+                    if !sequenced || index != expected - 1 {
+                        return Err(format!(
+                            "expected sequence {expected} (index {}), got sequence {} (index \
+                             {index}): events lost or reordered",
+                            expected - 1,
+                            event.sequence
+                        ));
+                    }
+                    latency
+                        .record(now.saturating_sub(sent).max(1))
+                        .map_err(|e| e.to_string())?;
+                    last = now;
+                    expected += 1;
+                    progress.set(expected - 1);
+                }
+            }
+            Ok((latency, last))
+        });
+        let mut payload = vec![0u8; load.size];
+        let first = clock.elapsed().as_nanos() as u64;
+        let mut pending = BytesMut::new();
+        for i in 0..count {
+            // Stay at most `window` events ahead of what came back (no shedding measured).
+            while i.saturating_sub(received.get()) > load.window {
+                if receiver.is_finished() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            let now = clock.elapsed().as_nanos() as u64;
+            payload[..8].copy_from_slice(&now.to_le_bytes());
+            payload[8..16].copy_from_slice(&i.to_le_bytes());
+            let message = event(topic, payload.clone());
+            pending.extend_from_slice(&[0, 0, 0, 0, 0]);
+            let start = pending.len() - 5;
+            message.encode(&mut pending).expect("BytesMut grows");
+            let len = (pending.len() - start - 5) as u32;
+            pending[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+            // Hand h2 about 16 KiB at a time, as a client library would coalesce writes.
+            if pending.len() >= 16 * 1024 || i + 1 == count {
+                let chunk = pending.split().freeze();
+                send.reserve_capacity(chunk.len());
+                send.send_data(chunk, false).map_err(|e| e.to_string())?;
+                tokio::task::yield_now().await;
+            }
+        }
+        let (latency, last) = receiver.await.map_err(|e| e.to_string())??;
+        send.send_data(Bytes::new(), true)
+            .map_err(|e| e.to_string())?;
+        Ok(Measured {
+            events: count,
+            seconds: (last - first) as f64 / 1e9,
+            latency,
+        })
+    })
+}
