@@ -68,6 +68,10 @@ struct ServeArgs {
     /// Do not pin shards to CPUs (allows more shards than CPUs).
     #[arg(long)]
     no_pin: bool,
+    /// Low-latency mode: idle shards busy-poll this many microseconds before sleeping
+    /// (shards.spin_before_park_us; each spinning shard keeps its CPU busy) [default: 0].
+    #[arg(long, value_name = "MICROSECONDS")]
+    spin_us: Option<u64>,
 }
 
 /// Talking to the gRPC door instead of the native one, optionally over TLS.
@@ -225,6 +229,9 @@ fn serve(args: ServeArgs) -> CliResult {
     }
     if let Some(n) = args.shards {
         config.shards.count = Some(n);
+    }
+    if let Some(us) = args.spin_us {
+        config.shards.spin_before_park_us = us;
     }
     if args.no_pin {
         config.shards.pin = false;

@@ -171,9 +171,14 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         let max_frame = config.native.max_frame_bytes;
         let grpc_idle = Duration::from_millis(config.grpc.idle_timeout_ms);
         let drain = config.drain_timeout();
-        let handle = LocalExecutorBuilder::new(placement)
+        let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
-            .io_memory(IO_MEMORY)
+            .io_memory(IO_MEMORY);
+        if config.shards.spin_before_park_us > 0 {
+            let spin = Duration::from_micros(config.shards.spin_before_park_us);
+            builder = builder.spin_before_park(spin);
+        }
+        let handle = builder
             .spawn(move || async move {
                 let _ = ready.send(Stage::Created);
                 let joined = mesh.join().await;
