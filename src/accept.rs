@@ -53,11 +53,19 @@ pub async fn accept_loop<F, Fut>(
                 connections.live.set(connections.live.get() + 1);
                 let connections = connections.clone();
                 let shard_id = shard.id();
+                let counted = crate::engine::DOORS.iter().position(|d| *d == door);
+                if let Some(i) = counted {
+                    shard.count_connection(i, true);
+                }
+                let counting = shard.clone();
                 spawn_contained(serve(stream), move |panicked| {
                     if panicked {
                         crate::log_line!(
                             "shard {shard_id}: a {door} connection failed and was closed"
                         );
+                    }
+                    if let Some(i) = counted {
+                        counting.count_connection(i, false);
                     }
                     connections.live.set(connections.live.get() - 1);
                     connections.idle.notify();

@@ -19,6 +19,7 @@ pub mod accept;
 pub mod config;
 pub mod engine;
 pub mod grpc;
+pub mod metrics;
 pub mod native;
 pub mod server;
 pub mod tls;

@@ -242,11 +242,12 @@ fn serve(args: ServeArgs) -> CliResult {
     let running = server::start(&config)?;
     let addrs = running.addresses();
     eventstream::log_line!(
-        "eventstream {} serving: native tcp {}{}, grpc {}",
+        "eventstream {} serving: native tcp {}{}, grpc {}, metrics http://{}/metrics",
         env!("CARGO_PKG_VERSION"),
         addrs.native,
         addrs.udp.map(|a| format!(", udp {a}")).unwrap_or_default(),
         addrs.grpc,
+        addrs.metrics,
     );
     let signal = wait_for_signal(&signals);
     eventstream::log_line!("eventstream: signal {signal}, shutting down");

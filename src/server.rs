@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::{TcpListener, UdpSocket};
@@ -57,6 +57,7 @@ pub struct Addresses {
     pub native: SocketAddr,
     pub grpc: SocketAddr,
     pub udp: Option<SocketAddr>,
+    pub metrics: SocketAddr,
 }
 
 /// A started server. Dropping it without [`RunningServer::stop`] leaves the shards running.
@@ -78,6 +79,7 @@ struct ShardSockets {
     tcp: OwnedFd,
     grpc: OwnedFd,
     udp: Option<OwnedFd>,
+    metrics: OwnedFd,
 }
 
 impl RunningServer {
@@ -122,6 +124,11 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         SocketAddr::new(config.bind, config.grpc.port),
         cpus.len(),
     )?;
+    let (metrics, metrics_addr) = bind_tcp_shards(
+        "metrics.port",
+        SocketAddr::new(config.bind, config.metrics.port),
+        cpus.len(),
+    )?;
     let mut udp: Vec<Option<OwnedFd>> = (0..cpus.len()).map(|_| None).collect();
     let mut udp_addr = None;
     if config.udp_enabled() {
@@ -152,15 +159,21 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     let mut stops = Vec::new();
     let mut shards = Vec::new();
     let mut progress = Vec::new();
-    let sockets = tcp.into_iter().zip(grpc).zip(udp);
-    for (i, (cpu, ((tcp, grpc), udp))) in cpus.iter().zip(sockets).enumerate() {
+    let started = Instant::now();
+    let sockets = tcp.into_iter().zip(grpc).zip(udp).zip(metrics);
+    for (i, (cpu, (((tcp, grpc), udp), metrics))) in cpus.iter().zip(sockets).enumerate() {
         let placement = match cpu {
             Some(cpu) => Placement::Fixed(*cpu),
             None => Placement::Unbound,
         };
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
         stops.push(stop_tx);
-        let sockets = ShardSockets { tcp, grpc, udp };
+        let sockets = ShardSockets {
+            tcp,
+            grpc,
+            udp,
+            metrics,
+        };
         let (grpc_tls, native_tls) = (grpc_tls.clone(), native_tls.clone());
         let mesh = mesh.clone();
         // Each shard reports Created (its executor exists) then Serving; a sender dropped
@@ -196,6 +209,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                 let doors = DoorSettings {
                     max_frame,
                     grpc_idle,
+                    started,
                 };
                 run_shard(shard, sockets, tls, doors, drain, ready, stop_rx).await;
             })
@@ -233,6 +247,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
             native: native_addr,
             grpc: grpc_addr,
             udp: udp_addr,
+            metrics: metrics_addr,
         },
         stops,
         shards,
@@ -249,6 +264,8 @@ struct DoorTls {
 struct DoorSettings {
     max_frame: usize,
     grpc_idle: Duration,
+    /// When the server started (the metrics door reports uptime).
+    started: Instant,
 }
 
 async fn run_shard(
@@ -269,6 +286,10 @@ async fn run_shard(
     let max_message = shard.limits().max_message_bytes + 64 * 1024;
     let grpc_door = GrpcDoor::new(shard.clone(), max_message, tls.grpc, doors.grpc_idle);
     let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
+    // SAFETY: as above.
+    let metrics_listener = unsafe { TcpListener::from_raw_fd(sockets.metrics.into_raw_fd()) };
+    let metrics_door = crate::metrics::Door::new(shard.clone(), doors.started);
+    let metrics_accepting = glommio::spawn_local(metrics_door.accept_loop(metrics_listener));
     let receiving = sockets.udp.map(|fd| {
         // SAFETY: as above, a bound UDP socket owned by this shard.
         let socket = unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) };
@@ -280,6 +301,7 @@ async fn run_shard(
     shard.begin_shutdown();
     accepting.await;
     grpc_accepting.await;
+    metrics_accepting.await;
     if let Some(receiving) = receiving {
         receiving.await;
     }

@@ -80,7 +80,7 @@ pub struct UdpConfig {
     pub allow_with_mtls: bool,
 }
 
-/// The metrics endpoint (port reserved and checked; see the README for its status).
+/// The metrics door (Prometheus text on `GET /metrics`, see `crate::metrics`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {

@@ -19,7 +19,7 @@ pub mod topic;
 
 pub use event::{Event, EventError, EventId, Metadata, Priority, RawEvent};
 pub use limits::Limits;
-pub use messages::{Batch, PublishError, ShardStats};
+pub use messages::{Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS};
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
 pub use subscriber::{Consumer, SubState, Subscriber};
 pub use topic::{Pattern, Topic, TopicError};

@@ -103,7 +103,8 @@ enum Pending {
 
 struct PingGather {
     countdown: Countdown,
-    total: RefCell<ShardStats>,
+    /// Each shard's counters, by shard id, as they answer.
+    per_shard: RefCell<Vec<ShardStats>>,
 }
 
 struct TopicState {
@@ -525,6 +526,7 @@ impl Shard {
             count,
             latency: at.saturating_duration_since(request.decoded_at),
         };
+        self.stats.borrow_mut().record_ack_latency(outcome.latency);
         request.sink.acked(request.request_id, outcome);
     }
 
@@ -635,6 +637,19 @@ impl Shard {
         self.stats.borrow_mut().datagrams_dropped += 1;
     }
 
+    /// A TCP door's connection opened or closed; `door` indexes
+    /// [`DOORS`](super::messages::DOORS).
+    pub fn count_connection(&self, door: usize, opened: bool) {
+        let mut stats = self.stats.borrow_mut();
+        let live = &mut stats.connections[door];
+        debug_assert!(opened || *live > 0, "more connections closed than opened");
+        *live = if opened {
+            *live + 1
+        } else {
+            live.saturating_sub(1)
+        };
+    }
+
     /// This shard's counters now.
     pub fn stats(&self) -> ShardStats {
         let mut stats = *self.stats.borrow();
@@ -646,9 +661,20 @@ impl Shard {
     /// Asks every other shard for its counters and returns the server-wide totals once all of
     /// them answered. Callers that need a bound (health checks) wrap it in a timeout.
     pub async fn ping_all(&self) -> ShardStats {
+        let mut total = ShardStats::default();
+        for stats in self.stats_per_shard().await {
+            total.add(&stats);
+        }
+        total
+    }
+
+    /// Every shard's counters, by shard id, once all of them answered (the metrics endpoint).
+    pub async fn stats_per_shard(&self) -> Vec<ShardStats> {
+        let mut per_shard = vec![ShardStats::default(); self.count];
+        per_shard[self.id] = self.stats();
         let gather = Rc::new(PingGather {
             countdown: Countdown::new(self.count - 1),
-            total: RefCell::new(self.stats()),
+            per_shard: RefCell::new(per_shard),
         });
         if self.count > 1 {
             let token = self
@@ -660,8 +686,8 @@ impl Shard {
             }
         }
         gather.countdown.finished().await;
-        let total = *gather.total.borrow();
-        total
+        let per_shard = gather.per_shard.borrow().clone();
+        per_shard
     }
 
     /// Applies one batch received from shard `from`.
@@ -705,7 +731,7 @@ impl Shard {
                 ShardMsg::Pong { token, stats } => {
                     let mut pending = self.pending.borrow_mut();
                     if let Some(Pending::Ping(gather)) = pending.get(token as usize) {
-                        gather.total.borrow_mut().add(&stats);
+                        gather.per_shard.borrow_mut()[from] = stats;
                         gather.countdown.tick();
                         if gather.countdown.remaining() == 0 {
                             pending.remove(token as usize);

@@ -20,6 +20,7 @@ pub struct TestServer {
     pub native: SocketAddr,
     pub udp: SocketAddr,
     pub grpc: SocketAddr,
+    pub metrics: SocketAddr,
 }
 
 impl Drop for TestServer {
@@ -62,6 +63,7 @@ impl TestServer {
             native: addrs.native,
             udp: addrs.udp.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
             grpc: addrs.grpc,
+            metrics: addrs.metrics,
             running: Some(running),
         }
     }
