@@ -17,6 +17,7 @@ macro_rules! log_line {
 
 pub mod accept;
 pub mod config;
+pub mod doctor;
 pub mod engine;
 pub mod grpc;
 pub mod metrics;

@@ -40,6 +40,16 @@ enum Command {
     Sub(SubArgs),
     /// Check that a server answers on every shard; exit 0 when healthy.
     Health(HealthArgs),
+    /// Check this host for the server: io_uring, locked memory, CPU governor, isolated CPUs,
+    /// SMT, socket buffers, busy polling, huge pages. Exit 1 if the server could not start.
+    Doctor(DoctorArgs),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Shards the server would run [default: one per CPU this process may use].
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -190,6 +200,30 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
+fn doctor(args: DoctorArgs) -> CliResult {
+    use eventstream::doctor::{assess, HostFacts, Level};
+    let facts = HostFacts::read();
+    let shards = args.shards.unwrap_or(facts.cpus.len().max(1));
+    let findings = assess(&facts, shards);
+    for f in &findings {
+        let level = match f.level {
+            Level::Ok => "ok",
+            Level::Advice => "advice",
+            Level::Blocker => "BLOCKER",
+        };
+        println!("{level:<8}{}", f.what);
+        if let Some(fix) = &f.fix {
+            println!("{:<8}fix: {fix}", "");
+        }
+    }
+    let blocked = findings.iter().any(|f| f.level == Level::Blocker);
+    Ok(if blocked {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -197,6 +231,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => publish(args),
         Command::Sub(args) => subscribe(args),
         Command::Health(args) => health(args),
+        Command::Doctor(args) => doctor(args),
     };
     match result {
         Ok(code) => code,

@@ -369,8 +369,13 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
 }
 
 /// Fails early, with the fix, when io_uring could not register its memory.
+/// Locked memory (bytes) `shards` shards register with io_uring; tuning/README.md explains it.
+pub fn memlock_needed(shards: usize) -> u64 {
+    ((shards * IO_MEMORY * IO_MEMORY_RINGS) as u64).max(GLOMMIO_MIN_MEMLOCK)
+}
+
 fn check_memlock(shards: usize) -> Result<(), StartError> {
-    let need = ((shards * IO_MEMORY * IO_MEMORY_RINGS) as u64).max(GLOMMIO_MIN_MEMLOCK);
+    let need = memlock_needed(shards);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -413,7 +418,7 @@ fn memlock_verdict(
 }
 
 /// CAP_IPC_LOCK exempts a process from RLIMIT_MEMLOCK.
-fn has_ipc_lock() -> bool {
+pub fn has_ipc_lock() -> bool {
     const CAP_IPC_LOCK: u32 = 14;
     std::fs::read_to_string("/proc/self/status")
         .ok()
