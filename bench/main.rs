@@ -72,6 +72,11 @@ struct Args {
     /// One JSON object per row instead of the table.
     #[arg(long)]
     json: bool,
+    /// native-tcp: open loop at this many events/s (k and M suffixes). Each event is due at
+    /// its slot in the schedule and its latency counts from then, not from when it was sent,
+    /// so a stall is charged to every event it delayed (no coordinated omission).
+    #[arg(long, value_parser = parse_count)]
+    rate: Option<u64>,
 }
 
 fn parse_count(s: &str) -> Result<u64, String> {
@@ -322,6 +327,22 @@ fn compare_channels(args: &Args) {
     }
 }
 
+/// Waits until `clock` reaches `due` ns: sleeps while the wait is long, then yields (the
+/// receiver thread shares the load CPU, so no busy spin).
+fn wait_until(clock: &Instant, due: u64) {
+    loop {
+        let now = clock.elapsed().as_nanos() as u64;
+        if now >= due {
+            return;
+        }
+        if due - now > 200_000 {
+            thread::sleep(Duration::from_nanos(due - now - 100_000));
+        } else {
+            thread::yield_now();
+        }
+    }
+}
+
 fn unique_topic(row: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -380,6 +401,19 @@ fn native_tcp(args: &Args) -> Result<Row, String> {
     let mut payload = vec![0u8; args.size];
     let first = clock.elapsed().as_nanos() as u64;
     for i in 0..count {
+        if let Some(rate) = args.rate {
+            // Open loop: event i is due at its slot; late events go at once, stamped with
+            // the slot, so their latency includes the wait the schedule did not get.
+            let due = first + i * 1_000_000_000 / rate;
+            wait_until(&clock, due);
+            payload[..8].copy_from_slice(&due.to_le_bytes());
+            payload[8..16].copy_from_slice(&i.to_le_bytes());
+            publisher
+                .publish_nowait_simple(&topic, Priority::Medium, &payload)
+                .map_err(|e| e.to_string())?;
+            publisher.flush().map_err(|e| e.to_string())?;
+            continue;
+        }
         if i % 1024 == 0 {
             while i.saturating_sub(received.load(Ordering::Acquire)) > args.window {
                 publisher.flush().map_err(|e| e.to_string())?;
