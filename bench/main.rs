@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use hdrhistogram::Histogram;
 
+mod ceiling;
 mod channels;
 mod grpc;
 
@@ -30,6 +31,9 @@ use eventstream::native::client::Client;
     about = "Benchmark a running eventstream server"
 )]
 struct Args {
+    /// `ceiling`: measure only what the host allows (loopback sink, relay, ping-pong).
+    #[arg(value_parser = ["ceiling"])]
+    mode: Option<String>,
     /// Native TCP address of the server.
     #[arg(long, default_value = "127.0.0.1:9201")]
     server: String,
@@ -61,7 +65,7 @@ struct Args {
     /// Rows to run, comma-separated.
     #[arg(
         long,
-        default_value = "native-tcp,grpc-unary,grpc-stream,grpc-batch",
+        default_value = "native-tcp,grpc-unary,grpc-stream,grpc-batch,ceiling",
         value_delimiter = ','
     )]
     rows: Vec<String>,
@@ -72,6 +76,9 @@ struct Args {
     /// One JSON object per row instead of the table.
     #[arg(long)]
     json: bool,
+    /// Server and load CPUs, read once at start (before this process pins anything).
+    #[arg(skip)]
+    cpus: (Vec<usize>, Vec<usize>),
     /// native-tcp: open loop at this many events/s (k and M suffixes). Each event is due at
     /// its slot in the schedule and its latency counts from then, not from when it was sent,
     /// so a stall is charged to every event it delayed (no coordinated omission).
@@ -98,7 +105,8 @@ struct Row {
     name: &'static str,
     events: u64,
     seconds: f64,
-    latency: Histogram<u64>,
+    /// None for throughput-only rows (sink and relay ceilings).
+    latency: Option<Histogram<u64>>,
 }
 
 impl Row {
@@ -106,8 +114,16 @@ impl Row {
         self.events as f64 / self.seconds
     }
 
-    fn us(&self, quantile: f64) -> f64 {
-        self.latency.value_at_quantile(quantile) as f64 / 1_000.0
+    fn us(&self, quantile: f64) -> Option<f64> {
+        let h = self.latency.as_ref()?;
+        Some(
+            if quantile >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(quantile)
+            } as f64
+                / 1_000.0,
+        )
     }
 
     fn print_json(&self) {
@@ -121,10 +137,37 @@ impl Row {
                 "p50_us": self.us(0.5),
                 "p99_us": self.us(0.99),
                 "p999_us": self.us(0.999),
-                "max_us": self.latency.max() as f64 / 1_000.0,
+                "max_us": self.us(1.0),
             })
         );
     }
+}
+
+/// The server's CPUs (`cores`, default the last CPU) and the load's (all the others).
+fn cpu_split(cores: Option<&[usize]>) -> Result<(Vec<usize>, Vec<usize>), String> {
+    let all: Vec<usize> = core_affinity::get_core_ids()
+        .ok_or("cannot read this process's CPUs")?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    let server_cpus: Vec<usize> = match cores {
+        Some(list) => list.to_vec(),
+        None => all.last().copied().into_iter().collect(),
+    };
+    if let Some(bad) = server_cpus.iter().find(|c| !all.contains(c)) {
+        return Err(format!(
+            "CPU {bad} is not one this process may use ({all:?})"
+        ));
+    }
+    let load_cpus: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|c| !server_cpus.contains(c))
+        .collect();
+    Ok((
+        server_cpus,
+        if load_cpus.is_empty() { all } else { load_cpus },
+    ))
 }
 
 fn main() -> ExitCode {
@@ -137,8 +180,15 @@ fn main() -> ExitCode {
         eprintln!("eventstream-bench: error: --conns, --inflight and --batch must be at least 1");
         return ExitCode::FAILURE;
     }
+    args.cpus = match cpu_split(args.cores.as_deref()) {
+        Ok(split) => split,
+        Err(e) => {
+            eprintln!("eventstream-bench: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = if args.spawn {
-        match spawn(args.cores.as_deref()) {
+        match spawn(&args.cpus) {
             Ok(server) => {
                 let a = server.addresses();
                 args.server = a.native.to_string();
@@ -162,28 +212,11 @@ fn main() -> ExitCode {
 
 /// Starts a server in this process: one pinned shard per CPU of `cores` (default: the last
 /// CPU), then moves this thread, and so the load, to the other CPUs.
-fn spawn(cores: Option<&[usize]>) -> Result<eventstream::server::RunningServer, String> {
-    let all: Vec<usize> = core_affinity::get_core_ids()
-        .ok_or("cannot read this process's CPUs")?
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    let server_cpus: Vec<usize> = match cores {
-        Some(list) => list.to_vec(),
-        None => all.last().copied().into_iter().collect(),
-    };
-    if let Some(bad) = server_cpus.iter().find(|c| !all.contains(c)) {
-        return Err(format!(
-            "CPU {bad} is not one this process may use ({all:?})"
-        ));
-    }
-    let load_cpus: Vec<usize> = all
-        .iter()
-        .copied()
-        .filter(|c| !server_cpus.contains(c))
-        .collect();
+fn spawn(
+    (server_cpus, load_cpus): &(Vec<usize>, Vec<usize>),
+) -> Result<eventstream::server::RunningServer, String> {
     // The server takes the CPUs the starting thread may use: narrow them, start, move on.
-    set_affinity(&server_cpus)?;
+    set_affinity(server_cpus)?;
     let mut config = eventstream::config::Config {
         bind: std::net::Ipv4Addr::LOCALHOST.into(),
         ..Default::default()
@@ -194,21 +227,13 @@ fn spawn(cores: Option<&[usize]>) -> Result<eventstream::server::RunningServer, 
     config.shards.count = Some(server_cpus.len());
     config.shards.pin = true;
     let server = eventstream::server::start(&config).map_err(|e| e.to_string());
-    set_affinity(if load_cpus.is_empty() {
-        &all
-    } else {
-        &load_cpus
-    })?;
+    set_affinity(load_cpus)?;
     let server = server?;
     eprintln!(
-        "eventstream-bench: server on CPU {server_cpus:?} (native {}, gRPC {}), load on CPU {:?}",
+        "eventstream-bench: server on CPU {server_cpus:?} (native {}, gRPC {}), load on CPU \
+         {load_cpus:?}",
         server.addresses().native,
         server.addresses().grpc,
-        if load_cpus.is_empty() {
-            &all
-        } else {
-            &load_cpus
-        }
     );
     Ok(server)
 }
@@ -253,14 +278,31 @@ fn grpc_row(args: &Args, name: &'static str) -> Result<Row, String> {
         name,
         events: measured.events,
         seconds: measured.seconds,
-        latency: measured.latency,
+        latency: Some(measured.latency),
     })
 }
 
 fn run_rows(args: &Args) -> ExitCode {
     let mut rows = Vec::new();
-    for name in &args.rows {
-        let result = match name.as_str() {
+    let names: Vec<String> = if args.mode.is_some() {
+        vec!["ceiling".to_owned()]
+    } else {
+        args.rows.clone()
+    };
+    let mut queue: Vec<&str> = Vec::new();
+    for name in &names {
+        if name == "ceiling" {
+            queue.extend(CEILING_ROWS);
+        } else {
+            queue.push(name);
+        }
+    }
+    for name in queue {
+        let result = match name {
+            "ceiling-sink"
+            | "ceiling-relay"
+            | "ceiling-pingpong-block"
+            | "ceiling-pingpong-spin" => ceiling_row(args, name),
             "native-tcp" => native_tcp(args),
             "grpc-unary" => grpc_row(args, "grpc-unary"),
             "grpc-stream" => grpc_row(args, "grpc-stream"),
@@ -271,7 +313,7 @@ fn run_rows(args: &Args) -> ExitCode {
             }
             other => Err(format!(
                 "unknown row {other:?} (known: native-tcp, grpc-unary, grpc-stream, \
-                 grpc-batch, channels)"
+                 grpc-batch, ceiling, channels)"
             )),
         };
         match result {
@@ -288,23 +330,72 @@ fn run_rows(args: &Args) -> ExitCode {
         }
     }
     if !args.json && !rows.is_empty() {
+        print_table(&rows);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The ceiling rows, in the order `ceiling` runs them.
+const CEILING_ROWS: [&str; 4] = [
+    "ceiling-sink",
+    "ceiling-relay",
+    "ceiling-pingpong-block",
+    "ceiling-pingpong-spin",
+];
+
+fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
+    let (server_cpus, load_cpus) = &args.cpus;
+    set_affinity(load_cpus)?;
+    // Ping-pong counts round trips: a tenth of the events, at least 10,000.
+    let round_trips = (args.count / 10).max(10_000);
+    let c = match name {
+        "ceiling-sink" => ceiling::sink(server_cpus, args.count.max(1_000_000), args.size),
+        "ceiling-relay" => ceiling::relay(server_cpus, args.count.max(1_000_000), args.size),
+        "ceiling-pingpong-block" => ceiling::pingpong(server_cpus, round_trips, args.size, false),
+        _ => ceiling::pingpong(server_cpus, round_trips, args.size, true),
+    }?;
+    Ok(Row {
+        name: c.name,
+        events: c.events,
+        seconds: c.seconds,
+        latency: c.latency,
+    })
+}
+
+/// The seed's table, then each eventstream row as a fraction of the host's ceiling when both
+/// were measured in this run.
+fn print_table(rows: &[Row]) {
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    println!(
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
+        "path", "P50 µs", "P99 µs", "P99.9 µs", "max µs", "events/s"
+    );
+    for r in rows {
         println!(
-            "{:<14} {:>10} {:>10} {:>10} {:>10} {:>14}",
-            "path", "P50 µs", "P99 µs", "P99.9 µs", "max µs", "events/s"
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14.0}",
+            r.name,
+            cell(r.us(0.5)),
+            cell(r.us(0.99)),
+            cell(r.us(0.999)),
+            cell(r.us(1.0)),
+            r.events_per_s()
         );
-        for r in &rows {
+    }
+    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    if let (Some(row), Some(relay)) = (find("native-tcp"), find("ceiling-relay")) {
+        println!(
+            "native-tcp: {:.1}% of the relay ceiling",
+            100.0 * row.events_per_s() / relay.events_per_s()
+        );
+    }
+    if let (Some(row), Some(spin)) = (find("native-tcp"), find("ceiling-pingpong-spin")) {
+        if let (Some(p99), Some(floor)) = (row.us(0.99), spin.us(0.99)) {
             println!(
-                "{:<14} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>14.0}",
-                r.name,
-                r.us(0.5),
-                r.us(0.99),
-                r.us(0.999),
-                r.latency.max() as f64 / 1_000.0,
-                r.events_per_s()
+                "native-tcp P99: {:.1}x the busy-poll ping-pong P99",
+                p99 / floor
             );
         }
     }
-    ExitCode::SUCCESS
 }
 
 /// Batches of 256 events (about what one socket read yields) and 100k round trips, three runs
@@ -445,6 +536,6 @@ fn native_tcp(args: &Args) -> Result<Row, String> {
         name: "native-tcp",
         events: count,
         seconds: (last - first) as f64 / 1e9,
-        latency,
+        latency: Some(latency),
     })
 }
