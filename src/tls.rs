@@ -48,7 +48,11 @@ impl Transport {
         size: usize,
         wire: &mut Vec<u8>,
     ) -> io::Result<bool> {
-        wire.resize(size.max(16 * 1024), 0);
+        // Grown to the largest size asked for so far and never shrunk (zeroed once per
+        // growth); each read may fill all of it. Idle connections stay at the first size.
+        if wire.len() < size {
+            wire.resize(size, 0);
+        }
         let n = stream.read(wire).await?;
         if n == 0 {
             return Ok(false);

@@ -33,6 +33,8 @@ use crate::tls::Transport;
 /// window) before its events stay in its subscriber queue, where shedding applies.
 const MAX_QUEUED_PER_STREAM: usize = 256 * 1024;
 const READ_SIZE: usize = 64 * 1024;
+/// The first reads' size.
+const MIN_READ: usize = 4 * 1024;
 /// Response bytes waiting for the socket after which the reader stops reading: a client that
 /// sends requests but never reads the answers slows itself down, nobody else.
 const MAX_UNSENT: usize = 4 << 20;
@@ -243,9 +245,12 @@ impl GrpcConnection {
     }
 
     async fn read_loop(self: &Rc<Self>, mut stream: TcpStream) {
-        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let mut buf = BytesMut::with_capacity(MIN_READ);
         let mut wire = Vec::new();
         let mut events = Vec::new();
+        // Reads start small (an idle connection keeps little memory) and double while they
+        // come back full, up to READ_SIZE.
+        let mut read_size = MIN_READ;
         loop {
             futures_lite::future::yield_now().await;
             self.shard.admit().await;
@@ -257,9 +262,10 @@ impl GrpcConnection {
                 return self.shut_down();
             }
             let broken = self.stop.wait();
+            let before = buf.len();
             let reading = self
                 .transport
-                .read(&mut stream, &mut buf, READ_SIZE, &mut wire);
+                .read(&mut stream, &mut buf, read_size, &mut wire);
             let read = accept::unless(reading, futures_lite::future::or(stopped, broken)).await;
             if self.transport.wants_write() {
                 self.consumer.notify.notify(); // TLS handshake or alert to send
@@ -269,6 +275,9 @@ impl GrpcConnection {
                 None => return self.shut_down(),
                 Some(Ok(false)) | Some(Err(_)) => return,
                 Some(Ok(true)) => self.last_activity.set(Instant::now()),
+            }
+            if buf.len() - before >= read_size {
+                read_size = (read_size * 2).min(READ_SIZE);
             }
             let result = self
                 .h2

@@ -193,7 +193,8 @@ impl Connection {
     }
 
     async fn read_loop(self: &Rc<Self>, mut stream: TcpStream, max_frame: usize) {
-        let mut buf = BytesMut::with_capacity(MAX_READ);
+        // Buffers start small and grow with the traffic: an idle connection holds little.
+        let mut buf = BytesMut::with_capacity(MIN_READ);
         let mut wire = Vec::new();
         let mut read_size = MIN_READ;
         loop {
@@ -206,7 +207,7 @@ impl Connection {
             if self.broken.get() {
                 return;
             }
-            // Zero only what this read may fill, sized to recent reads.
+            // Reads are sized to recent ones.
             let filled = buf.len();
             let stopped = self.shard.shutdown.wait();
             if self.shard.is_closing() {
@@ -421,7 +422,7 @@ impl Connection {
     }
 
     async fn write_loop(&self, mut stream: TcpStream) {
-        let mut out = BytesMut::with_capacity(WRITE_BUDGET);
+        let mut out = BytesMut::with_capacity(MIN_READ);
         let mut wire = Vec::new();
         loop {
             let woken = self.consumer.notify.wait();
