@@ -286,7 +286,23 @@ impl Event {
         ids: &mut IdGenerator,
         now_ns: i64,
     ) -> Result<Event, EventError> {
-        let topic = Topic::parse(raw.topic)?;
+        Event::validate_after(raw, None, limits, ids, now_ns)
+    }
+
+    /// [`Event::validate`] for the next event of a batch: when its topic is byte for byte
+    /// `previous` (an already validated topic), that topic is reused instead of checked again
+    /// (batches usually repeat one topic; the check was 17% of a batch's instructions).
+    pub fn validate_after(
+        raw: RawEvent,
+        previous: Option<&Topic>,
+        limits: &Limits,
+        ids: &mut IdGenerator,
+        now_ns: i64,
+    ) -> Result<Event, EventError> {
+        let topic = match previous {
+            Some(known) if known.bytes() == &raw.topic => known.clone(),
+            _ => Topic::parse(raw.topic)?,
+        };
         if topic.is_reserved() {
             return Err(EventError::ReservedTopic(topic.as_str().to_owned()));
         }
@@ -391,6 +407,22 @@ mod tests {
             payload: Bytes::from_static(b"hello"),
             priority: 2,
             ..RawEvent::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_reuses_the_previous_topic_only_when_it_is_the_same() {
+        let limits = Limits::default();
+        let mut ids = IdGenerator::new(1);
+        let first = Event::validate(raw("a/b"), &limits, &mut ids, 1).unwrap();
+        let previous = Some(&first.topic);
+        let same = Event::validate_after(raw("a/b"), previous, &limits, &mut ids, 1).unwrap();
+        assert_eq!(same.topic, first.topic);
+        let other = Event::validate_after(raw("a/c"), previous, &limits, &mut ids, 1).unwrap();
+        assert_eq!(other.topic.as_str(), "a/c");
+        // A different topic is still checked in full.
+        for bad in ["a//b", "$sys/x", "a/*"] {
+            assert!(Event::validate_after(raw(bad), previous, &limits, &mut ids, 1).is_err());
         }
     }
 

@@ -26,7 +26,7 @@ use super::notify::{Countdown, Notify};
 use super::queue::{Offer, SubscriberQueue};
 use super::routing::owner_of;
 use super::subscriber::{Consumer, SubState, Subscriber};
-use super::topic::Pattern;
+use super::topic::{Pattern, Topic};
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
 /// sockets: the engine is saturated and publishers must slow down (§4).
@@ -272,6 +272,18 @@ impl Shard {
     /// (`received_ns`: when the bytes carrying it were read, Unix ns).
     pub fn validate(&self, raw: RawEvent, received_ns: i64) -> Result<Event, EventError> {
         Event::validate(raw, &self.limits, &mut self.ids.borrow_mut(), received_ns)
+    }
+
+    /// [`Shard::validate`] for a batch's next event, reusing `previous`'s validated topic when
+    /// it is the same ([`Event::validate_after`]).
+    pub fn validate_after(
+        &self,
+        raw: RawEvent,
+        previous: Option<&Topic>,
+        received_ns: i64,
+    ) -> Result<Event, EventError> {
+        let ids = &mut self.ids.borrow_mut();
+        Event::validate_after(raw, previous, &self.limits, ids, received_ns)
     }
 
     /// Registers a door's sink for refusal reports; unregister it when its client goes.

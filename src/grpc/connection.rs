@@ -717,9 +717,10 @@ impl GrpcConnection {
         events.clear();
         let decoded = service::decode_batch(message, max, |index, raw| {
             let raw = raw.map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
+            let previous = events.last().map(|e: &Event| &e.topic);
             let event = self
                 .shard
-                .validate(raw, now_ns)
+                .validate_after(raw, previous, now_ns)
                 .map_err(|error| GrpcError::InvalidBatchEvent { index, error })?;
             events.push(event);
             Ok(())
