@@ -354,26 +354,8 @@ pub fn raw_event(e: proto::Event) -> Result<RawEvent, GrpcError> {
     })
 }
 
-/// An engine event as the protobuf message subscribers receive (what [`put_event`] encodes
-/// without building it).
-pub fn proto_event(e: &Event) -> proto::Event {
-    proto::Event {
-        id: e.id.to_string(),
-        topic: e.topic.as_str().to_owned(),
-        payload: e.payload.clone(),
-        priority: e.priority as i32,
-        timestamp_ns: e.timestamp_ns,
-        metadata: e
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect(),
-        sequence: e.sequence,
-    }
-}
-
 /// Appends an engine event as an encoded `eventstream.Event` (the same bytes prost would write
-/// for [`proto_event`]'s message, map entries in order) straight from the event's shared
+/// for the equivalent message, map entries in order) straight from the event's shared
 /// buffers: delivering to a gRPC subscriber allocates nothing per event.
 pub fn put_event(out: &mut BytesMut, e: &Event) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
@@ -428,6 +410,24 @@ pub fn framed(msg: &impl Message) -> BytesMut {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// An engine event as the protobuf message subscribers receive (what [`put_event`] encodes
+    /// without building it).
+    fn proto_event(e: &Event) -> proto::Event {
+        proto::Event {
+            id: e.id.to_string(),
+            topic: e.topic.as_str().to_owned(),
+            payload: e.payload.clone(),
+            priority: e.priority as i32,
+            timestamp_ns: e.timestamp_ns,
+            metadata: e
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            sequence: e.sequence,
+        }
+    }
 
     /// A decoded event with its metadata as a sorted list (prost's map has no order).
     fn comparable(
