@@ -65,7 +65,7 @@ struct Args {
     /// Rows to run, comma-separated.
     #[arg(
         long,
-        default_value = "native-tcp,grpc-unary,grpc-stream,grpc-batch,ceiling",
+        default_value = "native-tcp,native-publish,grpc-unary,grpc-stream,grpc-batch,ceiling",
         value_delimiter = ','
     )]
     rows: Vec<String>,
@@ -321,6 +321,7 @@ fn run_rows(args: &Args) -> ExitCode {
             | "ceiling-pingpong-block"
             | "ceiling-pingpong-spin" => ceiling_row(args, name),
             "native-tcp" => native_tcp(args),
+            "native-publish" => native_publish(args),
             "grpc-unary" => grpc_row(args, "grpc-unary"),
             "grpc-stream" => grpc_row(args, "grpc-stream"),
             "grpc-batch" => grpc_row(args, "grpc-batch"),
@@ -333,8 +334,8 @@ fn run_rows(args: &Args) -> ExitCode {
                 Err(e) => Err(e),
             },
             other => Err(format!(
-                "unknown row {other:?} (known: native-tcp, grpc-unary, grpc-stream, \
-                 grpc-batch, ceiling, channels)"
+                "unknown row {other:?} (known: native-tcp, native-publish, grpc-unary, \
+                 grpc-stream, grpc-batch, ceiling, memory, channels)"
             )),
         };
         match result {
@@ -575,6 +576,12 @@ fn print_table(rows: &[Row]) {
         );
     }
     let find = |name: &str| rows.iter().find(|r| r.name == name);
+    if let (Some(row), Some(sink)) = (find("native-publish"), find("ceiling-sink")) {
+        println!(
+            "native-publish: {:.1}% of the sink ceiling",
+            100.0 * row.events_per_s() / sink.events_per_s()
+        );
+    }
     if let (Some(row), Some(relay)) = (find("native-tcp"), find("ceiling-relay")) {
         println!(
             "native-tcp: {:.1}% of the relay ceiling",
@@ -609,6 +616,43 @@ fn compare_channels(args: &Args) {
             println!("{line}");
         }
     }
+}
+
+/// Pipelined publishes on one connection and no subscriber: how fast the server takes events
+/// in. Timed from the first publish to the answer of a PING sent after the last, which the
+/// server gives once it has routed every event before it; the server's `received` counter
+/// must have grown by the count.
+fn native_publish(args: &Args) -> Result<Row, String> {
+    let topic = unique_topic("native-publish");
+    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    publisher
+        .set_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let before = publisher.ping().map_err(|e| e.to_string())?;
+    let payload = vec![0x5au8; args.size];
+    let start = Instant::now();
+    for _ in 0..args.count {
+        publisher
+            .publish_nowait_simple(&topic, Priority::Medium, &payload)
+            .map_err(|e| e.to_string())?;
+    }
+    publisher.flush().map_err(|e| e.to_string())?;
+    let after = publisher.ping().map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let taken = after.received - before.received;
+    if taken < args.count || after.refused != before.refused {
+        return Err(format!(
+            "the server took {taken} of {} events ({} refused)",
+            args.count,
+            after.refused - before.refused
+        ));
+    }
+    Ok(Row {
+        name: "native-publish",
+        events: args.count,
+        seconds,
+        latency: None,
+    })
 }
 
 /// Waits until `clock` reaches `due` ns: sleeps while the wait is long, then yields (the
