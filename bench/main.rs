@@ -40,6 +40,9 @@ struct Args {
     /// gRPC address of the server.
     #[arg(long, default_value = "127.0.0.1:9200")]
     grpc: String,
+    /// UDP address of the server (the native-udp row).
+    #[arg(long, default_value = "127.0.0.1:9202")]
+    udp: String,
     /// Start a server in this process (ephemeral ports on 127.0.0.1) instead of using one.
     #[arg(long)]
     spawn: bool,
@@ -208,6 +211,9 @@ fn main() -> ExitCode {
             Ok(server) => {
                 let a = server.addresses();
                 args.server = a.native.to_string();
+                if let Some(udp) = a.udp {
+                    args.udp = udp.to_string();
+                }
                 args.metrics = Some(a.metrics.to_string());
                 args.grpc = a.grpc.to_string();
                 Some(server)
@@ -322,6 +328,7 @@ fn run_rows(args: &Args) -> ExitCode {
             | "ceiling-pingpong-spin" => ceiling_row(args, name),
             "native-tcp" => native_tcp(args),
             "native-publish" => native_publish(args),
+            "native-udp" => native_udp(args),
             "grpc-unary" => grpc_row(args, "grpc-unary"),
             "grpc-stream" => grpc_row(args, "grpc-stream"),
             "grpc-batch" => grpc_row(args, "grpc-batch"),
@@ -334,8 +341,8 @@ fn run_rows(args: &Args) -> ExitCode {
                 Err(e) => Err(e),
             },
             other => Err(format!(
-                "unknown row {other:?} (known: native-tcp, native-publish, grpc-unary, \
-                 grpc-stream, grpc-batch, ceiling, memory, channels)"
+                "unknown row {other:?} (known: native-tcp, native-publish, native-udp, \
+                 grpc-unary, grpc-stream, grpc-batch, ceiling, memory, channels)"
             )),
         };
         match result {
@@ -616,6 +623,93 @@ fn compare_channels(args: &Args) {
             println!("{line}");
         }
     }
+}
+
+/// Events sent as UDP datagrams (`UDP_BATCH` publishes per datagram), received by one TCP
+/// subscriber: latency from the send time in the payload, every event checked for order and
+/// sequence. The sender keeps at most `--window` events ahead of the subscriber; a lost
+/// datagram fails the row (the subscriber's wait times out).
+fn native_udp(args: &Args) -> Result<Row, String> {
+    const UDP_BATCH: u64 = 8;
+    let topic = unique_topic("native-udp");
+    let count = args.count;
+    let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    sub.set_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    sub.subscribe(&topic, Priority::Batch)
+        .map_err(|e| e.to_string())?;
+    let clock = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = received.clone();
+    let receiver = thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+        let mut last = 0;
+        for expected in 1..=count {
+            let d = sub
+                .next_event()
+                .map_err(|e| format!("after {} events: {e} (datagrams lost?)", expected - 1))?;
+            let now = clock.elapsed().as_nanos() as u64;
+            let p = &d.event.payload;
+            let sent = u64::from_le_bytes(p[..8].try_into().expect("16-byte payload"));
+            let index = u64::from_le_bytes(p[8..16].try_into().expect("16-byte payload"));
+            if d.sequence != expected || index != expected - 1 {
+                return Err(format!(
+                    "expected sequence {expected} (index {}), got sequence {} (index {index}): \
+                     events lost or reordered",
+                    expected - 1,
+                    d.sequence
+                ));
+            }
+            hist.record(now.saturating_sub(sent).max(1))
+                .map_err(|e| e.to_string())?;
+            last = now;
+            if expected % 64 == 0 {
+                progress.store(expected, Ordering::Release);
+            }
+        }
+        Ok((hist, last))
+    });
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    socket.connect(&args.udp).map_err(|e| e.to_string())?;
+    let mut datagram = bytes::BytesMut::new();
+    let mut payload = vec![0u8; args.size];
+    // Datagrams are not flow-controlled: stay well inside the socket buffers.
+    let window = args.window.min(1024);
+    let first = clock.elapsed().as_nanos() as u64;
+    for i in 0..count {
+        while i.saturating_sub(received.load(Ordering::Acquire)) > window {
+            if receiver.is_finished() {
+                break;
+            }
+            thread::yield_now();
+        }
+        let now = clock.elapsed().as_nanos() as u64;
+        payload[..8].copy_from_slice(&now.to_le_bytes());
+        payload[8..16].copy_from_slice(&i.to_le_bytes());
+        eventstream::native::codec::put_publish_simple(
+            &mut datagram,
+            i,
+            topic.as_bytes(),
+            Priority::Medium as u8,
+            &payload,
+        );
+        if (i + 1) % UDP_BATCH == 0 || i + 1 == count {
+            socket.send(&datagram).map_err(|e| e.to_string())?;
+            datagram.clear();
+        }
+        if receiver.is_finished() {
+            break;
+        }
+    }
+    let (latency, last) = receiver
+        .join()
+        .map_err(|_| "receiver thread panicked".to_owned())??;
+    Ok(Row {
+        name: "native-udp",
+        events: count,
+        seconds: (last - first) as f64 / 1e9,
+        latency: Some(latency),
+    })
 }
 
 /// Pipelined publishes on one connection and no subscriber: how fast the server takes events
