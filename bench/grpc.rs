@@ -38,10 +38,6 @@ pub struct Measured {
     pub latency: Histogram<u64>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
-}
-
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -176,7 +172,7 @@ pub fn publish_rows(load: &Load, topic: &str, batch: Option<usize>) -> Result<Me
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let next = Rc::new(Cell::new(0u64));
-        let latency = Rc::new(RefCell::new(histogram()));
+        let latency = Rc::new(RefCell::new(crate::delivery::histogram()));
         let mut workers = Vec::new();
         for _ in 0..load.conns {
             let client = connect(&load.addr).await?;
@@ -242,7 +238,7 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
                 return Err(format!("HTTP status {}", response.status()));
             }
             let mut body = response.into_body();
-            let mut latency = histogram();
+            let mut latency = crate::delivery::histogram();
             let mut buf = BytesMut::new();
             let mut expected = 1u64;
             let mut last = 0u64;
@@ -264,19 +260,13 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
                     let message = buf.split_to(len).freeze();
                     let now = clock.elapsed().as_nanos() as u64;
                     let event = proto::Event::decode(message).map_err(|e| e.to_string())?;
-                    let p = &event.payload;
-                    let sent = u64::from_le_bytes(p[..8].try_into().expect("16-byte payload"));
-                    let index = u64::from_le_bytes(p[8..16].try_into().expect("16-byte payload"));
                     // A server without sequence numbers (a peer) sends 0: order by index.
-                    let sequenced = event.sequence == expected || event.sequence == 0;
-                    if !sequenced || index != expected - 1 {
-                        return Err(format!(
-                            "expected sequence {expected} (index {}), got sequence {} (index \
-                             {index}): events lost or reordered",
-                            expected - 1,
-                            event.sequence
-                        ));
-                    }
+                    let sequence = if event.sequence == 0 {
+                        expected
+                    } else {
+                        event.sequence
+                    };
+                    let sent = crate::delivery::check(expected, sequence, &event.payload)?;
                     latency
                         .record(now.saturating_sub(sent).max(1))
                         .map_err(|e| e.to_string())?;
@@ -299,8 +289,7 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
                 tokio::task::yield_now().await;
             }
             let now = clock.elapsed().as_nanos() as u64;
-            payload[..8].copy_from_slice(&now.to_le_bytes());
-            payload[8..16].copy_from_slice(&i.to_le_bytes());
+            crate::delivery::stamp(&mut payload, now, i);
             let message = event(topic, payload.clone());
             pending.extend_from_slice(&[0, 0, 0, 0, 0]);
             let start = pending.len() - 5;

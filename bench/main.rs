@@ -10,8 +10,6 @@
 //! a server inside this process, its shards pinned to `--cores`, the load on the other CPUs.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +18,10 @@ use hdrhistogram::Histogram;
 
 mod ceiling;
 mod channels;
+mod delivery;
 mod grpc;
+
+use delivery::Watcher;
 
 use eventstream::engine::Priority;
 use eventstream::native::client::Client;
@@ -633,42 +634,16 @@ fn native_udp(args: &Args) -> Result<Row, String> {
     const UDP_BATCH: u64 = 8;
     let topic = unique_topic("native-udp");
     let count = args.count;
-    let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
-    sub.set_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    sub.subscribe(&topic, Priority::Batch)
-        .map_err(|e| e.to_string())?;
     let clock = Instant::now();
-    let received = Arc::new(AtomicU64::new(0));
-    let progress = received.clone();
-    let receiver = thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-        let mut last = 0;
-        for expected in 1..=count {
-            let d = sub
-                .next_event()
-                .map_err(|e| format!("after {} events: {e} (datagrams lost?)", expected - 1))?;
-            let now = clock.elapsed().as_nanos() as u64;
-            let p = &d.event.payload;
-            let sent = u64::from_le_bytes(p[..8].try_into().expect("16-byte payload"));
-            let index = u64::from_le_bytes(p[8..16].try_into().expect("16-byte payload"));
-            if d.sequence != expected || index != expected - 1 {
-                return Err(format!(
-                    "expected sequence {expected} (index {}), got sequence {} (index {index}): \
-                     events lost or reordered",
-                    expected - 1,
-                    d.sequence
-                ));
-            }
-            hist.record(now.saturating_sub(sent).max(1))
-                .map_err(|e| e.to_string())?;
-            last = now;
-            if expected % 64 == 0 {
-                progress.store(expected, Ordering::Release);
-            }
-        }
-        Ok((hist, last))
-    });
+    let wait = Duration::from_secs(5);
+    let watcher = Watcher::start(
+        &args.server,
+        &topic,
+        count,
+        clock,
+        wait,
+        " (datagrams lost?)",
+    )?;
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     socket.connect(&args.udp).map_err(|e| e.to_string())?;
     let mut datagram = bytes::BytesMut::new();
@@ -677,15 +652,13 @@ fn native_udp(args: &Args) -> Result<Row, String> {
     let window = args.window.min(1024);
     let first = clock.elapsed().as_nanos() as u64;
     for i in 0..count {
-        while i.saturating_sub(received.load(Ordering::Acquire)) > window {
-            if receiver.is_finished() {
-                break;
-            }
+        while i.saturating_sub(watcher.received()) > window && !watcher.is_finished() {
             thread::yield_now();
         }
-        let now = clock.elapsed().as_nanos() as u64;
-        payload[..8].copy_from_slice(&now.to_le_bytes());
-        payload[8..16].copy_from_slice(&i.to_le_bytes());
+        if watcher.is_finished() {
+            break; // it failed: its error is reported below
+        }
+        delivery::stamp(&mut payload, clock.elapsed().as_nanos() as u64, i);
         eventstream::native::codec::put_publish_simple(
             &mut datagram,
             i,
@@ -697,13 +670,8 @@ fn native_udp(args: &Args) -> Result<Row, String> {
             socket.send(&datagram).map_err(|e| e.to_string())?;
             datagram.clear();
         }
-        if receiver.is_finished() {
-            break;
-        }
     }
-    let (latency, last) = receiver
-        .join()
-        .map_err(|_| "receiver thread panicked".to_owned())??;
+    let (latency, last) = watcher.finish()?;
     Ok(Row {
         name: "native-udp",
         events: count,
@@ -778,43 +746,11 @@ fn unique_topic(row: &str) -> String {
 fn native_tcp(args: &Args) -> Result<Row, String> {
     let topic = unique_topic("native-tcp");
     let count = args.count;
-    let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
-    sub.set_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    sub.subscribe(&topic, Priority::Batch)
-        .map_err(|e| e.to_string())?;
     let clock = Instant::now();
     // Flow control: the publisher stays at most `--window` events ahead of the subscriber,
     // inside the server's subscriber queue, so the row measures delivery, not shedding.
-    let received = Arc::new(AtomicU64::new(0));
-    let progress = received.clone();
-    let receiver = thread::spawn(move || -> Result<(Histogram<u64>, u64), String> {
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
-        let mut last = 0;
-        for expected in 1..=count {
-            let d = sub
-                .next_event()
-                .map_err(|e| format!("after {} events: {e}", expected - 1))?;
-            let now = clock.elapsed().as_nanos() as u64;
-            let p = &d.event.payload;
-            let sent = u64::from_le_bytes(p[..8].try_into().expect("16-byte payload"));
-            let index = u64::from_le_bytes(p[8..16].try_into().expect("16-byte payload"));
-            if d.sequence != expected || index != expected - 1 {
-                return Err(format!(
-                    "expected sequence {expected} (index {}), got sequence {} (index {index}): events lost or reordered",
-                    expected - 1,
-                    d.sequence
-                ));
-            }
-            hist.record(now.saturating_sub(sent).max(1))
-                .map_err(|e| e.to_string())?;
-            last = now;
-            if expected % 1024 == 0 {
-                progress.store(expected, Ordering::Release);
-            }
-        }
-        Ok((hist, last))
-    });
+    let wait = Duration::from_secs(10);
+    let watcher = Watcher::start(&args.server, &topic, count, clock, wait, "")?;
 
     let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
     publisher
@@ -828,8 +764,7 @@ fn native_tcp(args: &Args) -> Result<Row, String> {
             // the slot, so their latency includes the wait the schedule did not get.
             let due = first + i * 1_000_000_000 / rate;
             wait_until(&clock, due);
-            payload[..8].copy_from_slice(&due.to_le_bytes());
-            payload[8..16].copy_from_slice(&i.to_le_bytes());
+            delivery::stamp(&mut payload, due, i);
             publisher
                 .publish_nowait_simple(&topic, Priority::Medium, &payload)
                 .map_err(|e| e.to_string())?;
@@ -837,26 +772,22 @@ fn native_tcp(args: &Args) -> Result<Row, String> {
             continue;
         }
         if i % 1024 == 0 {
-            while i.saturating_sub(received.load(Ordering::Acquire)) > args.window {
+            while i.saturating_sub(watcher.received()) > args.window {
                 publisher.flush().map_err(|e| e.to_string())?;
-                if receiver.is_finished() {
+                if watcher.is_finished() {
                     break; // it failed: its error is reported below
                 }
                 thread::yield_now();
             }
         }
-        let now = clock.elapsed().as_nanos() as u64;
-        payload[..8].copy_from_slice(&now.to_le_bytes());
-        payload[8..16].copy_from_slice(&i.to_le_bytes());
+        delivery::stamp(&mut payload, clock.elapsed().as_nanos() as u64, i);
         publisher
             .publish_nowait_simple(&topic, Priority::Medium, &payload)
             .map_err(|e| e.to_string())?;
     }
     publisher.flush().map_err(|e| e.to_string())?;
     let pong = publisher.ping().map_err(|e| e.to_string())?;
-    let (latency, last) = receiver
-        .join()
-        .map_err(|_| "receiver thread panicked".to_owned())??;
+    let (latency, last) = watcher.finish()?;
     if pong.shed > 0 {
         eprintln!(
             "note: the server reports {} shed events in total (other clients?)",

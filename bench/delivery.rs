@@ -1,0 +1,128 @@
+//! What every publish → subscriber row shares: payloads stamped with their send time and
+//! index, and a subscriber that checks and times each delivery.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use eventstream::engine::Priority;
+use eventstream::native::client::Client;
+
+/// Writes the send time (ns on the row's clock) and the event's index into its payload.
+pub fn stamp(payload: &mut [u8], sent_ns: u64, index: u64) {
+    payload[..8].copy_from_slice(&sent_ns.to_le_bytes());
+    payload[8..16].copy_from_slice(&index.to_le_bytes());
+}
+
+/// Checks that the delivery of a stamped payload is the `expected`-th (sequence and index);
+/// returns its send time.
+pub fn check(expected: u64, sequence: u64, payload: &[u8]) -> Result<u64, String> {
+    let sent = u64::from_le_bytes(payload[..8].try_into().expect("16-byte payload"));
+    let index = u64::from_le_bytes(payload[8..16].try_into().expect("16-byte payload"));
+    if sequence != expected || index != expected - 1 {
+        return Err(format!(
+            "expected sequence {expected} (index {}), got sequence {sequence} (index {index}): \
+             events lost or reordered",
+            expected - 1
+        ));
+    }
+    Ok(sent)
+}
+
+/// A latency histogram in ns, up to a minute.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds")
+}
+
+/// A native subscriber on its own connection and thread, receiving `count` stamped events on
+/// one topic: publishers watch `received` to stay a window ahead of it.
+pub struct Watcher {
+    received: Arc<AtomicU64>,
+    thread: thread::JoinHandle<Result<(Histogram<u64>, u64), String>>,
+}
+
+impl Watcher {
+    /// Subscribes (confirmed before it returns) and starts receiving. `wait` bounds each
+    /// delivery's wait; `hint` is added to the error when it runs out.
+    pub fn start(
+        server: &str,
+        topic: &str,
+        count: u64,
+        clock: Instant,
+        wait: Duration,
+        hint: &'static str,
+    ) -> Result<Watcher, String> {
+        let mut sub = Client::connect(server).map_err(|e| e.to_string())?;
+        sub.set_timeout(Some(wait)).map_err(|e| e.to_string())?;
+        sub.subscribe(topic, Priority::Batch)
+            .map_err(|e| e.to_string())?;
+        let received = Arc::new(AtomicU64::new(0));
+        let progress = received.clone();
+        let thread = thread::spawn(move || {
+            let mut latency = histogram();
+            let mut last = 0;
+            for expected in 1..=count {
+                let d = sub
+                    .next_event()
+                    .map_err(|e| format!("after {} events: {e}{hint}", expected - 1))?;
+                let now = clock.elapsed().as_nanos() as u64;
+                let sent = check(expected, d.sequence, &d.event.payload)?;
+                latency
+                    .record(now.saturating_sub(sent).max(1))
+                    .map_err(|e| e.to_string())?;
+                last = now;
+                if expected % 64 == 0 {
+                    progress.store(expected, Ordering::Release);
+                }
+            }
+            Ok((latency, last))
+        });
+        Ok(Watcher { received, thread })
+    }
+
+    /// Events received so far (to the nearest 64).
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Acquire)
+    }
+
+    /// True once it stopped: all received, or failed (`finish` says which).
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// The latency histogram and when the last event arrived (ns on the row's clock).
+    pub fn finish(self) -> Result<(Histogram<u64>, u64), String> {
+        self.thread
+            .join()
+            .map_err(|_| "receiver thread panicked".to_owned())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamped(sent: u64, index: u64) -> Vec<u8> {
+        let mut p = vec![0; 100];
+        stamp(&mut p, sent, index);
+        p
+    }
+
+    #[test]
+    fn deliveries_in_order_pass_and_give_their_send_time() {
+        assert_eq!(check(1, 1, &stamped(42, 0)), Ok(42));
+        assert_eq!(check(7, 7, &stamped(9, 6)), Ok(9));
+    }
+
+    #[test]
+    fn a_lost_or_reordered_event_fails_the_row() {
+        // Event 2 lost: the third delivery arrives where the second was expected.
+        let e = check(2, 3, &stamped(0, 2)).unwrap_err();
+        assert!(e.contains("lost or reordered"), "{e}");
+        // Right sequence, wrong payload (the publisher's order broke).
+        assert!(check(2, 2, &stamped(0, 5)).is_err());
+    }
+}
