@@ -19,6 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use prost::Message;
 
+use eventstream::grpc::framing::{put_message, PREFIX_LEN};
 use eventstream::proto;
 
 /// What a gRPC row needs to know.
@@ -74,13 +75,11 @@ fn request(addr: &str, method: &str, extra: &[(&str, &str)]) -> http::Request<()
     builder.body(()).expect("a valid request")
 }
 
-/// The message framed for gRPC (uncompressed).
+/// The message framed for gRPC (uncompressed), with the project's own framing helper: a
+/// framing mistake there would make the server refuse every request, so the rows would fail.
 fn framed(message: &impl Message) -> Bytes {
-    let mut out = BytesMut::with_capacity(message.encoded_len() + 5);
-    out.extend_from_slice(&[0, 0, 0, 0, 0]);
-    message.encode(&mut out).expect("BytesMut grows");
-    let len = (out.len() - 5) as u32;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
+    let mut out = BytesMut::with_capacity(message.encoded_len() + PREFIX_LEN);
+    put_message(&mut out, |o| message.encode(o).expect("BytesMut grows"));
     out.freeze()
 }
 
@@ -291,11 +290,7 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
             let now = clock.elapsed().as_nanos() as u64;
             crate::delivery::stamp(&mut payload, now, i);
             let message = event(topic, payload.clone());
-            pending.extend_from_slice(&[0, 0, 0, 0, 0]);
-            let start = pending.len() - 5;
-            message.encode(&mut pending).expect("BytesMut grows");
-            let len = (pending.len() - start - 5) as u32;
-            pending[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+            put_message(&mut pending, |o| message.encode(o).expect("BytesMut grows"));
             // Hand h2 about 16 KiB at a time, as a client library would coalesce writes.
             if pending.len() >= 16 * 1024 || i + 1 == count {
                 let chunk = pending.split().freeze();
