@@ -3,8 +3,19 @@
 
 /// The shard that sequences and fans out `topic`, among `shards` shards.
 pub fn owner_of(topic: &[u8], shards: usize) -> usize {
+    owner(route_hash(topic), shards)
+}
+
+/// [`owner_of`] for a topic whose [`route_hash`] is already known (a parsed
+/// [`Topic`](super::Topic) carries it).
+pub fn owner(route: u64, shards: usize) -> usize {
     debug_assert!(shards > 0);
-    (fnv1a(topic) % shards as u64) as usize
+    (route % shards as u64) as usize
+}
+
+/// The hash [`owner_of`] reduces: FNV-1a of the bytes.
+pub fn route_hash(bytes: &[u8]) -> u64 {
+    fnv1a(bytes)
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

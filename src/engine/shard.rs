@@ -24,7 +24,7 @@ use super::limits::Limits;
 use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
 use super::notify::{Countdown, Notify};
 use super::queue::{Offer, SubscriberQueue};
-use super::routing::owner_of;
+use super::routing::{owner, owner_of};
 use super::subscriber::{Consumer, SubState, Subscriber};
 use super::topic::{Pattern, Topic};
 
@@ -329,31 +329,45 @@ impl Shard {
             Reply::RefusalsOnly { sink, request_id } => Route::Refusal { sink, request_id },
             Reply::Nobody => Route::Nobody,
         };
-        // One clock reading for the whole call: it timestamps when its events were sequenced.
-        let now = Instant::now();
+        // One clock reading for the whole call, and only when an ack will report it: it
+        // timestamps when the events were sequenced (a reading per unacknowledged native
+        // publish was 4% of its server time).
+        let now = match route {
+            Route::Ack(_) => Some(Instant::now()),
+            Route::Refusal { .. } | Route::Nobody => None,
+        };
         for event in events {
-            let owner = owner_of(event.topic.bytes(), self.count);
-            if owner == self.id {
+            let home = owner(event.topic.route(), self.count);
+            if home == self.id {
                 let outcome = self.sequence(event);
                 self.answer(self.id, route, outcome, now);
             } else {
-                self.push(owner, ShardMsg::Publish { event, route });
+                self.push(home, ShardMsg::Publish { event, route });
             }
         }
         self.process_cuts();
     }
 
     /// As the owner: tells the publishing shard `from` what became of one event.
-    fn answer(&self, from: usize, route: Route, outcome: Result<u64, PublishError>, at: Instant) {
+    /// `at`: when the event was sequenced; read only for acknowledged routes.
+    fn answer(
+        &self,
+        from: usize,
+        route: Route,
+        outcome: Result<u64, PublishError>,
+        at: Option<Instant>,
+    ) {
         if outcome.is_err() {
             self.stats.borrow_mut().refused += 1;
         }
         match (route, outcome) {
-            (Route::Ack(token), outcome) if from == self.id => {
-                self.on_sequenced(token, outcome, at)
-            }
             (Route::Ack(token), outcome) => {
-                self.push(from, ShardMsg::Sequenced { token, outcome, at });
+                let at = at.expect("acknowledged routes come with a clock reading");
+                if from == self.id {
+                    self.on_sequenced(token, outcome, at)
+                } else {
+                    self.push(from, ShardMsg::Sequenced { token, outcome, at });
+                }
             }
             (Route::Refusal { sink, request_id }, Err(error)) if from == self.id => {
                 self.on_refused(sink, request_id, error)
@@ -710,7 +724,7 @@ impl Shard {
             match msg {
                 ShardMsg::Publish { event, route } => {
                     let outcome = self.sequence(event);
-                    self.answer(from, route, outcome, now);
+                    self.answer(from, route, outcome, Some(now));
                 }
                 ShardMsg::Refused {
                     sink,
