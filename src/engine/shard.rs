@@ -6,8 +6,8 @@
 //! outbox that a flusher task sends whenever it gets to run, so one channel send and one
 //! wake-up carry everything a read from a socket produced.
 
+use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -132,6 +132,8 @@ pub struct Shard {
     topics: RefCell<HashTable<(Bytes, TopicState)>>,
     hasher: DefaultHashBuilder,
     index: RefCell<SubscriptionIndex>,
+    /// Subscriptions whose connection lives on this shard, by their shard-local key; looked
+    /// up once per delivered event (foldhash: SipHash here was 5% of a delivery's cost).
     local: RefCell<HashMap<u64, Rc<Subscriber>>>,
     next_local: Cell<u64>,
     pending: RefCell<Slab<Pending>>,

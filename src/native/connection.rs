@@ -2,8 +2,8 @@
 //! a writer that turns everything produced for this client during one wake-up (acks, errors,
 //! events of every ready subscription) into one socket write.
 
+use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
