@@ -4,14 +4,14 @@
 //! Every delivery is checked (count, order, per-topic sequence); any error or loss fails the
 //! run with a non-zero exit, so a fast wrong answer never shows up as a result.
 //!
-//! Rows: `native-tcp` (pipelined publishes over the native protocol, received by one
-//! subscriber on another connection; latency from a send timestamp carried in the payload),
-//! and the gRPC rows of [`grpc`] (`grpc-unary`, `grpc-stream`, `grpc-batch`). `--spawn` starts
-//! a server inside this process, its shards pinned to `--cores`, the load on the other CPUs.
+//! Rows: the native rows of [`native`] (`native-tcp`: pipelined publishes received by one
+//! subscriber, latency from a send timestamp carried in the payload; `native-publish`,
+//! `native-udp`, `fanout`, `growth-topics`, `growth-wildcards`), the gRPC rows of [`grpc`]
+//! (`grpc-unary`, `grpc-stream`, `grpc-batch`), the host's ceilings of [`ceiling`], and the
+//! [`memory`] row. `--spawn` starts a server inside this process, its shards pinned to
+//! `--cores`, the load on the other CPUs.
 
 use std::process::ExitCode;
-use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -20,11 +20,8 @@ mod ceiling;
 mod channels;
 mod delivery;
 mod grpc;
-
-use delivery::Watcher;
-
-use eventstream::engine::Priority;
-use eventstream::native::client::Client;
+mod memory;
+mod native;
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +54,9 @@ struct Args {
     /// gRPC unary and batch rows: calls in flight on each connection.
     #[arg(long, default_value_t = 32)]
     inflight: usize,
+    /// fanout: subscribers sharing the wildcard pattern, each on its own connection.
+    #[arg(long, default_value_t = 8)]
+    fanout: usize,
     /// grpc-batch: events per PublishBatch.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -69,7 +69,8 @@ struct Args {
     /// Rows to run, comma-separated.
     #[arg(
         long,
-        default_value = "native-tcp,native-publish,grpc-unary,grpc-stream,grpc-batch,ceiling",
+        default_value = "native-tcp,native-publish,fanout,growth-topics,growth-wildcards,\
+                         grpc-unary,grpc-stream,grpc-batch,ceiling",
         value_delimiter = ','
     )]
     rows: Vec<String>,
@@ -118,6 +119,8 @@ struct Row {
     seconds: f64,
     /// None for throughput-only rows (sink and relay ceilings).
     latency: Option<Histogram<u64>>,
+    /// Growth rows: events/s of the same measurement before the server grew.
+    baseline: Option<f64>,
 }
 
 impl Row {
@@ -149,6 +152,7 @@ impl Row {
                 "p99_us": self.us(0.99),
                 "p999_us": self.us(0.999),
                 "max_us": self.us(1.0),
+                "baseline_events_per_s": self.baseline,
             })
         );
     }
@@ -184,7 +188,7 @@ fn cpu_split(cores: Option<&[usize]>) -> Result<(Vec<usize>, Vec<usize>), String
 fn main() -> ExitCode {
     let mut args = Args::parse();
     if let Some(n) = args.hold_connections {
-        return match hold_connections(&args.server, n) {
+        return match memory::hold_connections(&args.server, n) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("eventstream-bench: --hold-connections: {e}");
@@ -196,8 +200,10 @@ fn main() -> ExitCode {
         eprintln!("eventstream-bench: error: --size must be at least 16");
         return ExitCode::FAILURE;
     }
-    if args.conns == 0 || args.inflight == 0 || args.batch == 0 {
-        eprintln!("eventstream-bench: error: --conns, --inflight and --batch must be at least 1");
+    if args.conns == 0 || args.inflight == 0 || args.batch == 0 || args.fanout == 0 {
+        eprintln!(
+            "eventstream-bench: error: --conns, --inflight, --batch and --fanout must be at least 1"
+        );
         return ExitCode::FAILURE;
     }
     args.cpus = match cpu_split(args.cores.as_deref()) {
@@ -292,7 +298,7 @@ fn grpc_row(args: &Args, name: &'static str) -> Result<Row, String> {
         inflight: args.inflight,
         window: args.window,
     };
-    let topic = unique_topic(name);
+    let topic = native::unique_topic(name);
     let measured = match name {
         "grpc-unary" => grpc::publish_rows(&load, &topic, None),
         "grpc-batch" => grpc::publish_rows(&load, &topic, Some(args.batch)),
@@ -303,6 +309,7 @@ fn grpc_row(args: &Args, name: &'static str) -> Result<Row, String> {
         events: measured.events,
         seconds: measured.seconds,
         latency: Some(measured.latency),
+        baseline: None,
     })
 }
 
@@ -327,9 +334,12 @@ fn run_rows(args: &Args) -> ExitCode {
             | "ceiling-relay"
             | "ceiling-pingpong-block"
             | "ceiling-pingpong-spin" => ceiling_row(args, name),
-            "native-tcp" => native_tcp(args),
-            "native-publish" => native_publish(args),
-            "native-udp" => native_udp(args),
+            "native-tcp" => native::tcp(args),
+            "native-publish" => native::publish(args),
+            "native-udp" => native::udp(args),
+            "fanout" => native::fanout(args),
+            "growth-topics" => native::growth_topics(args),
+            "growth-wildcards" => native::growth_wildcards(args),
             "grpc-unary" => grpc_row(args, "grpc-unary"),
             "grpc-stream" => grpc_row(args, "grpc-stream"),
             "grpc-batch" => grpc_row(args, "grpc-batch"),
@@ -337,13 +347,14 @@ fn run_rows(args: &Args) -> ExitCode {
                 compare_channels(args);
                 continue;
             }
-            "memory" => match memory(args) {
+            "memory" => match memory::run(args) {
                 Ok(()) => continue,
                 Err(e) => Err(e),
             },
             other => Err(format!(
-                "unknown row {other:?} (known: native-tcp, native-publish, native-udp, \
-                 grpc-unary, grpc-stream, grpc-batch, ceiling, memory, channels)"
+                "unknown row {other:?} (known: native-tcp, native-publish, native-udp, fanout, \
+                 growth-topics, growth-wildcards, grpc-unary, grpc-stream, grpc-batch, ceiling, \
+                 memory, channels)"
             )),
         };
         match result {
@@ -363,178 +374,6 @@ fn run_rows(args: &Args) -> ExitCode {
         print_table(&rows);
     }
     ExitCode::SUCCESS
-}
-
-/// Items of each kind the memory row opens.
-const MEMORY_ITEMS: u64 = 10_000;
-
-/// Bytes of server memory per idle native connection and per subscription: the growth of this
-/// process's resident memory (the server runs in it, `--spawn`) while 10,000 of each are
-/// opened. Idle connections are bare sockets on the client side (no user-space buffers), and
-/// the subscriptions share one client connection, so what grows is the server's.
-fn memory(args: &Args) -> Result<(), String> {
-    let metrics = args
-        .metrics
-        .as_deref()
-        .ok_or("the memory row measures a server in this process: use --spawn")?;
-    // The server holds two descriptors per native connection (its reader and writer halves):
-    // as many connections as this process's descriptor limit allows, up to 10,000.
-    let limit = raise_fd_limit(2 * MEMORY_ITEMS + 1_000)?;
-    let connections = MEMORY_ITEMS.min(limit.saturating_sub(1_000) / 2);
-    if connections < MEMORY_ITEMS {
-        eprintln!(
-            "note: {connections} connections, not {MEMORY_ITEMS}: the descriptor limit is \
-             {limit} (ulimit -n {} to measure all)",
-            2 * MEMORY_ITEMS + 1_000
-        );
-    }
-    let rss0 = rss_bytes()?;
-    // The client ends live in a child process: this one holds the server's 10,000 ends.
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut holder = std::process::Command::new(exe)
-        .args(["--server", &args.server, "--hold-connections"])
-        .arg(connections.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start the connection holder: {e}"))?;
-    let mut ready = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().expect("piped")),
-        &mut ready,
-    )
-    .map_err(|e| e.to_string())?;
-    if ready.trim() != "ready" {
-        let _ = holder.kill();
-        return Err("the connection holder failed (see its error above)".into());
-    }
-    // Wait until the server accepted them all (its own gauge says so).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while scrape(metrics, "eventstream_connections", "door=\"native\"")? < connections {
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the server did not accept {connections} connections in 30 s"
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let rss1 = rss_bytes()?;
-    // A connection may hold 1,024 subscriptions: 1,000 on each of 10 connections, all opened
-    // (and warmed with one subscription) before the measurement starts.
-    let topic = unique_topic("memory");
-    let mut clients = Vec::new();
-    for c in 0..10 {
-        let mut client = Client::connect(&args.server).map_err(|e| e.to_string())?;
-        client
-            .set_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())?;
-        client
-            .subscribe(&format!("{topic}/warm-up/{c}"), Priority::Batch)
-            .map_err(|e| e.to_string())?;
-        clients.push(client);
-    }
-    let rss2 = rss_bytes()?;
-    for i in 0..MEMORY_ITEMS {
-        clients[(i % 10) as usize]
-            .subscribe(&format!("{topic}/{i}"), Priority::Batch)
-            .map_err(|e| e.to_string())?;
-    }
-    let rss3 = rss_bytes()?;
-    let per_connection = rss1.saturating_sub(rss0) as f64 / connections as f64;
-    let per_subscription = rss3.saturating_sub(rss2) as f64 / MEMORY_ITEMS as f64;
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "row": "memory",
-                "connections": connections,
-                "subscriptions": MEMORY_ITEMS,
-                "bytes_per_idle_native_connection": per_connection,
-                "bytes_per_subscription": per_subscription,
-            })
-        );
-    } else {
-        println!(
-            "memory: {per_connection:.0} bytes per idle native connection, \
-             {per_subscription:.0} bytes per subscription ({connections} connections, \
-             {MEMORY_ITEMS} subscriptions)"
-        );
-    }
-    drop(holder.stdin.take()); // the holder exits and its connections close
-    let _ = holder.wait();
-    Ok(())
-}
-
-/// The connection holder of the memory row (a child process).
-fn hold_connections(server: &str, n: u64) -> Result<(), String> {
-    if raise_fd_limit(n + 100)? < n + 100 {
-        return Err(format!(
-            "the descriptor limit does not allow {n} connections"
-        ));
-    }
-    let mut held = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        held.push(std::net::TcpStream::connect(server).map_err(|e| e.to_string())?);
-    }
-    println!("ready");
-    let mut rest = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
-    drop(held);
-    Ok(())
-}
-
-/// This process's resident memory.
-fn rss_bytes() -> Result<u64, String> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|e| e.to_string())?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS in /proc/self/status".into())
-}
-
-/// Raises the soft RLIMIT_NOFILE towards `want` (up to the hard limit); returns the new soft
-/// limit.
-fn raise_fd_limit(want: u64) -> Result<u64, String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(format!(
-                "cannot read the descriptor limit: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if limit.rlim_cur < want {
-            limit.rlim_cur = want.min(limit.rlim_max);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                return Err(format!(
-                    "cannot raise the descriptor limit: {}",
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
-/// The sum of a metric's samples whose labels contain `filter`, from the metrics door.
-fn scrape(addr: &str, name: &str, filter: &str) -> Result<u64, String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(filter))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum())
 }
 
 /// The ceiling rows, in the order `ceiling` runs them.
@@ -561,6 +400,7 @@ fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
         events: c.events,
         seconds: c.seconds,
         latency: c.latency,
+        baseline: None,
     })
 }
 
@@ -582,6 +422,16 @@ fn print_table(rows: &[Row]) {
             cell(r.us(1.0)),
             r.events_per_s()
         );
+    }
+    for r in rows {
+        if let Some(before) = r.baseline {
+            println!(
+                "{}: {:.1}% of native-publish measured just before the growth (medians of {})",
+                r.name,
+                100.0 * r.events_per_s() / before,
+                native::GROWTH_RUNS
+            );
+        }
     }
     let find = |name: &str| rows.iter().find(|r| r.name == name);
     if let (Some(row), Some(sink)) = (find("native-publish"), find("ceiling-sink")) {
@@ -624,180 +474,4 @@ fn compare_channels(args: &Args) {
             println!("{line}");
         }
     }
-}
-
-/// Events sent as UDP datagrams (`UDP_BATCH` publishes per datagram), received by one TCP
-/// subscriber: latency from the send time in the payload, every event checked for order and
-/// sequence. The sender keeps at most `--window` events ahead of the subscriber; a lost
-/// datagram fails the row (the subscriber's wait times out).
-fn native_udp(args: &Args) -> Result<Row, String> {
-    const UDP_BATCH: u64 = 8;
-    let topic = unique_topic("native-udp");
-    let count = args.count;
-    let clock = Instant::now();
-    let wait = Duration::from_secs(5);
-    let watcher = Watcher::start(
-        &args.server,
-        &topic,
-        count,
-        clock,
-        wait,
-        " (datagrams lost?)",
-    )?;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    socket.connect(&args.udp).map_err(|e| e.to_string())?;
-    let mut datagram = bytes::BytesMut::new();
-    let mut payload = vec![0u8; args.size];
-    // Datagrams are not flow-controlled: stay well inside the socket buffers.
-    let window = args.window.min(1024);
-    let first = clock.elapsed().as_nanos() as u64;
-    for i in 0..count {
-        while i.saturating_sub(watcher.received()) > window && !watcher.is_finished() {
-            thread::yield_now();
-        }
-        if watcher.is_finished() {
-            break; // it failed: its error is reported below
-        }
-        delivery::stamp(&mut payload, clock.elapsed().as_nanos() as u64, i);
-        eventstream::native::codec::put_publish_simple(
-            &mut datagram,
-            i,
-            topic.as_bytes(),
-            Priority::Medium as u8,
-            &payload,
-        );
-        if (i + 1) % UDP_BATCH == 0 || i + 1 == count {
-            socket.send(&datagram).map_err(|e| e.to_string())?;
-            datagram.clear();
-        }
-    }
-    let (latency, last) = watcher.finish()?;
-    Ok(Row {
-        name: "native-udp",
-        events: count,
-        seconds: (last - first) as f64 / 1e9,
-        latency: Some(latency),
-    })
-}
-
-/// Pipelined publishes on one connection and no subscriber: how fast the server takes events
-/// in. Timed from the first publish to the answer of a PING sent after the last, which the
-/// server gives once it has routed every event before it; the server's `received` counter
-/// must have grown by the count.
-fn native_publish(args: &Args) -> Result<Row, String> {
-    let topic = unique_topic("native-publish");
-    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
-    publisher
-        .set_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let before = publisher.ping().map_err(|e| e.to_string())?;
-    let payload = vec![0x5au8; args.size];
-    let start = Instant::now();
-    for _ in 0..args.count {
-        publisher
-            .publish_nowait_simple(&topic, Priority::Medium, &payload)
-            .map_err(|e| e.to_string())?;
-    }
-    publisher.flush().map_err(|e| e.to_string())?;
-    let after = publisher.ping().map_err(|e| e.to_string())?;
-    let seconds = start.elapsed().as_secs_f64();
-    let taken = after.received - before.received;
-    if taken < args.count || after.refused != before.refused {
-        return Err(format!(
-            "the server took {taken} of {} events ({} refused)",
-            args.count,
-            after.refused - before.refused
-        ));
-    }
-    Ok(Row {
-        name: "native-publish",
-        events: args.count,
-        seconds,
-        latency: None,
-    })
-}
-
-/// Waits until `clock` reaches `due` ns: sleeps while the wait is long, then yields (the
-/// receiver thread shares the load CPU, so no busy spin).
-fn wait_until(clock: &Instant, due: u64) {
-    loop {
-        let now = clock.elapsed().as_nanos() as u64;
-        if now >= due {
-            return;
-        }
-        if due - now > 200_000 {
-            thread::sleep(Duration::from_nanos(due - now - 100_000));
-        } else {
-            thread::yield_now();
-        }
-    }
-}
-
-fn unique_topic(row: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("bench/{row}/{}-{nanos}", std::process::id())
-}
-
-/// Pipelined publishes on one connection, one subscriber on another; both threads of this
-/// process, so the send timestamp in the payload and the receive time share one clock.
-fn native_tcp(args: &Args) -> Result<Row, String> {
-    let topic = unique_topic("native-tcp");
-    let count = args.count;
-    let clock = Instant::now();
-    // Flow control: the publisher stays at most `--window` events ahead of the subscriber,
-    // inside the server's subscriber queue, so the row measures delivery, not shedding.
-    let wait = Duration::from_secs(10);
-    let watcher = Watcher::start(&args.server, &topic, count, clock, wait, "")?;
-
-    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
-    publisher
-        .set_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; args.size];
-    let first = clock.elapsed().as_nanos() as u64;
-    for i in 0..count {
-        if let Some(rate) = args.rate {
-            // Open loop: event i is due at its slot; late events go at once, stamped with
-            // the slot, so their latency includes the wait the schedule did not get.
-            let due = first + i * 1_000_000_000 / rate;
-            wait_until(&clock, due);
-            delivery::stamp(&mut payload, due, i);
-            publisher
-                .publish_nowait_simple(&topic, Priority::Medium, &payload)
-                .map_err(|e| e.to_string())?;
-            publisher.flush().map_err(|e| e.to_string())?;
-            continue;
-        }
-        if i % 1024 == 0 {
-            while i.saturating_sub(watcher.received()) > args.window {
-                publisher.flush().map_err(|e| e.to_string())?;
-                if watcher.is_finished() {
-                    break; // it failed: its error is reported below
-                }
-                thread::yield_now();
-            }
-        }
-        delivery::stamp(&mut payload, clock.elapsed().as_nanos() as u64, i);
-        publisher
-            .publish_nowait_simple(&topic, Priority::Medium, &payload)
-            .map_err(|e| e.to_string())?;
-    }
-    publisher.flush().map_err(|e| e.to_string())?;
-    let pong = publisher.ping().map_err(|e| e.to_string())?;
-    let (latency, last) = watcher.finish()?;
-    if pong.shed > 0 {
-        eprintln!(
-            "note: the server reports {} shed events in total (other clients?)",
-            pong.shed
-        );
-    }
-    Ok(Row {
-        name: "native-tcp",
-        events: count,
-        seconds: (last - first) as f64 / 1e9,
-        latency: Some(latency),
-    })
 }

@@ -1,0 +1,315 @@
+//! The native-protocol rows: pipelined publishes over TCP (to one subscriber, to many on a
+//! wildcard, to none), UDP datagrams, and the growth rows, which measure how publishing
+//! holds up once the server carries a million topics or a thousand wildcard subscriptions.
+
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::delivery::{self, Watcher};
+use super::{Args, Row};
+use eventstream::engine::Priority;
+use eventstream::native::client::Client;
+
+/// Events sent as UDP datagrams (`UDP_BATCH` publishes per datagram), received by one TCP
+/// subscriber: latency from the send time in the payload, every event checked for order and
+/// sequence. The sender keeps at most `--window` events ahead of the subscriber; a lost
+/// datagram fails the row (the subscriber's wait times out).
+pub fn udp(args: &Args) -> Result<Row, String> {
+    const UDP_BATCH: u64 = 8;
+    let topic = unique_topic("native-udp");
+    let count = args.count;
+    let clock = Instant::now();
+    let wait = Duration::from_secs(5);
+    let watcher = Watcher::start(
+        &args.server,
+        &topic,
+        count,
+        clock,
+        wait,
+        " (datagrams lost?)",
+    )?;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    socket.connect(&args.udp).map_err(|e| e.to_string())?;
+    let mut datagram = bytes::BytesMut::new();
+    let mut payload = vec![0u8; args.size];
+    // Datagrams are not flow-controlled: stay well inside the socket buffers.
+    let window = args.window.min(1024);
+    let first = clock.elapsed().as_nanos() as u64;
+    for i in 0..count {
+        while i.saturating_sub(watcher.received()) > window && !watcher.is_finished() {
+            thread::yield_now();
+        }
+        if watcher.is_finished() {
+            break; // it failed: its error is reported below
+        }
+        delivery::stamp(&mut payload, clock.elapsed().as_nanos() as u64, i);
+        eventstream::native::codec::put_publish_simple(
+            &mut datagram,
+            i,
+            topic.as_bytes(),
+            Priority::Medium as u8,
+            &payload,
+        );
+        if (i + 1) % UDP_BATCH == 0 || i + 1 == count {
+            socket.send(&datagram).map_err(|e| e.to_string())?;
+            datagram.clear();
+        }
+    }
+    let (latency, last) = watcher.finish()?;
+    Ok(Row {
+        name: "native-udp",
+        events: count,
+        seconds: (last - first) as f64 / 1e9,
+        latency: Some(latency),
+        baseline: None,
+    })
+}
+
+/// Pipelined publishes on one connection and no subscriber: how fast the server takes events
+/// in. Timed from the first publish to the answer of a PING sent after the last, which the
+/// server gives once it has routed every event before it; the server's `received` counter
+/// must have grown by the count.
+pub fn publish(args: &Args) -> Result<Row, String> {
+    let topic = unique_topic("native-publish");
+    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    publisher
+        .set_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let before = publisher.ping().map_err(|e| e.to_string())?;
+    let payload = vec![0x5au8; args.size];
+    let start = Instant::now();
+    for _ in 0..args.count {
+        publisher
+            .publish_nowait_simple(&topic, Priority::Medium, &payload)
+            .map_err(|e| e.to_string())?;
+    }
+    publisher.flush().map_err(|e| e.to_string())?;
+    let after = publisher.ping().map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let taken = after.received - before.received;
+    if taken < args.count || after.refused != before.refused {
+        return Err(format!(
+            "the server took {taken} of {} events ({} refused)",
+            args.count,
+            after.refused - before.refused
+        ));
+    }
+    Ok(Row {
+        name: "native-publish",
+        events: args.count,
+        seconds,
+        latency: None,
+        baseline: None,
+    })
+}
+
+/// Waits until `clock` reaches `due` ns: sleeps while the wait is long, then yields (the
+/// receiver thread shares the load CPU, so no busy spin).
+fn wait_until(clock: &Instant, due: u64) {
+    loop {
+        let now = clock.elapsed().as_nanos() as u64;
+        if now >= due {
+            return;
+        }
+        if due - now > 200_000 {
+            thread::sleep(Duration::from_nanos(due - now - 100_000));
+        } else {
+            thread::yield_now();
+        }
+    }
+}
+
+pub fn unique_topic(row: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("bench/{row}/{}-{nanos}", std::process::id())
+}
+
+/// Pipelined publishes on one connection, one subscriber on another; both threads of this
+/// process, so the send timestamp in the payload and the receive time share one clock.
+pub fn tcp(args: &Args) -> Result<Row, String> {
+    let topic = unique_topic("native-tcp");
+    pipelined(args, "native-tcp", &topic, &[&topic])
+}
+
+/// Pipelined publishes to one topic, each delivered to `--fanout` subscribers that share one
+/// wildcard pattern (each on its own connection). Counts deliveries: events/s is events
+/// times subscribers per second, every subscriber checked for every event in order.
+pub fn fanout(args: &Args) -> Result<Row, String> {
+    let prefix = unique_topic("fanout");
+    let pattern = format!("{prefix}/*");
+    let patterns = vec![pattern.as_str(); args.fanout];
+    pipelined(args, "fanout", &format!("{prefix}/x"), &patterns)
+}
+
+/// Publishes `--count` events to `topic` on one connection, pipelined, while a subscriber per
+/// entry of `patterns` receives and checks them. Flow control: the publisher stays at most
+/// `--window` events ahead of the slowest subscriber, inside the server's subscriber queues,
+/// so the row measures delivery, not shedding.
+fn pipelined(
+    args: &Args,
+    name: &'static str,
+    topic: &str,
+    patterns: &[&str],
+) -> Result<Row, String> {
+    let count = args.count;
+    let clock = Instant::now();
+    let wait = Duration::from_secs(10);
+    let watchers = patterns
+        .iter()
+        .map(|p| Watcher::start(&args.server, p, count, clock, wait, ""))
+        .collect::<Result<Vec<_>, _>>()?;
+    let slowest = || {
+        watchers
+            .iter()
+            .map(Watcher::received)
+            .min()
+            .unwrap_or(count)
+    };
+    let failed = || watchers.iter().any(Watcher::is_finished);
+
+    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    publisher
+        .set_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut payload = vec![0u8; args.size];
+    let first = clock.elapsed().as_nanos() as u64;
+    for i in 0..count {
+        if let Some(rate) = args.rate {
+            // Open loop: event i is due at its slot; late events go at once, stamped with
+            // the slot, so their latency includes the wait the schedule did not get.
+            let due = first + i * 1_000_000_000 / rate;
+            wait_until(&clock, due);
+            delivery::stamp(&mut payload, due, i);
+            publisher
+                .publish_nowait_simple(topic, Priority::Medium, &payload)
+                .map_err(|e| e.to_string())?;
+            publisher.flush().map_err(|e| e.to_string())?;
+            continue;
+        }
+        if i % 1024 == 0 {
+            while i.saturating_sub(slowest()) > args.window {
+                publisher.flush().map_err(|e| e.to_string())?;
+                if failed() {
+                    break; // a subscriber stopped early: its error is reported below
+                }
+                thread::yield_now();
+            }
+        }
+        delivery::stamp(&mut payload, clock.elapsed().as_nanos() as u64, i);
+        publisher
+            .publish_nowait_simple(topic, Priority::Medium, &payload)
+            .map_err(|e| e.to_string())?;
+    }
+    publisher.flush().map_err(|e| e.to_string())?;
+    let pong = publisher.ping().map_err(|e| e.to_string())?;
+    let mut latency = delivery::histogram();
+    let mut last = first;
+    for watcher in watchers {
+        let (h, done) = watcher.finish()?;
+        latency.add(&h).map_err(|e| e.to_string())?;
+        last = last.max(done);
+    }
+    if pong.shed > 0 {
+        eprintln!(
+            "note: the server reports {} shed events in total (other clients?)",
+            pong.shed
+        );
+    }
+    Ok(Row {
+        name,
+        events: count * patterns.len() as u64,
+        seconds: (last - first) as f64 / 1e9,
+        latency: Some(latency),
+        baseline: None,
+    })
+}
+
+/// Runs of the `native-publish` measurement before each growth row grows the server, and
+/// after; the row reports the median after as a fraction of the median before.
+pub const GROWTH_RUNS: usize = 5;
+
+/// Wildcard subscriptions the `growth-wildcards` row adds (the target names 1,000).
+const GROWTH_WILDCARDS: usize = 1_000;
+
+/// `native-publish` throughput before and after the server gained `--count` distinct topics
+/// (each sequenced once, so each holds an entry in its owner's topic table).
+pub fn growth_topics(args: &Args) -> Result<Row, String> {
+    let prefix = unique_topic("growth-topics");
+    growth(args, "growth-topics", |client| {
+        let before = client.ping().map_err(|e| e.to_string())?;
+        for i in 0..args.count {
+            let topic = format!("{prefix}/t{i}");
+            client
+                .publish_nowait_simple(&topic, Priority::Low, b"x")
+                .map_err(|e| e.to_string())?;
+        }
+        let after = client.ping().map_err(|e| e.to_string())?;
+        let added = after.topics - before.topics;
+        if added < args.count || after.refused != before.refused {
+            return Err(format!(
+                "the server holds {added} new topics of {} ({} refused)",
+                args.count,
+                after.refused - before.refused
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// `native-publish` throughput before and after 1,000 wildcard subscriptions that match
+/// none of the published topics (half `*`, half `**`, all under the published topics'
+/// prefix, so the server must tell them apart) were added.
+pub fn growth_wildcards(args: &Args) -> Result<Row, String> {
+    growth(args, "growth-wildcards", |client| {
+        let before = client.ping().map_err(|e| e.to_string())?;
+        for i in 0..GROWTH_WILDCARDS {
+            let rest = if i % 2 == 0 { "*" } else { "**" };
+            client
+                .subscribe(
+                    &format!("bench/native-publish/w{i}/{rest}"),
+                    Priority::Batch,
+                )
+                .map_err(|e| format!("wildcard subscription {i}: {e}"))?;
+        }
+        let after = client.ping().map_err(|e| e.to_string())?;
+        if after.subscriptions < before.subscriptions + GROWTH_WILDCARDS as u64 {
+            return Err(format!(
+                "the server counts {} new subscriptions of {GROWTH_WILDCARDS}",
+                after.subscriptions - before.subscriptions
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// Measures `native-publish` `GROWTH_RUNS` times, lets `grow` add to the server through a
+/// connection that stays open (its subscriptions live as long as it), and measures again.
+fn growth(
+    args: &Args,
+    name: &'static str,
+    grow: impl FnOnce(&mut Client) -> Result<(), String>,
+) -> Result<Row, String> {
+    let runs = |args: &Args| -> Result<Vec<Row>, String> {
+        let mut rows = (0..GROWTH_RUNS)
+            .map(|_| publish(args))
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.sort_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()));
+        Ok(rows)
+    };
+    let before = runs(args)?;
+    let mut client = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    client
+        .set_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    grow(&mut client)?;
+    let mut after = runs(args)?;
+    let median = after.swap_remove(GROWTH_RUNS / 2);
+    Ok(Row {
+        name,
+        baseline: Some(before[GROWTH_RUNS / 2].events_per_s()),
+        ..median
+    })
+}
