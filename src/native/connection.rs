@@ -30,7 +30,10 @@ const WRITE_BUDGET: usize = 256 * 1024;
 const MAX_UNSENT_CONTROL: usize = 4 << 20;
 /// Largest read; reads start small and grow while the socket keeps filling them.
 const MAX_READ: usize = 64 * 1024;
-const MIN_READ: usize = 4 * 1024;
+/// Smallest read, and the first: the read buffer is all an idle connection holds besides its
+/// structures (the other buffers are allocated by their first use), and it doubles within a
+/// few reads for a client that sends a lot.
+const MIN_READ: usize = 1024;
 
 /// What the native TCP door of one shard shares between its connections.
 pub struct Door {
@@ -155,7 +158,7 @@ impl Connection {
         let conn = Rc::new(Connection {
             shard: door.shard.clone(),
             consumer: Rc::new(Consumer::default()),
-            control: RefCell::new(BytesMut::with_capacity(4096)),
+            control: RefCell::new(BytesMut::new()),
             subs: RefCell::default(),
             closed: Cell::new(false),
             written: Notify::default(),
@@ -208,8 +211,9 @@ impl Connection {
     }
 
     async fn read_loop(self: &Rc<Self>, mut stream: TcpStream, max_frame: usize) {
-        // Buffers start small and grow with the traffic: an idle connection holds little.
-        let mut buf = BytesMut::with_capacity(MIN_READ);
+        // Buffers start small or empty and grow with the traffic: an idle connection holds
+        // little.
+        let mut buf = BytesMut::new();
         let mut wire = Vec::new();
         let mut read_size = MIN_READ;
         loop {
@@ -453,7 +457,7 @@ impl Connection {
     }
 
     async fn write_loop(&self, mut stream: TcpStream) {
-        let mut out = BytesMut::with_capacity(MIN_READ);
+        let mut out = BytesMut::new();
         let mut wire = Vec::new();
         loop {
             let woken = self.consumer.notify.wait();
