@@ -72,24 +72,25 @@ impl SubscriptionIndex {
         let mut node = &mut self.root;
         for segment in pattern.segments() {
             match segment {
-                Segment::Literal(lit) => node = node.children.entry(lit.clone()).or_default(),
+                Segment::Literal(lit) => node = node.children.entry(lit.into()).or_default(),
                 Segment::Star => node = node.star.get_or_insert_with(Default::default),
                 Segment::Rest => {
-                    node.rest.push(entry);
+                    push_exact(&mut node.rest, entry);
                     self.len += 1;
                     self.generation += 1;
                     return;
                 }
             }
         }
-        node.here.push(entry);
+        push_exact(&mut node.here, entry);
         self.len += 1;
         self.generation += 1;
     }
 
     /// Removes the subscription `key` registered under `pattern`; false if it was not there.
     pub fn remove(&mut self, pattern: &Pattern, key: SubKey) -> bool {
-        let removed = remove_in(&mut self.root, pattern.segments(), key);
+        let segments: Vec<Segment> = pattern.segments().collect();
+        let removed = remove_in(&mut self.root, &segments, key);
         if removed {
             self.len -= 1;
             self.generation += 1;
@@ -102,6 +103,16 @@ impl SubscriptionIndex {
         let segments: Vec<&str> = topic.split('/').collect();
         collect(&self.root, &segments, out);
     }
+}
+
+/// Pushes the first entry of a list without the spare room `Vec::push` reserves (most patterns
+/// are alone at their node, and that room was a tenth of a subscription's memory); later
+/// pushes grow the list as usual.
+fn push_exact(list: &mut Vec<SubEntry>, entry: SubEntry) {
+    if list.capacity() == 0 {
+        list.reserve_exact(1);
+    }
+    list.push(entry);
 }
 
 fn remove_in(node: &mut Node, segments: &[Segment], key: SubKey) -> bool {
@@ -128,12 +139,12 @@ fn remove_in(node: &mut Node, segments: &[Segment], key: SubKey) -> bool {
             removed
         }
         Segment::Literal(lit) => {
-            let Some(child) = node.children.get_mut(lit) else {
+            let Some(child) = node.children.get_mut(*lit) else {
                 return false;
             };
             let removed = remove_in(child, rest, key);
             if child.is_empty() {
-                node.children.remove(lit);
+                node.children.remove(*lit);
             }
             removed
         }

@@ -155,11 +155,11 @@ impl fmt::Debug for Topic {
     }
 }
 
-/// One segment of a pattern.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Segment {
+/// One segment of a pattern, borrowed from its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Segment<'a> {
     /// Matches exactly this segment.
-    Literal(Box<str>),
+    Literal(&'a str),
     /// `*`: matches exactly one segment.
     Star,
     /// `**` (last segment only): matches one or more trailing segments.
@@ -167,32 +167,25 @@ pub enum Segment {
 }
 
 /// A subscription pattern: a topic whose segments may be `*`, and whose last may be `**`.
-/// Parsed once at subscribe time; matching walks segments without allocating.
+/// Validated once at subscribe time; it keeps only its text (segments are read from it on
+/// demand, so a subscription costs one allocation here, not one per segment), and matching
+/// walks segments without allocating.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Pattern {
     text: Box<str>,
-    segments: Vec<Segment>,
 }
 
 impl Pattern {
     /// Validates and parses `bytes` as a pattern.
     pub fn parse(bytes: &[u8]) -> Result<Pattern, TopicError> {
         let text = check_shape(bytes)?;
-        let parts: Vec<&str> = text.split('/').collect();
-        let last = parts.len() - 1;
-        let mut segments = Vec::with_capacity(parts.len());
-        for (i, part) in parts.into_iter().enumerate() {
-            segments.push(match part {
-                "*" => Segment::Star,
-                "**" if i == last => Segment::Rest,
-                "**" => return Err(TopicError::DoubleStarNotLast),
-                lit => Segment::Literal(lit.into()),
-            });
+        let mut parts = text.split('/').peekable();
+        while let Some(part) = parts.next() {
+            if part == "**" && parts.peek().is_some() {
+                return Err(TopicError::DoubleStarNotLast);
+            }
         }
-        Ok(Pattern {
-            text: text.into(),
-            segments,
-        })
+        Ok(Pattern { text: text.into() })
     }
 
     /// The pattern as the client wrote it.
@@ -200,24 +193,26 @@ impl Pattern {
         &self.text
     }
 
-    /// The parsed segments, in order.
-    pub fn segments(&self) -> &[Segment] {
-        &self.segments
+    /// The segments, in order (`**` can only be the last: `parse` refused it elsewhere).
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> + Clone {
+        self.text.split('/').map(|part| match part {
+            "*" => Segment::Star,
+            "**" => Segment::Rest,
+            literal => Segment::Literal(literal),
+        })
     }
 
     /// True when the pattern has no wildcard: it names a single topic, so only that topic's
     /// owner shard needs to know about it.
     pub fn is_exact(&self) -> bool {
-        self.segments
-            .iter()
-            .all(|s| matches!(s, Segment::Literal(_)))
+        self.segments().all(|s| matches!(s, Segment::Literal(_)))
     }
 
     /// Does `topic` match? `sensors/*` matches `sensors/t1`, not `sensors/a/b` nor `sensors`;
     /// `sensors/**` matches `sensors/t1` and `sensors/a/b`, not `sensors`.
     pub fn matches(&self, topic: &str) -> bool {
         let mut parts = topic.split('/');
-        for segment in &self.segments {
+        for segment in self.segments() {
             match segment {
                 Segment::Rest => return parts.next().is_some(),
                 Segment::Star => {
