@@ -5,10 +5,12 @@
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hdrhistogram::Histogram;
+
 use super::delivery::{self, Watcher};
 use super::{Args, Row};
 use eventstream::engine::Priority;
-use eventstream::native::client::Client;
+use eventstream::native::client::{Client, ClientError};
 
 /// Events sent as UDP datagrams (`UDP_BATCH` publishes per datagram), received by one TCP
 /// subscriber: latency from the send time in the payload, every event checked for order and
@@ -222,6 +224,74 @@ fn pipelined(
         name,
         events: count * patterns.len() as u64,
         seconds: (last - first) as f64 / 1e9,
+        latency: Some(latency),
+        baseline: None,
+    })
+}
+
+/// Publish → subscriber latency at a fixed rate (`--rate`, default 50,000 events/s), for the
+/// low-latency comparison with the host's busy-poll ping-pong. One thread publishes each
+/// event when it is due and, in between, busy-polls the subscriber's connection: nothing
+/// sleeps, so what is measured is the server and the loopback, not this process's wake-ups.
+/// Latency counts from each event's due time (no coordinated omission). At most five
+/// seconds of events: `--count` or rate × 5 s, whichever is fewer.
+pub fn latency(args: &Args) -> Result<Row, String> {
+    let rate = args.rate.unwrap_or(50_000);
+    let count = args.count.min(rate * 5);
+    let topic = unique_topic("native-latency");
+    let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    sub.subscribe(&topic, Priority::Batch)
+        .map_err(|e| e.to_string())?;
+    sub.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    publisher
+        .set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+
+    let clock = Instant::now();
+    let mut latency = delivery::histogram();
+    let mut received = 0;
+    let mut payload = vec![0u8; args.size];
+    // Takes whatever has arrived; never waits.
+    let mut poll = |latency: &mut Histogram<u64>, received: &mut u64| -> Result<(), String> {
+        loop {
+            match sub.next_event() {
+                Ok(d) => {
+                    let now = clock.elapsed().as_nanos() as u64;
+                    let due = delivery::check(*received + 1, d.sequence, &d.event.payload)?;
+                    latency
+                        .record(now.saturating_sub(due).max(1))
+                        .map_err(|e| e.to_string())?;
+                    *received += 1;
+                }
+                Err(ClientError::Timeout(_)) => return Ok(()),
+                Err(e) => return Err(format!("after {received} events: {e}")),
+            }
+        }
+    };
+    let first = clock.elapsed().as_nanos() as u64 + 1_000_000;
+    for i in 0..count {
+        let due = first + i * 1_000_000_000 / rate;
+        while (clock.elapsed().as_nanos() as u64) < due {
+            poll(&mut latency, &mut received)?;
+        }
+        delivery::stamp(&mut payload, due, i);
+        publisher
+            .publish_nowait_simple(&topic, Priority::Medium, &payload)
+            .map_err(|e| e.to_string())?;
+        publisher.flush().map_err(|e| e.to_string())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received < count {
+        if Instant::now() > deadline {
+            return Err(format!("{received} of {count} events arrived within 10 s"));
+        }
+        poll(&mut latency, &mut received)?;
+    }
+    Ok(Row {
+        name: "native-latency",
+        events: count,
+        seconds: (clock.elapsed().as_nanos() as u64 - first) as f64 / 1e9,
         latency: Some(latency),
         baseline: None,
     })

@@ -126,6 +126,13 @@ impl Client {
         self.socket.set_read_timeout(timeout)
     }
 
+    /// Never waits to read: [`Client::next_event`] (and any call that waits for an answer)
+    /// returns [`ClientError::Timeout`] at once when nothing has arrived. For a caller that
+    /// polls in a loop, e.g. to measure latency without a wake-up per event.
+    pub fn set_nonblocking(&mut self, nonblocking: bool) -> io::Result<()> {
+        self.socket.set_nonblocking(nonblocking)
+    }
+
     /// Publishes and waits until the event's topic owner sequenced it.
     pub fn publish(&mut self, event: &RawEvent) -> Result<Ack, ClientError> {
         let id = self.request_id();
