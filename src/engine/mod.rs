@@ -22,4 +22,4 @@ pub use limits::Limits;
 pub use messages::{Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS};
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
 pub use subscriber::{Consumer, SubState, Subscriber};
-pub use topic::{Pattern, Topic, TopicError};
+pub use topic::{Pattern, RecentTopic, Topic, TopicError};

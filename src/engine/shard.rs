@@ -26,7 +26,7 @@ use super::notify::{Countdown, Notify};
 use super::queue::{Offer, SubscriberQueue};
 use super::routing::{owner, owner_of};
 use super::subscriber::{Consumer, SubState, Subscriber};
-use super::topic::{Pattern, Topic};
+use super::topic::{Pattern, RecentTopic};
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
 /// sockets: the engine is saturated and publishers must slow down (§4).
@@ -270,22 +270,28 @@ impl Shard {
         }
     }
 
-    /// Checks a decoded event against §3 and this shard's limits; fills id and timestamp
-    /// (`received_ns`: when the bytes carrying it were read, Unix ns).
-    pub fn validate(&self, raw: RawEvent, received_ns: i64) -> Result<Event, EventError> {
-        Event::validate(raw, &self.limits, &mut self.ids.borrow_mut(), received_ns)
-    }
-
-    /// [`Shard::validate`] for a batch's next event, reusing `previous`'s validated topic when
-    /// it is the same ([`Event::validate_after`]).
-    pub fn validate_after(
+    /// Checks a decoded event against §3 and this shard's limits and fills id and timestamp
+    /// (`received_ns`: when the bytes carrying it were read, Unix ns). `recent` is the
+    /// publishing connection's last topic: an event repeating it reuses it instead of checking
+    /// the name again ([`Event::validate_after`]), and the event's topic is remembered for the
+    /// next.
+    #[inline]
+    pub fn validate_recent(
         &self,
         raw: RawEvent,
-        previous: Option<&Topic>,
+        recent: &RecentTopic,
         received_ns: i64,
     ) -> Result<Event, EventError> {
         let ids = &mut self.ids.borrow_mut();
-        Event::validate_after(raw, previous, &self.limits, ids, received_ns)
+        let previous = recent.get();
+        let checked = Event::validate_after(raw, previous.as_ref(), &self.limits, ids, received_ns);
+        drop(previous);
+        // Returned as it came (no unwrapping and rewrapping): each move of an event is a copy
+        // of 176 bytes, and this runs for every event.
+        if let Ok(event) = &checked {
+            recent.remember(&event.topic);
+        }
+        checked
     }
 
     /// Registers a door's sink for refusal reports; unregister it when its client goes.

@@ -23,8 +23,8 @@ use crate::accept::{self, Connections};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, Reply,
-    Shard, SinkId, SubState, Subscriber,
+    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, RecentTopic,
+    Reply, Shard, SinkId, SubState, Subscriber,
 };
 use crate::proto;
 use crate::tls::Transport;
@@ -154,6 +154,8 @@ struct GrpcConnection {
     /// Reused buffers: request messages as DATA completes them, a batch's validated events.
     messages: Cell<Vec<Bytes>>,
     batch: Cell<Vec<Event>>,
+    /// The topic this client last published to ([`Shard::validate_recent`]).
+    recent: RecentTopic,
     /// Reused buffer a response message is encoded into.
     encoded: Cell<BytesMut>,
 }
@@ -216,6 +218,7 @@ impl GrpcConnection {
             deadline_added: Notify::default(),
             messages: Cell::default(),
             batch: Cell::default(),
+            recent: RecentTopic::default(),
             encoded: Cell::default(),
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
@@ -609,8 +612,10 @@ impl GrpcConnection {
                 Some(Call::Bidi { published, .. }) => *published,
                 _ => return,
             };
-            let event = service::decode_event(message)
-                .and_then(|raw| self.shard.validate(raw, now_ns).map_err(GrpcError::from));
+            let event = service::decode_event(message).and_then(|raw| {
+                let recent = &self.recent;
+                (self.shard.validate_recent(raw, recent, now_ns)).map_err(GrpcError::from)
+            });
             match event {
                 Ok(event) => {
                     let sink = self.sink.get().expect("registered");
@@ -700,9 +705,8 @@ impl GrpcConnection {
     }
 
     fn publish(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
-        let event = self
-            .shard
-            .validate(service::decode_publish(message)?, unix_now_ns())?;
+        let raw = service::decode_publish(message)?;
+        let event = (self.shard).validate_recent(raw, &self.recent, unix_now_ns())?;
         self.calls.borrow_mut().insert(stream, Call::Waiting);
         self.shard
             .publish(std::iter::once(event), self.ack_request(stream));
@@ -717,10 +721,8 @@ impl GrpcConnection {
         events.clear();
         let decoded = service::decode_batch(message, max, |index, raw| {
             let raw = raw.map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
-            let previous = events.last().map(|e: &Event| &e.topic);
-            let event = self
-                .shard
-                .validate_after(raw, previous, now_ns)
+            let event = (self.shard)
+                .validate_recent(raw, &self.recent, now_ns)
                 .map_err(|error| GrpcError::InvalidBatchEvent { index, error })?;
             events.push(event);
             Ok(())

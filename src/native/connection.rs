@@ -18,8 +18,8 @@ use crate::accept::{self, Connections};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, Reply,
-    Shard, SinkId, SubState, Subscriber, Topic,
+    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, RecentTopic,
+    Reply, Shard, SinkId, SubState, Subscriber,
 };
 use crate::tls::Transport;
 
@@ -108,10 +108,8 @@ struct Connection {
     transport: Transport,
     /// This connection's sink registration with its shard (for refusal reports).
     sink: Cell<Option<SinkId>>,
-    /// The topic of the last event published here, validated: the next publish to the same
-    /// topic reuses it instead of checking and hashing the name again
-    /// ([`Shard::validate_after`]).
-    last_topic: RefCell<Option<Topic>>,
+    /// The topic this client last published to ([`Shard::validate_recent`]).
+    recent: RecentTopic,
     /// Set, and `stop` woken, when a write failed: the reader stops too.
     broken: Cell<bool>,
     stop: Notify,
@@ -165,7 +163,7 @@ impl Connection {
             broken: Cell::new(false),
             stop: Notify::default(),
             sink: Cell::new(None),
-            last_topic: RefCell::new(None),
+            recent: RecentTopic::default(),
             transport,
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
@@ -186,16 +184,6 @@ impl Connection {
         writer.await;
         // Subscriptions on the ready list point back at the consumer: break the cycle.
         while conn.consumer.next_ready().is_some() {}
-    }
-
-    /// Keeps `event`'s validated topic for the next publish, which usually repeats it. A copy
-    /// (one small allocation per change of topic): the event's own bytes would hold on to a
-    /// whole receive buffer while the connection idles.
-    fn remember_topic(&self, event: &Event) {
-        let mut last = self.last_topic.borrow_mut();
-        if last.as_ref() != Some(&event.topic) {
-            *last = Some(event.topic.detached());
-        }
     }
 
     fn error(&self, code: ErrorCode, closing: bool, reference: u64, index: Option<u32>, msg: &str) {
@@ -294,21 +282,12 @@ impl Connection {
                 request_id,
                 ack,
                 event,
-            } => {
-                let previous = self.last_topic.borrow();
-                let checked = self
+            } => match self.shard.validate_recent(event, &self.recent, received_ns) {
+                Ok(event) => self
                     .shard
-                    .validate_after(event, previous.as_ref(), received_ns);
-                drop(previous);
-                match checked {
-                    Ok(event) => {
-                        self.remember_topic(&event);
-                        self.shard
-                            .publish(std::iter::once(event), self.reply(ack, request_id))
-                    }
-                    Err(e) => self.error(error_code(&e), false, request_id, None, &e.to_string()),
-                }
-            }
+                    .publish(std::iter::once(event), self.reply(ack, request_id)),
+                Err(e) => self.error(error_code(&e), false, request_id, None, &e.to_string()),
+            },
             ClientFrame::PublishBatch {
                 request_id,
                 ack,
@@ -316,11 +295,7 @@ impl Connection {
             } => {
                 let mut valid: Vec<Event> = Vec::with_capacity(events.len());
                 for (i, raw) in events.into_iter().enumerate() {
-                    let last = self.last_topic.borrow();
-                    let previous = valid.last().map(|e| &e.topic).or(last.as_ref());
-                    let checked = self.shard.validate_after(raw, previous, received_ns);
-                    drop(last);
-                    match checked {
+                    match self.shard.validate_recent(raw, &self.recent, received_ns) {
                         Ok(e) => valid.push(e),
                         Err(e) => {
                             let msg = format!("event {i}: {e}");
@@ -333,9 +308,6 @@ impl Connection {
                             );
                         }
                     }
-                }
-                if let Some(last) = valid.last() {
-                    self.remember_topic(last);
                 }
                 self.shard.publish(valid, self.reply(ack, request_id));
             }

@@ -8,7 +8,7 @@ use glommio::net::UdpSocket;
 
 use super::codec::{self, ClientFrame};
 use crate::engine::event::unix_now_ns;
-use crate::engine::{Event, Reply, Shard};
+use crate::engine::{Event, RecentTopic, Reply, Shard};
 
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -24,10 +24,12 @@ pub enum DatagramError {
     Trailing(usize),
 }
 
-/// Decodes and validates a whole datagram into events, or refuses all of it.
+/// Decodes and validates a whole datagram into events, or refuses all of it. `recent`: the
+/// topic of the socket's last event ([`Shard::validate_recent`]).
 pub fn decode_datagram(
     shard: &Shard,
     datagram: &[u8],
+    recent: &RecentTopic,
     received_ns: i64,
 ) -> Result<Vec<Event>, DatagramError> {
     let mut buf = BytesMut::from(datagram);
@@ -43,7 +45,7 @@ pub fn decode_datagram(
             .map_err(|e| DatagramError::Frame(index, e.message))?;
         let mut accept = |raw| {
             let event = shard
-                .validate(raw, received_ns)
+                .validate_recent(raw, recent, received_ns)
                 .map_err(|e| DatagramError::Frame(index, e.to_string()))?;
             events.push(event);
             Ok(())
@@ -63,6 +65,7 @@ pub fn decode_datagram(
 /// Receives datagrams until shutdown and publishes what they carry.
 pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    let recent = RecentTopic::default();
     loop {
         futures_lite::future::yield_now().await;
         // A saturated engine stops taking datagrams; the kernel drops (and counts) the excess.
@@ -85,7 +88,7 @@ pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
                 continue;
             }
         };
-        match decode_datagram(&shard, &buf[..n], unix_now_ns()) {
+        match decode_datagram(&shard, &buf[..n], &recent, unix_now_ns()) {
             Ok(events) => shard.publish(events, Reply::Nobody),
             Err(_) => shard.count_dropped_datagram(),
         }
