@@ -44,8 +44,9 @@ struct Args {
     /// Start a server in this process (ephemeral ports on 127.0.0.1) instead of using one.
     #[arg(long)]
     spawn: bool,
-    /// With --spawn: CPUs for the server's shards, one pinned shard each (default: the last
-    /// CPU); the load runs on the other CPUs.
+    /// The server's CPUs (default: the last CPU); the load runs on the other CPUs. With
+    /// --spawn, one pinned shard on each; otherwise where the server was started (e.g. with
+    /// taskset), and where the ceiling rows put their server ends.
     #[arg(long, value_delimiter = ',')]
     cores: Option<Vec<usize>>,
     /// With --spawn: the server's low-latency mode (its shards busy-poll this many µs before
@@ -236,6 +237,11 @@ fn main() -> ExitCode {
             }
         }
     } else {
+        // The load stays off the CPUs the server (started by the user) is said to run on.
+        if let Err(e) = set_affinity(&args.cpus.1) {
+            eprintln!("eventstream-bench: error: {e}");
+            return ExitCode::FAILURE;
+        }
         None
     };
     let code = run_rows(&args);
@@ -335,7 +341,17 @@ fn run_rows(args: &Args) -> ExitCode {
             queue.push(name);
         }
     }
+    let (server_cpus, load_cpus) = &args.cpus;
+    let shared_cpu = server_cpus.iter().any(|c| load_cpus.contains(c));
     for name in queue {
+        if shared_cpu && name.starts_with("ceiling") {
+            // Both ends of a busy-polling ping-pong on one CPU take turns by time slices.
+            eprintln!(
+                "note: {name} skipped: it needs a CPU for each end, and this process may use \
+                 only {load_cpus:?} (run it without taskset, or on two CPUs)"
+            );
+            continue;
+        }
         let result = match name {
             "ceiling-sink"
             | "ceiling-relay"

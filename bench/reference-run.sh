@@ -79,12 +79,20 @@ if [ -x "$TONIC" ]; then
     start "$work/tonic.log" "$TONIC" --threads 1 --addr 127.0.0.1:9300
 fi
 
+# The bench pins its load to the CPUs other than --cores (the server's).
+bench() { "$BENCH" --cores "$SERVER_CPU" --count "$COUNT" --json "$@"; }
+
 for round in $(seq "$ROUNDS"); do
     echo "== round $round"
-    taskset -c "$LOAD_CPU" "$BENCH" --count "$COUNT" --json | sed "s/^/eventstream /"
+    bench --rows native-tcp,native-publish,fanout,grpc-unary,grpc-stream,grpc-batch,ceiling |
+        sed "s/^/eventstream /"
+    # Rows that need a server of their own: growth (a fresh one each round) and latency in
+    # low-latency mode (its shard busy-polls 200 us before sleeping).
+    bench --spawn --rows growth-topics,growth-wildcards | sed "s/^/eventstream /"
+    bench --spawn --spin-us 200 --rows native-latency,ceiling-pingpong-spin |
+        sed "s/^/eventstream low-latency /"
     if [ -x "$TONIC" ]; then
-        taskset -c "$LOAD_CPU" "$BENCH" --grpc 127.0.0.1:9300 --rows grpc-unary,grpc-stream,grpc-batch \
-            --count "$COUNT" --json | sed "s/^/tonic /"
+        bench --grpc 127.0.0.1:9300 --rows grpc-unary,grpc-stream,grpc-batch | sed "s/^/tonic /"
     fi
     for port in 9200 9300; do
         [ "$port" = 9300 ] && [ ! -x "$TONIC" ] && continue
@@ -98,6 +106,8 @@ done
 
 for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 pids=()
+echo "== memory"
+"$BENCH" --spawn --cores "$SERVER_CPU" --rows memory --json
 if [ -d "$LIMITS" ]; then
     echo "== references: $LIMITS/run-all.sh"
     (cd "$LIMITS" && REPS="$ROUNDS" ./run-all.sh) | tail -20
