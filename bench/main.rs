@@ -266,6 +266,7 @@ fn spawn(
     config.native.port = 0;
     config.grpc.port = 0;
     config.udp.port = 0;
+    config.metrics.port = 0;
     config.shards.count = Some(server_cpus.len());
     config.shards.pin = true;
     config.shards.spin_before_park_us = spin_us;
