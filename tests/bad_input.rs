@@ -291,3 +291,49 @@ fn an_owner_refusal_reaches_the_publisher_with_or_without_ack() {
     }
     assert_eq!(c.ping().unwrap().refused, 2);
 }
+
+#[test]
+fn refused_topics_between_good_ones_leave_the_repeated_topic_intact() {
+    // A connection reuses its last good topic for the next publish: refused events in between
+    // (a bad name, a reserved one, a name that differs from the good one by one byte) must
+    // neither replace it nor be taken for it.
+    let server = start();
+    let mut publisher = server.client();
+    let good = "reuse/a";
+    assert_eq!(
+        publisher
+            .publish(&event(good, b"1", Priority::Low))
+            .unwrap()
+            .sequence,
+        1
+    );
+    for bad in ["reuse//a", "$reuse/a", "reuse/a/", "reuse/*"] {
+        let e = publisher
+            .publish(&event(bad, b"x", Priority::Low))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ClientError::Server {
+                    code: ErrorCode::InvalidTopic | ErrorCode::InvalidEvent,
+                    ..
+                }
+            ),
+            "{bad}: {e}"
+        );
+    }
+    assert_eq!(
+        publisher
+            .publish(&event(good, b"2", Priority::Low))
+            .unwrap()
+            .sequence,
+        2
+    );
+    assert_eq!(
+        publisher
+            .publish(&event("reuse/b", b"1", Priority::Low))
+            .unwrap()
+            .sequence,
+        1
+    );
+}

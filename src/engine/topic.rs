@@ -275,6 +275,21 @@ mod tests {
     }
 
     #[test]
+    fn recent_topic_copies_once_per_change_of_topic() {
+        let recent = RecentTopic::default();
+        assert!(recent.get().is_none());
+        let a = topic("a/b").unwrap();
+        recent.remember(&a);
+        let kept = recent.get().as_ref().unwrap().bytes().as_ptr();
+        assert_ne!(kept, a.bytes().as_ptr(), "a copy, not the receive buffer");
+        // The same name again (from another buffer) keeps the copy it has.
+        recent.remember(&topic("a/b").unwrap());
+        assert_eq!(recent.get().as_ref().unwrap().bytes().as_ptr(), kept);
+        recent.remember(&topic("a/c").unwrap());
+        assert_eq!(recent.get().as_ref().unwrap().as_str(), "a/c");
+    }
+
+    #[test]
     fn a_topic_routes_like_its_name_and_a_detached_copy_like_the_original() {
         for name in ["a", "sensors/t1", "ünï/cødé"] {
             let t = topic(name).unwrap();
