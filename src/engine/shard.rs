@@ -440,6 +440,20 @@ impl Shard {
         self.stats.borrow_mut().sequenced += 1;
 
         let matches = &state.matches;
+        let (priority, sequence) = (event.priority, event.sequence);
+        // Recipients: each local subscription, and each other shard with any (one message).
+        let mut uses = 0;
+        let mut last_remote = None;
+        for entry in matches.iter().filter(|e| e.min_priority <= priority) {
+            let home = entry.key.shard;
+            if usize::from(home) == self.id {
+                uses += 1;
+            } else if last_remote != Some(home) {
+                uses += 1;
+                last_remote = Some(home);
+            }
+        }
+        let mut event = Handout::new(event, uses);
         let mut start = 0;
         while start < matches.len() {
             let home = matches[start].key.shard;
@@ -450,10 +464,10 @@ impl Shard {
                     .unwrap_or(matches.len() - start);
             let wanted = matches[start..end]
                 .iter()
-                .filter(|e| e.min_priority <= event.priority);
+                .filter(|e| e.min_priority <= priority);
             if usize::from(home) == self.id {
                 for entry in wanted {
-                    self.deliver_local(entry.key.local, event.clone());
+                    self.deliver_local(entry.key.local, event.next());
                 }
             } else {
                 let outbox = &self.outboxes[usize::from(home)];
@@ -463,7 +477,7 @@ impl Shard {
                 let len = batch.subs.len() - first;
                 if len > 0 {
                     batch.msgs.push(ShardMsg::Deliver {
-                        event: event.clone(),
+                        event: event.next(),
                         start: first as u32,
                         len: len as u32,
                     });
@@ -474,7 +488,8 @@ impl Shard {
             }
             start = end;
         }
-        Ok(event.sequence)
+        debug_assert!(event.is_spent(), "every recipient counted got the event");
+        Ok(sequence)
     }
 
     fn deliver_local(&self, local: u64, event: Event) {
@@ -742,9 +757,10 @@ impl Shard {
                 ShardMsg::Sequenced { token, outcome, at } => self.on_sequenced(token, outcome, at),
                 ShardMsg::Deliver { event, start, len } => {
                     let keys = &subs[start as usize..(start + len) as usize];
+                    let mut event = Handout::new(event, keys.len());
                     for key in keys {
                         debug_assert_eq!(usize::from(key.shard), self.id);
-                        self.deliver_local(key.local, event.clone());
+                        self.deliver_local(key.local, event.next());
                     }
                 }
                 ShardMsg::Subscribe {
@@ -800,5 +816,42 @@ impl Drop for UnsubscribeOnDrop {
         if let Some((shard, sub)) = self.0.take() {
             shard.unsubscribe(&sub);
         }
+    }
+}
+
+/// Hands one event to a known number of recipients: copies to all but the last, which gets
+/// the event itself. A copy takes a reference on each shared field (atomic increments, and
+/// decrements when it is dropped), so the one-subscriber case, the common one, copies nothing.
+struct Handout {
+    event: Option<Event>,
+    left: usize,
+}
+
+impl Handout {
+    fn new(event: Event, recipients: usize) -> Handout {
+        Handout {
+            event: Some(event),
+            left: recipients,
+        }
+    }
+
+    /// The event for the next recipient.
+    fn next(&mut self) -> Event {
+        debug_assert!(self.left > 0, "more recipients than counted");
+        self.left -= 1;
+        if self.left == 0 {
+            self.event
+                .take()
+                .expect("the last recipient takes the event once")
+        } else {
+            self.event
+                .clone()
+                .expect("the event stays until its last recipient")
+        }
+    }
+
+    /// True once every counted recipient got the event (or there were none).
+    fn is_spent(&self) -> bool {
+        self.left == 0
     }
 }
