@@ -945,22 +945,11 @@ fn check_request(
     let mut regular_seen = false;
     let mut content_length = None;
     let (mut authority, mut host) = (None, None);
-    for (name, value) in fields.iter() {
-        let bare = name.strip_prefix(b":").unwrap_or(name);
-        if bare.is_empty()
-            || bare
-                .iter()
-                .any(|&b| b <= 0x20 || b == b':' || b.is_ascii_uppercase() || b >= 0x7f)
-        {
-            return Err(
-                "header name empty, upper-case, or with a space, control or non-ASCII byte",
-            );
-        }
-        if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n')
-            || value.first().is_some_and(|&b| b == b' ' || b == b'\t')
-            || value.last().is_some_and(|&b| b == b' ' || b == b'\t')
-        {
-            return Err("header value with NUL, CR or LF, or surrounded by whitespace");
+    for (name, value, checked) in fields.iter_checked() {
+        if !checked {
+            if let Some(why) = hpack::field_error(name, value) {
+                return Err(why);
+            }
         }
         if let Some(pseudo) = name.strip_prefix(b":") {
             if regular_seen {
@@ -1314,6 +1303,38 @@ mod tests {
             .filter(|f| matches!(f, Frame::Ping { ack: true, .. }))
             .count();
         assert_eq!(acks, 5);
+    }
+
+    #[test]
+    fn a_malformed_field_sent_again_by_table_index_is_refused_again() {
+        // The encoder indexes every field, so the second request names the bad field by its
+        // dynamic-table index: the table entry must remember that its bytes failed.
+        for (name, value) in [
+            (&b"x-Upper"[..], &b"v"[..]),
+            (b"x-ok", b"a\r\nb"),
+            (b"x-ok", b" padded"),
+        ] {
+            let mut fields = REQUEST.to_vec();
+            fields.push((name, value));
+            let mut p = Peer::new(Limits::default());
+            p.headers(1, &fields, true);
+            p.headers(3, &fields, true);
+            p.headers(5, REQUEST, true);
+            let (events, result) = p.run();
+            result.unwrap();
+            let frames = p.frames();
+            for stream in [1, 3] {
+                assert_eq!(
+                    rst(&frames, stream),
+                    Some(Reason::ProtocolError as u32),
+                    "{name:?} {value:?}, stream {stream}"
+                );
+            }
+            assert!(
+                matches!(events[..], [Event::Request { stream: 5, .. }]),
+                "{events:?}"
+            );
+        }
     }
 
     #[test]

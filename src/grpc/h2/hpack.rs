@@ -101,9 +101,10 @@ const ENTRY_OVERHEAD: usize = 32;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HeaderList {
     bytes: Vec<u8>,
-    /// Per field, where its name and its value end in `bytes`; it starts where the previous
-    /// field's value ended.
-    ends: Vec<(usize, usize)>,
+    /// Per field, where its name and its value end in `bytes` (it starts where the previous
+    /// field's value ended), and whether its bytes are known to pass [`field_error`] (it came
+    /// from a table entry, checked once when the entry was made).
+    ends: Vec<(usize, usize, bool)>,
 }
 
 impl HeaderList {
@@ -114,23 +115,40 @@ impl HeaderList {
     }
 
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.push_checked(name, value, false);
+    }
+
+    /// [`HeaderList::push`] for a field whose bytes are known to pass [`field_error`]
+    /// (`checked`), or not known.
+    fn push_checked(&mut self, name: &[u8], value: &[u8], checked: bool) {
+        debug_assert!(!checked || field_error(name, value).is_none());
         self.bytes.extend_from_slice(name);
         let name_end = self.bytes.len();
         self.bytes.extend_from_slice(value);
-        self.ends.push((name_end, self.bytes.len()));
+        self.ends.push((name_end, self.bytes.len(), checked));
     }
 
     /// The fields in order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.iter_checked().map(|(name, value, _)| (name, value))
+    }
+
+    /// The fields in order, each with whether its bytes are known to pass [`field_error`]:
+    /// a request's checks skip those (a client repeating its headers sends table indexes,
+    /// and scanning their bytes was a tenth of a unary call's instructions).
+    pub fn iter_checked(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> + '_ {
         let mut start = 0;
-        self.ends.iter().map(move |&(name_end, value_end)| {
-            let field = (
-                &self.bytes[start..name_end],
-                &self.bytes[name_end..value_end],
-            );
-            start = value_end;
-            field
-        })
+        self.ends
+            .iter()
+            .map(move |&(name_end, value_end, checked)| {
+                let field = (
+                    &self.bytes[start..name_end],
+                    &self.bytes[name_end..value_end],
+                    checked,
+                );
+                start = value_end;
+                field
+            })
     }
 
     /// The first value of `name`.
@@ -147,10 +165,33 @@ impl HeaderList {
     }
 }
 
-/// One dynamic table entry: name then value in one buffer.
+/// Why a field's bytes may not appear in a request (RFC 9113 §8.2.1), if they may not: a name
+/// (after a leading `:`) that is empty or has an upper-case, space, control, `:` or non-ASCII
+/// byte; a value with NUL, CR or LF, or starting or ending with a space or tab.
+pub fn field_error(name: &[u8], value: &[u8]) -> Option<&'static str> {
+    let bare = name.strip_prefix(b":").unwrap_or(name);
+    if bare.is_empty()
+        || bare
+            .iter()
+            .any(|&b| b <= 0x20 || b == b':' || b.is_ascii_uppercase() || b >= 0x7f)
+    {
+        return Some("header name empty, upper-case, or with a space, control or non-ASCII byte");
+    }
+    if value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n')
+        || value.first().is_some_and(|&b| b == b' ' || b == b'\t')
+        || value.last().is_some_and(|&b| b == b' ' || b == b'\t')
+    {
+        return Some("header value with NUL, CR or LF, or surrounded by whitespace");
+    }
+    None
+}
+
+/// One dynamic table entry: name then value in one buffer, and whether its bytes pass
+/// [`field_error`] (checked once, when it is added).
 struct Entry {
     bytes: Vec<u8>,
     name_len: usize,
+    well_formed: bool,
 }
 
 impl Entry {
@@ -273,10 +314,10 @@ impl Decoder {
             if first & 0x80 != 0 {
                 // Indexed field (§6.1).
                 let index = integer(&mut block, 7)?;
-                let (name, value) = lookup(&self.table, index)?;
+                let (name, value, well_formed) = lookup(&self.table, index)?;
                 list_size += name.len() + value.len() + ENTRY_OVERHEAD;
                 if list_size <= max_list_size {
-                    out.push(name, value);
+                    out.push_checked(name, value, well_formed);
                 }
                 fields_seen = true;
                 continue;
@@ -302,7 +343,7 @@ impl Decoder {
             if name_index == 0 {
                 self.string(&mut block)?;
             } else {
-                let (name, _) = lookup(&self.table, name_index)?;
+                let (name, _, _) = lookup(&self.table, name_index)?;
                 self.field.extend_from_slice(name);
             }
             let name_len = self.field.len();
@@ -349,7 +390,13 @@ impl Decoder {
         let mut bytes = std::mem::take(&mut self.spare);
         bytes.clear();
         bytes.extend_from_slice(&self.field);
-        self.table.push_front(Entry { bytes, name_len });
+        let (name, value) = self.field.split_at(name_len);
+        let well_formed = field_error(name, value).is_none();
+        self.table.push_front(Entry {
+            bytes,
+            name_len,
+            well_formed,
+        });
         self.size += size;
         debug_assert!(self.size <= self.max_size);
     }
@@ -363,13 +410,17 @@ impl Decoder {
     }
 }
 
-/// The (name, value) at an HPACK index: static entries first, then the dynamic table.
-fn lookup(table: &VecDeque<Entry>, index: usize) -> Result<(&[u8], &[u8]), HpackError> {
+/// The (name, value) at an HPACK index, static entries first, then the dynamic table; and
+/// whether its bytes pass [`field_error`] (every static entry does: a test checks it).
+fn lookup(table: &VecDeque<Entry>, index: usize) -> Result<(&[u8], &[u8], bool), HpackError> {
     match index {
-        1..=61 => Ok(STATIC_TABLE[index - 1]),
+        1..=61 => {
+            let (name, value) = STATIC_TABLE[index - 1];
+            Ok((name, value, true))
+        }
         _ => table
             .get(index.wrapping_sub(62))
-            .map(|e| (e.name(), e.value()))
+            .map(|e| (e.name(), e.value(), e.well_formed))
             .ok_or(HpackError::BadIndex(index)),
     }
 }
@@ -457,6 +508,34 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn static_entries_pass_the_request_field_rules() {
+        // `lookup` marks every static entry as checked.
+        for (name, value) in STATIC_TABLE {
+            assert_eq!(field_error(name, value), None, "{name:?}: {value:?}");
+        }
+    }
+
+    #[test]
+    fn table_entries_remember_whether_their_bytes_passed() {
+        let mut encoder = loona_hpack::Encoder::new();
+        let mut decoder = Decoder::new(4096);
+        let mut out = HeaderList::default();
+        let fields: [(&[u8], &[u8]); 3] = [(b"x-ok", b"v"), (b"x-Bad", b"v"), (b":path", b"/")];
+        // First as literals (then indexed), then by index: only the good entry is checked.
+        for round in 0..2 {
+            let block = encoder.encode(fields.iter().copied());
+            decoder.decode(&block, &mut out, usize::MAX).unwrap();
+            let checked: Vec<bool> = out.iter_checked().map(|(_, _, c)| c).collect();
+            let expected = if round == 0 {
+                [false, false, true] // literals, and :path / from the static table
+            } else {
+                [true, false, true]
+            };
+            assert_eq!(checked, expected, "round {round}");
+        }
     }
 
     fn fields(list: &HeaderList) -> Vec<(String, String)> {
