@@ -511,6 +511,24 @@ mod tests {
     }
 
     #[test]
+    fn every_static_entry_encodes_as_its_index_and_its_name_as_the_first_index() {
+        for (i, (name, value)) in STATIC_TABLE.iter().enumerate() {
+            let first = 1 + STATIC_TABLE.iter().position(|(n, _)| n == name).unwrap();
+            let mut out = Vec::new();
+            put_field(&mut out, name, value);
+            // Indexed field: the first entry equal to both (the table repeats no pair).
+            let mut expected = Vec::new();
+            put_integer(&mut expected, 0x80, 7, i + 1);
+            assert_eq!(out, expected, "{name:?}: {value:?}");
+            out.clear();
+            put_field(&mut out, name, b"not-in-the-table");
+            expected.clear();
+            put_integer(&mut expected, 0x00, 4, first);
+            assert_eq!(out[..expected.len()], expected[..], "{name:?}");
+        }
+    }
+
+    #[test]
     fn static_entries_pass_the_request_field_rules() {
         // `lookup` marks every static entry as checked.
         for (name, value) in STATIC_TABLE {
