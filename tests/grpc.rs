@@ -214,6 +214,39 @@ fn a_grpc_subscriber_receives_native_publishes_and_cancel_frees_it() {
 }
 
 #[test]
+fn responses_decode_whatever_header_table_the_client_allows() {
+    // The server indexes content-type and grpc-status in the client's table: with no table,
+    // a table too small for some entries, and the default, every answer reads back right.
+    let server = start();
+    runtime().block_on(async {
+        for table_size in [0, 50, 4096] {
+            let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+            let (mut sender, connection) = h2::client::Builder::new()
+                .header_table_size(table_size)
+                .handshake::<_, Bytes>(tcp)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            for round in 0..3 {
+                let good = framed(&proto::PublishRequest {
+                    event: Some(event("tables/t", b"x", Priority::Low)),
+                });
+                let o = unary(&mut sender, "Publish", good).await;
+                assert_eq!((o.status, round), (0, round), "table {table_size}: {o:?}");
+                let bad = framed(&proto::PublishRequest {
+                    event: Some(event("tables//t", b"x", Priority::Low)),
+                });
+                let o = unary(&mut sender, "Publish", bad).await;
+                assert_eq!(o.status, 3, "table {table_size}: {o:?}");
+                assert!(o.message.contains("empty segment"), "{}", o.message);
+            }
+        }
+    });
+}
+
+#[test]
 fn statuses_of_section_2() {
     let server = start();
     runtime().block_on(async {

@@ -86,6 +86,9 @@ pub struct Closed {
     pub reason: Reason,
 }
 
+/// Header fields kept until they are encoded (names and values).
+type OwnedFields = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Default)]
 struct Stream {
     /// The client sent END_STREAM.
@@ -98,8 +101,9 @@ struct Stream {
     send_window: i64,
     /// Response body waiting for window.
     pending: BytesMut,
-    /// After `pending`: end the stream, with this encoded trailer block if any.
-    finish: Option<Option<Vec<u8>>>,
+    /// After `pending`: end the stream, with these trailers if any. They are encoded when
+    /// they go out: HPACK blocks must reach the client in the order they were encoded.
+    finish: Option<Option<OwnedFields>>,
     /// Content-length the client announced, and what arrived so far.
     content_length: Option<u64>,
     received: u64,
@@ -167,8 +171,7 @@ pub struct Connection {
     spare_headers: Vec<HeaderList>,
     /// Where header blocks we send are encoded before framing.
     encoded: Vec<u8>,
-    /// Our first header block has not gone out yet: it starts with a table size update to 0.
-    first_block: bool,
+    encoder: hpack::Encoder,
     streams: HashMap<u32, Stream>,
     /// Highest stream id the client opened; lower ids not in `streams` are closed.
     last_stream: u32,
@@ -245,7 +248,7 @@ impl Connection {
             decoder: hpack::Decoder::new(4096),
             spare_headers: Vec::new(),
             encoded: Vec::with_capacity(256),
-            first_block: true,
+            encoder: hpack::Encoder::default(),
             streams: HashMap::new(),
             last_stream: 0,
             closed: HashMap::new(),
@@ -515,6 +518,7 @@ impl Connection {
                     }
                 }
                 setting::MAX_FRAME_SIZE => self.peer_max_frame_size = p.value,
+                setting::HEADER_TABLE_SIZE => self.encoder.set_limit(p.value as usize),
                 _ => {}
             }
         }
@@ -751,12 +755,7 @@ impl Connection {
     fn encode(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut block = std::mem::take(&mut self.encoded);
         block.clear();
-        if std::mem::take(&mut self.first_block) {
-            block.push(hpack::TABLE_SIZE_ZERO);
-        }
-        for (name, value) in fields {
-            hpack::put_field(&mut block, name, value);
-        }
+        self.encoder.encode(fields.iter().copied(), &mut block);
         block
     }
 
@@ -801,13 +800,14 @@ impl Connection {
         let Some(queued) = self.streams.get(&stream).map(|s| s.pending.len()) else {
             return;
         };
-        let block = self.encode(fields);
         if queued == 0 {
             // Nothing queued before them (the usual case): out now, no copy kept.
+            let block = self.encode(fields);
             self.put_block(stream, &block, true);
             self.encoded = block;
         } else if let Some(s) = self.streams.get_mut(&stream) {
-            s.finish = Some(Some(block));
+            let owned = fields.iter().map(|(n, v)| (n.to_vec(), v.to_vec()));
+            s.finish = Some(Some(owned.collect()));
         }
     }
 
@@ -872,7 +872,13 @@ impl Connection {
         }
         if let Some(finish) = s.finish.take() {
             match finish {
-                Some(block) => self.put_block(stream, &block, true),
+                Some(trailers) => {
+                    let fields: Vec<(&[u8], &[u8])> =
+                        trailers.iter().map(|(n, v)| (&n[..], &v[..])).collect();
+                    let block = self.encode(&fields);
+                    self.put_block(stream, &block, true);
+                    self.encoded = block;
+                }
                 None => {
                     frame::put_data(&mut self.out, stream, &[], true);
                     self.end_local(stream);
@@ -1195,6 +1201,87 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    /// Every header block the server wrote, in output order, decoded by the client's decoder.
+    fn decoded_blocks(p: &mut Peer) -> Vec<(u32, OwnedFields)> {
+        let frames = p.frames();
+        let blocks = frames.iter().filter_map(|f| match f {
+            Frame::Headers { stream, block, .. } => Some((*stream, block.clone())),
+            _ => None,
+        });
+        blocks
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(stream, block)| (stream, p.fields(&block)))
+            .collect()
+    }
+
+    #[test]
+    fn trailers_waiting_for_window_are_encoded_when_they_go_out() {
+        let mut p = Peer::new(Limits::default());
+        p.input.clear();
+        p.input.extend_from_slice(PREFACE);
+        let small_window = SettingParam {
+            id: setting::INITIAL_WINDOW_SIZE,
+            value: 10,
+        };
+        frame::put_settings(&mut p.input, &[small_window]);
+        p.headers(1, REQUEST, true);
+        p.headers(3, REQUEST, true);
+        p.run().1.unwrap();
+        p.frames();
+        let ok: &[(&[u8], &[u8])] = &[(b"grpc-status", b"0")];
+        // Stream 1's trailers wait behind its data; stream 3's go out first, and add
+        // grpc-status 0 to the client's table.
+        p.conn.send_headers(1, &[(b":status", b"200")], false);
+        p.conn.send_data(1, &[7u8; 25]);
+        p.conn.send_trailers(1, ok);
+        p.conn.send_headers(3, &[(b":status", b"200")], false);
+        p.conn.send_trailers(3, ok);
+        frame::put_window_update(&mut p.input, 1, 100);
+        p.run().1.unwrap();
+        let blocks = decoded_blocks(&mut p);
+        let trailers: Vec<u32> = blocks
+            .iter()
+            .filter(|(_, fields)| fields == &[(b"grpc-status".to_vec(), b"0".to_vec())])
+            .map(|(stream, _)| *stream)
+            .collect();
+        assert_eq!(trailers, [3, 1], "{blocks:?}");
+    }
+
+    #[test]
+    fn a_client_that_shrinks_its_table_hears_it_in_the_next_block() {
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, true);
+        p.run().1.unwrap();
+        p.conn
+            .send_headers(1, &[(b"content-type", b"application/grpc")], false);
+        p.conn.send_trailers(1, &[(b"grpc-status", b"0")]);
+        decoded_blocks(&mut p);
+        let no_table = SettingParam {
+            id: setting::HEADER_TABLE_SIZE,
+            value: 0,
+        };
+        frame::put_settings(&mut p.input, &[no_table]);
+        p.headers(3, REQUEST, true);
+        p.run().1.unwrap();
+        p.conn
+            .send_headers(3, &[(b"content-type", b"application/grpc")], false);
+        p.conn.send_trailers(3, &[(b"grpc-status", b"0")]);
+        let frames = p.frames();
+        let blocks: Vec<&Bytes> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Headers { block, .. } => Some(block),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(blocks[0][0], 0x20, "a size update to 0 opens the block");
+        assert_eq!(blocks[1][0] & 0xf0, 0x00, "then nothing is indexed");
+        for block in blocks {
+            p.fields(block);
+        }
     }
 
     #[test]

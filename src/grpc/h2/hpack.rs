@@ -6,10 +6,12 @@
 //! (nghttp2 never indexes `:path` or `content-length`) come from a small cache instead of being
 //! decoded each time. Huffman decoding itself is httlib-huffman's.
 //!
-//! The encoder side is stateless: [`put_field`] writes literals without indexing (or a static
-//! table index), and [`TABLE_SIZE_ZERO`] opens a connection's first block so that the client
-//! never has to keep a dynamic table for us. Response heads are a handful of short fields; a
-//! dynamic table would save a few bytes at the price of state and lookups on every response.
+//! The server's [`Encoder`] puts the fields every response repeats (`content-type`,
+//! `grpc-status`) into the client's dynamic table once; after that, a response head is two
+//! bytes and its trailers one, which is less for every client to parse (with h2load, the client
+//! is what limits unary throughput here). Everything else goes out as a literal that the client
+//! does not index. [`put_field`] is the stateless form, for our own clients, which open their
+//! first block with [`TABLE_SIZE_ZERO`] so that the server never keeps a table for them.
 
 use std::collections::VecDeque;
 
@@ -466,35 +468,162 @@ fn put_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u32, mut value: usize)
     out.push(value as u8);
 }
 
-/// A dynamic table size update to 0 (§6.3): the first bytes of the first header block a
-/// connection sends, since [`put_field`] never adds to the client's table.
+/// A dynamic table size update to 0 (§6.3): the first byte of the first header block one of
+/// our clients sends, since [`put_field`] never adds to the server's table.
 pub const TABLE_SIZE_ZERO: u8 = 0x20;
 
-/// Appends one field: an indexed field when the static table holds it whole, otherwise a
-/// literal without indexing (§6.2.2), naming a static entry's name where there is one.
-/// Strings go out raw: response heads are short, and Huffman would cost more CPU than the
-/// bytes it saves on loopback and LAN links.
-pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+/// Where the static table has a field: the whole field, or only its name (the first entry
+/// with it), as 1-based indices.
+fn static_lookup(name: &[u8], value: &[u8]) -> (Option<usize>, usize) {
     let mut name_index = 0;
     // No static entry starts like gRPC's own and custom metadata names: no scan for them.
-    let unlisted = name.starts_with(b"grpc-") || name.starts_with(b"x-");
-    for (i, (n, v)) in STATIC_TABLE.iter().enumerate().filter(|_| !unlisted) {
+    if name.starts_with(b"grpc-") || name.starts_with(b"x-") {
+        return (None, 0);
+    }
+    for (i, (n, v)) in STATIC_TABLE.iter().enumerate() {
         if *n == name {
             if *v == value {
-                return put_integer(out, 0x80, 7, i + 1);
+                return (Some(i + 1), name_index);
             }
             if name_index == 0 {
                 name_index = i + 1;
             }
         }
     }
-    put_integer(out, 0x00, 4, name_index);
+    (None, name_index)
+}
+
+/// Writes a literal field (§6.2): `flags` and `prefix_bits` choose the representation, and
+/// `name_index` a table entry's name (0: the name follows as a string).
+fn put_literal(
+    out: &mut Vec<u8>,
+    (flags, prefix_bits): (u8, u32),
+    name_index: usize,
+    name: &[u8],
+    value: &[u8],
+) {
+    put_integer(out, flags, prefix_bits, name_index);
     if name_index == 0 {
         put_integer(out, 0x00, 7, name.len());
         out.extend_from_slice(name);
     }
     put_integer(out, 0x00, 7, value.len());
     out.extend_from_slice(value);
+}
+
+/// Literal with incremental indexing (§6.2.1): the decoder adds the field to its table.
+const WITH_INDEXING: (u8, u32) = (0x40, 6);
+/// Literal without indexing (§6.2.2): the decoder's table is left alone.
+const WITHOUT_INDEXING: (u8, u32) = (0x00, 4);
+
+/// Appends one field: an indexed field when the static table holds it whole, otherwise a
+/// literal without indexing (§6.2.2), naming a static entry's name where there is one.
+/// Strings go out raw: response heads are short, and Huffman would cost more CPU than the
+/// bytes it saves on loopback and LAN links. It neither reads nor changes the dynamic table,
+/// so a block of these fields may be sent in any order relative to other blocks.
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    match static_lookup(name, value) {
+        (Some(index), _) => put_integer(out, 0x80, 7, index),
+        (None, name_index) => put_literal(out, WITHOUT_INDEXING, name_index, name, value),
+    }
+}
+
+/// Names whose fields the [`Encoder`] adds to the client's table: each response repeats them
+/// with one of a few values. Others (`grpc-message`, metadata) vary and are never indexed.
+const INDEXED_NAMES: [&[u8]; 2] = [b"content-type", b"grpc-status"];
+
+/// The dynamic table size both ends start with (RFC 9113 §6.5.2, SETTINGS_HEADER_TABLE_SIZE),
+/// and the most the [`Encoder`] uses even if a client allows more: its fields fit many times.
+pub const DEFAULT_TABLE_SIZE: usize = 4096;
+
+/// The encoding side of one connection's HPACK context: a mirror of the client's dynamic
+/// table, changed only by the blocks it encodes. Blocks must reach the client in the order
+/// they were encoded, so a connection encodes each block when it puts it in its output.
+pub struct Encoder {
+    /// Newest entry first, as in the client's decoder: dynamic index 62 is `table[0]`.
+    table: VecDeque<(Vec<u8>, Vec<u8>)>,
+    /// Sum of the entries' sizes (§4.1).
+    size: usize,
+    /// The table size in force for the client, after any update owed.
+    max_size: usize,
+    /// Size updates the next block must open with (§4.2): the smallest limit the client set
+    /// since the last block, then its latest.
+    owed: Option<(usize, usize)>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder {
+            table: VecDeque::new(),
+            size: 0,
+            max_size: DEFAULT_TABLE_SIZE,
+            owed: None,
+        }
+    }
+}
+
+impl Encoder {
+    /// The client set SETTINGS_HEADER_TABLE_SIZE to `limit`: the table shrinks now (as the
+    /// client's will when it reads the update) and the next block tells the client.
+    pub fn set_limit(&mut self, limit: usize) {
+        let limit = limit.min(DEFAULT_TABLE_SIZE);
+        if self.owed.is_none() && limit == self.max_size {
+            return;
+        }
+        let smallest = self.owed.map_or(limit, |(s, _)| s.min(limit));
+        self.owed = Some((smallest, limit));
+        self.evict_to(smallest);
+        self.max_size = limit;
+    }
+
+    /// Encodes one header block into `out` (appended).
+    pub fn encode<'f>(
+        &mut self,
+        fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
+        out: &mut Vec<u8>,
+    ) {
+        if let Some((smallest, last)) = self.owed.take() {
+            if smallest < last {
+                put_integer(out, 0x20, 5, smallest);
+            }
+            put_integer(out, 0x20, 5, last);
+        }
+        for (name, value) in fields {
+            self.field(out, name, value);
+        }
+    }
+
+    fn field(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+        let (whole, name_index) = static_lookup(name, value);
+        if let Some(index) = whole {
+            return put_integer(out, 0x80, 7, index);
+        }
+        let indexed = self.table.iter().position(|(n, v)| n == name && v == value);
+        if let Some(position) = indexed {
+            return put_integer(out, 0x80, 7, STATIC_TABLE.len() + 1 + position);
+        }
+        let size = ENTRY_OVERHEAD + name.len() + value.len();
+        if INDEXED_NAMES.contains(&name) && size <= self.max_size {
+            put_literal(out, WITH_INDEXING, name_index, name, value);
+            self.evict_to(self.max_size - size);
+            self.table.push_front((name.to_vec(), value.to_vec()));
+            self.size += size;
+        } else {
+            put_literal(out, WITHOUT_INDEXING, name_index, name, value);
+        }
+        debug_assert!(self.size <= self.max_size, "the table outgrew the client's");
+    }
+
+    /// Drops the oldest entries until the table holds at most `size` bytes (§4.4).
+    fn evict_to(&mut self, size: usize) {
+        while self.size > size {
+            let (name, value) = self
+                .table
+                .pop_back()
+                .expect("a table with a size has entries");
+            self.size -= ENTRY_OVERHEAD + name.len() + value.len();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -755,6 +884,90 @@ mod tests {
         proptest::collection::vec(proptest::collection::vec(field, 0..12), 1..8)
     }
 
+    /// Decodes with the independent decoder, as (name, value) pairs.
+    fn reference_decode(
+        decoder: &mut loona_hpack::Decoder,
+        block: &[u8],
+    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+        decoder
+            .decode(block)
+            .expect("the reference decoder accepts the block")
+    }
+
+    #[test]
+    fn the_encoder_indexes_the_fields_every_response_repeats_once() {
+        let mut encoder = Encoder::default();
+        let mut client = loona_hpack::Decoder::new();
+        let head: [(&[u8], &[u8]); 2] =
+            [(b":status", b"200"), (b"content-type", b"application/grpc")];
+        let ok: [(&[u8], &[u8]); 1] = [(b"grpc-status", b"0")];
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            for fields in [&head[..], &ok[..]] {
+                let mut block = Vec::new();
+                encoder.encode(fields.iter().copied(), &mut block);
+                let sent: Vec<_> = fields
+                    .iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect();
+                assert_eq!(reference_decode(&mut client, &block), sent);
+                sizes.push(block.len());
+            }
+        }
+        // First time: literals with indexing; afterwards :status 200 (static) plus one
+        // dynamic index for the head, and one byte for the trailers.
+        assert_eq!(sizes, [19, 15, 2, 1, 2, 1]);
+        let mut block = Vec::new();
+        encoder.encode([(&b"grpc-status"[..], &b"0"[..])], &mut block);
+        assert_eq!(block, [0x80 | 62], "the newest entry is index 62");
+    }
+
+    #[test]
+    fn the_encoder_never_indexes_messages_or_metadata() {
+        let mut encoder = Encoder::default();
+        for _ in 0..2 {
+            let mut block = Vec::new();
+            let message: [(&[u8], &[u8]); 2] = [(b"grpc-message", b"bad topic"), (b"x-a", b"b")];
+            encoder.encode(message, &mut block);
+            assert_eq!(block[0] & 0xf0, 0x00, "literal without indexing");
+            assert!(encoder.table.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_smaller_table_limit_is_signalled_and_applied_before_the_next_field() {
+        let mut encoder = Encoder::default();
+        let ok: [(&[u8], &[u8]); 1] = [(b"grpc-status", b"0")];
+        let mut block = Vec::new();
+        encoder.encode(ok, &mut block);
+        // 0, then back up to 100 between two blocks: both updates, smallest first (§4.2).
+        encoder.set_limit(0);
+        encoder.set_limit(100);
+        block.clear();
+        encoder.encode(ok, &mut block);
+        assert_eq!(
+            block[..3],
+            [0x20, 0x3f, 100 - 31],
+            "update to 0, then to 100"
+        );
+        assert_eq!(
+            block[3], 0x40,
+            "indexed again: the update to 0 emptied the table"
+        );
+        // A limit no entry fits: nothing is indexed, and the table stays empty.
+        encoder.set_limit(40);
+        block.clear();
+        encoder.encode(ok, &mut block);
+        assert_eq!(block[..2], [0x3f, 40 - 31]);
+        assert_eq!(block[2] & 0xf0, 0x00, "literal without indexing");
+        assert!(encoder.table.is_empty());
+        // The same limit again owes nothing.
+        encoder.set_limit(40);
+        block.clear();
+        encoder.encode(ok, &mut block);
+        assert_eq!(block[0] & 0xf0, 0x00);
+    }
+
     proptest! {
         /// Blocks from an independent encoder (loona-hpack, which indexes everything and so
         /// fills and churns the dynamic table) decode to what was encoded, block after block.
@@ -768,6 +981,58 @@ mod tests {
                 decoder.decode(&block, &mut out, 1 << 20).unwrap();
                 prop_assert!(out.iter().eq(list.iter().map(|(n, v)| (&n[..], &v[..]))));
                 prop_assert!(decoder.size <= decoder.max_size);
+            }
+        }
+
+        /// Whatever fields go out and whatever table limits the client sets in between, the
+        /// independent decoder reads back exactly what was encoded, and every lowered limit is
+        /// signalled at the start of the next block.
+        #[test]
+        fn encoded_blocks_decode_in_step_with_the_client(steps in proptest::collection::vec(
+            prop_oneof![
+                proptest::collection::vec(0usize..8, 1..6).prop_map(Ok),
+                prop_oneof![Just(0usize), Just(44), Just(60), Just(100), Just(200), Just(4096), Just(65_536)].prop_map(Err),
+            ], 1..40)) {
+            let pool: [(&[u8], &[u8]); 8] = [
+                (b":status", b"200"),
+                (b":status", b"415"),
+                (b"content-type", b"application/grpc"),
+                (b"content-type", b"application/grpc+proto"),
+                (b"grpc-status", b"0"),
+                (b"grpc-status", b"13"),
+                (b"grpc-message", b"no"),
+                (b"x-custom", b"v"),
+            ];
+            let mut encoder = Encoder::default();
+            let mut client = loona_hpack::Decoder::new();
+            let mut lowered_to: Option<usize> = None;
+            let mut announced = DEFAULT_TABLE_SIZE;
+            for step in steps {
+                match step {
+                    Err(limit) => {
+                        // The encoder never uses more than the default size: only a limit
+                        // below what it uses is a reduction it must signal.
+                        if limit < announced.min(DEFAULT_TABLE_SIZE) {
+                            lowered_to = Some(lowered_to.map_or(limit, |l: usize| l.min(limit)));
+                        }
+                        announced = limit;
+                        client.set_max_allowed_table_size(limit);
+                        encoder.set_limit(limit);
+                    }
+                    Ok(picks) => {
+                        let fields: Vec<(&[u8], &[u8])> = picks.iter().map(|&i| pool[i]).collect();
+                        let mut block = Vec::new();
+                        encoder.encode(fields.iter().copied(), &mut block);
+                        if let Some(limit) = lowered_to.take() {
+                            let mut rest = &block[..];
+                            prop_assert_eq!(rest[0] & 0xe0, 0x20, "a size update first");
+                            prop_assert!(integer(&mut rest, 5).unwrap() <= limit);
+                        }
+                        let sent: Vec<_> = fields.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+                        prop_assert_eq!(reference_decode(&mut client, &block), sent);
+                        prop_assert!(encoder.size <= encoder.max_size.min(announced));
+                    }
+                }
             }
         }
 
