@@ -21,15 +21,15 @@ pub fn run(args: &Args) -> Result<(), String> {
         .metrics
         .as_deref()
         .ok_or("the memory row measures a server in this process: use --spawn")?;
-    // The server holds two descriptors per native connection (its reader and writer halves):
-    // as many connections as this process's descriptor limit allows, up to 10,000.
-    let limit = raise_fd_limit(2 * MEMORY_ITEMS + 1_000)?;
-    let connections = MEMORY_ITEMS.min(limit.saturating_sub(1_000) / 2);
+    // The server holds one descriptor per native connection: as many connections as this
+    // process's descriptor limit allows, up to 10,000.
+    let limit = raise_fd_limit(MEMORY_ITEMS + 1_000)?;
+    let connections = MEMORY_ITEMS.min(limit.saturating_sub(1_000));
     if connections < MEMORY_ITEMS {
         eprintln!(
             "note: {connections} connections, not {MEMORY_ITEMS}: the descriptor limit is \
              {limit} (ulimit -n {} to measure all)",
-            2 * MEMORY_ITEMS + 1_000
+            MEMORY_ITEMS + 1_000
         );
     }
     let rss0 = rss_bytes()?;

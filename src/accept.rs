@@ -2,12 +2,15 @@
 //! task with any panic contained to that connection, and know when all of them are gone; plus
 //! the small pieces both doors' connections are built from.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite};
 
 use glommio::net::{TcpListener, TcpStream};
 
@@ -103,16 +106,45 @@ pub fn spawn_contained(
     })
 }
 
-/// Two handles on one accepted socket (the second a dup'ed fd), so a connection's reader and
-/// writer tasks each own one and never share a lock. Sets TCP_NODELAY.
-pub fn split(stream: TcpStream) -> io::Result<(TcpStream, TcpStream)> {
+/// One half of an accepted socket: a connection's reader task owns one, its writer task the
+/// other, so neither waits for the other and no lock is taken. Both poll the same stream (one
+/// descriptor per connection, not a dup'ed pair): a half borrows it only for the length of one
+/// poll, which never overlaps another on a shard's single thread, and glommio keeps separate
+/// readiness sources for reading and writing.
+pub struct Half(Rc<RefCell<TcpStream>>);
+
+/// Splits an accepted socket into its reader's and its writer's [`Half`]. Sets TCP_NODELAY.
+pub fn split(stream: TcpStream) -> io::Result<(Half, Half)> {
     stream.set_nodelay(true)?;
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) has no memory-safety preconditions; the result is checked.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    let shared = Rc::new(RefCell::new(stream));
+    Ok((Half(shared.clone()), Half(shared)))
+}
+
+impl AsyncRead for Half {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
     }
-    // SAFETY: `fd` is a fresh duplicate that this handle alone owns.
-    let write_half = unsafe { TcpStream::from_raw_fd(fd) };
-    Ok((stream, write_half))
+}
+
+impl AsyncWrite for Half {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+    }
+
+    /// Shuts the socket down for writing (the reader's half can still read).
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+    }
 }

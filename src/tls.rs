@@ -6,9 +6,9 @@ use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
+use crate::accept::Half;
 use bytes::BytesMut;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ServerConfig, ServerConnection};
@@ -43,7 +43,7 @@ impl Transport {
     /// the bytes that came. Ok(false): the peer closed.
     pub async fn read(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Half,
         plain: &mut BytesMut,
         size: usize,
         wire: &mut Vec<u8>,
@@ -97,7 +97,7 @@ impl Transport {
     /// with whatever TLS has to send of its own.
     pub async fn write(
         &self,
-        stream: &mut TcpStream,
+        stream: &mut Half,
         plain: &[u8],
         wire: &mut Vec<u8>,
     ) -> io::Result<()> {

@@ -19,7 +19,7 @@ use super::h2::connection::{Connection as H2, Event as H2Event, Limits as H2Limi
 use super::h2::hpack::HeaderList;
 use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
-use crate::accept::{self, Connections};
+use crate::accept::{self, Connections, Half};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -247,7 +247,7 @@ impl GrpcConnection {
         conn.blocked.borrow_mut().clear();
     }
 
-    async fn read_loop(self: &Rc<Self>, mut stream: TcpStream) {
+    async fn read_loop(self: &Rc<Self>, mut stream: Half) {
         let mut buf = BytesMut::with_capacity(MIN_READ);
         let mut wire = Vec::new();
         let mut events = Vec::new();
@@ -938,7 +938,7 @@ impl GrpcConnection {
         }
     }
 
-    async fn write_loop(&self, mut socket: TcpStream) {
+    async fn write_loop(&self, mut socket: Half) {
         let mut wire = Vec::new();
         loop {
             let woken = self.consumer.notify.wait();

@@ -14,7 +14,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
 use super::error_code;
-use crate::accept::{self, Connections};
+use crate::accept::{self, Connections, Half};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -198,7 +198,7 @@ impl Connection {
         self.consumer.notify.notify();
     }
 
-    async fn read_loop(self: &Rc<Self>, mut stream: TcpStream, max_frame: usize) {
+    async fn read_loop(self: &Rc<Self>, mut stream: Half, max_frame: usize) {
         // Buffers start small or empty and grow with the traffic: an idle connection holds
         // little.
         let mut buf = BytesMut::new();
@@ -428,7 +428,7 @@ impl Connection {
         sub.requeue();
     }
 
-    async fn write_loop(&self, mut stream: TcpStream) {
+    async fn write_loop(&self, mut stream: Half) {
         let mut out = BytesMut::new();
         let mut wire = Vec::new();
         loop {
