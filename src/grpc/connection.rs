@@ -940,6 +940,11 @@ impl GrpcConnection {
 
     async fn write_loop(&self, mut socket: Half) {
         let mut wire = Vec::new();
+        // Buffers kept across wake-ups with their capacity: events are framed into `messages`,
+        // and `spare` takes the HTTP/2 layer's place as its output while `out` is written (a
+        // fresh buffer there, or for the messages, would grow by reallocating and copying).
+        let mut messages = BytesMut::new();
+        let mut spare = BytesMut::new();
         loop {
             let woken = self.consumer.notify.wait();
             let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
@@ -947,9 +952,9 @@ impl GrpcConnection {
                 sub.requeue();
             }
             while let Some(sub) = self.consumer.next_ready() {
-                self.drain_subscription(&sub);
+                self.drain_subscription(&sub, &mut messages);
             }
-            let out = std::mem::take(self.h2.borrow_mut().output());
+            let out = std::mem::replace(self.h2.borrow_mut().output(), std::mem::take(&mut spare));
             if out.is_empty() && !self.transport.wants_write() {
                 if self.closed.get() {
                     break;
@@ -969,19 +974,16 @@ impl GrpcConnection {
                 break;
             }
             self.written.notify();
-            // Give the buffer back to the connection, emptied, so its capacity is reused.
             let mut out = out;
             out.clear();
-            let mut h2 = self.h2.borrow_mut();
-            if h2.output().is_empty() {
-                *h2.output() = out;
-            }
+            spare = out;
         }
         let _ = socket.close().await;
     }
 
     /// Moves a subscription's queued events into its stream, as far as HTTP/2 lets them.
-    fn drain_subscription(&self, sub: &Rc<Subscriber>) {
+    /// `data`: scratch space for the framed messages (emptied here).
+    fn drain_subscription(&self, sub: &Rc<Subscriber>, data: &mut BytesMut) {
         let stream = sub.tag as u32;
         let current = match self.calls.borrow().get(&stream) {
             Some(Call::Subscription { sub: s } | Call::Bidi { sub: s, .. }) => Rc::ptr_eq(s, sub),
@@ -990,14 +992,14 @@ impl GrpcConnection {
         if !current || sub.state() == SubState::Closed {
             return;
         }
-        let mut data = BytesMut::new();
+        data.clear();
         let mut h2 = self.h2.borrow_mut();
         while h2.queued(stream) + data.len() < MAX_QUEUED_PER_STREAM {
             let Some(event) = sub.pop() else { break };
-            framing::put_message(&mut data, |o| service::put_event(o, &event));
+            framing::put_message(data, |o| service::put_event(o, &event));
         }
         if !data.is_empty() {
-            h2.send_data(stream, &data);
+            h2.send_data(stream, data);
         }
         drop(h2);
         if sub.queued() > 0 {
