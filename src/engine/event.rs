@@ -146,7 +146,13 @@ pub enum MetadataError {
 impl Metadata {
     /// Checks that `raw` holds exactly `count` well-formed UTF-8 pairs and wraps it.
     pub fn from_wire(count: u16, raw: Bytes) -> Result<Metadata, MetadataError> {
-        let mut rest = &raw[..];
+        Metadata::check_wire(count, &raw)?;
+        Ok(Metadata { count, raw })
+    }
+
+    /// Checks that `raw` holds exactly `count` well-formed UTF-8 pairs (the native protocol's
+    /// form), without taking it: a door reading in place checks first and copies out later.
+    pub fn check_wire(count: u16, mut rest: &[u8]) -> Result<(), MetadataError> {
         for entry in 0..usize::from(count) {
             for _ in 0..2 {
                 let (text, tail) = split_str16(rest).ok_or(MetadataError::Truncated(entry))?;
@@ -157,7 +163,7 @@ impl Metadata {
         if !rest.is_empty() {
             return Err(MetadataError::TrailingBytes(rest.len()));
         }
-        Ok(Metadata { count, raw })
+        Ok(())
     }
 
     /// Builds metadata from pairs (CLI, gRPC): allocates once, off the hot path.
@@ -243,6 +249,64 @@ pub struct RawEvent {
     pub timestamp_ns: i64,
 }
 
+impl RawEvent {
+    /// The same fields, borrowed.
+    pub fn as_ref(&self) -> EventRef<'_> {
+        EventRef {
+            topic: &self.topic,
+            id: &self.id,
+            metadata_count: self.metadata.len() as u16,
+            metadata: self.metadata.wire(),
+            payload: &self.payload,
+            priority: self.priority,
+            timestamp_ns: self.timestamp_ns,
+        }
+    }
+}
+
+/// An event as the native door decodes it: in place, its fields borrowing the buffer the
+/// connection read (so that decoding takes no reference count and copies nothing). Its
+/// metadata was checked to be well formed by the decoder ([`Metadata::check_wire`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub topic: &'a [u8],
+    /// Empty: the server generates a UUIDv7.
+    pub id: &'a [u8],
+    pub metadata_count: u16,
+    /// The metadata entries in the native protocol's form.
+    pub metadata: &'a [u8],
+    pub payload: &'a [u8],
+    pub priority: u8,
+    /// 0: the server fills in the receive time.
+    pub timestamp_ns: i64,
+}
+
+impl EventRef<'_> {
+    /// The owned event, its fields sharing `buffer`, which the borrowed fields point into.
+    pub fn to_raw(&self, buffer: &Bytes) -> RawEvent {
+        RawEvent {
+            topic: share(buffer, self.topic),
+            id: share(buffer, self.id),
+            payload: share(buffer, self.payload),
+            metadata: Metadata {
+                count: self.metadata_count,
+                raw: share(buffer, self.metadata),
+            },
+            priority: self.priority,
+            timestamp_ns: self.timestamp_ns,
+        }
+    }
+}
+
+/// `part` of `buffer` as a `Bytes` sharing it; empty parts take no reference.
+pub(crate) fn share(buffer: &Bytes, part: &[u8]) -> Bytes {
+    if part.is_empty() {
+        Bytes::new()
+    } else {
+        buffer.slice_ref(part)
+    }
+}
+
 /// A validated event, sequenced once it reaches its topic's owner shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -285,7 +349,7 @@ impl Event {
     /// instead of checked again (publishers usually repeat one topic; the check was 17% of a
     /// batch's instructions and a quarter of a native publish's).
     pub fn validate_after(
-        raw: RawEvent,
+        mut raw: RawEvent,
         previous: Option<&Topic>,
         limits: &Limits,
         ids: &mut IdGenerator,
@@ -293,40 +357,15 @@ impl Event {
     ) -> Result<Event, EventError> {
         let topic = match previous {
             Some(known) if known.bytes() == &raw.topic => known.clone(),
-            _ => Topic::parse(raw.topic)?,
+            _ => Topic::parse(std::mem::take(&mut raw.topic))?,
         };
-        if topic.is_reserved() {
-            return Err(EventError::ReservedTopic(topic.as_str().to_owned()));
-        }
-        let priority = Priority::from_u8(raw.priority).ok_or(EventError::Priority(raw.priority))?;
+        // (The topic's bytes may have moved into `topic`: the rules read it from there.)
+        let priority = check_fields(&topic, &raw.as_ref(), limits)?;
         let id = if raw.id.is_empty() {
             EventId::Generated(ids.next(now_ns))
-        } else if raw.id.len() > EventId::MAX_LEN {
-            return Err(EventError::IdTooLong(raw.id.len()));
-        } else if std::str::from_utf8(&raw.id).is_err() {
-            return Err(EventError::IdNotUtf8);
         } else {
             EventId::Given(raw.id)
         };
-        if raw.metadata.len() > limits.max_metadata_entries {
-            return Err(EventError::TooManyMetadata {
-                count: raw.metadata.len(),
-                max: limits.max_metadata_entries,
-            });
-        }
-        if raw.metadata.wire_len() > limits.max_metadata_bytes {
-            return Err(EventError::MetadataTooLarge {
-                size: raw.metadata.wire_len(),
-                max: limits.max_metadata_bytes,
-            });
-        }
-        let size = raw.payload.len() + raw.metadata.wire_len();
-        if size > limits.max_message_bytes {
-            return Err(EventError::TooLarge {
-                size,
-                max: limits.max_message_bytes,
-            });
-        }
         Ok(Event {
             topic,
             id,
@@ -342,9 +381,141 @@ impl Event {
         })
     }
 
+    /// Checks an event decoded in place against §3 and the configured limits, given its
+    /// topic already validated (`topic`: the connection's last topic, or the event's own
+    /// parsed). Nothing is copied or counted: the owned event is made by
+    /// [`Accepted::into_event`], and only if someone receives it.
+    pub fn accept<'a>(
+        raw: EventRef<'a>,
+        topic: &'a Topic,
+        buffer: &'a Bytes,
+        limits: &Limits,
+        received_ns: i64,
+    ) -> Result<Accepted<'a>, EventError> {
+        debug_assert_eq!(topic.bytes()[..], *raw.topic, "the event's own topic");
+        let priority = check_fields(topic, &raw, limits)?;
+        Ok(Accepted {
+            topic,
+            priority,
+            raw,
+            buffer,
+            received_ns,
+        })
+    }
+
     /// Bytes this event holds on to; what a subscriber queue's byte budget counts.
     pub fn size(&self) -> usize {
         self.topic.len() + self.id.text_len() + self.payload.len() + self.metadata.wire_len()
+    }
+}
+
+/// §3's rules besides the topic's shape, and the configured limits; the priority on success.
+fn check_fields(
+    topic: &Topic,
+    raw: &EventRef<'_>,
+    limits: &Limits,
+) -> Result<Priority, EventError> {
+    if topic.is_reserved() {
+        return Err(EventError::ReservedTopic(topic.as_str().to_owned()));
+    }
+    let priority = Priority::from_u8(raw.priority).ok_or(EventError::Priority(raw.priority))?;
+    if raw.id.len() > EventId::MAX_LEN {
+        return Err(EventError::IdTooLong(raw.id.len()));
+    }
+    if std::str::from_utf8(raw.id).is_err() {
+        return Err(EventError::IdNotUtf8);
+    }
+    let metadata_count = usize::from(raw.metadata_count);
+    if metadata_count > limits.max_metadata_entries {
+        return Err(EventError::TooManyMetadata {
+            count: metadata_count,
+            max: limits.max_metadata_entries,
+        });
+    }
+    if raw.metadata.len() > limits.max_metadata_bytes {
+        return Err(EventError::MetadataTooLarge {
+            size: raw.metadata.len(),
+            max: limits.max_metadata_bytes,
+        });
+    }
+    let size = raw.payload.len() + raw.metadata.len();
+    if size > limits.max_message_bytes {
+        return Err(EventError::TooLarge {
+            size,
+            max: limits.max_message_bytes,
+        });
+    }
+    Ok(priority)
+}
+
+/// An event that passed [`Event::accept`], still in the door's buffer: what sequencing needs
+/// (topic, priority) without the owned [`Event`], which only a recipient or another shard
+/// needs. An event published to a topic with no subscriber is never copied out.
+pub struct Accepted<'a> {
+    topic: &'a Topic,
+    priority: Priority,
+    raw: EventRef<'a>,
+    buffer: &'a Bytes,
+    received_ns: i64,
+}
+
+/// An event on its way to its topic's owner, as [`Shard::publish`](super::Shard::publish)
+/// takes it: an [`Event`] (the gRPC and UDP doors), or an [`Accepted`] one still in place
+/// (the native TCP door).
+pub trait Incoming {
+    /// The event's validated topic.
+    fn topic(&self) -> &Topic;
+    /// The event's priority (which subscriptions want it).
+    fn priority(&self) -> Priority;
+    /// The owned event; `ids` makes its id if the client left it empty.
+    fn into_event(self, ids: &mut IdGenerator) -> Event;
+}
+
+impl Incoming for Event {
+    fn topic(&self) -> &Topic {
+        &self.topic
+    }
+
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    fn into_event(self, _: &mut IdGenerator) -> Event {
+        self
+    }
+}
+
+impl Incoming for Accepted<'_> {
+    fn topic(&self) -> &Topic {
+        self.topic
+    }
+
+    fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    fn into_event(self, ids: &mut IdGenerator) -> Event {
+        let raw = self.raw;
+        Event {
+            topic: self.topic.clone(),
+            id: if raw.id.is_empty() {
+                EventId::Generated(ids.next(self.received_ns))
+            } else {
+                EventId::Given(self.buffer.slice_ref(raw.id))
+            },
+            payload: share(self.buffer, raw.payload),
+            metadata: Metadata {
+                count: raw.metadata_count,
+                raw: share(self.buffer, raw.metadata),
+            },
+            priority: self.priority,
+            timestamp_ns: if raw.timestamp_ns == 0 {
+                self.received_ns
+            } else {
+                raw.timestamp_ns
+            },
+            sequence: 0,
+        }
     }
 }
 

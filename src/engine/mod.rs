@@ -17,7 +17,9 @@ pub mod shard;
 pub mod subscriber;
 pub mod topic;
 
-pub use event::{Event, EventError, EventId, Metadata, Priority, RawEvent};
+pub use event::{
+    Accepted, Event, EventError, EventId, EventRef, Incoming, Metadata, Priority, RawEvent,
+};
 pub use limits::Limits;
 pub use messages::{Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS};
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};

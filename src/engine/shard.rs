@@ -18,7 +18,7 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
-use super::event::{Event, EventError, IdGenerator, Priority, RawEvent};
+use super::event::{share, Event, EventError, EventRef, IdGenerator, Incoming, Priority, RawEvent};
 use super::index::{SubEntry, SubKey, SubscriptionIndex};
 use super::limits::Limits;
 use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
@@ -26,7 +26,7 @@ use super::notify::{Countdown, Notify};
 use super::queue::{Offer, SubscriberQueue};
 use super::routing::{owner, owner_of};
 use super::subscriber::{Consumer, SubState, Subscriber};
-use super::topic::{Pattern, RecentTopic};
+use super::topic::{Pattern, RecentTopic, Topic};
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
 /// sockets: the engine is saturated and publishers must slow down (§4).
@@ -307,11 +307,40 @@ impl Shard {
         self.sinks.borrow_mut().remove(&id);
     }
 
+    /// Validates and publishes one event the native door decoded in place (`raw`, borrowing
+    /// `buffer`), reusing the connection's `recent` topic as [`validate_recent`]
+    /// (Self::validate_recent) does. The owned event is made only for a recipient or another
+    /// shard: a publish to a topic nobody here subscribes to copies nothing out of the buffer
+    /// and takes no reference count on it.
+    pub fn publish_in_place(
+        &self,
+        raw: EventRef<'_>,
+        buffer: &Bytes,
+        recent: &RecentTopic,
+        received_ns: i64,
+        reply: Reply,
+    ) -> Result<(), EventError> {
+        {
+            let known = recent.get();
+            if let Some(topic) = known.as_ref().filter(|t| t.bytes()[..] == *raw.topic) {
+                let accepted = Event::accept(raw, topic, buffer, &self.limits, received_ns)?;
+                self.publish(std::iter::once(accepted), reply);
+                return Ok(());
+            }
+        }
+        let topic = Topic::parse(share(buffer, raw.topic))?;
+        let accepted = Event::accept(raw, &topic, buffer, &self.limits, received_ns)?;
+        self.publish(std::iter::once(accepted), reply);
+        recent.remember(&topic);
+        Ok(())
+    }
+
     /// Publishes validated events, each to its topic's owner, and tells `reply` how it went.
     /// Events of one call to one topic keep their order.
     pub fn publish<I>(&self, events: I, reply: Reply)
     where
-        I: IntoIterator<Item = Event>,
+        I: IntoIterator,
+        I::Item: Incoming,
         I::IntoIter: ExactSizeIterator,
     {
         let events = events.into_iter();
@@ -345,11 +374,12 @@ impl Shard {
             Route::Refusal { .. } | Route::Nobody => None,
         };
         for event in events {
-            let home = owner(event.topic.route(), self.count);
+            let home = owner(event.topic().route(), self.count);
             if home == self.id {
                 let outcome = self.sequence(event);
                 self.answer(self.id, route, outcome, now);
             } else {
+                let event = event.into_event(&mut self.ids.borrow_mut());
                 self.push(home, ShardMsg::Publish { event, route });
             }
         }
@@ -403,13 +433,13 @@ impl Shard {
 
     /// As the topic's owner: give the event its sequence number and hand it to every matching
     /// subscription, locally or through the outbox of its home shard.
-    fn sequence(&self, mut event: Event) -> Result<u64, PublishError> {
+    fn sequence(&self, event: impl Incoming) -> Result<u64, PublishError> {
         if self.closing.get() {
             return Err(PublishError::ShuttingDown);
         }
         let mut topics = self.topics.borrow_mut();
         let index = self.index.borrow();
-        let key: &[u8] = event.topic.bytes();
+        let key: &[u8] = event.topic().bytes();
         let hash = self.hasher.hash_one(key);
         let same = |entry: &(Bytes, TopicState)| entry.0 == key;
         if topics.find(hash, same).is_none() {
@@ -431,16 +461,16 @@ impl Shard {
         let (_, state) = topics.find_mut(hash, same).expect("inserted above");
         if state.generation != index.generation() {
             state.matches.clear();
-            index.matches(event.topic.as_str(), &mut state.matches);
+            index.matches(event.topic().as_str(), &mut state.matches);
             state.matches.sort_unstable_by_key(|e| e.key);
             state.generation = index.generation();
         }
         state.last_sequence += 1;
-        event.sequence = state.last_sequence;
+        let sequence = state.last_sequence;
         self.stats.borrow_mut().sequenced += 1;
 
         let matches = &state.matches;
-        let (priority, sequence) = (event.priority, event.sequence);
+        let priority = event.priority();
         // Recipients: each local subscription, and each other shard with any (one message).
         let mut uses = 0;
         let mut last_remote = None;
@@ -453,6 +483,11 @@ impl Shard {
                 last_remote = Some(home);
             }
         }
+        if uses == 0 {
+            return Ok(sequence); // nobody wants it: the event is not even made
+        }
+        let mut event = event.into_event(&mut self.ids.borrow_mut());
+        event.sequence = sequence;
         let mut event = Handout::new(event, uses);
         let mut start = 0;
         while start < matches.len() {
@@ -853,5 +888,115 @@ impl Handout {
     /// True once every counted recipient got the event (or there were none).
     fn is_spent(&self) -> bool {
         self.left == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EventId, Metadata};
+
+    /// One shard alone: every topic is its own, nothing crosses shards.
+    fn lone_shard() -> Rc<Shard> {
+        Shard::new(0, 1, Limits::default(), 7)
+    }
+
+    /// A native PUBLISH's fields, as they lie in the door's read buffer.
+    fn in_buffer(topic: &str, id: &[u8], payload: &[u8]) -> Bytes {
+        Bytes::from([topic.as_bytes(), id, payload].concat())
+    }
+
+    /// The event in `buffer`, whose topic and id take the first `topic_len` and `id_len` bytes.
+    fn event_in(buffer: &Bytes, topic_len: usize, id_len: usize) -> EventRef<'_> {
+        EventRef {
+            topic: &buffer[..topic_len],
+            id: &buffer[topic_len..topic_len + id_len],
+            payload: &buffer[topic_len + id_len..],
+            priority: Priority::Medium as u8,
+            ..EventRef::default()
+        }
+    }
+
+    #[test]
+    fn a_publish_nobody_receives_keeps_no_reference_to_the_read_buffer() {
+        let shard = lone_shard();
+        let recent = RecentTopic::default();
+        for (i, topic) in ["a/b", "a/b", "a/c"].into_iter().enumerate() {
+            let buffer = in_buffer(topic, b"", b"payload");
+            let raw = event_in(&buffer, topic.len(), 0);
+            shard
+                .publish_in_place(raw, &buffer, &recent, 1, Reply::Nobody)
+                .unwrap();
+            // No reference to the buffer was kept: not by the event, not by the topic.
+            assert!(buffer.is_unique(), "event {i} kept its buffer");
+        }
+        assert_eq!((shard.stats().sequenced, shard.stats().topics), (3, 2));
+    }
+
+    #[test]
+    fn an_event_in_place_reaches_a_subscriber_as_validated_and_sequenced() {
+        let shard = lone_shard();
+        let consumer = Rc::new(Consumer::default());
+        let pattern = Pattern::parse(b"a/*").unwrap();
+        let subscribe = shard.subscribe(pattern, Priority::Batch, &consumer, 1);
+        let sub = futures_lite::future::block_on(subscribe);
+        let recent = RecentTopic::default();
+        let buffer = in_buffer("x/y", b"", b"unseen");
+        let unseen = event_in(&buffer, 3, 0);
+        shard
+            .publish_in_place(unseen, &buffer, &recent, 5, Reply::Nobody)
+            .unwrap();
+        for n in 1..=2u64 {
+            let id: &[u8] = if n == 1 { b"" } else { b"my-id" };
+            let buffer = in_buffer("a/b", id, b"seen");
+            let raw = EventRef {
+                timestamp_ns: if n == 1 { 0 } else { 42 },
+                ..event_in(&buffer, 3, id.len())
+            };
+            shard
+                .publish_in_place(raw, &buffer, &recent, 5, Reply::Nobody)
+                .unwrap();
+            let got = sub.pop().expect("delivered");
+            assert_eq!(
+                (got.topic.as_str(), &got.payload[..], got.sequence),
+                ("a/b", &b"seen"[..], n)
+            );
+            assert_eq!(got.priority, Priority::Medium);
+            assert_eq!(got.metadata, Metadata::default());
+            if n == 1 {
+                assert!(matches!(got.id, EventId::Generated(_)));
+                assert_eq!(got.timestamp_ns, 5, "the receive time");
+            } else {
+                assert_eq!(got.id, EventId::Given(Bytes::from_static(b"my-id")));
+                assert_eq!(got.timestamp_ns, 42);
+            }
+        }
+        assert!(sub.pop().is_none(), "x/y matched nothing");
+    }
+
+    #[test]
+    fn an_event_in_place_is_refused_by_the_rules_an_owned_one_is() {
+        let shard = lone_shard();
+        let recent = RecentTopic::default();
+        let limits = Limits::default();
+        let long_id = [b'i'; 256];
+        let bad: [(&str, &[u8], u8); 4] = [
+            ("a//b", b"", 2),
+            ("$sys/x", b"", 2),
+            ("a/b", b"", 9),
+            ("a/b", &long_id, 2),
+        ];
+        for (topic, id, priority) in bad {
+            let buffer = in_buffer(topic, id, b"");
+            let raw = EventRef {
+                priority,
+                ..event_in(&buffer, topic.len(), id.len())
+            };
+            let in_place = shard.publish_in_place(raw, &buffer, &recent, 1, Reply::Nobody);
+            let mut ids = IdGenerator::new(1);
+            let owned = Event::validate_after(raw.to_raw(&buffer), None, &limits, &mut ids, 1);
+            assert_eq!(in_place.unwrap_err(), owned.unwrap_err(), "{topic}");
+        }
+        assert_eq!(shard.stats().sequenced, 0);
     }
 }

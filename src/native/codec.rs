@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::engine::event::{Event, Metadata, MetadataError, RawEvent};
+use crate::engine::event::{Event, EventRef, Metadata, MetadataError, RawEvent};
 
 /// Bytes before a frame's body: length, kind, flags.
 pub const HEADER_LEN: usize = 6;
@@ -137,7 +137,8 @@ impl From<MetadataError> for BodyError {
     }
 }
 
-/// A frame cut out of the stream, body not yet parsed.
+/// A frame cut out of the stream, body not yet parsed (the client side's form: it owns its
+/// body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
     pub kind: u8,
@@ -145,13 +146,22 @@ pub struct RawFrame {
     pub body: Bytes,
 }
 
-/// Cuts the next whole frame off the front of `buf`; `Ok(None)` when more bytes are needed.
-/// The body shares `buf`'s memory (no copy).
-pub fn next_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<RawFrame>, FramingError> {
-    if buf.len() < 4 {
+/// A frame found in place at the front of a buffer (the server's form: nothing is cut out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub kind: u8,
+    pub flags: u8,
+    pub body: &'a [u8],
+    /// Bytes the whole frame takes in the stream, length prefix included.
+    pub wire_len: usize,
+}
+
+/// The whole frame at the front of `buf`, in place; `Ok(None)` when more bytes are needed.
+pub fn frame_at(buf: &[u8], max_frame: usize) -> Result<Option<FrameRef<'_>>, FramingError> {
+    let Some(prefix) = buf.get(..4) else {
         return Ok(None);
-    }
-    let length = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    };
+    let length = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
     if length > max_frame {
         return Err(FramingError::TooLarge {
             length,
@@ -161,38 +171,68 @@ pub fn next_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<RawFram
     if length < 2 {
         return Err(FramingError::TooShort(length));
     }
-    if buf.len() < 4 + length {
-        buf.reserve(4 + length - buf.len());
+    let Some(frame) = buf.get(4..4 + length) else {
         return Ok(None);
-    }
-    let mut frame = buf.split_to(4 + length);
-    frame.advance(4);
-    let kind = frame.get_u8();
-    let flags = frame.get_u8();
-    Ok(Some(RawFrame {
-        kind,
-        flags,
-        body: frame.freeze(),
+    };
+    Ok(Some(FrameRef {
+        kind: frame[0],
+        flags: frame[1],
+        body: &frame[2..],
+        wire_len: 4 + length,
     }))
 }
 
-/// A request from a client, parsed.
+/// How many bytes at the front of `buf` are whole frames, and the framing error that stops
+/// the stream right after them, if any. A connection freezes those bytes once and reads every
+/// frame in place ([`frame_at`]).
+pub fn whole_frames(buf: &[u8], max_frame: usize) -> (usize, Option<FramingError>) {
+    let mut at = 0;
+    loop {
+        match frame_at(&buf[at..], max_frame) {
+            Ok(Some(frame)) => at += frame.wire_len,
+            Ok(None) => return (at, None),
+            Err(e) => return (at, Some(e)),
+        }
+    }
+}
+
+/// Cuts the next whole frame off the front of `buf`; `Ok(None)` when more bytes are needed
+/// (room for the rest is reserved). The body shares `buf`'s memory (no copy).
+pub fn next_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<RawFrame>, FramingError> {
+    let Some(frame) = frame_at(buf, max_frame)? else {
+        if let Some(prefix) = buf.get(..4) {
+            let length = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+            buf.reserve(4 + length - buf.len());
+        }
+        return Ok(None);
+    };
+    let (kind, flags, wire_len) = (frame.kind, frame.flags, frame.wire_len);
+    let mut whole = buf.split_to(wire_len);
+    whole.advance(HEADER_LEN);
+    Ok(Some(RawFrame {
+        kind,
+        flags,
+        body: whole.freeze(),
+    }))
+}
+
+/// A request from a client, parsed in place: its fields borrow the frame's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientFrame {
+pub enum ClientFrame<'a> {
     Publish {
         request_id: u64,
         ack: bool,
-        event: RawEvent,
+        event: EventRef<'a>,
     },
     PublishBatch {
         request_id: u64,
         ack: bool,
-        events: Vec<RawEvent>,
+        events: Vec<EventRef<'a>>,
     },
     Subscribe {
         sub_id: u32,
         min_priority: u8,
-        pattern: Bytes,
+        pattern: &'a [u8],
     },
     Unsubscribe {
         sub_id: u32,
@@ -202,43 +242,36 @@ pub enum ClientFrame {
     },
 }
 
-/// Reads fields off a frame body, turning every shortfall into a `BodyError`.
-struct Reader {
-    body: Bytes,
+/// Reads fields off a frame body, in place, turning every shortfall into a `BodyError`.
+struct Reader<'a> {
+    body: &'a [u8],
 }
 
-impl Reader {
-    fn need(&self, n: usize, what: &str) -> Result<(), BodyError> {
-        if self.body.len() < n {
-            Err(BodyError::malformed(format!("truncated {what}")))
-        } else {
-            Ok(())
-        }
+impl<'a> Reader<'a> {
+    fn take<const N: usize>(&mut self, what: &str) -> Result<[u8; N], BodyError> {
+        Ok(*self.bytes(N, what)?.first_chunk().expect("N bytes"))
     }
     fn u8(&mut self, what: &str) -> Result<u8, BodyError> {
-        self.need(1, what)?;
-        Ok(self.body.get_u8())
+        Ok(self.take::<1>(what)?[0])
     }
     fn u16(&mut self, what: &str) -> Result<u16, BodyError> {
-        self.need(2, what)?;
-        Ok(self.body.get_u16_le())
+        self.take(what).map(u16::from_le_bytes)
     }
     fn u32(&mut self, what: &str) -> Result<u32, BodyError> {
-        self.need(4, what)?;
-        Ok(self.body.get_u32_le())
+        self.take(what).map(u32::from_le_bytes)
     }
     fn u64(&mut self, what: &str) -> Result<u64, BodyError> {
-        self.need(8, what)?;
-        Ok(self.body.get_u64_le())
+        self.take(what).map(u64::from_le_bytes)
     }
-    fn bytes(&mut self, n: usize, what: &str) -> Result<Bytes, BodyError> {
-        self.need(n, what)?;
-        if n == 0 {
-            return Ok(Bytes::new()); // no reference count to take for an empty field
+    fn bytes(&mut self, n: usize, what: &str) -> Result<&'a [u8], BodyError> {
+        if self.body.len() < n {
+            return Err(BodyError::malformed(format!("truncated {what}")));
         }
-        Ok(self.body.split_to(n))
+        let (field, rest) = self.body.split_at(n);
+        self.body = rest;
+        Ok(field)
     }
-    fn str16(&mut self, what: &str) -> Result<Bytes, BodyError> {
+    fn str16(&mut self, what: &str) -> Result<&'a [u8], BodyError> {
         let n = self.u16(what)?;
         self.bytes(usize::from(n), what)
     }
@@ -254,33 +287,35 @@ impl Reader {
     }
 
     /// An event record: priority, timestamp, topic, id, metadata, payload.
-    fn event(&mut self) -> Result<RawEvent, BodyError> {
+    fn event(&mut self) -> Result<EventRef<'a>, BodyError> {
         let priority = self.u8("priority")?;
         let timestamp_ns = self.u64("timestamp")? as i64;
         let topic = self.str16("topic")?;
         let id = self.str16("id")?;
-        let count = self.u16("metadata count")?;
+        let metadata_count = self.u16("metadata count")?;
         let meta_len = self.u32("metadata length")? as usize;
-        let metadata = Metadata::from_wire(count, self.bytes(meta_len, "metadata")?)?;
+        let metadata = self.bytes(meta_len, "metadata")?;
+        Metadata::check_wire(metadata_count, metadata)?;
         let payload_len = self.u32("payload length")? as usize;
         let payload = self.bytes(payload_len, "payload")?;
-        Ok(RawEvent {
+        Ok(EventRef {
             topic,
             id,
-            payload,
+            metadata_count,
             metadata,
+            payload,
             priority,
             timestamp_ns,
         })
     }
 }
 
-impl ClientFrame {
+impl<'a> ClientFrame<'a> {
     /// Parses a client frame's body. `max_batch` bounds how many events a batch may announce,
     /// checked before anything is allocated for them.
-    pub fn parse(frame: RawFrame, max_batch: usize) -> Result<ClientFrame, BodyError> {
+    pub fn parse(frame: FrameRef<'a>, max_batch: usize) -> Result<ClientFrame<'a>, BodyError> {
         // Errors name the request they are about whenever the body is long enough to say.
-        let body = &frame.body[..];
+        let body = frame.body;
         let reference = match frame.kind {
             kind::PUBLISH | kind::PUBLISH_BATCH | kind::PING if body.len() >= 8 => {
                 u64::from_le_bytes(body[..8].try_into().expect("8 bytes"))
@@ -293,7 +328,7 @@ impl ClientFrame {
         ClientFrame::parse_body(frame, max_batch).map_err(|e| BodyError { reference, ..e })
     }
 
-    fn parse_body(frame: RawFrame, max_batch: usize) -> Result<ClientFrame, BodyError> {
+    fn parse_body(frame: FrameRef<'a>, max_batch: usize) -> Result<ClientFrame<'a>, BodyError> {
         let ack = frame.flags & FLAG_ACK != 0;
         let mut r = Reader { body: frame.body };
         let parsed = match frame.kind {
@@ -420,7 +455,7 @@ pub enum ServerFrame {
 impl ServerFrame {
     /// Parses a server frame's body.
     pub fn parse(frame: RawFrame) -> Result<ServerFrame, BodyError> {
-        let mut r = Reader { body: frame.body };
+        let mut r = Reader { body: &frame.body };
         let parsed = match frame.kind {
             kind::ACK => ServerFrame::Ack {
                 request_id: r.u64("request id")?,
@@ -431,7 +466,7 @@ impl ServerFrame {
             kind::EVENT => ServerFrame::Event {
                 sub_id: r.u32("subscription id")?,
                 sequence: r.u64("sequence")?,
-                event: r.event()?,
+                event: r.event()?.to_raw(&frame.body),
             },
             kind::SUBSCRIBED => ServerFrame::Subscribed {
                 sub_id: r.u32("subscription id")?,
@@ -464,7 +499,7 @@ impl ServerFrame {
                 }
                 let len = r.u8("version length")?;
                 let v = r.bytes(usize::from(len), "version")?;
-                p.version = String::from_utf8_lossy(&v).into_owned();
+                p.version = String::from_utf8_lossy(v).into_owned();
                 ServerFrame::Pong(p)
             }
             kind::ERROR => {
@@ -477,7 +512,7 @@ impl ServerFrame {
                     closing: frame.flags & FLAG_CLOSING != 0,
                     reference,
                     index: (index != NO_INDEX).then_some(index),
-                    message: String::from_utf8_lossy(&message).into_owned(),
+                    message: String::from_utf8_lossy(message).into_owned(),
                 }
             }
             other => {
@@ -739,10 +774,83 @@ mod tests {
             )
     }
 
-    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+    /// A client frame as the tests build it, owning its fields; parsing its encoding must
+    /// give [`Sent::as_frame`].
+    #[derive(Debug, Clone)]
+    enum Sent {
+        Publish {
+            request_id: u64,
+            ack: bool,
+            event: RawEvent,
+        },
+        PublishBatch {
+            request_id: u64,
+            ack: bool,
+            events: Vec<RawEvent>,
+        },
+        Subscribe {
+            sub_id: u32,
+            min_priority: u8,
+            pattern: Bytes,
+        },
+        Unsubscribe {
+            sub_id: u32,
+        },
+        Ping {
+            token: u64,
+        },
+    }
+
+    impl Sent {
+        fn as_frame(&self) -> ClientFrame<'_> {
+            match self {
+                Sent::Publish {
+                    request_id,
+                    ack,
+                    event,
+                } => ClientFrame::Publish {
+                    request_id: *request_id,
+                    ack: *ack,
+                    event: event.as_ref(),
+                },
+                Sent::PublishBatch {
+                    request_id,
+                    ack,
+                    events,
+                } => ClientFrame::PublishBatch {
+                    request_id: *request_id,
+                    ack: *ack,
+                    events: events.iter().map(RawEvent::as_ref).collect(),
+                },
+                Sent::Subscribe {
+                    sub_id,
+                    min_priority,
+                    pattern,
+                } => ClientFrame::Subscribe {
+                    sub_id: *sub_id,
+                    min_priority: *min_priority,
+                    pattern,
+                },
+                Sent::Unsubscribe { sub_id } => ClientFrame::Unsubscribe { sub_id: *sub_id },
+                Sent::Ping { token } => ClientFrame::Ping { token: *token },
+            }
+        }
+    }
+
+    /// A frame cut out by the client side's [`next_frame`], seen in place.
+    fn in_place(raw: &RawFrame) -> FrameRef<'_> {
+        FrameRef {
+            kind: raw.kind,
+            flags: raw.flags,
+            body: &raw.body,
+            wire_len: HEADER_LEN + raw.body.len(),
+        }
+    }
+
+    fn client_frame() -> impl Strategy<Value = Sent> {
         prop_oneof![
             (any::<u64>(), any::<bool>(), raw_event()).prop_map(|(request_id, ack, event)| {
-                ClientFrame::Publish {
+                Sent::Publish {
                     request_id,
                     ack,
                     event,
@@ -753,42 +861,42 @@ mod tests {
                 any::<bool>(),
                 prop::collection::vec(raw_event(), 0..5)
             )
-                .prop_map(|(request_id, ack, events)| ClientFrame::PublishBatch {
+                .prop_map(|(request_id, ack, events)| Sent::PublishBatch {
                     request_id,
                     ack,
                     events
                 }),
             (any::<u32>(), any::<u8>(), "[a-z/*]{0,30}").prop_map(|(sub_id, min_priority, p)| {
-                ClientFrame::Subscribe {
+                Sent::Subscribe {
                     sub_id,
                     min_priority,
                     pattern: Bytes::from(p),
                 }
             }),
-            any::<u32>().prop_map(|sub_id| ClientFrame::Unsubscribe { sub_id }),
-            any::<u64>().prop_map(|token| ClientFrame::Ping { token }),
+            any::<u32>().prop_map(|sub_id| Sent::Unsubscribe { sub_id }),
+            any::<u64>().prop_map(|token| Sent::Ping { token }),
         ]
     }
 
-    fn encode(f: &ClientFrame, out: &mut BytesMut) {
+    fn encode(f: &Sent, out: &mut BytesMut) {
         match f {
-            ClientFrame::Publish {
+            Sent::Publish {
                 request_id,
                 ack,
                 event,
             } => put_publish(out, *request_id, *ack, event),
-            ClientFrame::PublishBatch {
+            Sent::PublishBatch {
                 request_id,
                 ack,
                 events,
             } => put_publish_batch(out, *request_id, *ack, events),
-            ClientFrame::Subscribe {
+            Sent::Subscribe {
                 sub_id,
                 min_priority,
                 pattern,
             } => put_subscribe(out, *sub_id, *min_priority, pattern),
-            ClientFrame::Unsubscribe { sub_id } => put_unsubscribe(out, *sub_id),
-            ClientFrame::Ping { token } => put_ping(out, *token),
+            Sent::Unsubscribe { sub_id } => put_unsubscribe(out, *sub_id),
+            Sent::Ping { token } => put_ping(out, *token),
         }
     }
 
@@ -797,9 +905,19 @@ mod tests {
         fn client_frames_round_trip_in_a_pipelined_stream(frames in prop::collection::vec(client_frame(), 1..6)) {
             let mut buf = BytesMut::new();
             for f in &frames { encode(f, &mut buf); }
+            // In place, as the server reads them: all whole, in order, nothing left over.
+            prop_assert_eq!(whole_frames(&buf, MAX), (buf.len(), None));
+            let mut at = 0;
+            for f in &frames {
+                let frame = frame_at(&buf[at..], MAX).unwrap().unwrap();
+                at += frame.wire_len;
+                prop_assert_eq!(ClientFrame::parse(frame, 10_000).unwrap(), f.as_frame());
+            }
+            prop_assert_eq!(at, buf.len());
+            // Cut out, as clients read them.
             for f in &frames {
                 let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
-                prop_assert_eq!(&ClientFrame::parse(raw, 10_000).unwrap(), f);
+                prop_assert_eq!(ClientFrame::parse(in_place(&raw), 10_000).unwrap(), f.as_frame());
             }
             prop_assert!(buf.is_empty());
         }
@@ -809,6 +927,8 @@ mod tests {
             let mut whole = BytesMut::new();
             encode(&f, &mut whole);
             let cut = cut.index(whole.len());
+            prop_assert_eq!(frame_at(&whole[..cut], MAX).unwrap(), None);
+            prop_assert_eq!(whole_frames(&whole[..cut], MAX), (0, None));
             let mut part = BytesMut::from(&whole[..cut]);
             prop_assert_eq!(next_frame(&mut part, MAX).unwrap(), None);
         }
@@ -821,14 +941,20 @@ mod tests {
             if raw.body.is_empty() { return Ok(()); }
             let cut = cut.index(raw.body.len());
             let short = RawFrame { body: raw.body.slice(..cut), ..raw };
-            prop_assert!(ClientFrame::parse(short, 10_000).is_err());
+            prop_assert!(ClientFrame::parse(in_place(&short), 10_000).is_err());
         }
 
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let mut buf = BytesMut::from(&bytes[..]);
+            let (whole, _) = whole_frames(&buf, MAX);
+            let mut at = 0;
+            while let Ok(Some(frame)) = frame_at(&buf[at..whole], MAX) {
+                at += frame.wire_len;
+                let _ = ClientFrame::parse(frame, 10_000);
+            }
+            prop_assert_eq!(at, whole);
             while let Ok(Some(raw)) = next_frame(&mut buf, MAX) {
-                let _ = ClientFrame::parse(raw.clone(), 10_000);
                 let _ = ServerFrame::parse(raw);
             }
         }
@@ -840,6 +966,8 @@ mod tests {
             buf.put_u8(kind::PUBLISH);
             let refused = matches!(next_frame(&mut buf, MAX), Err(FramingError::TooLarge { .. }));
             prop_assert!(refused);
+            let stops = matches!(whole_frames(&buf, MAX), (0, Some(FramingError::TooLarge { .. })));
+            prop_assert!(stops);
         }
     }
 
@@ -862,6 +990,14 @@ mod tests {
     fn lengths_below_two_cannot_be_framed() {
         let mut buf = BytesMut::from(&[1u8, 0, 0, 0, 5][..]);
         assert_eq!(next_frame(&mut buf, MAX), Err(FramingError::TooShort(1)));
+        // In place: the frames before the bad length are whole, and the error stops the rest.
+        let mut stream = BytesMut::new();
+        put_ping(&mut stream, 1);
+        let ping = stream.len();
+        stream.extend_from_slice(&buf);
+        put_ping(&mut stream, 2);
+        let expected = (ping, Some(FramingError::TooShort(1)));
+        assert_eq!(whole_frames(&stream, MAX), expected);
     }
 
     #[test]
@@ -872,7 +1008,7 @@ mod tests {
             out.put_u32_le(u32::MAX);
         });
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
-        let err = ClientFrame::parse(raw, 10_000).unwrap_err();
+        let err = ClientFrame::parse(in_place(&raw), 10_000).unwrap_err();
         assert_eq!(err.code, ErrorCode::BatchTooLarge);
     }
 
@@ -889,7 +1025,7 @@ mod tests {
             body: raw.body.slice(..raw.body.len() - 3),
             ..raw
         };
-        let err = ClientFrame::parse(short, 10).unwrap_err();
+        let err = ClientFrame::parse(in_place(&short), 10).unwrap_err();
         assert!(err.message.starts_with("event 1:"), "{}", err.message);
         assert_eq!((err.reference, err.index), (9, Some(1)));
     }
@@ -902,7 +1038,7 @@ mod tests {
             out.put_u8(2);
         });
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
-        let err = ClientFrame::parse(raw, 10).unwrap_err();
+        let err = ClientFrame::parse(in_place(&raw), 10).unwrap_err();
         assert_eq!(
             (err.code, err.reference, err.index),
             (ErrorCode::Malformed, 77, None)
@@ -916,12 +1052,12 @@ mod tests {
         put_ping(&mut buf, 3);
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
         assert_eq!(
-            ClientFrame::parse(raw, 1).unwrap_err().code,
+            ClientFrame::parse(in_place(&raw), 1).unwrap_err().code,
             ErrorCode::UnknownKind
         );
         let raw = next_frame(&mut buf, MAX).unwrap().unwrap();
         assert_eq!(
-            ClientFrame::parse(raw, 1).unwrap(),
+            ClientFrame::parse(in_place(&raw), 1).unwrap(),
             ClientFrame::Ping { token: 3 }
         );
     }

@@ -8,11 +8,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
-use super::codec::{self, ClientFrame, ErrorCode, Pong, RawFrame};
+use super::codec::{self, ClientFrame, ErrorCode, FrameRef, Pong};
 use super::error_code;
 use crate::accept::{self, Connections, Half};
 use crate::engine::event::unix_now_ns;
@@ -241,15 +241,21 @@ impl Connection {
                 (n * 2).clamp(MIN_READ, MAX_READ)
             };
             let received_ns = unix_now_ns();
-            loop {
-                match codec::next_frame(&mut buf, max_frame) {
-                    Ok(Some(frame)) => self.handle(frame, received_ns).await,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.error(ErrorCode::BadLength, true, 0, None, &e.to_string());
-                        return;
-                    }
+            // The whole frames read so far, frozen once: frames and events are read in place,
+            // and what is kept of them (events someone receives) shares this one buffer.
+            let (whole, framing) = codec::whole_frames(&buf, max_frame);
+            if whole > 0 {
+                let frames = buf.split_to(whole).freeze();
+                let mut at = 0;
+                while let Ok(Some(frame)) = codec::frame_at(&frames[at..], max_frame) {
+                    at += frame.wire_len;
+                    self.handle(frame, &frames, received_ns).await;
                 }
+                debug_assert_eq!(at, whole, "every whole frame was handled");
+            }
+            if let Some(e) = framing {
+                self.error(ErrorCode::BadLength, true, 0, None, &e.to_string());
+                return;
             }
         }
     }
@@ -271,7 +277,8 @@ impl Connection {
         );
     }
 
-    async fn handle(self: &Rc<Self>, frame: RawFrame, received_ns: i64) {
+    /// Serves one request; `frame` lies in `frames`, which events that are kept share.
+    async fn handle(self: &Rc<Self>, frame: FrameRef<'_>, frames: &Bytes, received_ns: i64) {
         let parsed = ClientFrame::parse(frame, self.shard.limits().max_batch_events);
         let frame = match parsed {
             Ok(f) => f,
@@ -282,12 +289,15 @@ impl Connection {
                 request_id,
                 ack,
                 event,
-            } => match self.shard.validate_recent(event, &self.recent, received_ns) {
-                Ok(event) => self
-                    .shard
-                    .publish(std::iter::once(event), self.reply(ack, request_id)),
-                Err(e) => self.error(error_code(&e), false, request_id, None, &e.to_string()),
-            },
+            } => {
+                let reply = self.reply(ack, request_id);
+                let published =
+                    self.shard
+                        .publish_in_place(event, frames, &self.recent, received_ns, reply);
+                if let Err(e) = published {
+                    self.error(error_code(&e), false, request_id, None, &e.to_string());
+                }
+            }
             ClientFrame::PublishBatch {
                 request_id,
                 ack,
@@ -295,6 +305,7 @@ impl Connection {
             } => {
                 let mut valid: Vec<Event> = Vec::with_capacity(events.len());
                 for (i, raw) in events.into_iter().enumerate() {
+                    let raw = raw.to_raw(frames);
                     match self.shard.validate_recent(raw, &self.recent, received_ns) {
                         Ok(e) => valid.push(e),
                         Err(e) => {
@@ -315,7 +326,7 @@ impl Connection {
                 sub_id,
                 min_priority,
                 pattern,
-            } => self.subscribe(sub_id, min_priority, &pattern).await,
+            } => self.subscribe(sub_id, min_priority, pattern).await,
             ClientFrame::Unsubscribe { sub_id } => {
                 let sub = self.subs.borrow_mut().remove(&sub_id);
                 match sub {

@@ -3,12 +3,12 @@
 
 use std::rc::Rc;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use glommio::net::UdpSocket;
 
 use super::codec::{self, ClientFrame};
 use crate::engine::event::unix_now_ns;
-use crate::engine::{Event, RecentTopic, Reply, Shard};
+use crate::engine::{Event, EventRef, RecentTopic, Reply, Shard};
 
 /// Largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -32,20 +32,23 @@ pub fn decode_datagram(
     recent: &RecentTopic,
     received_ns: i64,
 ) -> Result<Vec<Event>, DatagramError> {
-    let mut buf = BytesMut::from(datagram);
+    // Events keep their fields in a copy of the datagram (the receive buffer is reused).
+    let buf = Bytes::copy_from_slice(datagram);
     let mut events = Vec::new();
     let mut index = 0;
-    while !buf.is_empty() {
-        let frame = match codec::next_frame(&mut buf, MAX_DATAGRAM) {
+    let mut at = 0;
+    while at < buf.len() {
+        let frame = match codec::frame_at(&buf[at..], MAX_DATAGRAM) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Err(DatagramError::Trailing(buf.len())),
+            Ok(None) => return Err(DatagramError::Trailing(buf.len() - at)),
             Err(e) => return Err(DatagramError::Frame(index, e.to_string())),
         };
+        at += frame.wire_len;
         let parsed = ClientFrame::parse(frame, shard.limits().max_batch_events)
             .map_err(|e| DatagramError::Frame(index, e.message))?;
-        let mut accept = |raw| {
+        let mut accept = |raw: EventRef<'_>| {
             let event = shard
-                .validate_recent(raw, recent, received_ns)
+                .validate_recent(raw.to_raw(&buf), recent, received_ns)
                 .map_err(|e| DatagramError::Frame(index, e.to_string()))?;
             events.push(event);
             Ok(())
