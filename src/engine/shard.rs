@@ -549,6 +549,9 @@ impl Shard {
     }
 
     fn process_cuts(&self) {
+        if self.to_cut.borrow().is_empty() {
+            return; // the usual case, after every publish
+        }
         let cut = std::mem::take(&mut *self.to_cut.borrow_mut());
         for sub in cut {
             if sub.state() == SubState::Active {

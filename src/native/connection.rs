@@ -94,6 +94,18 @@ impl Drop for Release {
     }
 }
 
+/// A request [`Connection::handle`] cannot answer at once.
+enum Waiting<'a> {
+    Subscribe {
+        sub_id: u32,
+        min_priority: u8,
+        pattern: &'a [u8],
+    },
+    Ping {
+        token: u64,
+    },
+}
+
 struct Connection {
     shard: Rc<Shard>,
     consumer: Rc<Consumer>,
@@ -249,7 +261,10 @@ impl Connection {
                 let mut at = 0;
                 while let Ok(Some(frame)) = codec::frame_at(&frames[at..], max_frame) {
                     at += frame.wire_len;
-                    self.handle(frame, &frames, received_ns).await;
+                    // Most requests are served at once, with no future to build and poll.
+                    if let Some(waiting) = self.handle(frame, &frames, received_ns) {
+                        self.handle_waiting(waiting).await;
+                    }
                 }
                 debug_assert_eq!(at, whole, "every whole frame was handled");
             }
@@ -277,12 +292,22 @@ impl Connection {
         );
     }
 
-    /// Serves one request; `frame` lies in `frames`, which events that are kept share.
-    async fn handle(self: &Rc<Self>, frame: FrameRef<'_>, frames: &Bytes, received_ns: i64) {
+    /// Serves one request, or returns it if it must wait for other shards (then pass it to
+    /// [`handle_waiting`](Self::handle_waiting)). `frame` lies in `frames`, which the events
+    /// that are kept share.
+    fn handle<'a>(
+        self: &Rc<Self>,
+        frame: FrameRef<'a>,
+        frames: &Bytes,
+        received_ns: i64,
+    ) -> Option<Waiting<'a>> {
         let parsed = ClientFrame::parse(frame, self.shard.limits().max_batch_events);
         let frame = match parsed {
             Ok(f) => f,
-            Err(e) => return self.error(e.code, false, e.reference, e.index, &e.message),
+            Err(e) => {
+                self.error(e.code, false, e.reference, e.index, &e.message);
+                return None;
+            }
         };
         match frame {
             ClientFrame::Publish {
@@ -310,13 +335,9 @@ impl Connection {
                         Ok(e) => valid.push(e),
                         Err(e) => {
                             let msg = format!("event {i}: {e}");
-                            return self.error(
-                                error_code(&e),
-                                false,
-                                request_id,
-                                Some(i as u32),
-                                &msg,
-                            );
+                            let index = Some(i as u32);
+                            self.error(error_code(&e), false, request_id, index, &msg);
+                            return None;
                         }
                     }
                 }
@@ -326,7 +347,14 @@ impl Connection {
                 sub_id,
                 min_priority,
                 pattern,
-            } => self.subscribe(sub_id, min_priority, pattern).await,
+            } => {
+                return Some(Waiting::Subscribe {
+                    sub_id,
+                    min_priority,
+                    pattern,
+                })
+            }
+            ClientFrame::Ping { token } => return Some(Waiting::Ping { token }),
             ClientFrame::Unsubscribe { sub_id } => {
                 let sub = self.subs.borrow_mut().remove(&sub_id);
                 match sub {
@@ -354,7 +382,20 @@ impl Connection {
                     }
                 }
             }
-            ClientFrame::Ping { token } => {
+        }
+        None
+    }
+
+    /// Serves a request that waits for other shards: a subscription is confirmed once every
+    /// shard that may own a matching topic registered it, a PONG carries every shard's counters.
+    async fn handle_waiting(self: &Rc<Self>, request: Waiting<'_>) {
+        match request {
+            Waiting::Subscribe {
+                sub_id,
+                min_priority,
+                pattern,
+            } => self.subscribe(sub_id, min_priority, pattern).await,
+            Waiting::Ping { token } => {
                 let totals = self.shard.ping_all().await;
                 let pong = Pong {
                     token,
