@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::codec::{self, ErrorCode, Pong, ServerFrame};
 use crate::engine::{Priority, RawEvent};
@@ -72,6 +72,10 @@ pub struct Client {
     io: Box<dyn Io>,
     /// The socket itself, for timeouts (the same socket `io` reads and writes, maybe via TLS).
     socket: TcpStream,
+    /// Whole frames read and not yet parsed, frozen once per read: the events parsed from
+    /// them share this one buffer (no frame is cut out of it).
+    frames: Bytes,
+    /// Bytes read after the last whole frame.
     rbuf: BytesMut,
     wbuf: BytesMut,
     inbox: VecDeque<Inbound>,
@@ -113,6 +117,7 @@ impl Client {
         Client {
             io,
             socket,
+            frames: Bytes::new(),
             rbuf: BytesMut::with_capacity(64 * 1024),
             wbuf: BytesMut::with_capacity(64 * 1024),
             inbox: VecDeque::new(),
@@ -248,8 +253,21 @@ impl Client {
                 Some(Inbound::Error(e)) => return Err(e),
                 None => {}
             }
-            let frame = self.read_frame()?;
-            self.stash(frame)?;
+            // Nothing stashed: an event read now goes straight to the caller.
+            match self.read_frame()? {
+                ServerFrame::Event {
+                    sub_id,
+                    sequence,
+                    event,
+                } => {
+                    return Ok(Delivery {
+                        sub_id,
+                        sequence,
+                        event,
+                    })
+                }
+                other => self.stash(other)?,
+            }
         }
     }
 
@@ -325,12 +343,21 @@ impl Client {
 
     fn read_frame(&mut self) -> Result<ServerFrame, ClientError> {
         loop {
-            match codec::next_frame(&mut self.rbuf, MAX_FRAME) {
-                Ok(Some(raw)) => {
-                    return ServerFrame::parse(raw).map_err(|e| ClientError::Protocol(e.message))
-                }
-                Ok(None) => {}
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            if let Ok(Some(frame)) = codec::frame_at(&self.frames, MAX_FRAME) {
+                let parsed = ServerFrame::parse_in(frame, &self.frames);
+                self.frames.advance(frame.wire_len);
+                return parsed.map_err(|e| ClientError::Protocol(e.message));
+            }
+            debug_assert!(self.frames.is_empty(), "frames holds whole frames only");
+            // Let go of the last read's buffer, so that reading more can reuse it.
+            self.frames = Bytes::new();
+            let (whole, framing) = codec::whole_frames(&self.rbuf, MAX_FRAME);
+            if whole > 0 {
+                self.frames = self.rbuf.split_to(whole).freeze();
+                continue;
+            }
+            if let Some(e) = framing {
+                return Err(ClientError::Protocol(e.to_string()));
             }
             // Zero (and read) about as much as the last read brought, not a fixed 64 KiB.
             let start = self.rbuf.len();

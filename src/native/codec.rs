@@ -453,9 +453,21 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
-    /// Parses a server frame's body.
+    /// Parses a server frame cut out of the stream ([`next_frame`]).
     pub fn parse(frame: RawFrame) -> Result<ServerFrame, BodyError> {
-        let mut r = Reader { body: &frame.body };
+        let in_place = FrameRef {
+            kind: frame.kind,
+            flags: frame.flags,
+            body: &frame.body,
+            wire_len: HEADER_LEN + frame.body.len(),
+        };
+        ServerFrame::parse_in(in_place, &frame.body)
+    }
+
+    /// Parses a server frame found in place ([`frame_at`]) in `buffer`: an event's fields share
+    /// `buffer`, with no frame cut out of it first.
+    pub fn parse_in(frame: FrameRef<'_>, buffer: &Bytes) -> Result<ServerFrame, BodyError> {
+        let mut r = Reader { body: frame.body };
         let parsed = match frame.kind {
             kind::ACK => ServerFrame::Ack {
                 request_id: r.u64("request id")?,
@@ -466,7 +478,7 @@ impl ServerFrame {
             kind::EVENT => ServerFrame::Event {
                 sub_id: r.u32("subscription id")?,
                 sequence: r.u64("sequence")?,
-                event: r.event()?.to_raw(&frame.body),
+                event: r.event()?.to_raw(buffer),
             },
             kind::SUBSCRIBED => ServerFrame::Subscribed {
                 sub_id: r.u32("subscription id")?,
