@@ -308,10 +308,10 @@ impl Shard {
     }
 
     /// Validates and publishes one event the native door decoded in place (`raw`, borrowing
-    /// `buffer`), reusing the connection's `recent` topic as [`validate_recent`]
-    /// (Self::validate_recent) does. The owned event is made only for a recipient or another
-    /// shard: a publish to a topic nobody here subscribes to copies nothing out of the buffer
-    /// and takes no reference count on it.
+    /// `buffer`), reusing the connection's `recent` topic as
+    /// [`validate_recent`](Self::validate_recent) does. The owned event is made only for a
+    /// recipient or another shard: a publish to a topic nobody here subscribes to copies
+    /// nothing out of the buffer and takes no reference count on it.
     pub fn publish_in_place(
         &self,
         raw: EventRef<'_>,
