@@ -47,3 +47,14 @@ pub mod proto {
     /// Every .proto the server serves, compiled: answers gRPC reflection.
     pub const DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
 }
+
+/// The configuration of every property test: failing cases are not written to a
+/// `proptest-regressions/` folder at the project's root (only the project's own folders live
+/// there); a failure worth keeping becomes a named test of its own.
+#[cfg(test)]
+pub(crate) fn proptest_config() -> proptest::test_runner::Config {
+    proptest::test_runner::Config {
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

@@ -228,6 +228,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::proptest_config())]
         /// The index finds exactly the patterns whose own `matches` says yes.
         #[test]
         fn index_agrees_with_pattern_matching(

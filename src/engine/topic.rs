@@ -387,6 +387,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn matching_agrees_with_reference(
             topic_segs in prop::collection::vec(segment(), 1..6),

@@ -115,6 +115,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::proptest_config())]
         /// However the stream is cut into DATA frames, the same messages come out.
         #[test]
         fn messages_survive_any_split(

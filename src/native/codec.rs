@@ -913,6 +913,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn client_frames_round_trip_in_a_pipelined_stream(frames in prop::collection::vec(client_frame(), 1..6)) {
             let mut buf = BytesMut::new();

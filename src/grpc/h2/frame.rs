@@ -829,6 +829,7 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::proptest_config())]
         #[test]
         fn garbage_and_truncation_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), cut in any::<prop::sample::Index>()) {
             let mut b = BytesMut::from(&bytes[..]);
