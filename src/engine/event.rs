@@ -98,6 +98,16 @@ impl EventId {
         }
     }
 
+    /// The id a client gave, or a generated one (for an event received at `now_ns`) when it
+    /// left the id empty.
+    fn given_or_generated(given: Bytes, ids: &mut IdGenerator, now_ns: i64) -> EventId {
+        if given.is_empty() {
+            EventId::Generated(ids.next(now_ns))
+        } else {
+            EventId::Given(given)
+        }
+    }
+
     /// Appends the id as UTF-8 text to `out`.
     pub fn write_text(&self, out: &mut impl BufMut) {
         match self {
@@ -288,12 +298,17 @@ impl EventRef<'_> {
             topic: share(buffer, self.topic),
             id: share(buffer, self.id),
             payload: share(buffer, self.payload),
-            metadata: Metadata {
-                count: self.metadata_count,
-                raw: share(buffer, self.metadata),
-            },
+            metadata: self.metadata_in(buffer),
             priority: self.priority,
             timestamp_ns: self.timestamp_ns,
+        }
+    }
+
+    /// The metadata, sharing `buffer` (the decoder checked it is well formed).
+    fn metadata_in(&self, buffer: &Bytes) -> Metadata {
+        Metadata {
+            count: self.metadata_count,
+            raw: share(buffer, self.metadata),
         }
     }
 }
@@ -361,22 +376,13 @@ impl Event {
         };
         // (The topic's bytes may have moved into `topic`: the rules read it from there.)
         let priority = check_fields(&topic, &raw.as_ref(), limits)?;
-        let id = if raw.id.is_empty() {
-            EventId::Generated(ids.next(now_ns))
-        } else {
-            EventId::Given(raw.id)
-        };
         Ok(Event {
             topic,
-            id,
+            id: EventId::given_or_generated(raw.id, ids, now_ns),
             payload: raw.payload,
             metadata: raw.metadata,
             priority,
-            timestamp_ns: if raw.timestamp_ns == 0 {
-                now_ns
-            } else {
-                raw.timestamp_ns
-            },
+            timestamp_ns: timestamp_or(raw.timestamp_ns, now_ns),
             sequence: 0,
         })
     }
@@ -495,27 +501,25 @@ impl Incoming for Accepted<'_> {
     }
 
     fn into_event(self, ids: &mut IdGenerator) -> Event {
-        let raw = self.raw;
+        let (raw, buffer) = (self.raw, self.buffer);
         Event {
             topic: self.topic.clone(),
-            id: if raw.id.is_empty() {
-                EventId::Generated(ids.next(self.received_ns))
-            } else {
-                EventId::Given(self.buffer.slice_ref(raw.id))
-            },
-            payload: share(self.buffer, raw.payload),
-            metadata: Metadata {
-                count: raw.metadata_count,
-                raw: share(self.buffer, raw.metadata),
-            },
+            id: EventId::given_or_generated(share(buffer, raw.id), ids, self.received_ns),
+            payload: share(buffer, raw.payload),
+            metadata: raw.metadata_in(buffer),
             priority: self.priority,
-            timestamp_ns: if raw.timestamp_ns == 0 {
-                self.received_ns
-            } else {
-                raw.timestamp_ns
-            },
+            timestamp_ns: timestamp_or(raw.timestamp_ns, self.received_ns),
             sequence: 0,
         }
+    }
+}
+
+/// The timestamp a client gave, or the receive time (`now_ns`) when it left 0.
+fn timestamp_or(given: i64, now_ns: i64) -> i64 {
+    if given == 0 {
+        now_ns
+    } else {
+        given
     }
 }
 

@@ -118,6 +118,7 @@ mod fast {
     use bytes::{Buf, BufMut, Bytes, BytesMut};
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 
+    use crate::engine::event::share;
     use crate::engine::{Metadata, RawEvent};
 
     /// Metadata entries the fast path takes; more go to prost (duplicate keys are looked for
@@ -268,17 +269,10 @@ mod fast {
             None => Metadata::default(),
             Some((raw, count)) => Metadata::from_wire(count as u16, raw.freeze()).ok()?,
         };
-        let shared = |part: &[u8]| {
-            if part.is_empty() {
-                Bytes::new()
-            } else {
-                whole.slice_ref(part)
-            }
-        };
         Some(RawEvent {
-            topic: shared(topic),
-            id: shared(id),
-            payload: shared(payload),
+            topic: share(whole, topic),
+            id: share(whole, id),
+            payload: share(whole, payload),
             metadata,
             // Out of range: prost's path words the error.
             priority: u8::try_from(priority).ok().filter(|p| *p <= 4)?,

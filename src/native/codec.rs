@@ -156,12 +156,18 @@ pub struct FrameRef<'a> {
     pub wire_len: usize,
 }
 
+/// The length prefix at the front of `buf` (the bytes after it that the frame takes), once
+/// its 4 bytes are there.
+fn declared_length(buf: &[u8]) -> Option<usize> {
+    let prefix = buf.first_chunk::<4>()?;
+    Some(u32::from_le_bytes(*prefix) as usize)
+}
+
 /// The whole frame at the front of `buf`, in place; `Ok(None)` when more bytes are needed.
 pub fn frame_at(buf: &[u8], max_frame: usize) -> Result<Option<FrameRef<'_>>, FramingError> {
-    let Some(prefix) = buf.get(..4) else {
+    let Some(length) = declared_length(buf) else {
         return Ok(None);
     };
-    let length = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
     if length > max_frame {
         return Err(FramingError::TooLarge {
             length,
@@ -200,8 +206,7 @@ pub fn whole_frames(buf: &[u8], max_frame: usize) -> (usize, Option<FramingError
 /// (room for the rest is reserved). The body shares `buf`'s memory (no copy).
 pub fn next_frame(buf: &mut BytesMut, max_frame: usize) -> Result<Option<RawFrame>, FramingError> {
     let Some(frame) = frame_at(buf, max_frame)? else {
-        if let Some(prefix) = buf.get(..4) {
-            let length = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if let Some(length) = declared_length(buf) {
             buf.reserve(4 + length - buf.len());
         }
         return Ok(None);
