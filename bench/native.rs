@@ -11,6 +11,7 @@ use super::delivery::{self, Watcher};
 use super::{Args, Row};
 use eventstream::engine::Priority;
 use eventstream::native::client::{Client, ClientError};
+use eventstream::native::codec::Pong;
 
 /// Events sent as UDP datagrams (`UDP_BATCH` publishes per datagram), received by one TCP
 /// subscriber: latency from the send time in the payload, every event checked for order and
@@ -88,14 +89,13 @@ pub fn publish(args: &Args) -> Result<Row, String> {
     publisher.flush().map_err(|e| e.to_string())?;
     let after = publisher.ping().map_err(|e| e.to_string())?;
     let seconds = start.elapsed().as_secs_f64();
-    let taken = after.received - before.received;
-    if taken < args.count || after.refused != before.refused {
-        return Err(format!(
-            "the server took {taken} of {} events ({} refused)",
-            args.count,
-            after.refused - before.refused
-        ));
-    }
+    check_grown(
+        &before,
+        &after,
+        |p| p.received,
+        args.count,
+        "events received",
+    )?;
     Ok(Row {
         name: "native-publish",
         events: args.count,
@@ -103,6 +103,25 @@ pub fn publish(args: &Args) -> Result<Row, String> {
         latency: None,
         baseline: None,
     })
+}
+
+/// Checks, from the PONGs before and after a row published `expected` events, that the
+/// server's `counter` grew by as many and that it refused none; `what` names the counter.
+fn check_grown(
+    before: &Pong,
+    after: &Pong,
+    counter: fn(&Pong) -> u64,
+    expected: u64,
+    what: &str,
+) -> Result<(), String> {
+    let grown = counter(after) - counter(before);
+    let refused = after.refused - before.refused;
+    if grown < expected || refused > 0 {
+        return Err(format!(
+            "the server counts {grown} {what} of {expected} ({refused} refused)"
+        ));
+    }
+    Ok(())
 }
 
 /// Waits until `clock` reaches `due` ns: sleeps while the wait is long, then yields (the
@@ -317,15 +336,7 @@ pub fn growth_topics(args: &Args) -> Result<Row, String> {
                 .map_err(|e| e.to_string())?;
         }
         let after = client.ping().map_err(|e| e.to_string())?;
-        let added = after.topics - before.topics;
-        if added < args.count || after.refused != before.refused {
-            return Err(format!(
-                "the server holds {added} new topics of {} ({} refused)",
-                args.count,
-                after.refused - before.refused
-            ));
-        }
-        Ok(())
+        check_grown(&before, &after, |p| p.topics, args.count, "new topics")
     })
 }
 
