@@ -398,15 +398,8 @@ impl Event {
         limits: &Limits,
         received_ns: i64,
     ) -> Result<Accepted<'a>, EventError> {
-        debug_assert_eq!(topic.bytes()[..], *raw.topic, "the event's own topic");
         let priority = check_fields(topic, &raw, limits)?;
-        Ok(Accepted {
-            topic,
-            priority,
-            raw,
-            buffer,
-            received_ns,
-        })
+        Ok(Accepted::checked(topic, priority, raw, buffer, received_ns))
     }
 
     /// Bytes this event holds on to; what a subscriber queue's byte budget counts.
@@ -416,7 +409,7 @@ impl Event {
 }
 
 /// §3's rules besides the topic's shape, and the configured limits; the priority on success.
-fn check_fields(
+pub(super) fn check_fields(
     topic: &Topic,
     raw: &EventRef<'_>,
     limits: &Limits,
@@ -463,6 +456,27 @@ pub struct Accepted<'a> {
     raw: EventRef<'a>,
     buffer: &'a Bytes,
     received_ns: i64,
+}
+
+impl<'a> Accepted<'a> {
+    /// An event that [`check_fields`] already passed with `priority`, its topic `topic`.
+    pub(super) fn checked(
+        topic: &'a Topic,
+        priority: Priority,
+        raw: EventRef<'a>,
+        buffer: &'a Bytes,
+        received_ns: i64,
+    ) -> Accepted<'a> {
+        debug_assert_eq!(topic.bytes()[..], *raw.topic, "the event's own topic");
+        debug_assert_eq!(Priority::from_u8(raw.priority), Some(priority));
+        Accepted {
+            topic,
+            priority,
+            raw,
+            buffer,
+            received_ns,
+        }
+    }
 }
 
 /// An event on its way to its topic's owner, as [`Shard::publish`](super::Shard::publish)

@@ -18,7 +18,10 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
-use super::event::{share, Event, EventError, EventRef, IdGenerator, Incoming, Priority, RawEvent};
+use super::event::{
+    check_fields, share, Accepted, Event, EventError, EventRef, IdGenerator, Incoming, Priority,
+    RawEvent,
+};
 use super::index::{SubEntry, SubKey, SubscriptionIndex};
 use super::limits::Limits;
 use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
@@ -332,6 +335,42 @@ impl Shard {
         let accepted = Event::accept(raw, &topic, buffer, &self.limits, received_ns)?;
         self.publish(std::iter::once(accepted), reply);
         recent.remember(&topic);
+        Ok(())
+    }
+
+    /// Validates a whole batch decoded in place (`events`, borrowing `buffer`), then publishes
+    /// it: all or nothing, so one refused event refuses the batch before any is published.
+    /// Topics are reused as [`publish_in_place`](Self::publish_in_place) does: a run of events
+    /// on one topic checks its name once. As there, the owned events are made only for
+    /// recipients or other shards. On refusal: the index of the first refused event, and why.
+    pub fn publish_batch_in_place(
+        &self,
+        events: &[EventRef<'_>],
+        buffer: &Bytes,
+        recent: &RecentTopic,
+        received_ns: i64,
+        reply: Reply,
+    ) -> Result<(), (usize, EventError)> {
+        // One entry per change of topic; each event keeps its topic's index and its priority.
+        let mut topics: Vec<Topic> = recent.get().iter().cloned().collect();
+        let mut checked: Vec<(usize, Priority)> = Vec::with_capacity(events.len());
+        for (index, raw) in events.iter().enumerate() {
+            if topics.last().is_none_or(|t| t.bytes()[..] != *raw.topic) {
+                let topic =
+                    Topic::parse(share(buffer, raw.topic)).map_err(|e| (index, e.into()))?;
+                topics.push(topic);
+            }
+            let at = topics.len() - 1;
+            let priority = check_fields(&topics[at], raw, &self.limits).map_err(|e| (index, e))?;
+            checked.push((at, priority));
+        }
+        if let Some(last) = topics.last() {
+            recent.remember(last);
+        }
+        let accepted = events.iter().zip(&checked).map(|(raw, &(at, priority))| {
+            Accepted::checked(&topics[at], priority, *raw, buffer, received_ns)
+        });
+        self.publish(accepted, reply);
         Ok(())
     }
 
@@ -1001,5 +1040,115 @@ mod tests {
             assert_eq!(in_place.unwrap_err(), owned.unwrap_err(), "{topic}");
         }
         assert_eq!(shard.stats().sequenced, 0);
+    }
+
+    /// A test event: topic, payload, priority.
+    type Fields = (&'static str, &'static str, u8);
+
+    /// Several events in one buffer, each laid out in turn.
+    fn batch_in_buffer(events: &[Fields]) -> (Bytes, Vec<(usize, usize, usize, u8)>) {
+        let mut bytes = Vec::new();
+        let mut spans = Vec::new();
+        for (topic, payload, priority) in events {
+            spans.push((bytes.len(), topic.len(), payload.len(), *priority));
+            bytes.extend_from_slice(topic.as_bytes());
+            bytes.extend_from_slice(payload.as_bytes());
+        }
+        (Bytes::from(bytes), spans)
+    }
+
+    fn refs<'a>(buffer: &'a Bytes, spans: &[(usize, usize, usize, u8)]) -> Vec<EventRef<'a>> {
+        let refs = spans
+            .iter()
+            .map(|&(at, topic, payload, priority)| EventRef {
+                topic: &buffer[at..at + topic],
+                payload: &buffer[at + topic..at + topic + payload],
+                priority,
+                ..EventRef::default()
+            });
+        refs.collect()
+    }
+
+    #[test]
+    fn a_batch_in_place_reaches_each_topic_in_order_and_remembers_the_last_topic() {
+        let shard = lone_shard();
+        let consumer = Rc::new(Consumer::default());
+        let subscribe = shard.subscribe(
+            Pattern::parse(b"a/*").unwrap(),
+            Priority::Batch,
+            &consumer,
+            1,
+        );
+        let sub = futures_lite::future::block_on(subscribe);
+        let recent = RecentTopic::default();
+        recent.remember(&Topic::parse(Bytes::from_static(b"a/x")).unwrap());
+        let (buffer, spans) = batch_in_buffer(&[
+            ("a/x", "1", 2),
+            ("a/x", "2", 0),
+            ("a/y", "3", 4),
+            ("a/x", "4", 2),
+            ("b/z", "5", 2),
+        ]);
+        let events = refs(&buffer, &spans);
+        (shard.publish_batch_in_place(&events, &buffer, &recent, 9, Reply::Nobody)).unwrap();
+        let got: Vec<(String, Bytes, u64, Priority)> = std::iter::from_fn(|| sub.pop())
+            .map(|e| {
+                (
+                    e.topic.as_str().to_owned(),
+                    e.payload,
+                    e.sequence,
+                    e.priority,
+                )
+            })
+            .collect();
+        let want = [
+            ("a/x", "1", 1, Priority::Medium),
+            ("a/x", "2", 2, Priority::Batch),
+            ("a/y", "3", 1, Priority::Critical),
+            ("a/x", "4", 3, Priority::Medium),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|&(t, p, n, priority)| (t.to_owned(), Bytes::from(p), n, priority))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(recent.get().as_ref().unwrap().as_str(), "b/z");
+        assert_eq!(shard.stats().sequenced, 5);
+        drop((events, got));
+        assert!(
+            buffer.is_unique(),
+            "only the delivered events held the buffer"
+        );
+    }
+
+    #[test]
+    fn one_refused_event_refuses_a_batch_in_place_with_its_index_and_the_owned_reason() {
+        let shard = lone_shard();
+        let recent = RecentTopic::default();
+        let limits = Limits::default();
+        let cases: [(&[Fields], usize); 4] = [
+            (&[("a/b", "", 2), ("a/b", "", 2), ("a//b", "", 2)], 2),
+            (&[("a/b", "", 2), ("a/b", "", 7), ("a//b", "", 2)], 1),
+            (&[("$sys/x", "", 2), ("a/b", "", 2)], 0),
+            (&[("a/b", "", 2), ("c/d", "", 2), ("c/d", "", 5)], 2),
+        ];
+        for (batch, index) in cases {
+            let (buffer, spans) = batch_in_buffer(batch);
+            let events = refs(&buffer, &spans);
+            let refused = shard.publish_batch_in_place(&events, &buffer, &recent, 1, Reply::Nobody);
+            let mut ids = IdGenerator::new(1);
+            let raw = events[index].to_raw(&buffer);
+            let owned = Event::validate_after(raw, None, &limits, &mut ids, 1).unwrap_err();
+            assert_eq!(refused, Err((index, owned)), "{batch:?}");
+            assert!(
+                recent.get().is_none(),
+                "a refused batch leaves the recent topic as it was"
+            );
+        }
+        assert_eq!(
+            shard.stats().sequenced,
+            0,
+            "nothing of a refused batch is published"
+        );
     }
 }

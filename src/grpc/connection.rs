@@ -612,18 +612,23 @@ impl GrpcConnection {
                 Some(Call::Bidi { published, .. }) => *published,
                 _ => return,
             };
-            let event = service::decode_event(message).and_then(|raw| {
-                let recent = &self.recent;
-                (self.shard.validate_recent(raw, recent, now_ns)).map_err(GrpcError::from)
-            });
-            match event {
-                Ok(event) => {
-                    let sink = self.sink.get().expect("registered");
-                    let reply = Reply::RefusalsOnly {
-                        sink,
-                        request_id: u64::from(stream),
-                    };
-                    self.shard.publish(std::iter::once(event), reply);
+            let reply = || Reply::RefusalsOnly {
+                sink: self.sink.get().expect("registered"),
+                request_id: u64::from(stream),
+            };
+            let (shard, recent) = (&self.shard, &self.recent);
+            let published = match service::event_in_place(&message) {
+                Some(event) => shard
+                    .publish_in_place(event, &message, recent, now_ns, reply())
+                    .map_err(GrpcError::from),
+                None => service::decode_event(message).and_then(|raw| {
+                    let event = shard.validate_recent(raw, recent, now_ns)?;
+                    shard.publish(std::iter::once(event), reply());
+                    Ok(())
+                }),
+            };
+            match published {
+                Ok(()) => {
                     if let Some(Call::Bidi { published, .. }) =
                         self.calls.borrow_mut().get_mut(&stream)
                     {
@@ -705,8 +710,21 @@ impl GrpcConnection {
     }
 
     fn publish(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
+        let now_ns = unix_now_ns();
+        if let Some(event) = service::publish_in_place(&message) {
+            // Waiting first: a publish to this shard is acknowledged within the call.
+            self.calls.borrow_mut().insert(stream, Call::Waiting);
+            let reply = self.ack_request(stream);
+            let published = (self.shard)
+                .publish_in_place(event, &message, &self.recent, now_ns, reply)
+                .map_err(GrpcError::from);
+            if published.is_err() {
+                self.calls.borrow_mut().remove(&stream);
+            }
+            return published;
+        }
         let raw = service::decode_publish(message)?;
-        let event = (self.shard).validate_recent(raw, &self.recent, unix_now_ns())?;
+        let event = (self.shard).validate_recent(raw, &self.recent, now_ns)?;
         self.calls.borrow_mut().insert(stream, Call::Waiting);
         self.shard
             .publish(std::iter::once(event), self.ack_request(stream));
@@ -716,7 +734,24 @@ impl GrpcConnection {
     fn publish_batch(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
         let max = self.shard.limits().max_batch_events;
         let now_ns = unix_now_ns();
-        // Validated events gather in a buffer the connection reuses.
+        let mut events = Vec::new();
+        match service::decode_batch_in_place(&message, max, &mut events) {
+            Some(Ok(())) => {
+                self.calls.borrow_mut().insert(stream, Call::Waiting);
+                let reply = self.ack_request(stream);
+                let published = (self.shard)
+                    .publish_batch_in_place(&events, &message, &self.recent, now_ns, reply)
+                    .map_err(|(index, error)| GrpcError::InvalidBatchEvent { index, error });
+                if published.is_err() {
+                    self.calls.borrow_mut().remove(&stream);
+                }
+                return published;
+            }
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+        // Events with metadata, or encodings left to prost: decoded into owned events, which
+        // gather in a buffer the connection reuses.
         let mut events = self.batch.take();
         events.clear();
         let decoded = service::decode_batch(message, max, |index, raw| {

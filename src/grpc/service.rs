@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use super::status::GrpcError;
-use crate::engine::{Event, Metadata, Priority, RawEvent};
+use crate::engine::{Event, EventRef, Metadata, Priority, RawEvent};
 use crate::proto;
 
 /// The methods served.
@@ -63,6 +63,46 @@ pub fn decode_publish(message: Bytes) -> Result<RawEvent, GrpcError> {
     }
 }
 
+/// The event of a `PublishRequest` decoded in place ([`fast::event_ref`]); None when it
+/// needs [`decode_publish`] (no event, metadata, or anything the fast path leaves to prost).
+pub fn publish_in_place(message: &[u8]) -> Option<EventRef<'_>> {
+    fast::event_ref(fast::publish_request(message)??, &[])
+}
+
+/// An `Event` message decoded in place ([`fast::event_ref`]); None when it needs
+/// [`decode_event`].
+pub fn event_in_place(message: &[u8]) -> Option<EventRef<'_>> {
+    fast::event_ref(message, &[])
+}
+
+/// The events of a `PublishBatchRequest` (at most `max_events`) decoded in place into
+/// `events` ([`fast::event_ref`]); None when some event needs [`decode_batch`], which then
+/// decides everything (nothing has been published).
+pub fn decode_batch_in_place<'a>(
+    message: &'a [u8],
+    max_events: usize,
+    events: &mut Vec<EventRef<'a>>,
+) -> Option<Result<(), GrpcError>> {
+    let encoded = fast::batch_events(message)?;
+    if encoded.len() > max_events {
+        return Some(Err(too_many(encoded.len(), max_events)));
+    }
+    events.reserve(encoded.len());
+    let mut checked_topic: &[u8] = &[];
+    for event in encoded {
+        let event = fast::event_ref(event, checked_topic)?;
+        checked_topic = event.topic;
+        events.push(event);
+    }
+    Some(Ok(()))
+}
+
+fn too_many(count: usize, max_events: usize) -> GrpcError {
+    GrpcError::InvalidArgument(format!(
+        "batch of {count} events, over the limit of {max_events}"
+    ))
+}
+
 /// The events of a `PublishBatchRequest` (at most `max_events`), each decoded with
 /// [`decode_event`] and handed to `each` with its index, in order; stops at the first error
 /// `each` returns.
@@ -71,11 +111,7 @@ pub fn decode_batch(
     max_events: usize,
     mut each: impl FnMut(usize, Result<RawEvent, GrpcError>) -> Result<(), GrpcError>,
 ) -> Result<(), GrpcError> {
-    let too_many = |count: usize| {
-        GrpcError::InvalidArgument(format!(
-            "batch of {count} events, over the limit of {max_events}"
-        ))
-    };
+    let too_many = |count: usize| too_many(count, max_events);
     if let Some(events) = fast::batch_events(&message) {
         if events.len() > max_events {
             return Err(too_many(events.len()));
@@ -119,7 +155,7 @@ mod fast {
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 
     use crate::engine::event::share;
-    use crate::engine::{Metadata, RawEvent};
+    use crate::engine::{EventRef, Metadata, RawEvent};
 
     /// Metadata entries the fast path takes; more go to prost (duplicate keys are looked for
     /// by scanning, which must stay cheap).
@@ -142,7 +178,7 @@ mod fast {
 
     /// Walks the fields of a message, calling `field` for tags up to `known` and skipping the
     /// others; None on any malformation.
-    fn fields<'a>(
+    fn walk_fields<'a>(
         mut buf: &'a [u8],
         mut field: impl FnMut(u32, WireType, &mut &'a [u8]) -> Option<()>,
         known: u32,
@@ -162,7 +198,7 @@ mod fast {
     /// anything else (an event given twice is merged by prost).
     pub fn publish_request(message: &[u8]) -> Option<Option<&[u8]>> {
         let mut event = None;
-        fields(
+        walk_fields(
             message,
             |_, wire, buf| {
                 if wire != WireType::LengthDelimited || event.is_some() {
@@ -182,7 +218,7 @@ mod fast {
         // Check the framing and count first, so that no event is handed out from a broken
         // message and the batch limit applies before any work.
         let mut count = 0;
-        fields(
+        walk_fields(
             message,
             |_, wire, buf| {
                 (wire == WireType::LengthDelimited).then_some(())?;
@@ -235,10 +271,43 @@ mod fast {
     /// The `Event` encoded at `event` (a part of `whole`), or None for anything the fast
     /// path leaves to prost.
     pub fn event(whole: &Bytes, event: &[u8]) -> Option<RawEvent> {
-        let (mut id, mut topic, mut payload): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
-        let (mut priority, mut timestamp_ns) = (0i32, 0i64);
-        let mut metadata: Option<(BytesMut, usize)> = None;
-        fields(
+        let mut metadata = (BytesMut::new(), 0);
+        let fields = walk(event, Some(&mut metadata), &[])?;
+        let (raw, count) = metadata;
+        let metadata = if count == 0 {
+            Metadata::default()
+        } else {
+            Metadata::from_wire(count as u16, raw.freeze()).ok()?
+        };
+        Some(RawEvent {
+            topic: share(whole, fields.topic),
+            id: share(whole, fields.id),
+            payload: share(whole, fields.payload),
+            metadata,
+            priority: fields.priority,
+            timestamp_ns: fields.timestamp_ns,
+        })
+    }
+
+    /// The `Event` encoded at `event`, in place; None for anything the fast path leaves to
+    /// prost, and for an event with metadata (whose protobuf form is not the engine's).
+    /// A topic equal to `checked_topic` (one this decoder already found to be UTF-8: the
+    /// previous event's in a batch) is not checked again.
+    pub fn event_ref<'a>(event: &'a [u8], checked_topic: &[u8]) -> Option<EventRef<'a>> {
+        walk(event, None, checked_topic)
+    }
+
+    /// Walks an `Event`'s fields. Metadata entries are appended to `metadata` in the engine's
+    /// form (with their count); with no `metadata`, an event that has some is left to the
+    /// caller's other path (None), as is anything prost would word differently.
+    fn walk<'a>(
+        event: &'a [u8],
+        mut metadata: Option<&mut (BytesMut, usize)>,
+        checked_topic: &[u8],
+    ) -> Option<EventRef<'a>> {
+        let mut fields = EventRef::default();
+        let mut priority = 0i32;
+        walk_fields(
             event,
             |tag, wire, buf| {
                 let expected = match tag {
@@ -249,13 +318,19 @@ mod fast {
                     return None;
                 }
                 match tag {
-                    1 => id = string(buf)?,
-                    2 => topic = string(buf)?,
-                    3 => payload = delimited(buf)?,
+                    1 => fields.id = string(buf)?,
+                    2 => {
+                        let topic = delimited(buf)?;
+                        if topic != checked_topic {
+                            std::str::from_utf8(topic).ok()?;
+                        }
+                        fields.topic = topic;
+                    }
+                    3 => fields.payload = delimited(buf)?,
                     4 => priority = decode_varint(buf).ok()? as i32,
-                    5 => timestamp_ns = decode_varint(buf).ok()? as i64,
+                    5 => fields.timestamp_ns = decode_varint(buf).ok()? as i64,
                     6 => {
-                        let (raw, count) = metadata.get_or_insert_with(|| (BytesMut::new(), 0));
+                        let (raw, count) = metadata.as_deref_mut()?;
                         metadata_entry(delimited(buf)?, raw, count)?;
                     }
                     // 7, sequence: the server assigns it.
@@ -265,19 +340,9 @@ mod fast {
             },
             7,
         )?;
-        let metadata = match metadata {
-            None => Metadata::default(),
-            Some((raw, count)) => Metadata::from_wire(count as u16, raw.freeze()).ok()?,
-        };
-        Some(RawEvent {
-            topic: share(whole, topic),
-            id: share(whole, id),
-            payload: share(whole, payload),
-            metadata,
-            // Out of range: prost's path words the error.
-            priority: u8::try_from(priority).ok().filter(|p| *p <= 4)?,
-            timestamp_ns,
-        })
+        // Out of range: prost's path words the error.
+        fields.priority = u8::try_from(priority).ok().filter(|p| *p <= 4)?;
+        Some(fields)
     }
 
     /// One map entry (key = 1, value = 2) appended in the engine's metadata form (u16 LE
@@ -285,7 +350,7 @@ mod fast {
     /// string the engine's form cannot hold.
     fn metadata_entry(entry: &[u8], raw: &mut BytesMut, count: &mut usize) -> Option<()> {
         let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
-        fields(
+        walk_fields(
             entry,
             |tag, wire, buf| {
                 if wire != WireType::LengthDelimited {
@@ -449,7 +514,11 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..48),
             -2i32..7,
             any::<i64>(),
-            proptest::collection::hash_map("[a-z]{0,3}", ".{0,5}", 0..40),
+            // Half without metadata: the in-place decoder takes only those.
+            prop_oneof![
+                Just(Default::default()),
+                proptest::collection::hash_map("[a-z]{0,3}", ".{0,5}", 0..40)
+            ],
             any::<u64>(),
         )
             .prop_map(
@@ -466,11 +535,24 @@ mod tests {
     }
 
     fn event_decodes_as_with_prost(event: proto::Event) -> Result<(), TestCaseError> {
+        let has_metadata = !event.metadata.is_empty();
         let message = Bytes::from(event.encode_to_vec());
         prop_assert_eq!(
             comparable(decode_event(message.clone())),
-            comparable(with_prost(message))
+            comparable(with_prost(message.clone()))
         );
+        in_place_decodes_as_with_prost(&message)?;
+        prop_assert!(!has_metadata || event_in_place(&message).is_none());
+        Ok(())
+    }
+
+    /// What the in-place decoder takes, it reads as prost does; what it leaves, the owned
+    /// path decides.
+    fn in_place_decodes_as_with_prost(message: &Bytes) -> Result<(), TestCaseError> {
+        if let Some(event) = event_in_place(message) {
+            let theirs = with_prost(message.clone());
+            prop_assert_eq!(Ok(event.to_raw(message)), theirs.map_err(|e| e.to_string()));
+        }
         Ok(())
     }
 
@@ -492,7 +574,24 @@ mod tests {
             ours.push((i, comparable(e)));
             Ok(())
         });
-        let theirs = decode::<proto::PublishBatchRequest>(message);
+        let mut in_place = Vec::new();
+        let taken = decode_batch_in_place(&message, max, &mut in_place);
+        let theirs = decode::<proto::PublishBatchRequest>(message.clone());
+        // The in-place decoder may leave a batch to the owned path; what it takes, it reads
+        // as the owned path does.
+        match &taken {
+            Some(Ok(())) => {
+                let in_place: Vec<_> = in_place.iter().map(|e| e.to_raw(&message)).collect();
+                let owned: Vec<_> = ours
+                    .iter()
+                    .map(|(_, e)| e.clone().map(|(e, _)| e))
+                    .collect();
+                prop_assert_eq!(result.clone(), Ok(()));
+                prop_assert_eq!(in_place.into_iter().map(Ok).collect::<Vec<_>>(), owned);
+            }
+            Some(Err(e)) => prop_assert_eq!(Err(e.clone()), result.clone()),
+            None => {}
+        }
         match theirs {
             Err(e) => prop_assert_eq!(result, Err(e)),
             Ok(r) if r.events.len() > max => prop_assert!(result.is_err() && ours.is_empty()),
@@ -548,8 +647,9 @@ mod tests {
             for message in [Bytes::from(bytes), Bytes::from(junk)] {
                 prop_assert_eq!(
                     comparable(decode_event(message.clone())),
-                    comparable(with_prost(message))
+                    comparable(with_prost(message.clone()))
                 );
+                in_place_decodes_as_with_prost(&message)?;
             }
         }
 

@@ -18,8 +18,8 @@ use crate::accept::{self, Connections, Half};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, RecentTopic,
-    Reply, Shard, SinkId, SubState, Subscriber,
+    AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
+    Shard, SinkId, SubState, Subscriber,
 };
 use crate::tls::Transport;
 
@@ -328,20 +328,19 @@ impl Connection {
                 ack,
                 events,
             } => {
-                let mut valid: Vec<Event> = Vec::with_capacity(events.len());
-                for (i, raw) in events.into_iter().enumerate() {
-                    let raw = raw.to_raw(frames);
-                    match self.shard.validate_recent(raw, &self.recent, received_ns) {
-                        Ok(e) => valid.push(e),
-                        Err(e) => {
-                            let msg = format!("event {i}: {e}");
-                            let index = Some(i as u32);
-                            self.error(error_code(&e), false, request_id, index, &msg);
-                            return None;
-                        }
-                    }
+                let reply = self.reply(ack, request_id);
+                let published = (self.shard).publish_batch_in_place(
+                    &events,
+                    frames,
+                    &self.recent,
+                    received_ns,
+                    reply,
+                );
+                if let Err((i, e)) = published {
+                    let msg = format!("event {i}: {e}");
+                    let index = Some(i as u32);
+                    self.error(error_code(&e), false, request_id, index, &msg);
                 }
-                self.shard.publish(valid, self.reply(ack, request_id));
             }
             ClientFrame::Subscribe {
                 sub_id,
