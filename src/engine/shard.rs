@@ -412,10 +412,13 @@ impl Shard {
             Route::Ack(_) => Some(Instant::now()),
             Route::Refusal { .. } | Route::Nobody => None,
         };
-        for event in events {
+        let mut repeated = RepeatedTopic::default();
+        let mut events = events;
+        while let Some(event) = events.next() {
             let home = owner(event.topic().route(), self.count);
             if home == self.id {
-                let outcome = self.sequence(event);
+                let hash = repeated.hash(event.topic(), events.len() > 0, &self.hasher);
+                let outcome = self.sequence(event, hash);
                 self.answer(self.id, route, outcome, now);
             } else {
                 let event = event.into_event(&mut self.ids.borrow_mut());
@@ -472,14 +475,18 @@ impl Shard {
 
     /// As the topic's owner: give the event its sequence number and hand it to every matching
     /// subscription, locally or through the outbox of its home shard.
-    fn sequence(&self, event: impl Incoming) -> Result<u64, PublishError> {
+    fn sequence(&self, event: impl Incoming, hash: u64) -> Result<u64, PublishError> {
         if self.closing.get() {
             return Err(PublishError::ShuttingDown);
         }
         let mut topics = self.topics.borrow_mut();
         let index = self.index.borrow();
         let key: &[u8] = event.topic().bytes();
-        let hash = self.hasher.hash_one(key);
+        debug_assert_eq!(
+            hash,
+            self.hasher.hash_one(key),
+            "the topic table's hash of the name"
+        );
         let same = |entry: &(Bytes, TopicState)| entry.0 == key;
         if topics.find(hash, same).is_none() {
             if topics.len() >= self.limits.max_topics_per_shard {
@@ -820,10 +827,13 @@ impl Shard {
     pub fn handle_batch(&self, from: usize, batch: Batch) {
         let Batch { msgs, subs } = batch;
         let now = Instant::now();
-        for msg in msgs {
+        let mut repeated = RepeatedTopic::default();
+        let mut msgs = msgs.into_iter();
+        while let Some(msg) = msgs.next() {
             match msg {
                 ShardMsg::Publish { event, route } => {
-                    let outcome = self.sequence(event);
+                    let hash = repeated.hash(&event.topic, msgs.len() > 0, &self.hasher);
+                    let outcome = self.sequence(event, hash);
                     self.answer(from, route, outcome, Some(now));
                 }
                 ShardMsg::Refused {
@@ -892,6 +902,28 @@ impl Drop for UnsubscribeOnDrop {
     fn drop(&mut self) {
         if let Some((shard, sub)) = self.0.take() {
             shard.unsubscribe(&sub);
+        }
+    }
+}
+
+/// The topic table's hash of the last topic sequenced in one call, kept while the following
+/// events repeat that topic (as a batch's usually do): a run of events on one topic hashes its
+/// name once. Kept only for one call, so a topic still in a door's read buffer is not held.
+#[derive(Default)]
+struct RepeatedTopic(Option<(Topic, u64)>);
+
+impl RepeatedTopic {
+    /// `topic`'s table hash; `more`: whether other events follow (only then is it kept).
+    #[inline]
+    fn hash(&mut self, topic: &Topic, more: bool, hasher: &DefaultHashBuilder) -> u64 {
+        match &self.0 {
+            // Clones of one topic compare by pointer, without reading the name.
+            Some((last, hash)) if last == topic => *hash,
+            _ => {
+                let hash = hasher.hash_one(&topic.bytes()[..]);
+                self.0 = more.then(|| (topic.clone(), hash));
+                hash
+            }
         }
     }
 }
