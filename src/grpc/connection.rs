@@ -617,7 +617,8 @@ impl GrpcConnection {
                 request_id: u64::from(stream),
             };
             let (shard, recent) = (&self.shard, &self.recent);
-            let published = match service::event_in_place(&message) {
+            let in_place = self.with_known_topic(|known| service::event_in_place(&message, known));
+            let published = match in_place {
                 Some(event) => shard
                     .publish_in_place(event, &message, recent, now_ns, reply())
                     .map_err(GrpcError::from),
@@ -701,6 +702,13 @@ impl GrpcConnection {
         }
     }
 
+    /// Runs `f` with the bytes of the connection's last topic (empty if none): a topic the
+    /// engine validated, so an event repeating it needs no UTF-8 check while decoding.
+    fn with_known_topic<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let recent = self.recent.get();
+        f(recent.as_ref().map_or(&[], |topic| &topic.bytes()[..]))
+    }
+
     fn ack_request(self: &Rc<Self>, stream: u32) -> Reply {
         Reply::Ack(AckRequest {
             sink: self.clone(),
@@ -711,7 +719,9 @@ impl GrpcConnection {
 
     fn publish(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
         let now_ns = unix_now_ns();
-        if let Some(event) = service::publish_in_place(&message) {
+        if let Some(event) =
+            self.with_known_topic(|known| service::publish_in_place(&message, known))
+        {
             // Waiting first: a publish to this shard is acknowledged within the call.
             self.calls.borrow_mut().insert(stream, Call::Waiting);
             let reply = self.ack_request(stream);

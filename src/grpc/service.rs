@@ -65,14 +65,16 @@ pub fn decode_publish(message: Bytes) -> Result<RawEvent, GrpcError> {
 
 /// The event of a `PublishRequest` decoded in place ([`fast::event_ref`]); None when it
 /// needs [`decode_publish`] (no event, metadata, or anything the fast path leaves to prost).
-pub fn publish_in_place(message: &[u8]) -> Option<EventRef<'_>> {
-    fast::event_ref(fast::publish_request(message)??, &[])
+/// `known_topic`: a topic already validated (the connection's last), whose bytes need no
+/// UTF-8 check.
+pub fn publish_in_place<'a>(message: &'a [u8], known_topic: &[u8]) -> Option<EventRef<'a>> {
+    fast::event_ref(fast::publish_request(message)??, known_topic)
 }
 
 /// An `Event` message decoded in place ([`fast::event_ref`]); None when it needs
-/// [`decode_event`].
-pub fn event_in_place(message: &[u8]) -> Option<EventRef<'_>> {
-    fast::event_ref(message, &[])
+/// [`decode_event`]. `known_topic` as for [`publish_in_place`].
+pub fn event_in_place<'a>(message: &'a [u8], known_topic: &[u8]) -> Option<EventRef<'a>> {
+    fast::event_ref(message, known_topic)
 }
 
 /// The events of a `PublishBatchRequest` (at most `max_events`) decoded in place into
@@ -291,8 +293,8 @@ mod fast {
 
     /// The `Event` encoded at `event`, in place; None for anything the fast path leaves to
     /// prost, and for an event with metadata (whose protobuf form is not the engine's).
-    /// A topic equal to `checked_topic` (one this decoder already found to be UTF-8: the
-    /// previous event's in a batch) is not checked again.
+    /// A topic equal to `checked_topic` (known to be UTF-8: the previous event's in a batch,
+    /// or the connection's last validated topic) is not checked again.
     pub fn event_ref<'a>(event: &'a [u8], checked_topic: &[u8]) -> Option<EventRef<'a>> {
         walk(event, None, checked_topic)
     }
@@ -542,14 +544,14 @@ mod tests {
             comparable(with_prost(message.clone()))
         );
         in_place_decodes_as_with_prost(&message)?;
-        prop_assert!(!has_metadata || event_in_place(&message).is_none());
+        prop_assert!(!has_metadata || event_in_place(&message, &[]).is_none());
         Ok(())
     }
 
     /// What the in-place decoder takes, it reads as prost does; what it leaves, the owned
     /// path decides.
     fn in_place_decodes_as_with_prost(message: &Bytes) -> Result<(), TestCaseError> {
-        if let Some(event) = event_in_place(message) {
+        if let Some(event) = event_in_place(message, &[]) {
             let theirs = with_prost(message.clone());
             prop_assert_eq!(Ok(event.to_raw(message)), theirs.map_err(|e| e.to_string()));
         }
