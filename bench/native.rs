@@ -340,30 +340,64 @@ pub fn growth_topics(args: &Args) -> Result<Row, String> {
     })
 }
 
-/// `native-publish` throughput before and after 1,000 wildcard subscriptions that match
-/// none of the published topics (half `*`, half `**`, all under the published topics'
-/// prefix, so the server must tell them apart) were added.
+/// `native-publish` throughput with 1,000 wildcard subscriptions that match none of the
+/// published topics (half `*`, half `**`, all under the published topics' prefix, so the
+/// server must tell them apart), against without them. Unlike topics, subscriptions can be
+/// taken away again, so the runs alternate (without, with, without, ...): on a shared machine
+/// whose speed drifts over seconds, two sets of runs taken one after the other differed by
+/// more than the cost being measured.
 pub fn growth_wildcards(args: &Args) -> Result<Row, String> {
-    growth(args, "growth-wildcards", |client| {
-        let before = client.ping().map_err(|e| e.to_string())?;
-        for i in 0..GROWTH_WILDCARDS {
-            let rest = if i % 2 == 0 { "*" } else { "**" };
-            client
-                .subscribe(
-                    &format!("bench/native-publish/w{i}/{rest}"),
-                    Priority::Batch,
-                )
-                .map_err(|e| format!("wildcard subscription {i}: {e}"))?;
+    let mut probe = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    probe
+        .set_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..GROWTH_RUNS {
+        let base = probe.ping().map_err(|e| e.to_string())?.subscriptions;
+        without.push(publish(args)?);
+        let holder = subscribe_wildcards(args, &mut probe, base)?;
+        with.push(publish(args)?);
+        drop(holder); // its subscriptions go with its connection
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while probe.ping().map_err(|e| e.to_string())?.subscriptions > base {
+            if Instant::now() > deadline {
+                return Err("the wildcard subscriptions outlived their connection by 5 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        let after = client.ping().map_err(|e| e.to_string())?;
-        if after.subscriptions < before.subscriptions + GROWTH_WILDCARDS as u64 {
-            return Err(format!(
-                "the server counts {} new subscriptions of {GROWTH_WILDCARDS}",
-                after.subscriptions - before.subscriptions
-            ));
-        }
-        Ok(())
+    }
+    let median = |mut rows: Vec<Row>| {
+        rows.sort_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()));
+        rows.swap_remove(GROWTH_RUNS / 2)
+    };
+    Ok(Row {
+        name: "growth-wildcards",
+        baseline: Some(median(without).events_per_s()),
+        ..median(with)
     })
+}
+
+/// A connection holding `GROWTH_WILDCARDS` subscriptions, checked to be counted by the server
+/// (`base`: its count before).
+fn subscribe_wildcards(args: &Args, probe: &mut Client, base: u64) -> Result<Client, String> {
+    let mut holder = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    for i in 0..GROWTH_WILDCARDS {
+        let rest = if i % 2 == 0 { "*" } else { "**" };
+        holder
+            .subscribe(
+                &format!("bench/native-publish/w{i}/{rest}"),
+                Priority::Batch,
+            )
+            .map_err(|e| format!("wildcard subscription {i}: {e}"))?;
+    }
+    let now = probe.ping().map_err(|e| e.to_string())?.subscriptions;
+    if now < base + GROWTH_WILDCARDS as u64 {
+        return Err(format!(
+            "the server counts {} new subscriptions of {GROWTH_WILDCARDS}",
+            now.saturating_sub(base)
+        ));
+    }
+    Ok(holder)
 }
 
 /// Measures `native-publish` `GROWTH_RUNS` times, lets `grow` add to the server through a
