@@ -178,10 +178,13 @@ fn batches_keep_their_order_and_are_acknowledged_once() {
             )
         })
         .collect();
+    assert!(!sub.has_buffered(), "nothing has arrived yet");
     let ack = server.client().publish_batch(&events).unwrap();
     assert_eq!(ack.count, 1000);
     let mut last = std::collections::HashMap::new();
+    let mut from_an_earlier_read = 0;
     for _ in 0..1000 {
+        from_an_earlier_read += usize::from(sub.has_buffered());
         let d = sub.next_event().unwrap();
         let i: u64 = std::str::from_utf8(&d.event.payload)
             .unwrap()
@@ -192,6 +195,12 @@ fn batches_keep_their_order_and_are_acknowledged_once() {
             assert!(i > pi && d.sequence == ps + 1, "order within a topic");
         }
     }
+    // 1,000 events of ~40 bytes cannot each take a read of their own.
+    assert!(
+        from_an_earlier_read > 0,
+        "has_buffered saw no event of an earlier read"
+    );
+    assert!(!sub.has_buffered(), "all taken");
 }
 
 #[test]

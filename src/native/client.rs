@@ -244,6 +244,13 @@ impl Client {
         })
     }
 
+    /// Whether [`next_event`](Self::next_event) has something to return without reading the
+    /// socket: frames that arrived with an earlier read (a latency measurement can read its
+    /// clock once per read: the frames of one read arrived together).
+    pub fn has_buffered(&self) -> bool {
+        !self.inbox.is_empty() || !self.frames.is_empty()
+    }
+
     /// The next event for any subscription, or the next error the server reported on its
     /// own (a refused unacknowledged publish, a cut subscription). Blocks up to the timeout.
     pub fn next_event(&mut self) -> Result<Delivery, ClientError> {
