@@ -709,6 +709,22 @@ impl GrpcConnection {
         f(recent.as_ref().map_or(&[], |topic| &topic.bytes()[..]))
     }
 
+    /// Runs `publish` (which validates, then publishes) with the call waiting for its
+    /// acknowledgement: marked waiting first, as a publish to this shard is acknowledged
+    /// within the call; unmarked if the events were refused before any was published.
+    fn publish_acknowledged(
+        self: &Rc<Self>,
+        stream: u32,
+        publish: impl FnOnce(Reply) -> Result<(), GrpcError>,
+    ) -> Result<(), GrpcError> {
+        self.calls.borrow_mut().insert(stream, Call::Waiting);
+        let published = publish(self.ack_request(stream));
+        if published.is_err() {
+            self.calls.borrow_mut().remove(&stream);
+        }
+        published
+    }
+
     fn ack_request(self: &Rc<Self>, stream: u32) -> Reply {
         Reply::Ack(AckRequest {
             sink: self.clone(),
@@ -722,16 +738,11 @@ impl GrpcConnection {
         if let Some(event) =
             self.with_known_topic(|known| service::publish_in_place(&message, known))
         {
-            // Waiting first: a publish to this shard is acknowledged within the call.
-            self.calls.borrow_mut().insert(stream, Call::Waiting);
-            let reply = self.ack_request(stream);
-            let published = (self.shard)
-                .publish_in_place(event, &message, &self.recent, now_ns, reply)
-                .map_err(GrpcError::from);
-            if published.is_err() {
-                self.calls.borrow_mut().remove(&stream);
-            }
-            return published;
+            return self.publish_acknowledged(stream, |reply| {
+                (self.shard)
+                    .publish_in_place(event, &message, &self.recent, now_ns, reply)
+                    .map_err(GrpcError::from)
+            });
         }
         let raw = service::decode_publish(message)?;
         let event = (self.shard).validate_recent(raw, &self.recent, now_ns)?;
@@ -747,15 +758,11 @@ impl GrpcConnection {
         let mut events = Vec::new();
         match service::decode_batch_in_place(&message, max, &mut events) {
             Some(Ok(())) => {
-                self.calls.borrow_mut().insert(stream, Call::Waiting);
-                let reply = self.ack_request(stream);
-                let published = (self.shard)
-                    .publish_batch_in_place(&events, &message, &self.recent, now_ns, reply)
-                    .map_err(|(index, error)| GrpcError::InvalidBatchEvent { index, error });
-                if published.is_err() {
-                    self.calls.borrow_mut().remove(&stream);
-                }
-                return published;
+                return self.publish_acknowledged(stream, |reply| {
+                    (self.shard)
+                        .publish_batch_in_place(&events, &message, &self.recent, now_ns, reply)
+                        .map_err(|(index, error)| GrpcError::InvalidBatchEvent { index, error })
+                });
             }
             Some(Err(e)) => return Err(e),
             None => {}
