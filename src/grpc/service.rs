@@ -156,7 +156,6 @@ mod fast {
     use bytes::{Buf, BufMut, Bytes, BytesMut};
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
 
-    use crate::engine::event::share;
     use crate::engine::{EventRef, Metadata, RawEvent};
 
     /// Metadata entries the fast path takes; more go to prost (duplicate keys are looked for
@@ -282,12 +281,8 @@ mod fast {
             Metadata::from_wire(count as u16, raw.freeze()).ok()?
         };
         Some(RawEvent {
-            topic: share(whole, fields.topic),
-            id: share(whole, fields.id),
-            payload: share(whole, fields.payload),
             metadata,
-            priority: fields.priority,
-            timestamp_ns: fields.timestamp_ns,
+            ..fields.to_raw(whole)
         })
     }
 
