@@ -487,24 +487,33 @@ impl Shard {
             self.hasher.hash_one(key),
             "the topic table's hash of the name"
         );
-        let same = |entry: &(Bytes, TopicState)| entry.0 == key;
-        if topics.find(hash, same).is_none() {
-            if topics.len() >= self.limits.max_topics_per_shard {
-                return Err(PublishError::TooManyTopics {
-                    shard: self.id,
-                    max: self.limits.max_topics_per_shard,
-                });
+        let known = topics.len();
+        // One probe of the table, whether the topic is there or not.
+        let entry = topics.entry(
+            hash,
+            |entry| entry.0 == key,
+            |entry| self.hasher.hash_one(&entry.0[..]),
+        );
+        let (_, state) = match entry {
+            hashbrown::hash_table::Entry::Occupied(entry) => entry.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(entry) => {
+                if known >= self.limits.max_topics_per_shard {
+                    return Err(PublishError::TooManyTopics {
+                        shard: self.id,
+                        max: self.limits.max_topics_per_shard,
+                    });
+                }
+                let state = TopicState {
+                    last_sequence: 0,
+                    generation: u64::MAX,
+                    matches: Vec::new(),
+                };
+                // A copy: the event's bytes point into a whole receive buffer.
+                entry
+                    .insert((Bytes::copy_from_slice(key), state))
+                    .into_mut()
             }
-            let state = TopicState {
-                last_sequence: 0,
-                generation: u64::MAX,
-                matches: Vec::new(),
-            };
-            // A copy: the event's bytes point into a whole receive buffer.
-            let entry = (Bytes::copy_from_slice(key), state);
-            topics.insert_unique(hash, entry, |e| self.hasher.hash_one(&e.0[..]));
-        }
-        let (_, state) = topics.find_mut(hash, same).expect("inserted above");
+        };
         if state.generation != index.generation() {
             state.matches.clear();
             index.matches(event.topic().as_str(), &mut state.matches);
