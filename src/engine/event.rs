@@ -274,9 +274,10 @@ impl RawEvent {
     }
 }
 
-/// An event as the native door decodes it: in place, its fields borrowing the buffer the
-/// connection read (so that decoding takes no reference count and copies nothing). Its
-/// metadata was checked to be well formed by the decoder ([`Metadata::check_wire`]).
+/// An event as the doors decode it: in place, its fields borrowing the buffer the connection
+/// read (so that decoding takes no reference count and copies nothing). Its metadata, in the
+/// native protocol's form, was checked to be well formed by the decoder
+/// ([`Metadata::check_wire`]); the gRPC door decodes only events without metadata this way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventRef<'a> {
     pub topic: &'a [u8],
@@ -387,21 +388,6 @@ impl Event {
         })
     }
 
-    /// Checks an event decoded in place against §3 and the configured limits, given its
-    /// topic already validated (`topic`: the connection's last topic, or the event's own
-    /// parsed). Nothing is copied or counted: the owned event is made by
-    /// [`Accepted::into_event`], and only if someone receives it.
-    pub fn accept<'a>(
-        raw: EventRef<'a>,
-        topic: &'a Topic,
-        buffer: &'a Bytes,
-        limits: &Limits,
-        received_ns: i64,
-    ) -> Result<Accepted<'a>, EventError> {
-        let priority = check_fields(topic, &raw, limits)?;
-        Ok(Accepted::checked(topic, priority, raw, buffer, received_ns))
-    }
-
     /// Bytes this event holds on to; what a subscriber queue's byte budget counts.
     pub fn size(&self) -> usize {
         self.topic.len() + self.id.text_len() + self.payload.len() + self.metadata.wire_len()
@@ -447,7 +433,8 @@ pub(super) fn check_fields(
     Ok(priority)
 }
 
-/// An event that passed [`Event::accept`], still in the door's buffer: what sequencing needs
+/// An event decoded in place that passed §3's checks ([`Shard::publish_in_place`](super::Shard::publish_in_place),
+/// [`Shard::publish_batch_in_place`](super::Shard::publish_batch_in_place)), still in the door's buffer: what sequencing needs
 /// (topic, priority) without the owned [`Event`], which only a recipient or another shard
 /// needs. An event published to a topic with no subscriber is never copied out.
 pub struct Accepted<'a> {

@@ -131,7 +131,8 @@ pub struct Shard {
     limits: Limits,
     started: Instant,
     outboxes: Vec<Outbox>,
-    /// Topics this shard owns, hashed once per event (foldhash).
+    /// Topics this shard owns, hashed (foldhash) once per run of events on one topic
+    /// ([`RepeatedTopic`]).
     topics: RefCell<HashTable<(Bytes, TopicState)>>,
     hasher: DefaultHashBuilder,
     index: RefCell<SubscriptionIndex>,
@@ -323,18 +324,19 @@ impl Shard {
         received_ns: i64,
         reply: Reply,
     ) -> Result<(), EventError> {
-        {
-            let known = recent.get();
-            if let Some(topic) = known.as_ref().filter(|t| t.bytes()[..] == *raw.topic) {
-                let accepted = Event::accept(raw, topic, buffer, &self.limits, received_ns)?;
-                self.publish(std::iter::once(accepted), reply);
-                return Ok(());
-            }
-        }
-        let topic = Topic::parse(share(buffer, raw.topic))?;
-        let accepted = Event::accept(raw, &topic, buffer, &self.limits, received_ns)?;
+        let known = recent.get();
+        let parsed = match known.as_ref() {
+            Some(topic) if topic.bytes()[..] == *raw.topic => None,
+            _ => Some(Topic::parse(share(buffer, raw.topic))?),
+        };
+        let topic = (parsed.as_ref().or(known.as_ref())).expect("the recent topic or its own");
+        let priority = check_fields(topic, &raw, &self.limits)?;
+        let accepted = Accepted::checked(topic, priority, raw, buffer, received_ns);
         self.publish(std::iter::once(accepted), reply);
-        recent.remember(&topic);
+        drop(known);
+        if let Some(topic) = parsed {
+            recent.remember(&topic);
+        }
         Ok(())
     }
 
@@ -382,7 +384,7 @@ impl Shard {
         I::Item: Incoming,
         I::IntoIter: ExactSizeIterator,
     {
-        let events = events.into_iter();
+        let mut events = events.into_iter();
         let count = u32::try_from(events.len()).expect("batch sizes are limited far below u32");
         self.stats.borrow_mut().received += u64::from(count);
         let route = match reply {
@@ -413,7 +415,6 @@ impl Shard {
             Route::Refusal { .. } | Route::Nobody => None,
         };
         let mut repeated = RepeatedTopic::default();
-        let mut events = events;
         while let Some(event) = events.next() {
             let home = owner(event.topic().route(), self.count);
             if home == self.id {

@@ -136,8 +136,10 @@ impl Topic {
 
 /// The topic a connection last published to, validated, kept in bytes of its own
 /// ([`Topic::detached`]) so that an idle connection does not pin a receive buffer. Publishers
-/// usually repeat one topic: [`Shard::validate_recent`](super::Shard::validate_recent) then
-/// reuses it instead of checking and hashing the name again (a tenth of a native publish's
+/// usually repeat one topic: [`Shard::publish_in_place`](super::Shard::publish_in_place),
+/// [`Shard::publish_batch_in_place`](super::Shard::publish_batch_in_place) and
+/// [`Shard::validate_recent`](super::Shard::validate_recent) then reuse it instead of checking
+/// and hashing the name again (a tenth of a native publish's
 /// server time, and a quarter before the route hash was cached).
 #[derive(Default)]
 pub struct RecentTopic(std::cell::RefCell<Option<Topic>>);
