@@ -23,8 +23,8 @@ use crate::accept::{self, Connections, Half};
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Event, Pattern, Priority, PublishError, RecentTopic,
-    Reply, Shard, SinkId, SubState, Subscriber,
+    AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
+    Shard, SinkId, SubState, Subscriber,
 };
 use crate::proto;
 use crate::tls::Transport;
@@ -151,10 +151,9 @@ struct GrpcConnection {
     /// Calls with a grpc-timeout, earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
     deadline_added: Notify,
-    /// Reused buffers: request messages as DATA completes them, a batch's validated events.
+    /// Reused buffer: request messages as DATA completes them.
     messages: Cell<Vec<Bytes>>,
-    batch: Cell<Vec<Event>>,
-    /// The topic this client last published to ([`Shard::validate_recent`]).
+    /// The topic this client last published to ([`Shard::publish_in_place`]).
     recent: RecentTopic,
     /// Reused buffer a response message is encoded into.
     encoded: Cell<BytesMut>,
@@ -217,7 +216,6 @@ impl GrpcConnection {
             deadlines: RefCell::default(),
             deadline_added: Notify::default(),
             messages: Cell::default(),
-            batch: Cell::default(),
             recent: RecentTopic::default(),
             encoded: Cell::default(),
         });
@@ -617,7 +615,8 @@ impl GrpcConnection {
                 request_id: u64::from(stream),
             };
             let (shard, recent) = (&self.shard, &self.recent);
-            let in_place = self.with_known_topic(|known| service::event_in_place(&message, known));
+            let in_place =
+                self.with_known_topic(|known| service::decode_event_in_place(&message, known));
             let published = match in_place {
                 Some(event) => shard
                     .publish_in_place(event, &message, recent, now_ns, reply())
@@ -736,7 +735,7 @@ impl GrpcConnection {
     fn publish(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
         let now_ns = unix_now_ns();
         if let Some(event) =
-            self.with_known_topic(|known| service::publish_in_place(&message, known))
+            self.with_known_topic(|known| service::decode_publish_in_place(&message, known))
         {
             return self.publish_acknowledged(stream, |reply| {
                 (self.shard)
@@ -745,11 +744,11 @@ impl GrpcConnection {
             });
         }
         let raw = service::decode_publish(message)?;
-        let event = (self.shard).validate_recent(raw, &self.recent, now_ns)?;
-        self.calls.borrow_mut().insert(stream, Call::Waiting);
-        self.shard
-            .publish(std::iter::once(event), self.ack_request(stream));
-        Ok(())
+        self.publish_acknowledged(stream, |reply| {
+            let event = (self.shard).validate_recent(raw, &self.recent, now_ns)?;
+            self.shard.publish(std::iter::once(event), reply);
+            Ok(())
+        })
     }
 
     fn publish_batch(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {
@@ -767,26 +766,21 @@ impl GrpcConnection {
             Some(Err(e)) => return Err(e),
             None => {}
         }
-        // Events with metadata, or encodings left to prost: decoded into owned events, which
-        // gather in a buffer the connection reuses.
-        let mut events = self.batch.take();
-        events.clear();
-        let decoded = service::decode_batch(message, max, |index, raw| {
-            let raw = raw.map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
-            let event = (self.shard)
-                .validate_recent(raw, &self.recent, now_ns)
-                .map_err(|error| GrpcError::InvalidBatchEvent { index, error })?;
-            events.push(event);
+        // Events with metadata, or encodings left to prost: decoded into owned events.
+        self.publish_acknowledged(stream, |reply| {
+            let mut events = Vec::new();
+            service::decode_batch(message, max, |index, raw| {
+                let raw =
+                    raw.map_err(|e| GrpcError::InvalidArgument(format!("event {index}: {e}")))?;
+                let event = (self.shard)
+                    .validate_recent(raw, &self.recent, now_ns)
+                    .map_err(|error| GrpcError::InvalidBatchEvent { index, error })?;
+                events.push(event);
+                Ok(())
+            })?;
+            self.shard.publish(events, reply);
             Ok(())
-        });
-        if decoded.is_ok() {
-            self.calls.borrow_mut().insert(stream, Call::Waiting);
-            self.shard
-                .publish(events.drain(..), self.ack_request(stream));
-        }
-        events.clear();
-        self.batch.set(events);
-        decoded
+        })
     }
 
     async fn subscribe(self: &Rc<Self>, stream: u32, message: Bytes) -> Result<(), GrpcError> {

@@ -67,13 +67,13 @@ pub fn decode_publish(message: Bytes) -> Result<RawEvent, GrpcError> {
 /// needs [`decode_publish`] (no event, metadata, or anything the fast path leaves to prost).
 /// `known_topic`: a topic already validated (the connection's last), whose bytes need no
 /// UTF-8 check.
-pub fn publish_in_place<'a>(message: &'a [u8], known_topic: &[u8]) -> Option<EventRef<'a>> {
+pub fn decode_publish_in_place<'a>(message: &'a [u8], known_topic: &[u8]) -> Option<EventRef<'a>> {
     fast::event_ref(fast::publish_request(message)??, known_topic)
 }
 
 /// An `Event` message decoded in place ([`fast::event_ref`]); None when it needs
-/// [`decode_event`]. `known_topic` as for [`publish_in_place`].
-pub fn event_in_place<'a>(message: &'a [u8], known_topic: &[u8]) -> Option<EventRef<'a>> {
+/// [`decode_event`]. `known_topic` as for [`decode_publish_in_place`].
+pub fn decode_event_in_place<'a>(message: &'a [u8], known_topic: &[u8]) -> Option<EventRef<'a>> {
     fast::event_ref(message, known_topic)
 }
 
@@ -113,10 +113,9 @@ pub fn decode_batch(
     max_events: usize,
     mut each: impl FnMut(usize, Result<RawEvent, GrpcError>) -> Result<(), GrpcError>,
 ) -> Result<(), GrpcError> {
-    let too_many = |count: usize| too_many(count, max_events);
     if let Some(events) = fast::batch_events(&message) {
         if events.len() > max_events {
-            return Err(too_many(events.len()));
+            return Err(too_many(events.len(), max_events));
         }
         for (index, event) in events.enumerate() {
             each(index, decode_event_in(&message, event))?;
@@ -126,7 +125,7 @@ pub fn decode_batch(
     // An encoding the fast path does not take apart: prost decides.
     let request: proto::PublishBatchRequest = decode(message)?;
     if request.events.len() > max_events {
-        return Err(too_many(request.events.len()));
+        return Err(too_many(request.events.len(), max_events));
     }
     for (index, event) in request.events.into_iter().enumerate() {
         each(index, raw_event(event))?;
@@ -539,14 +538,14 @@ mod tests {
             comparable(with_prost(message.clone()))
         );
         in_place_decodes_as_with_prost(&message)?;
-        prop_assert!(!has_metadata || event_in_place(&message, &[]).is_none());
+        prop_assert!(!has_metadata || decode_event_in_place(&message, &[]).is_none());
         Ok(())
     }
 
     /// What the in-place decoder takes, it reads as prost does; what it leaves, the owned
     /// path decides.
     fn in_place_decodes_as_with_prost(message: &Bytes) -> Result<(), TestCaseError> {
-        if let Some(event) = event_in_place(message, &[]) {
+        if let Some(event) = decode_event_in_place(message, &[]) {
             let theirs = with_prost(message.clone());
             prop_assert_eq!(Ok(event.to_raw(message)), theirs.map_err(|e| e.to_string()));
         }
