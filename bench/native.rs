@@ -337,16 +337,25 @@ const GROWTH_WILDCARDS: usize = 1_000;
 /// (each sequenced once, so each holds an entry in its owner's topic table).
 pub fn growth_topics(args: &Args) -> Result<Row, String> {
     let prefix = unique_topic("growth-topics");
-    growth(args, "growth-topics", |client| {
-        let before = client.ping().map_err(|e| e.to_string())?;
-        for i in 0..args.count {
-            let topic = format!("{prefix}/t{i}");
-            client
-                .publish_nowait_simple(&topic, Priority::Low, b"x")
-                .map_err(|e| e.to_string())?;
-        }
-        let after = client.ping().map_err(|e| e.to_string())?;
-        check_grown(&before, &after, |p| p.topics, args.count, "new topics")
+    let before = median_run(publish_runs(args)?);
+    let mut client = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    client
+        .set_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let counted = client.ping().map_err(|e| e.to_string())?;
+    for i in 0..args.count {
+        let topic = format!("{prefix}/t{i}");
+        client
+            .publish_nowait_simple(&topic, Priority::Low, b"x")
+            .map_err(|e| e.to_string())?;
+    }
+    let grown = client.ping().map_err(|e| e.to_string())?;
+    check_grown(&counted, &grown, |p| p.topics, args.count, "new topics")?;
+    let after = median_run(publish_runs(args)?);
+    Ok(Row {
+        name: "growth-topics",
+        baseline: Some(before.events_per_s()),
+        ..after
     })
 }
 
@@ -376,14 +385,10 @@ pub fn growth_wildcards(args: &Args) -> Result<Row, String> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    let median = |mut rows: Vec<Row>| {
-        rows.sort_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()));
-        rows.swap_remove(GROWTH_RUNS / 2)
-    };
     Ok(Row {
         name: "growth-wildcards",
-        baseline: Some(median(without).events_per_s()),
-        ..median(with)
+        baseline: Some(median_run(without).events_per_s()),
+        ..median_run(with)
     })
 }
 
@@ -410,31 +415,13 @@ fn subscribe_wildcards(args: &Args, probe: &mut Client, base: u64) -> Result<Cli
     Ok(holder)
 }
 
-/// Measures `native-publish` `GROWTH_RUNS` times, lets `grow` add to the server through a
-/// connection that stays open (its subscriptions live as long as it), and measures again.
-fn growth(
-    args: &Args,
-    name: &'static str,
-    grow: impl FnOnce(&mut Client) -> Result<(), String>,
-) -> Result<Row, String> {
-    let runs = |args: &Args| -> Result<Vec<Row>, String> {
-        let mut rows = (0..GROWTH_RUNS)
-            .map(|_| publish(args))
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.sort_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()));
-        Ok(rows)
-    };
-    let before = runs(args)?;
-    let mut client = Client::connect(&args.server).map_err(|e| e.to_string())?;
-    client
-        .set_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    grow(&mut client)?;
-    let mut after = runs(args)?;
-    let median = after.swap_remove(GROWTH_RUNS / 2);
-    Ok(Row {
-        name,
-        baseline: Some(before[GROWTH_RUNS / 2].events_per_s()),
-        ..median
-    })
+/// `GROWTH_RUNS` runs of the `native-publish` measurement.
+fn publish_runs(args: &Args) -> Result<Vec<Row>, String> {
+    (0..GROWTH_RUNS).map(|_| publish(args)).collect()
+}
+
+/// The run with the median rate.
+fn median_run(mut runs: Vec<Row>) -> Row {
+    runs.sort_by(|a, b| a.events_per_s().total_cmp(&b.events_per_s()));
+    runs.swap_remove(runs.len() / 2)
 }

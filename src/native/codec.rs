@@ -137,8 +137,9 @@ impl From<MetadataError> for BodyError {
     }
 }
 
-/// A frame cut out of the stream, body not yet parsed (the client side's form: it owns its
-/// body).
+/// A frame cut out of the stream, body not yet parsed, owning its body: for a client that
+/// reads frame by frame ([`next_frame`]; the test suite's raw client). The server and
+/// [`Client`](super::client::Client) read whole frames in place instead ([`frame_at`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {
     pub kind: u8,
