@@ -6,7 +6,9 @@
 //! - `ceiling-relay`: publisher socket → a thread copying bytes → subscriber socket (a fan-out
 //!   of one with no parsing: the ceiling of `native-tcp`);
 //! - `ceiling-pingpong-block` / `-spin`: one record back and forth, with blocking reads or with
-//!   both ends busy-polling non-blocking sockets (the floor under any round trip).
+//!   both ends busy-polling non-blocking sockets (the floor under any round trip);
+//! - `ceiling-relay-latency`: `native-latency`'s schedule through a busy-polling relay (its
+//!   floor, host stalls included).
 //!
 //! The "server" half of each runs on a thread pinned to the server CPUs, the client half on
 //! the load CPUs, as the rows measured against eventstream.
@@ -212,6 +214,93 @@ pub fn pingpong(
         },
         events: round_trips,
         seconds: measured.as_secs_f64(),
+        latency: Some(hist),
+    })
+}
+
+/// The floor under `native-latency`, measured the same way: records published at `rate` per
+/// second (each stamped with its due time, latency counted from it), relayed by a thread
+/// that busy-polls the publisher's socket and writes each read to the subscriber's socket,
+/// which the client busy-polls between sends. Unlike a ping-pong, which waits for each answer
+/// before the next and so times one round trip per stall of the host, an open-loop run counts
+/// every record a stall delays: what the host's own interruptions cost a schedule like
+/// `native-latency`'s.
+pub fn relay_latency(
+    server_cpus: &[usize],
+    rate: u64,
+    count: u64,
+    size: usize,
+) -> Result<Ceiling, String> {
+    assert!(size >= 8, "records carry an 8-byte stamp");
+    let (l, addr) = listener()?;
+    let server = on_server_cpus(server_cpus, move || {
+        let (mut from, _) = l.accept().map_err(|e| e.to_string())?;
+        let (mut to, _) = l.accept().map_err(|e| e.to_string())?;
+        to.set_nodelay(true).map_err(|e| e.to_string())?;
+        from.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => to.write_all(&buf[..n]).map_err(|e| e.to_string())?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => std::hint::spin_loop(),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    });
+    let mut publisher = connect(&addr)?;
+    let mut subscriber = connect(&addr)?;
+    subscriber
+        .set_nonblocking(true)
+        .map_err(|e| e.to_string())?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let clock = Instant::now();
+    let (mut inbox, mut filled, mut received) = (vec![0u8; CHUNK], 0, 0u64);
+    // Takes whatever has arrived; never waits.
+    let mut poll = |hist: &mut Histogram<u64>, received: &mut u64| -> Result<(), String> {
+        loop {
+            match subscriber.read(&mut inbox[filled..]) {
+                Ok(0) => return Err("relay closed".into()),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            }
+            let now = clock.elapsed().as_nanos() as u64;
+            let whole = filled / size * size;
+            for record in inbox[..whole].chunks_exact(size) {
+                let due = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+                hist.record(now.saturating_sub(due).max(1))
+                    .map_err(|e| e.to_string())?;
+                *received += 1;
+            }
+            inbox.copy_within(whole..filled, 0);
+            filled -= whole;
+        }
+    };
+    let mut record = vec![0u8; size];
+    let first = clock.elapsed().as_nanos() as u64 + 1_000_000;
+    for i in 0..count {
+        let due = first + i * 1_000_000_000 / rate;
+        while (clock.elapsed().as_nanos() as u64) < due {
+            poll(&mut hist, &mut received)?;
+        }
+        record[..8].copy_from_slice(&due.to_le_bytes());
+        publisher.write_all(&record).map_err(|e| e.to_string())?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received < count {
+        if Instant::now() > deadline {
+            return Err(format!("{received} of {count} records arrived within 10 s"));
+        }
+        poll(&mut hist, &mut received)?;
+    }
+    let seconds = (clock.elapsed().as_nanos() as u64 - first) as f64 / 1e9;
+    drop(publisher);
+    join(server)?;
+    Ok(Ceiling {
+        name: "ceiling-relay-latency",
+        events: count,
+        seconds,
         latency: Some(hist),
     })
 }

@@ -357,7 +357,8 @@ fn run_rows(args: &Args) -> ExitCode {
             "ceiling-sink"
             | "ceiling-relay"
             | "ceiling-pingpong-block"
-            | "ceiling-pingpong-spin" => ceiling_row(args, name),
+            | "ceiling-pingpong-spin"
+            | "ceiling-relay-latency" => ceiling_row(args, name),
             "native-tcp" => native::tcp(args),
             "native-publish" => native::publish(args),
             "native-udp" => native::udp(args),
@@ -402,11 +403,12 @@ fn run_rows(args: &Args) -> ExitCode {
 }
 
 /// The ceiling rows, in the order `ceiling` runs them.
-const CEILING_ROWS: [&str; 4] = [
+const CEILING_ROWS: [&str; 5] = [
     "ceiling-sink",
     "ceiling-relay",
     "ceiling-pingpong-block",
     "ceiling-pingpong-spin",
+    "ceiling-relay-latency",
 ];
 
 fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
@@ -418,7 +420,11 @@ fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
         "ceiling-sink" => ceiling::sink(server_cpus, args.count.max(1_000_000), args.size),
         "ceiling-relay" => ceiling::relay(server_cpus, args.count.max(1_000_000), args.size),
         "ceiling-pingpong-block" => ceiling::pingpong(server_cpus, round_trips, args.size, false),
-        _ => ceiling::pingpong(server_cpus, round_trips, args.size, true),
+        "ceiling-pingpong-spin" => ceiling::pingpong(server_cpus, round_trips, args.size, true),
+        _ => {
+            let (rate, count) = native::latency_schedule(args);
+            ceiling::relay_latency(server_cpus, rate, count, args.size)
+        }
     }?;
     Ok(Row {
         name: c.name,
@@ -480,6 +486,14 @@ fn print_table(rows: &[Row]) {
         if let (Some(p99), Some(floor)) = (row.us(0.99), spin.us(0.99)) {
             println!(
                 "native-latency P99: {:.1}x the busy-poll ping-pong P99",
+                p99 / floor
+            );
+        }
+    }
+    if let (Some(row), Some(relay)) = (find("native-latency"), find("ceiling-relay-latency")) {
+        if let (Some(p99), Some(floor)) = (row.us(0.99), relay.us(0.99)) {
+            println!(
+                "native-latency P99: {:.1}x the busy-poll relay's P99 on the same schedule",
                 p99 / floor
             );
         }

@@ -258,6 +258,13 @@ fn pipelined(
     })
 }
 
+/// The rate and event count of `native-latency` (and of its floor, `ceiling-relay-latency`):
+/// `--rate`, default 50,000 events/s, for at most five seconds.
+pub fn latency_schedule(args: &Args) -> (u64, u64) {
+    let rate = args.rate.unwrap_or(50_000);
+    (rate, args.count.min(rate * 5))
+}
+
 /// Publish → subscriber latency at a fixed rate (`--rate`, default 50,000 events/s), for the
 /// low-latency comparison with the host's busy-poll ping-pong. One thread publishes each
 /// event when it is due and, in between, busy-polls the subscriber's connection: nothing
@@ -265,8 +272,7 @@ fn pipelined(
 /// Latency counts from each event's due time (no coordinated omission). At most five
 /// seconds of events: `--count` or rate × 5 s, whichever is fewer.
 pub fn latency(args: &Args) -> Result<Row, String> {
-    let rate = args.rate.unwrap_or(50_000);
-    let count = args.count.min(rate * 5);
+    let (rate, count) = latency_schedule(args);
     let topic = unique_topic("native-latency");
     let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
     sub.subscribe(&topic, Priority::Batch)

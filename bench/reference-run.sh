@@ -93,7 +93,7 @@ for round in $(seq "$ROUNDS"); do
     # Rows that need a server of their own: growth (a fresh one each round) and latency in
     # low-latency mode (its shard busy-polls 200 us before sleeping).
     bench --spawn --rows growth-topics,growth-wildcards | sed "s/^/eventstream /"
-    bench --spawn --spin-us 200 --rows native-latency,ceiling-pingpong-spin |
+    bench --spawn --spin-us 200 --rows native-latency,ceiling-pingpong-spin,ceiling-relay-latency |
         sed "s/^/eventstream low-latency /"
     if [ -x "$TONIC" ]; then
         # A row the peer fails (it has lost Stream events under this load) is reported and

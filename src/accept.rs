@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -14,6 +15,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use glommio::net::{TcpListener, TcpStream};
 
+use crate::busy_poll::BusyPoll;
 use crate::engine::notify::Notify;
 use crate::engine::Shard;
 
@@ -111,13 +113,51 @@ pub fn spawn_contained(
 /// descriptor per connection, not a dup'ed pair): a half borrows it only for the length of one
 /// poll, which never overlaps another on a shard's single thread, and glommio keeps separate
 /// readiness sources for reading and writing.
-pub struct Half(Rc<RefCell<TcpStream>>);
+pub struct Half {
+    stream: Rc<RefCell<TcpStream>>,
+    /// The reader's, in low-latency mode: it polls its socket before waiting for the reactor.
+    busy_poll: Option<Rc<BusyPoll>>,
+}
 
-/// Splits an accepted socket into its reader's and its writer's [`Half`]. Sets TCP_NODELAY.
-pub fn split(stream: TcpStream) -> io::Result<(Half, Half)> {
+/// Splits an accepted socket into its reader's and its writer's [`Half`]; the reader polls
+/// its socket in `busy_poll`'s rounds if given (low-latency mode). Sets TCP_NODELAY.
+pub fn split(stream: TcpStream, busy_poll: Option<Rc<BusyPoll>>) -> io::Result<(Half, Half)> {
     stream.set_nodelay(true)?;
     let shared = Rc::new(RefCell::new(stream));
-    Ok((Half(shared.clone()), Half(shared)))
+    let reader = Half {
+        stream: shared.clone(),
+        busy_poll,
+    };
+    let writer = Half {
+        stream: shared,
+        busy_poll: None,
+    };
+    Ok((reader, writer))
+}
+
+impl Half {
+    /// Reads what the socket has into `buf`, waiting until it has something; 0 at the end of
+    /// the stream. In low-latency mode the socket is polled first (see [`BusyPoll`]).
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(busy_poll) = self.busy_poll.clone() else {
+            return futures_lite::AsyncReadExt::read(self, buf).await;
+        };
+        let fd = self.stream.borrow().as_raw_fd();
+        if let Some(read) = busy_poll.read(fd, buf).await {
+            return read;
+        }
+        let mut waited = false;
+        let read = futures_lite::future::poll_fn(|cx| {
+            let poll = Pin::new(&mut *self).poll_read(cx, buf);
+            waited |= poll.is_pending();
+            poll
+        })
+        .await;
+        if waited {
+            busy_poll.turned();
+        }
+        read
+    }
 }
 
 impl AsyncRead for Half {
@@ -126,7 +166,7 @@ impl AsyncRead for Half {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
+        Pin::new(&mut *self.stream.borrow_mut()).poll_read(cx, buf)
     }
 }
 
@@ -136,15 +176,15 @@ impl AsyncWrite for Half {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
+        Pin::new(&mut *self.stream.borrow_mut()).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
+        Pin::new(&mut *self.stream.borrow_mut()).poll_flush(cx)
     }
 
     /// Shuts the socket down for writing (the reader's half can still read).
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
+        Pin::new(&mut *self.stream.borrow_mut()).poll_close(cx)
     }
 }

@@ -16,6 +16,7 @@ macro_rules! log_line {
 }
 
 pub mod accept;
+pub mod busy_poll;
 pub mod config;
 pub mod doctor;
 pub mod engine;

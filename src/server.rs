@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket as StdUdpSocket};
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +13,7 @@ use glommio::net::{TcpListener, UdpSocket};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::busy_poll::BusyPoll;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Batch, Shard};
 use crate::grpc::connection::Door as GrpcDoor;
@@ -187,8 +189,8 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
             .io_memory(IO_MEMORY);
-        if config.shards.spin_before_park_us > 0 {
-            let spin = Duration::from_micros(config.shards.spin_before_park_us);
+        let spin = Duration::from_micros(config.shards.spin_before_park_us);
+        if !spin.is_zero() {
             builder = builder.spin_before_park(spin);
         }
         let handle = builder
@@ -210,6 +212,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                     max_frame,
                     grpc_idle,
                     started,
+                    spin,
                 };
                 run_shard(shard, sockets, tls, doors, drain, ready, stop_rx).await;
             })
@@ -266,6 +269,9 @@ struct DoorSettings {
     grpc_idle: Duration,
     /// When the server started (the metrics door reports uptime).
     started: Instant,
+    /// Low-latency mode's spin window (zero: off); connections poll their sockets in rounds
+    /// this long ([`BusyPoll`]).
+    spin: Duration,
 }
 
 async fn run_shard(
@@ -279,12 +285,25 @@ async fn run_shard(
 ) {
     // SAFETY: each fd is a bound, listening socket that this shard now owns alone.
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
-    let door = Door::new(shard.clone(), doors.max_frame, tls.native);
+    // Low-latency mode: the connections of both TCP doors poll their sockets in shared rounds.
+    let busy_poll = (!doors.spin.is_zero()).then(|| Rc::new(BusyPoll::new(doors.spin)));
+    let door = Door::new(
+        shard.clone(),
+        doors.max_frame,
+        tls.native,
+        busy_poll.clone(),
+    );
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
     // SAFETY: as above.
     let grpc_listener = unsafe { TcpListener::from_raw_fd(sockets.grpc.into_raw_fd()) };
     let max_message = shard.limits().max_message_bytes + 64 * 1024;
-    let grpc_door = GrpcDoor::new(shard.clone(), max_message, tls.grpc, doors.grpc_idle);
+    let grpc_door = GrpcDoor::new(
+        shard.clone(),
+        max_message,
+        tls.grpc,
+        doors.grpc_idle,
+        busy_poll,
+    );
     let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
     // SAFETY: as above.
     let metrics_listener = unsafe { TcpListener::from_raw_fd(sockets.metrics.into_raw_fd()) };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::accept::Half;
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ServerConfig, ServerConnection};

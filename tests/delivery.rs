@@ -74,11 +74,44 @@ fn min_priority_filters_per_subscription() {
 
 #[test]
 fn a_hundred_thousand_events_arrive_complete_and_in_order_on_two_shards() {
-    const N: u64 = 100_000;
+    bulk_arrives_complete_and_in_order(test_config(), 100_000);
+}
+
+/// Low-latency mode: connections poll their sockets between the reactor's turns, and events
+/// still cross shards, complete and in order.
+#[test]
+fn in_low_latency_mode_events_cross_shards_complete_and_in_order() {
+    let mut config = test_config();
+    config.shards.spin_before_park_us = 50;
+    bulk_arrives_complete_and_in_order(config, 20_000);
+}
+
+/// Low-latency mode: a publisher waiting for each acknowledgement from another shard gets it
+/// while its own connection polls its socket (the answer crosses shards on a reactor turn).
+#[test]
+fn in_low_latency_mode_acknowledgements_cross_shards() {
+    let mut config = test_config();
+    config.shards.spin_before_park_us = 200;
+    let server = start_with(config);
+    let topic = topic_owned_by("acked", 1);
+    let mut subscriber = server.client_on(2);
+    subscriber.subscribe(&topic, Priority::Batch).unwrap();
+    let mut publisher = server.client_on(0);
+    for i in 1..=500u64 {
+        let ack = publisher
+            .publish(&event(&topic, b"x", Priority::Medium))
+            .unwrap();
+        assert_eq!(ack.sequence, i);
+        assert_eq!(subscriber.next_event().unwrap().sequence, i);
+    }
+}
+
+/// `n` events from a publisher on shard 3 to a topic of shard 2, subscribed from shards 0 and
+/// 1, arrive complete and in order.
+fn bulk_arrives_complete_and_in_order(mut config: eventstream::config::Config, n: u64) {
     // The guarantee is "complete when nothing is shed": give the subscribers room for every
     // event, so a slow CI machine cannot turn this into a shedding test.
-    let mut config = test_config();
-    config.limits.subscriber_queue_events = N as usize;
+    config.limits.subscriber_queue_events = n as usize;
     let server = start_with(config);
     let topic = topic_owned_by("bulk", 2);
     let mut a = server.client_on(0);
@@ -87,7 +120,7 @@ fn a_hundred_thousand_events_arrive_complete_and_in_order_on_two_shards() {
     b.subscribe("bulk/*", Priority::Batch).unwrap();
     let reader = |mut c: eventstream::native::client::Client| {
         std::thread::spawn(move || {
-            for expected in 1..=N {
+            for expected in 1..=n {
                 let d = c
                     .next_event()
                     .unwrap_or_else(|e| panic!("after {} events: {e}", expected - 1));
@@ -102,7 +135,7 @@ fn a_hundred_thousand_events_arrive_complete_and_in_order_on_two_shards() {
     };
     let (ta, tb) = (reader(a), reader(b));
     let mut publisher = server.client_on(3);
-    for i in 1..=N {
+    for i in 1..=n {
         publisher
             .publish_nowait(&event(&topic, i.to_string().as_bytes(), Priority::Medium))
             .unwrap();

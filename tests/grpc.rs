@@ -142,6 +142,29 @@ fn publish_over_grpc_reaches_a_native_subscriber_with_the_same_sequence() {
     assert_eq!(d.event.id.len(), 36);
 }
 
+/// Low-latency mode: gRPC calls on a connection that polls its socket are answered, including
+/// those whose topic another shard owns.
+#[test]
+fn in_low_latency_mode_unary_calls_are_answered_across_shards() {
+    let mut config = test_config();
+    config.shards.spin_before_park_us = 200;
+    let server = start_with(config);
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        for shard in 0..SHARDS {
+            let topic = topic_owned_by("ll", shard);
+            for _ in 0..50 {
+                let e = event(&topic, b"x", Priority::Medium);
+                let body = framed(&proto::PublishRequest { event: Some(e) });
+                let outcome = unary(&mut sender, "Publish", body).await;
+                assert_eq!(outcome.status, 0, "{outcome:?}");
+                let response = proto::PublishResponse::decode(outcome.messages[0].clone());
+                assert!(response.unwrap().success);
+            }
+        }
+    });
+}
+
 #[test]
 fn a_grpc_subscriber_receives_native_publishes_and_cancel_frees_it() {
     let server = start();

@@ -20,6 +20,7 @@ use super::h2::hpack::HeaderList;
 use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
 use crate::accept::{self, Connections, Half};
+use crate::busy_poll::BusyPoll;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -46,16 +47,20 @@ pub struct Door {
     tls: Option<Arc<rustls::ServerConfig>>,
     idle_timeout: Duration,
     connections: Rc<Connections>,
+    /// Low-latency mode's polling rounds, shared with the shard's other TCP door.
+    busy_poll: Option<Rc<BusyPoll>>,
 }
 
 impl Door {
     /// The door of `shard`; messages over `max_message` bytes are RESOURCE_EXHAUSTED. With
-    /// `tls`, every connection is TLS (ALPN h2).
+    /// `tls`, every connection is TLS (ALPN h2). Connections poll their sockets in `busy_poll`'s
+    /// rounds if given (low-latency mode).
     pub fn new(
         shard: Rc<Shard>,
         max_message: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
         idle_timeout: Duration,
+        busy_poll: Option<Rc<BusyPoll>>,
     ) -> Rc<Door> {
         Rc::new(Door {
             shard,
@@ -63,6 +68,7 @@ impl Door {
             tls,
             idle_timeout,
             connections: Rc::default(),
+            busy_poll,
         })
     }
 
@@ -191,7 +197,7 @@ impl AckSink for GrpcConnection {
 
 impl GrpcConnection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
-        let (stream, write_half) = match accept::split(stream) {
+        let (stream, write_half) = match accept::split(stream, door.busy_poll.clone()) {
             Ok(halves) => halves,
             Err(e) => return crate::log_line!("shard {}: {e}", door.shard.id()),
         };

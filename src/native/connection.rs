@@ -15,6 +15,7 @@ use glommio::net::{TcpListener, TcpStream};
 use super::codec::{self, ClientFrame, ErrorCode, FrameRef, Pong};
 use super::error_code;
 use crate::accept::{self, Connections, Half};
+use crate::busy_poll::BusyPoll;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
@@ -41,21 +42,25 @@ pub struct Door {
     max_frame: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     connections: Rc<Connections>,
+    /// Low-latency mode's polling rounds, shared with the shard's other TCP door.
+    busy_poll: Option<Rc<BusyPoll>>,
 }
 
 impl Door {
     /// The door of `shard`, refusing frames over `max_frame` bytes; TLS on every connection
-    /// when `tls` is set.
+    /// when `tls` is set; its connections poll their sockets in `busy_poll`'s rounds if given.
     pub fn new(
         shard: Rc<Shard>,
         max_frame: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
+        busy_poll: Option<Rc<BusyPoll>>,
     ) -> Rc<Door> {
         Rc::new(Door {
             shard,
             max_frame,
             tls,
             connections: Rc::default(),
+            busy_poll,
         })
     }
 
@@ -158,7 +163,7 @@ impl AckSink for Connection {
 
 impl Connection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
-        let (stream, write_half) = match accept::split(stream) {
+        let (stream, write_half) = match accept::split(stream, door.busy_poll.clone()) {
             Ok(halves) => halves,
             Err(e) => return crate::log_line!("shard {}: {e}", door.shard.id()),
         };
