@@ -15,7 +15,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::busy_poll::BusyPoll;
+use crate::busy_poll::{BusyPoll, Polling};
 use crate::engine::notify::Notify;
 use crate::engine::Shard;
 
@@ -138,23 +138,54 @@ pub fn split(stream: TcpStream, busy_poll: Option<Rc<BusyPoll>>) -> io::Result<(
 impl Half {
     /// Reads what the socket has into `buf`, waiting until it has something; 0 at the end of
     /// the stream. In low-latency mode the socket is polled first (see [`BusyPoll`]).
-    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(busy_poll) = self.busy_poll.clone() else {
-            return futures_lite::AsyncReadExt::read(self, buf).await;
-        };
-        let fd = self.stream.borrow().as_raw_fd();
-        if let Some(read) = busy_poll.read(fd, buf).await {
-            return read;
+    pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Read<'a> {
+        Read {
+            half: self,
+            buf,
+            started: false,
+            polling: None,
+            waited: false,
         }
-        let mut waited = false;
-        let read = futures_lite::future::poll_fn(|cx| {
-            let poll = Pin::new(&mut *self).poll_read(cx, buf);
-            waited |= poll.is_pending();
-            poll
-        })
-        .await;
-        if waited {
-            busy_poll.turned();
+    }
+}
+
+/// The future of [`Half::read`], written out by hand: an idle connection's reader holds one,
+/// and it is a few words.
+pub struct Read<'a> {
+    half: &'a mut Half,
+    buf: &'a mut [u8],
+    /// The first poll happened (and started polling the socket, in low-latency mode).
+    started: bool,
+    polling: Option<Polling>,
+    /// The read waited for the reactor, so the reactor turned.
+    waited: bool,
+}
+
+impl Future for Read<'_> {
+    type Output = io::Result<usize>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.started {
+            this.started = true;
+            this.polling = this.half.busy_poll.as_ref().and_then(BusyPoll::start);
+        }
+        if let Some(polling) = &mut this.polling {
+            let fd = this.half.stream.borrow().as_raw_fd();
+            match polling.poll_read(cx, fd, this.buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(read)) => {
+                    this.polling = None;
+                    return Poll::Ready(read);
+                }
+                Poll::Ready(None) => this.polling = None,
+            }
+        }
+        let read = Pin::new(&mut *this.half).poll_read(cx, this.buf);
+        match (&read, &this.half.busy_poll) {
+            (Poll::Pending, _) => this.waited = true,
+            (Poll::Ready(_), Some(busy_poll)) if this.waited => busy_poll.turned(),
+            _ => {}
         }
         read
     }

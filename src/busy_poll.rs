@@ -20,7 +20,11 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use glommio::timer::Timer;
 
 /// Sockets of one shard that may poll at the same time: each poll of each is a system call,
 /// so many of them would slow the rounds of all.
@@ -50,66 +54,81 @@ impl BusyPoll {
         }
     }
 
-    /// Polls `fd` into `buf` until it has data, an error or the end of the stream (`Some`
-    /// with what `recv` returned), or until it stayed quiet for the window (`None`: the
-    /// caller waits for the reactor, then calls [`turned`](Self::turned)).
-    pub async fn read(&self, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        let _polling = self.enter()?;
-        let started = Instant::now();
-        loop {
-            if self.turned.get().elapsed() >= TURN_EVERY {
-                self.turn().await;
-            }
-            if let Some(read) = recv_now(fd, buf) {
-                return Some(read);
-            }
-            if started.elapsed() >= self.window {
-                return None;
-            }
-            futures_lite::future::yield_now().await;
+    /// Starts polling for one read, unless enough sockets of this shard poll already.
+    pub fn start(self: &Rc<Self>) -> Option<Polling> {
+        if self.polling.get() >= MAX_POLLING {
+            return None;
         }
+        self.polling.set(self.polling.get() + 1);
+        Some(Polling {
+            busy_poll: self.clone(),
+            started: Instant::now(),
+            turn: None,
+        })
     }
 
     /// The reactor turned (a read waited for it).
     pub fn turned(&self) {
         self.turned.set(Instant::now());
     }
+}
 
-    /// Waits for a turn of the reactor: a timer that is not due when first polled is fired
-    /// by the reactor alone.
-    async fn turn(&self) {
-        let mut timer = glommio::timer::Timer::new(Duration::from_micros(1));
-        let mut waited = false;
-        futures_lite::future::poll_fn(|cx| {
-            let poll = Pin::new(&mut timer).poll(cx);
-            waited |= poll.is_pending();
-            poll.map(drop)
-        })
-        .await;
-        if waited {
-            self.turned();
-        }
-    }
+/// One read polling its socket. Kept in the read's future (a few words: an idle connection's
+/// reader holds one), and counted out of [`MAX_POLLING`] when dropped, by a read given up on
+/// included.
+#[derive(Debug)]
+pub struct Polling {
+    busy_poll: Rc<BusyPoll>,
+    started: Instant,
+    /// A turn of the reactor this read waits for: a timer not due when first polled, which
+    /// the reactor alone fires, and whether it had to wait.
+    turn: Option<(Timer, bool)>,
+}
 
-    /// Counts a polling socket, unless there are enough.
-    fn enter(&self) -> Option<Polling<'_>> {
-        if self.polling.get() >= MAX_POLLING {
-            return None;
+impl Polling {
+    /// Polls `fd` into `buf`: `Ready(Some(_))` with what `recv` returned (data, an error, or
+    /// 0 at the end of the stream); `Ready(None)` once the socket stayed quiet for the window
+    /// (the caller waits for the reactor, then calls [`BusyPoll::turned`]); `Pending` to let
+    /// the shard's other tasks, or the reactor, run first (the task is woken again).
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        fd: RawFd,
+        buf: &mut [u8],
+    ) -> Poll<Option<io::Result<usize>>> {
+        let busy_poll = &*self.busy_poll;
+        if let Some((timer, waited)) = &mut self.turn {
+            if Pin::new(timer).poll(cx).is_pending() {
+                *waited = true;
+                return Poll::Pending;
+            }
+            if *waited {
+                busy_poll.turned();
+            }
+            self.turn = None;
+        } else if busy_poll.turned.get().elapsed() >= TURN_EVERY {
+            let mut timer = Timer::new(Duration::from_micros(1));
+            if Pin::new(&mut timer).poll(cx).is_pending() {
+                self.turn = Some((timer, true));
+                return Poll::Pending;
+            }
         }
-        self.polling.set(self.polling.get() + 1);
-        Some(Polling(self))
+        if let Some(read) = recv_now(fd, buf) {
+            return Poll::Ready(Some(read));
+        }
+        if self.started.elapsed() >= busy_poll.window {
+            return Poll::Ready(None);
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
-/// A socket polling; counted out when dropped (a read given up on by its caller, at
-/// shutdown, included).
-struct Polling<'a>(&'a BusyPoll);
-
-impl Drop for Polling<'_> {
+impl Drop for Polling {
     fn drop(&mut self) {
-        let polling = self.0.polling.get();
-        debug_assert!(polling > 0, "more polling sockets left than entered");
-        self.0.polling.set(polling - 1);
+        let polling = self.busy_poll.polling.get();
+        debug_assert!(polling > 0, "more polling sockets left than started");
+        self.busy_poll.polling.set(polling - 1);
     }
 }
 
@@ -137,7 +156,12 @@ mod tests {
     use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
-    use std::rc::Rc;
+
+    /// One read as `Half::read` does it, without the reactor's part.
+    async fn read(busy: &Rc<BusyPoll>, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        let mut polling = busy.start()?;
+        futures_lite::future::poll_fn(|cx| polling.poll_read(cx, fd, buf)).await
+    }
 
     /// Runs `test` on a glommio executor of its own: turns need its reactor.
     fn on_shard<F: Future<Output = ()> + 'static>(test: impl FnOnce() -> F + Send + 'static) {
@@ -154,9 +178,9 @@ mod tests {
         on_shard(|| async {
             let (mut a, b) = UnixStream::pair().unwrap();
             a.write_all(b"hello").unwrap();
-            let busy = BusyPoll::new(Duration::from_secs(1));
+            let busy = Rc::new(BusyPoll::new(Duration::from_secs(1)));
             let mut buf = [0u8; 16];
-            let n = busy.read(b.as_raw_fd(), &mut buf).await;
+            let n = read(&busy, b.as_raw_fd(), &mut buf).await;
             assert_eq!(n.unwrap().unwrap(), 5);
             assert_eq!(&buf[..5], b"hello");
             assert_eq!(busy.polling.get(), 0, "counted out");
@@ -168,8 +192,8 @@ mod tests {
         on_shard(|| async {
             let (a, b) = UnixStream::pair().unwrap();
             drop(a);
-            let busy = BusyPoll::new(Duration::from_secs(1));
-            let n = busy.read(b.as_raw_fd(), &mut [0u8; 4]).await;
+            let busy = Rc::new(BusyPoll::new(Duration::from_secs(1)));
+            let n = read(&busy, b.as_raw_fd(), &mut [0u8; 4]).await;
             assert_eq!(n.unwrap().unwrap(), 0);
         });
     }
@@ -178,9 +202,9 @@ mod tests {
     fn a_quiet_socket_is_polled_for_the_window_then_left_to_the_reactor() {
         on_shard(|| async {
             let (_a, b) = UnixStream::pair().unwrap();
-            let busy = BusyPoll::new(Duration::from_millis(20));
+            let busy = Rc::new(BusyPoll::new(Duration::from_millis(20)));
             let started = Instant::now();
-            assert!(busy.read(b.as_raw_fd(), &mut [0u8; 4]).await.is_none());
+            assert!(read(&busy, b.as_raw_fd(), &mut [0u8; 4]).await.is_none());
             assert!(started.elapsed() >= Duration::from_millis(20));
             assert_eq!(busy.polling.get(), 0);
         });
@@ -195,9 +219,9 @@ mod tests {
                 a.write_all(b"late").unwrap();
                 a
             });
-            let busy = BusyPoll::new(Duration::from_secs(10));
+            let busy = Rc::new(BusyPoll::new(Duration::from_secs(10)));
             let mut buf = [0u8; 8];
-            let n = busy.read(b.as_raw_fd(), &mut buf).await;
+            let n = read(&busy, b.as_raw_fd(), &mut buf).await;
             assert_eq!(n.unwrap().unwrap(), 4);
             assert_eq!(&buf[..4], b"late");
             drop(writer.join());
@@ -219,8 +243,8 @@ mod tests {
                     fired.set(Some(started.elapsed()));
                 })
             };
-            let busy = BusyPoll::new(Duration::from_millis(200));
-            assert!(busy.read(b.as_raw_fd(), &mut [0u8; 4]).await.is_none());
+            let busy = Rc::new(BusyPoll::new(Duration::from_millis(200)));
+            assert!(read(&busy, b.as_raw_fd(), &mut [0u8; 4]).await.is_none());
             timer.await;
             let fired = fired.get().expect("the timer fired");
             assert!(fired < Duration::from_millis(100), "fired after {fired:?}");
@@ -231,10 +255,10 @@ mod tests {
     fn a_read_given_up_on_is_counted_out() {
         on_shard(|| async {
             let (_a, b) = UnixStream::pair().unwrap();
-            let busy = BusyPoll::new(Duration::from_secs(10));
+            let busy = Rc::new(BusyPoll::new(Duration::from_secs(10)));
             let mut buf = [0u8; 4];
             {
-                let read = std::pin::pin!(busy.read(b.as_raw_fd(), &mut buf));
+                let read = std::pin::pin!(read(&busy, b.as_raw_fd(), &mut buf));
                 assert!(futures_lite::future::poll_once(read).await.is_none());
                 assert_eq!(busy.polling.get(), 1, "polling");
             }
@@ -244,10 +268,10 @@ mod tests {
 
     #[test]
     fn no_more_than_max_polling_sockets_poll() {
-        let busy = BusyPoll::new(Duration::from_secs(10));
-        let held: Vec<_> = (0..MAX_POLLING).map(|_| busy.enter().unwrap()).collect();
-        assert!(busy.enter().is_none(), "enough are polling");
+        let busy = Rc::new(BusyPoll::new(Duration::from_secs(10)));
+        let held: Vec<_> = (0..MAX_POLLING).map(|_| busy.start().unwrap()).collect();
+        assert!(busy.start().is_none(), "enough are polling");
         drop(held);
-        assert!(busy.enter().is_some());
+        assert!(busy.start().is_some());
     }
 }
