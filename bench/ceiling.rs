@@ -256,13 +256,18 @@ pub fn relay_latency(
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     let clock = Instant::now();
     let (mut inbox, mut filled, mut received) = (vec![0u8; CHUNK], 0, 0u64);
+    let mut record = vec![0u8; size];
+    let send = |due: u64, _: u64| -> Result<(), String> {
+        record[..8].copy_from_slice(&due.to_le_bytes());
+        publisher.write_all(&record).map_err(|e| e.to_string())
+    };
     // Takes whatever has arrived; never waits.
-    let mut poll = |hist: &mut Histogram<u64>, received: &mut u64| -> Result<(), String> {
+    let poll = || -> Result<u64, String> {
         loop {
             match subscriber.read(&mut inbox[filled..]) {
                 Ok(0) => return Err("relay closed".into()),
                 Ok(n) => filled += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(received),
                 Err(e) => return Err(e.to_string()),
             }
             let now = clock.elapsed().as_nanos() as u64;
@@ -271,29 +276,13 @@ pub fn relay_latency(
                 let due = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
                 hist.record(now.saturating_sub(due).max(1))
                     .map_err(|e| e.to_string())?;
-                *received += 1;
+                received += 1;
             }
             inbox.copy_within(whole..filled, 0);
             filled -= whole;
         }
     };
-    let mut record = vec![0u8; size];
-    let first = clock.elapsed().as_nanos() as u64 + 1_000_000;
-    for i in 0..count {
-        let due = first + i * 1_000_000_000 / rate;
-        while (clock.elapsed().as_nanos() as u64) < due {
-            poll(&mut hist, &mut received)?;
-        }
-        record[..8].copy_from_slice(&due.to_le_bytes());
-        publisher.write_all(&record).map_err(|e| e.to_string())?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while received < count {
-        if Instant::now() > deadline {
-            return Err(format!("{received} of {count} records arrived within 10 s"));
-        }
-        poll(&mut hist, &mut received)?;
-    }
+    let first = crate::delivery::open_loop(clock, rate, count, send, poll)?;
     let seconds = (clock.elapsed().as_nanos() as u64 - first) as f64 / 1e9;
     drop(publisher);
     join(server)?;

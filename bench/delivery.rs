@@ -11,6 +11,39 @@ use hdrhistogram::Histogram;
 use eventstream::engine::Priority;
 use eventstream::native::client::Client;
 
+/// Runs an open-loop schedule on one thread: event `i` is due `i / rate` seconds after a
+/// start 1 ms from now (on `clock`); until it is due, `poll` takes whatever has arrived and
+/// returns how many events have so far; when it is due, `send(due_ns, i)` sends it. Then
+/// polls until all `count` arrived (10 s at most). Returns the start, in ns on `clock`.
+/// Nothing sleeps, so the figures are the path's and the host's, not this thread's wake-ups.
+pub fn open_loop(
+    clock: Instant,
+    rate: u64,
+    count: u64,
+    mut send: impl FnMut(u64, u64) -> Result<(), String>,
+    mut poll: impl FnMut() -> Result<u64, String>,
+) -> Result<u64, String> {
+    let now = || clock.elapsed().as_nanos() as u64;
+    let first = now() + 1_000_000;
+    for i in 0..count {
+        let due = first + i * 1_000_000_000 / rate;
+        while now() < due {
+            poll()?;
+        }
+        send(due, i)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let received = poll()?;
+        if received >= count {
+            return Ok(first);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{received} of {count} events arrived within 10 s"));
+        }
+    }
+}
+
 /// Writes the send time (ns on the row's clock) and the event's index into its payload.
 pub fn stamp(payload: &mut [u8], sent_ns: u64, index: u64) {
     payload[..8].copy_from_slice(&sent_ns.to_le_bytes());

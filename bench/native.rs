@@ -5,8 +5,6 @@
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hdrhistogram::Histogram;
-
 use super::delivery::{self, Watcher};
 use super::{Args, Row};
 use eventstream::engine::Priority;
@@ -287,42 +285,31 @@ pub fn latency(args: &Args) -> Result<Row, String> {
     let mut latency = delivery::histogram();
     let mut received = 0;
     let mut payload = vec![0u8; args.size];
-    // Takes whatever has arrived; never waits.
-    let mut poll = |latency: &mut Histogram<u64>, received: &mut u64| -> Result<(), String> {
-        loop {
-            match sub.next_event() {
-                Ok(d) => {
-                    let now = clock.elapsed().as_nanos() as u64;
-                    let due = delivery::check(*received + 1, d.sequence, &d.event.payload)?;
-                    latency
-                        .record(now.saturating_sub(due).max(1))
-                        .map_err(|e| e.to_string())?;
-                    *received += 1;
-                }
-                Err(ClientError::Timeout(_)) => return Ok(()),
-                Err(e) => return Err(format!("after {received} events: {e}")),
-            }
-        }
-    };
-    let first = clock.elapsed().as_nanos() as u64 + 1_000_000;
-    for i in 0..count {
-        let due = first + i * 1_000_000_000 / rate;
-        while (clock.elapsed().as_nanos() as u64) < due {
-            poll(&mut latency, &mut received)?;
-        }
+    let send = |due: u64, i: u64| -> Result<(), String> {
         delivery::stamp(&mut payload, due, i);
         publisher
             .publish_nowait_simple(&topic, Priority::Medium, &payload)
             .map_err(|e| e.to_string())?;
-        publisher.flush().map_err(|e| e.to_string())?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while received < count {
-        if Instant::now() > deadline {
-            return Err(format!("{received} of {count} events arrived within 10 s"));
+        publisher.flush().map_err(|e| e.to_string())
+    };
+    // Takes whatever has arrived; never waits.
+    let poll = || -> Result<u64, String> {
+        loop {
+            match sub.next_event() {
+                Ok(d) => {
+                    let now = clock.elapsed().as_nanos() as u64;
+                    let due = delivery::check(received + 1, d.sequence, &d.event.payload)?;
+                    latency
+                        .record(now.saturating_sub(due).max(1))
+                        .map_err(|e| e.to_string())?;
+                    received += 1;
+                }
+                Err(ClientError::Timeout(_)) => return Ok(received),
+                Err(e) => return Err(format!("after {received} events: {e}")),
+            }
         }
-        poll(&mut latency, &mut received)?;
-    }
+    };
+    let first = delivery::open_loop(clock, rate, count, send, poll)?;
     Ok(Row {
         name: "native-latency",
         events: count,

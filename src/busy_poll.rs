@@ -97,6 +97,7 @@ impl Polling {
         buf: &mut [u8],
     ) -> Poll<Option<io::Result<usize>>> {
         let busy_poll = &*self.busy_poll;
+        let now = Instant::now();
         if let Some((timer, waited)) = &mut self.turn {
             if Pin::new(timer).poll(cx).is_pending() {
                 *waited = true;
@@ -106,7 +107,7 @@ impl Polling {
                 busy_poll.turned();
             }
             self.turn = None;
-        } else if busy_poll.turned.get().elapsed() >= TURN_EVERY {
+        } else if now.saturating_duration_since(busy_poll.turned.get()) >= TURN_EVERY {
             let mut timer = Timer::new(Duration::from_micros(1));
             if Pin::new(&mut timer).poll(cx).is_pending() {
                 self.turn = Some((timer, true));
@@ -116,7 +117,7 @@ impl Polling {
         if let Some(read) = recv_now(fd, buf) {
             return Poll::Ready(Some(read));
         }
-        if self.started.elapsed() >= busy_poll.window {
+        if now.saturating_duration_since(self.started) >= busy_poll.window {
             return Poll::Ready(None);
         }
         cx.waker().wake_by_ref();
