@@ -594,13 +594,15 @@ impl Encoder {
     }
 
     fn field(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-        let (whole, name_index) = static_lookup(name, value);
-        if let Some(index) = whole {
-            return put_integer(out, 0x80, 7, index);
-        }
+        // The few fields this encoder indexes are what every response repeats: look for them
+        // first, which spares those the static table's scan.
         let indexed = self.table.iter().position(|(n, v)| n == name && v == value);
         if let Some(position) = indexed {
             return put_integer(out, 0x80, 7, STATIC_TABLE.len() + 1 + position);
+        }
+        let (whole, name_index) = static_lookup(name, value);
+        if let Some(index) = whole {
+            return put_integer(out, 0x80, 7, index);
         }
         let size = ENTRY_OVERHEAD + name.len() + value.len();
         if INDEXED_NAMES.contains(&name) && size <= self.max_size {
