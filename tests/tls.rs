@@ -223,6 +223,23 @@ fn optional_client_auth_accepts_both() {
     });
 }
 
+/// Low-latency mode: the handshake and the call are read by a connection that polls its
+/// socket.
+#[test]
+fn tls_calls_are_answered_in_low_latency_mode() {
+    let pki = pki();
+    let mut config = test_config();
+    config.grpc.tls = tls_config(pki.dir.path(), ClientAuth::Optional);
+    config.shards.spin_before_park_us = 200;
+    let server = start_with(config);
+    runtime().block_on(async {
+        for with_cert in [true, false] {
+            let client = client_config(&pki, with_cert);
+            assert_eq!(publish_over_tls(&server, client).await, Ok(0));
+        }
+    });
+}
+
 #[test]
 fn bad_tls_settings_fail_at_start_naming_the_key() {
     let pki = pki();
