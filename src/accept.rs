@@ -120,7 +120,7 @@ pub struct Half {
 }
 
 /// Splits an accepted socket into its reader's and its writer's [`Half`]; the reader polls
-/// its socket in `busy_poll`'s rounds if given (low-latency mode). Sets TCP_NODELAY.
+/// its socket first if `busy_poll` is given (low-latency mode). Sets TCP_NODELAY.
 pub fn split(stream: TcpStream, busy_poll: Option<Rc<BusyPoll>>) -> io::Result<(Half, Half)> {
     stream.set_nodelay(true)?;
     let shared = Rc::new(RefCell::new(stream));
@@ -142,9 +142,7 @@ impl Half {
         Read {
             half: self,
             buf,
-            started: false,
-            polling: None,
-            waited: false,
+            stage: Stage::Start,
         }
     }
 }
@@ -154,11 +152,17 @@ impl Half {
 pub struct Read<'a> {
     half: &'a mut Half,
     buf: &'a mut [u8],
-    /// The first poll happened (and started polling the socket, in low-latency mode).
-    started: bool,
-    polling: Option<Polling>,
-    /// The read waited for the reactor, so the reactor turned.
-    waited: bool,
+    stage: Stage,
+}
+
+/// Where a [`Read`] is.
+enum Stage {
+    /// Not polled yet.
+    Start,
+    /// Polling the socket (low-latency mode).
+    Polling(Polling),
+    /// Left to the reactor; `waited` once it returned Pending (so the reactor turned since).
+    Reactor { waited: bool },
 }
 
 impl Future for Read<'_> {
@@ -166,25 +170,25 @@ impl Future for Read<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !this.started {
-            this.started = true;
-            this.polling = this.half.busy_poll.as_ref().and_then(BusyPoll::start);
+        if let Stage::Start = this.stage {
+            let polling = this.half.busy_poll.as_ref().and_then(BusyPoll::start);
+            this.stage = polling.map_or(Stage::Reactor { waited: false }, Stage::Polling);
         }
-        if let Some(polling) = &mut this.polling {
+        if let Stage::Polling(polling) = &mut this.stage {
             let fd = this.half.stream.borrow().as_raw_fd();
             match polling.poll_read(cx, fd, this.buf) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(read)) => {
-                    this.polling = None;
-                    return Poll::Ready(read);
-                }
-                Poll::Ready(None) => this.polling = None,
+                Poll::Ready(Some(read)) => return Poll::Ready(read),
+                Poll::Ready(None) => this.stage = Stage::Reactor { waited: false },
             }
         }
+        let Stage::Reactor { waited } = &mut this.stage else {
+            unreachable!("a read past its start and its polling waits for the reactor");
+        };
         let read = Pin::new(&mut *this.half).poll_read(cx, this.buf);
         match (&read, &this.half.busy_poll) {
-            (Poll::Pending, _) => this.waited = true,
-            (Poll::Ready(_), Some(busy_poll)) if this.waited => busy_poll.turned(),
+            (Poll::Pending, _) => *waited = true,
+            (Poll::Ready(_), Some(busy_poll)) if *waited => busy_poll.turned(),
             _ => {}
         }
         read

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use glommio::timer::Timer;
 
 /// Sockets of one shard that may poll at the same time: each poll of each is a system call,
-/// so many of them would slow the rounds of all.
+/// so many of them would delay each socket's next poll and the reactor's next turn.
 pub const MAX_POLLING: usize = 16;
 
 /// Longest a shard's reactor goes without a turn while its sockets poll.
@@ -80,9 +80,9 @@ impl BusyPoll {
 pub struct Polling {
     busy_poll: Rc<BusyPoll>,
     started: Instant,
-    /// A turn of the reactor this read waits for: a timer not due when first polled, which
-    /// the reactor alone fires, and whether it had to wait.
-    turn: Option<(Timer, bool)>,
+    /// A turn of the reactor this read waits for: a timer that was not due when first
+    /// polled, which the reactor alone fires.
+    turn: Option<Timer>,
 }
 
 impl Polling {
@@ -98,19 +98,17 @@ impl Polling {
     ) -> Poll<Option<io::Result<usize>>> {
         let busy_poll = &*self.busy_poll;
         let now = Instant::now();
-        if let Some((timer, waited)) = &mut self.turn {
+        if let Some(timer) = &mut self.turn {
             if Pin::new(timer).poll(cx).is_pending() {
-                *waited = true;
                 return Poll::Pending;
             }
-            if *waited {
-                busy_poll.turned();
-            }
+            busy_poll.turned();
             self.turn = None;
         } else if now.saturating_duration_since(busy_poll.turned.get()) >= TURN_EVERY {
             let mut timer = Timer::new(Duration::from_micros(1));
+            // Due already (the thread was held up): no turn proven, try again next poll.
             if Pin::new(&mut timer).poll(cx).is_pending() {
-                self.turn = Some((timer, true));
+                self.turn = Some(timer);
                 return Poll::Pending;
             }
         }

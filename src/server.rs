@@ -269,8 +269,8 @@ struct DoorSettings {
     grpc_idle: Duration,
     /// When the server started (the metrics door reports uptime).
     started: Instant,
-    /// Low-latency mode's spin window (zero: off); connections poll their sockets in rounds
-    /// this long ([`BusyPoll`]).
+    /// Low-latency mode's spin window (zero: off); a connection polls its socket for up to
+    /// this long after each read ([`BusyPoll`]).
     spin: Duration,
 }
 
@@ -285,7 +285,7 @@ async fn run_shard(
 ) {
     // SAFETY: each fd is a bound, listening socket that this shard now owns alone.
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
-    // Low-latency mode: the connections of both TCP doors poll their sockets in shared rounds.
+    // Low-latency mode: the connections of both TCP doors poll their sockets, sharing one limit.
     let busy_poll = (!doors.spin.is_zero()).then(|| Rc::new(BusyPoll::new(doors.spin)));
     let door = Door::new(
         shard.clone(),

@@ -47,14 +47,14 @@ pub struct Door {
     tls: Option<Arc<rustls::ServerConfig>>,
     idle_timeout: Duration,
     connections: Rc<Connections>,
-    /// Low-latency mode's polling rounds, shared with the shard's other TCP door.
+    /// Low-latency mode's socket polling, shared with the shard's other TCP door.
     busy_poll: Option<Rc<BusyPoll>>,
 }
 
 impl Door {
     /// The door of `shard`; messages over `max_message` bytes are RESOURCE_EXHAUSTED. With
-    /// `tls`, every connection is TLS (ALPN h2). Connections poll their sockets in `busy_poll`'s
-    /// rounds if given (low-latency mode).
+    /// `tls`, every connection is TLS (ALPN h2). Connections poll their sockets if `busy_poll`
+    /// is given (low-latency mode).
     pub fn new(
         shard: Rc<Shard>,
         max_message: usize,

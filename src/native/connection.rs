@@ -42,13 +42,13 @@ pub struct Door {
     max_frame: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     connections: Rc<Connections>,
-    /// Low-latency mode's polling rounds, shared with the shard's other TCP door.
+    /// Low-latency mode's socket polling, shared with the shard's other TCP door.
     busy_poll: Option<Rc<BusyPoll>>,
 }
 
 impl Door {
     /// The door of `shard`, refusing frames over `max_frame` bytes; TLS on every connection
-    /// when `tls` is set; its connections poll their sockets in `busy_poll`'s rounds if given.
+    /// when `tls` is set; its connections poll their sockets if `busy_poll` is given.
     pub fn new(
         shard: Rc<Shard>,
         max_frame: usize,
