@@ -39,6 +39,11 @@ const MIN_READ: usize = 4 * 1024;
 /// Response bytes waiting for the socket after which the reader stops reading: a client that
 /// sends requests but never reads the answers slows itself down, nobody else.
 const MAX_UNSENT: usize = 4 << 20;
+/// Answers waiting from one read, in bytes, that go out before the rest of the read is served
+/// (about ten unary responses). Sending them early lets a client that keeps many calls in
+/// flight on one connection work on them while the server serves the rest, instead of the
+/// two taking turns. It costs at most one more `send` per read.
+const FIRST_SEND: usize = 400;
 
 /// The gRPC door of one shard.
 pub struct Door {
@@ -290,8 +295,16 @@ impl GrpcConnection {
                 .h2
                 .borrow_mut()
                 .receive(&mut buf, Instant::now(), &mut events);
+            // The first answers of a read go out as soon as there are a few, not after the
+            // whole read: the client works on them while the rest are served.
+            let mut send_early = true;
             for event in events.drain(..) {
                 self.on_event(event).await;
+                if send_early && self.h2.borrow_mut().output().len() >= FIRST_SEND {
+                    send_early = false;
+                    self.consumer.notify.notify();
+                    futures_lite::future::yield_now().await;
+                }
             }
             self.consumer.notify.notify();
             if result.is_err() {
