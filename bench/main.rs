@@ -253,7 +253,7 @@ fn main() -> ExitCode {
 
 /// Starts a server in this process: one pinned shard per CPU of `cores` (default: the last
 /// CPU), then moves this thread, and so the load, to the other CPUs.
-fn spawn(
+pub(crate) fn spawn(
     (server_cpus, load_cpus): &(Vec<usize>, Vec<usize>),
     spin_us: u64,
 ) -> Result<eventstream::server::RunningServer, String> {
@@ -397,7 +397,7 @@ fn run_rows(args: &Args) -> ExitCode {
         }
     }
     if !args.json && !rows.is_empty() {
-        print_table(&rows);
+        print_table(&rows, args.spawn);
     }
     ExitCode::SUCCESS
 }
@@ -437,7 +437,7 @@ fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
 
 /// The seed's table, then each eventstream row as a fraction of the host's ceiling when both
 /// were measured in this run.
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], spawned: bool) {
     let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     println!(
         "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
@@ -456,10 +456,10 @@ fn print_table(rows: &[Row]) {
     }
     for r in rows {
         if let Some(before) = r.baseline {
-            let compared = if r.name == "growth-wildcards" {
-                "measured without them, runs alternating"
-            } else {
-                "measured just before the growth"
+            let compared = match (r.name, spawned) {
+                ("growth-wildcards", _) => "measured without them, runs alternating",
+                (_, true) => "on a fresh twin server, runs alternating",
+                (_, false) => "measured just before the growth",
             };
             println!(
                 "{}: {:.1}% of native-publish {compared} (medians of {})",

@@ -71,8 +71,13 @@ pub fn udp(args: &Args) -> Result<Row, String> {
 /// server gives once it has routed every event before it; the server's `received` counter
 /// must have grown by the count.
 pub fn publish(args: &Args) -> Result<Row, String> {
+    publish_to(args, &args.server)
+}
+
+/// The `native-publish` measurement against the server at native address `server`.
+fn publish_to(args: &Args, server: &str) -> Result<Row, String> {
     let topic = unique_topic("native-publish");
-    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    let mut publisher = Client::connect(server).map_err(|e| e.to_string())?;
     publisher
         .set_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
@@ -326,11 +331,48 @@ pub const GROWTH_RUNS: usize = 5;
 /// Wildcard subscriptions the `growth-wildcards` row adds (the target names 1,000).
 const GROWTH_WILDCARDS: usize = 1_000;
 
-/// `native-publish` throughput before and after the server gained `--count` distinct topics
-/// (each sequenced once, so each holds an entry in its owner's topic table).
+/// `native-publish` throughput on a server that gained `--count` distinct topics (each
+/// sequenced once, so each holds an entry in its owner's topic table), against without them.
+///
+/// With `--spawn` the runs alternate between the grown server and a fresh twin started beside
+/// it on the same CPUs (without, with, without, ...): on a shared machine whose speed drifts
+/// over seconds, five runs before growing and five after differed by more than the cost being
+/// measured (single rounds read 66% to 160%). Against a server the bench did not start, the
+/// runs are taken before and after growing it.
 pub fn growth_topics(args: &Args) -> Result<Row, String> {
+    let twin = if args.spawn {
+        Some(crate::spawn(&args.cpus, args.spin_us)?)
+    } else {
+        None
+    };
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    if twin.is_none() {
+        without = publish_runs(args)?;
+    }
+    grow_topics(args)?;
+    match &twin {
+        Some(fresh) => {
+            let fresh = fresh.addresses().native.to_string();
+            for _ in 0..GROWTH_RUNS {
+                without.push(publish_to(args, &fresh)?);
+                with.push(publish(args)?);
+            }
+        }
+        None => with = publish_runs(args)?,
+    }
+    if let Some(twin) = twin {
+        twin.stop();
+    }
+    Ok(Row {
+        name: "growth-topics",
+        baseline: Some(median_run(without).events_per_s()),
+        ..median_run(with)
+    })
+}
+
+/// Publishes once to each of `--count` new topics, checked to be counted by the server.
+fn grow_topics(args: &Args) -> Result<(), String> {
     let prefix = unique_topic("growth-topics");
-    let before = median_run(publish_runs(args)?);
     let mut client = Client::connect(&args.server).map_err(|e| e.to_string())?;
     client
         .set_timeout(Some(Duration::from_secs(60)))
@@ -343,13 +385,7 @@ pub fn growth_topics(args: &Args) -> Result<Row, String> {
             .map_err(|e| e.to_string())?;
     }
     let grown = client.ping().map_err(|e| e.to_string())?;
-    check_grown(&counted, &grown, |p| p.topics, args.count, "new topics")?;
-    let after = median_run(publish_runs(args)?);
-    Ok(Row {
-        name: "growth-topics",
-        baseline: Some(before.events_per_s()),
-        ..after
-    })
+    check_grown(&counted, &grown, |p| p.topics, args.count, "new topics")
 }
 
 /// `native-publish` throughput with 1,000 wildcard subscriptions that match none of the
