@@ -340,29 +340,24 @@ const GROWTH_WILDCARDS: usize = 1_000;
 /// measured (single rounds read 66% to 160%). Against a server the bench did not start, the
 /// runs are taken before and after growing it.
 pub fn growth_topics(args: &Args) -> Result<Row, String> {
-    let twin = if args.spawn {
-        Some(crate::spawn(&args.cpus, args.spin_us)?)
-    } else {
-        None
-    };
-    let (mut without, mut with) = (Vec::new(), Vec::new());
-    if twin.is_none() {
-        without = publish_runs(args)?;
-    }
-    grow_topics(args)?;
-    match &twin {
-        Some(fresh) => {
-            let fresh = fresh.addresses().native.to_string();
+    let (without, with) = if args.spawn {
+        let twin = crate::spawn(&args.cpus, args.spin_us)?;
+        let fresh = twin.addresses().native.to_string();
+        let alternating = grow_topics(args).and_then(|()| {
+            let mut runs = (Vec::new(), Vec::new());
             for _ in 0..GROWTH_RUNS {
-                without.push(publish_to(args, &fresh)?);
-                with.push(publish(args)?);
+                runs.0.push(publish_to(args, &fresh)?);
+                runs.1.push(publish(args)?);
             }
-        }
-        None => with = publish_runs(args)?,
-    }
-    if let Some(twin) = twin {
+            Ok(runs)
+        });
         twin.stop();
-    }
+        alternating?
+    } else {
+        let before = publish_runs(args)?;
+        grow_topics(args)?;
+        (before, publish_runs(args)?)
+    };
     Ok(Row {
         name: "growth-topics",
         baseline: Some(median_run(without).events_per_s()),
