@@ -236,6 +236,64 @@ fn a_grpc_subscriber_receives_native_publishes_and_cancel_frees_it() {
     });
 }
 
+/// A gRPC subscriber that stops reading fills its HTTP/2 window, then the server's per-stream
+/// queue; from then on its events wait in its subscriber queue. Its shard must go on serving
+/// everyone else meanwhile (it once spun in the connection's writer, retrying the stalled
+/// stream without end), and the subscriber gets every event, in order, once it reads again.
+#[test]
+fn a_grpc_subscriber_that_stops_reading_stalls_only_itself() {
+    const EVENTS: usize = 2_000; // of 1 KiB: far beyond the 64 KiB window and the stream queue
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let subscribe = proto::SubscribeRequest {
+            topic_pattern: "stalled/*".into(),
+            min_priority: Priority::Batch as i32,
+        };
+        let (response, mut stream) = sender
+            .send_request(request("Subscribe").body(()).unwrap(), false)
+            .unwrap();
+        stream.send_data(framed(&subscribe), true).unwrap();
+        let mut body = response.await.unwrap().into_body();
+        let mut native = server.client();
+        let payload = vec![7u8; 1024];
+        for _ in 0..EVENTS {
+            let event = common::event("stalled/t", &payload, Priority::Medium);
+            native.publish_nowait(&event).unwrap();
+        }
+        native.flush().unwrap();
+        // Every shard answers while the subscriber reads nothing.
+        for _ in 0..10 {
+            let pong = native.ping().unwrap();
+            assert_eq!(
+                pong.shards_answered, pong.shards,
+                "a shard stopped answering"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut data = BytesMut::new();
+        let mut sequences = Vec::new();
+        while sequences.len() < EVENTS {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+                .await
+                .expect("events flow again once the subscriber reads")
+                .unwrap()
+                .unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+            data.extend_from_slice(&chunk);
+            while data.len() >= 5 {
+                let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+                if data.len() < 5 + len {
+                    break;
+                }
+                data.advance(5);
+                sequences.push(proto::Event::decode(data.split_to(len)).unwrap().sequence);
+            }
+        }
+        assert_eq!(sequences, (1..=EVENTS as u64).collect::<Vec<_>>());
+    });
+}
+
 #[test]
 fn responses_decode_whatever_header_table_the_client_allows() {
     // The server indexes content-type and grpc-status in the client's table: with no table,

@@ -24,9 +24,12 @@ pub enum SubState {
 
 /// One client's door-side view of its subscriptions: whichever of them have events (or news)
 /// wait in `ready`, and `notify` wakes the task that writes to the client's socket.
+/// Subscriptions whose client cannot take more for now (an HTTP/2 window is closed) wait in
+/// `held`: retried at the writer's next turn, but never a reason for a turn of their own.
 #[derive(Default)]
 pub struct Consumer {
     ready: RefCell<VecDeque<Rc<Subscriber>>>,
+    held: RefCell<Vec<Rc<Subscriber>>>,
     /// Woken whenever a subscription of this consumer becomes ready.
     pub notify: Notify,
 }
@@ -46,6 +49,29 @@ impl Consumer {
             self.notify.notify();
         }
     }
+
+    /// `sub` has events its client cannot take now: it is retried after the writer's next
+    /// wake-up (by [`release_held`](Self::release_held)), and does not wake the writer itself.
+    /// Waking it would make a writer whose client's window stays closed retry without end,
+    /// never letting the task that reads the window's reopening run.
+    pub fn hold(&self, sub: &Rc<Subscriber>) {
+        if !sub.in_held.replace(true) {
+            self.held.borrow_mut().push(sub.clone());
+        }
+    }
+
+    /// Moves every held subscription to the ready list, without waking the writer (which is
+    /// the caller, at the start of a turn).
+    pub fn release_held(&self) {
+        let held = std::mem::take(&mut *self.held.borrow_mut());
+        let mut ready = self.ready.borrow_mut();
+        for sub in held {
+            sub.in_held.set(false);
+            if !sub.in_ready.replace(true) {
+                ready.push_back(sub);
+            }
+        }
+    }
 }
 
 /// A live subscription on its home shard.
@@ -60,6 +86,7 @@ pub struct Subscriber {
     consumer: Rc<Consumer>,
     state: Cell<SubState>,
     in_ready: Cell<bool>,
+    in_held: Cell<bool>,
 }
 
 impl Subscriber {
@@ -80,6 +107,7 @@ impl Subscriber {
             consumer,
             state: Cell::new(SubState::Active),
             in_ready: Cell::new(false),
+            in_held: Cell::new(false),
         }
     }
 
@@ -121,5 +149,51 @@ impl Subscriber {
     /// Puts this subscription back on its consumer's ready list (more left to write).
     pub fn requeue(self: &Rc<Self>) {
         self.consumer.mark_ready(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(consumer: &Rc<Consumer>) -> Rc<Subscriber> {
+        Rc::new(Subscriber::new(
+            SubKey { shard: 0, local: 1 },
+            1,
+            Arc::new(Pattern::parse(b"a/*").unwrap()),
+            Priority::Batch,
+            SubscriberQueue::new(16, 1 << 20),
+            consumer.clone(),
+        ))
+    }
+
+    #[test]
+    fn a_held_subscription_waits_for_the_next_turn_without_waking_the_writer() {
+        let consumer = Rc::new(Consumer::default());
+        let sub = subscriber(&consumer);
+        let turn = consumer.notify.wait();
+        consumer.hold(&sub);
+        consumer.hold(&sub);
+        assert!(consumer.next_ready().is_none(), "held is not ready");
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(turn)).is_none(),
+            "holding woke the writer"
+        );
+        consumer.release_held();
+        assert!(Rc::ptr_eq(&consumer.next_ready().unwrap(), &sub));
+        assert!(consumer.next_ready().is_none(), "held twice, ready once");
+        consumer.release_held();
+        assert!(consumer.next_ready().is_none(), "released once");
+    }
+
+    #[test]
+    fn a_held_subscription_that_is_also_ready_is_drained_once_per_turn() {
+        let consumer = Rc::new(Consumer::default());
+        let sub = subscriber(&consumer);
+        consumer.hold(&sub);
+        consumer.mark_ready(&sub);
+        consumer.release_held();
+        assert!(Rc::ptr_eq(&consumer.next_ready().unwrap(), &sub));
+        assert!(consumer.next_ready().is_none());
     }
 }

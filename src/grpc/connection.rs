@@ -146,8 +146,6 @@ struct GrpcConnection {
     h2: RefCell<H2>,
     calls: RefCell<HashMap<u32, Call>>,
     consumer: Rc<Consumer>,
-    /// Subscriptions whose stream had too much queued; retried on the next wake-up.
-    blocked: RefCell<Vec<Rc<Subscriber>>>,
     max_message: usize,
     closed: Cell<bool>,
     broken: Cell<bool>,
@@ -214,7 +212,6 @@ impl GrpcConnection {
             h2: RefCell::new(H2::new(H2Limits::default())),
             calls: RefCell::default(),
             consumer: Rc::new(Consumer::default()),
-            blocked: RefCell::default(),
             max_message: door.max_message,
             closed: Cell::new(false),
             broken: Cell::new(false),
@@ -252,8 +249,8 @@ impl GrpcConnection {
         drop(release);
         writer.await;
         timer.await;
+        conn.consumer.release_held();
         while conn.consumer.next_ready().is_some() {}
-        conn.blocked.borrow_mut().clear();
     }
 
     async fn read_loop(self: &Rc<Self>, mut stream: Half) {
@@ -1012,10 +1009,9 @@ impl GrpcConnection {
         let mut spare = BytesMut::new();
         loop {
             let woken = self.consumer.notify.wait();
-            let blocked = std::mem::take(&mut *self.blocked.borrow_mut());
-            for sub in blocked {
-                sub.requeue();
-            }
+            // Streams that flow control held back are retried at every turn: the reader may
+            // have taken in the window they waited for (it wakes this task after each read).
+            self.consumer.release_held();
             while let Some(sub) = self.consumer.next_ready() {
                 self.drain_subscription(&sub, &mut messages);
             }
@@ -1068,7 +1064,7 @@ impl GrpcConnection {
         }
         drop(h2);
         if sub.queued() > 0 {
-            self.blocked.borrow_mut().push(sub.clone());
+            self.consumer.hold(sub);
         } else if sub.state() == SubState::Cut {
             self.calls.borrow_mut().remove(&stream);
             self.fail(stream, &GrpcError::SlowConsumer, true);
