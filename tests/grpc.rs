@@ -97,6 +97,51 @@ async fn unary(sender: &mut Sender, method: &str, body: Bytes) -> Outcome {
     finish(response).await
 }
 
+/// Opens a Subscribe call and waits for its response headers (the subscription is registered
+/// once they arrive). The request stream is returned too: dropping it cancels the call.
+async fn subscribe(
+    sender: &mut Sender,
+    pattern: &str,
+    min_priority: Priority,
+) -> (h2::RecvStream, h2::SendStream<Bytes>) {
+    let request = proto::SubscribeRequest {
+        topic_pattern: pattern.into(),
+        min_priority: min_priority as i32,
+    };
+    let (response, mut stream) = sender
+        .send_request(self::request("Subscribe").body(()).unwrap(), false)
+        .unwrap();
+    stream.send_data(framed(&request), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    (response.into_body(), stream)
+}
+
+/// Reads a streaming response until at least `count` events have arrived (each chunk within
+/// 10 s), giving window back as a client does; returns every event the chunks held.
+async fn next_events(body: &mut h2::RecvStream, count: usize) -> Vec<proto::Event> {
+    let mut data = BytesMut::new();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("the next events within 10 s")
+            .unwrap()
+            .unwrap();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+        data.extend_from_slice(&chunk);
+        while data.len() >= 5 {
+            let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
+            if data.len() < 5 + len {
+                break;
+            }
+            data.advance(5);
+            events.push(proto::Event::decode(data.split_to(len)).unwrap());
+        }
+    }
+    events
+}
+
 fn event(topic: &str, payload: &[u8], priority: Priority) -> proto::Event {
     proto::Event {
         topic: topic.into(),
@@ -170,17 +215,7 @@ fn a_grpc_subscriber_receives_native_publishes_and_cancel_frees_it() {
     let server = start();
     runtime().block_on(async {
         let mut sender = connect(&server).await;
-        let subscribe = proto::SubscribeRequest {
-            topic_pattern: "sensors/*".into(),
-            min_priority: Priority::Low as i32,
-        };
-        let (response, mut stream) = sender
-            .send_request(request("Subscribe").body(()).unwrap(), false)
-            .unwrap();
-        stream.send_data(framed(&subscribe), true).unwrap();
-        let response = response.await.unwrap();
-        assert_eq!(response.status(), 200);
-        let mut body = response.into_body();
+        let (mut body, stream) = subscribe(&mut sender, "sensors/*", Priority::Low).await;
         // Registered once the response headers arrived: publish natively now.
         let mut native = server.client();
         native
@@ -192,25 +227,7 @@ fn a_grpc_subscriber_receives_native_publishes_and_cancel_frees_it() {
         native
             .publish(&common::event("sensors/t2", b"b", Priority::Critical))
             .unwrap();
-        let mut data = BytesMut::new();
-        let mut events = Vec::new();
-        while events.len() < 2 {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            body.flow_control().release_capacity(chunk.len()).unwrap();
-            data.extend_from_slice(&chunk);
-            while data.len() >= 5 {
-                let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
-                if data.len() < 5 + len {
-                    break;
-                }
-                data.advance(5);
-                events.push(proto::Event::decode(data.split_to(len)).unwrap());
-            }
-        }
+        let events = next_events(&mut body, 2).await;
         assert_eq!(
             (events[0].topic.as_str(), events[0].sequence),
             ("sensors/t1", 1)
@@ -246,15 +263,7 @@ fn a_grpc_subscriber_that_stops_reading_stalls_only_itself() {
     let server = start();
     runtime().block_on(async {
         let mut sender = connect(&server).await;
-        let subscribe = proto::SubscribeRequest {
-            topic_pattern: "stalled/*".into(),
-            min_priority: Priority::Batch as i32,
-        };
-        let (response, mut stream) = sender
-            .send_request(request("Subscribe").body(()).unwrap(), false)
-            .unwrap();
-        stream.send_data(framed(&subscribe), true).unwrap();
-        let mut body = response.await.unwrap().into_body();
+        let (mut body, _stream) = subscribe(&mut sender, "stalled/*", Priority::Batch).await;
         let mut native = server.client();
         let payload = vec![7u8; 1024];
         for _ in 0..EVENTS {
@@ -271,25 +280,9 @@ fn a_grpc_subscriber_that_stops_reading_stalls_only_itself() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let mut data = BytesMut::new();
-        let mut sequences = Vec::new();
-        while sequences.len() < EVENTS {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
-                .await
-                .expect("events flow again once the subscriber reads")
-                .unwrap()
-                .unwrap();
-            body.flow_control().release_capacity(chunk.len()).unwrap();
-            data.extend_from_slice(&chunk);
-            while data.len() >= 5 {
-                let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
-                if data.len() < 5 + len {
-                    break;
-                }
-                data.advance(5);
-                sequences.push(proto::Event::decode(data.split_to(len)).unwrap().sequence);
-            }
-        }
+        // Events flow again once the subscriber reads.
+        let events = next_events(&mut body, EVENTS).await;
+        let sequences: Vec<u64> = events.iter().map(|e| e.sequence).collect();
         assert_eq!(sequences, (1..=EVENTS as u64).collect::<Vec<_>>());
     });
 }
@@ -413,25 +406,11 @@ fn stream_publishes_inbound_events_and_sends_matching_ones() {
                 .send_data(framed(&event(topic, b"m", p)), false)
                 .unwrap();
         }
-        let mut data = BytesMut::new();
-        let mut topics = Vec::new();
-        while topics.len() < 2 {
-            let chunk = tokio::time::timeout(Duration::from_secs(10), body.data())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            body.flow_control().release_capacity(chunk.len()).unwrap();
-            data.extend_from_slice(&chunk);
-            while data.len() >= 5 {
-                let len = u32::from_be_bytes(data[1..5].try_into().unwrap()) as usize;
-                if data.len() < 5 + len {
-                    break;
-                }
-                data.advance(5);
-                topics.push(proto::Event::decode(data.split_to(len)).unwrap().topic);
-            }
-        }
+        let mut topics: Vec<String> = next_events(&mut body, 2)
+            .await
+            .into_iter()
+            .map(|e| e.topic)
+            .collect();
         // Two topics, possibly two owner shards: no order between them is promised.
         topics.sort();
         assert_eq!(
