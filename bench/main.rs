@@ -245,8 +245,9 @@ fn main() -> ExitCode {
         None
     };
     let code = run_rows(&args);
-    if let Some(server) = server {
-        server.stop();
+    if !server.is_none_or(|s| s.stop()) {
+        eprintln!("eventstream-bench: error: the server did not stop within its drain timeout");
+        return ExitCode::FAILURE;
     }
     code
 }

@@ -351,7 +351,9 @@ pub fn growth_topics(args: &Args) -> Result<Row, String> {
             }
             Ok(runs)
         });
-        twin.stop();
+        if !twin.stop() {
+            return Err("the twin server did not stop within its drain timeout".into());
+        }
         alternating?
     } else {
         let before = publish_runs(args)?;

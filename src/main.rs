@@ -286,7 +286,12 @@ fn serve(args: ServeArgs) -> CliResult {
     );
     let signal = wait_for_signal(&signals);
     eventstream::log_line!("eventstream: signal {signal}, shutting down");
-    running.stop();
+    if !running.stop() {
+        eventstream::log_line!(
+            "eventstream: a shard did not stop within the drain timeout; exiting without it"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

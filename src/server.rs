@@ -67,7 +67,13 @@ pub struct RunningServer {
     addresses: Addresses,
     stops: Vec<flume::Sender<()>>,
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// How long shards give their clients at a stop (`shutdown.drain_timeout_ms`).
+    drain: Duration,
 }
+
+/// How long after the drain timeout a stopping shard may take to exit before it counts as
+/// stuck.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// How far a shard got in starting up.
 #[derive(Debug, PartialEq, Eq)]
@@ -91,15 +97,31 @@ impl RunningServer {
     }
 
     /// Graceful stop: every shard stops accepting, tells its subscribers, closes its clients
-    /// (or gives up after the drain timeout) and exits.
-    pub fn stop(self) {
+    /// (or gives up after the drain timeout) and exits. False if some shard had not exited
+    /// [`STOP_GRACE`] after the drain timeout: that is a bug (a task that never yields), and a
+    /// server told to stop must stop anyway, so the stuck shard is left behind for the
+    /// process's exit to end.
+    pub fn stop(self) -> bool {
         for stop in &self.stops {
             let _ = stop.send(());
         }
-        for handle in self.shards {
-            let _ = handle.join();
-        }
+        let shards = self.shards;
+        finishes_within(self.drain + STOP_GRACE, move || {
+            for handle in shards {
+                let _ = handle.join();
+            }
+        })
     }
+}
+
+/// Runs `work` on a thread of its own; true if it finished within `limit`.
+fn finishes_within(limit: Duration, work: impl FnOnce() + Send + 'static) -> bool {
+    let (done, finished) = flume::bounded(1);
+    std::thread::spawn(move || {
+        work();
+        let _ = done.send(());
+    });
+    finished.recv_timeout(limit).is_ok()
 }
 
 /// Checks the host and the configuration, binds every socket, starts the shards and returns
@@ -254,6 +276,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         },
         stops,
         shards,
+        drain: config.drain_timeout(),
     })
 }
 
@@ -452,6 +475,20 @@ pub fn has_ipc_lock() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_that_outlasts_its_limit_is_given_up_on_in_time() {
+        let started = Instant::now();
+        let stuck = finishes_within(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(5))
+        });
+        assert!(!stuck, "a 5 s stop counted as finished within 50 ms");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited for it anyway"
+        );
+        assert!(finishes_within(Duration::from_secs(5), || {}));
+    }
 
     #[test]
     fn memlock_too_low_fails_with_the_fix_unless_exempt() {

@@ -26,7 +26,11 @@ pub struct TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
-            running.stop();
+            // A shard that does not stop fails the test (unless it is failing already)
+            // instead of hanging it.
+            if !running.stop() && !std::thread::panicking() {
+                panic!("a shard did not stop within the drain timeout");
+            }
         }
     }
 }
