@@ -98,9 +98,10 @@ impl RunningServer {
 
     /// Graceful stop: every shard stops accepting, tells its subscribers, closes its clients
     /// (or gives up after the drain timeout) and exits. False if some shard had not exited
-    /// [`STOP_GRACE`] after the drain timeout: that is a bug (a task that never yields), and a
-    /// server told to stop must stop anyway, so the stuck shard is left behind for the
-    /// process's exit to end.
+    /// 2 s (`STOP_GRACE`) after the drain timeout: that is a bug (a task that never yields),
+    /// and a server told to stop must stop anyway, so the stuck shard is left behind for the
+    /// process's exit to end. Callers must not ignore it: it is the only sign of that bug.
+    #[must_use = "false means a shard is stuck: report it"]
     pub fn stop(self) -> bool {
         for stop in &self.stops {
             let _ = stop.send(());
