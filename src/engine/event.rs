@@ -90,14 +90,6 @@ impl EventId {
     /// Longest id a client may choose, in bytes.
     pub const MAX_LEN: usize = 255;
 
-    /// Length of the id as text, without formatting it.
-    pub fn text_len(&self) -> usize {
-        match self {
-            EventId::Generated(_) => uuid::fmt::Hyphenated::LENGTH,
-            EventId::Given(b) => b.len(),
-        }
-    }
-
     /// The id a client gave, or a generated one (for an event received at `now_ns`) when it
     /// left the id empty.
     fn given_or_generated(given: Bytes, ids: &mut IdGenerator, now_ns: i64) -> EventId {
@@ -105,17 +97,6 @@ impl EventId {
             EventId::Generated(ids.next(now_ns))
         } else {
             EventId::Given(given)
-        }
-    }
-
-    /// Appends the id as UTF-8 text to `out`.
-    pub fn write_text(&self, out: &mut impl BufMut) {
-        match self {
-            EventId::Generated(u) => {
-                let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-                out.put_slice(u.hyphenated().encode_lower(&mut buf).as_bytes());
-            }
-            EventId::Given(b) => out.put_slice(b),
         }
     }
 }
@@ -220,6 +201,14 @@ impl Metadata {
     /// The entries in order. Duplicated keys are kept as sent.
     pub fn iter(&self) -> MetadataIter<'_> {
         MetadataIter { rest: &self.raw }
+    }
+}
+
+impl<'a> MetadataIter<'a> {
+    /// The entries of a block [`Metadata::check_wire`] accepted (or that [`Metadata::wire`]
+    /// holds).
+    pub fn over_wire(raw: &'a [u8]) -> MetadataIter<'a> {
+        MetadataIter { rest: raw }
     }
 }
 
@@ -388,9 +377,21 @@ impl Event {
         })
     }
 
-    /// Bytes this event holds on to; what a subscriber queue's byte budget counts.
-    pub fn size(&self) -> usize {
-        self.topic.len() + self.id.text_len() + self.payload.len() + self.metadata.wire_len()
+    /// The event borrowed as subscribers receive it; `scratch` holds a generated id's text.
+    pub fn view<'s>(&'s self, scratch: &'s mut IdText) -> EventView<'s> {
+        EventView {
+            topic: self.topic.bytes(),
+            id: match &self.id {
+                EventId::Generated(id) => scratch.of(id),
+                EventId::Given(id) => id,
+            },
+            payload: &self.payload,
+            metadata_count: self.metadata.len() as u16,
+            metadata: self.metadata.wire(),
+            priority: self.priority,
+            timestamp_ns: self.timestamp_ns,
+            sequence: self.sequence,
+        }
     }
 }
 
@@ -467,15 +468,26 @@ impl<'a> Accepted<'a> {
 }
 
 /// An event on its way to its topic's owner, as [`Shard::publish`](super::Shard::publish)
-/// takes it: an [`Event`] (the gRPC and UDP doors), or an [`Accepted`] one still in place
-/// (the native TCP door).
+/// takes it: an [`Event`] (the gRPC and UDP doors, and every event another shard forwards), or
+/// an [`Accepted`] one still in place (the native TCP door, gRPC events without metadata).
 pub trait Incoming {
     /// The event's validated topic.
     fn topic(&self) -> &Topic;
     /// The event's priority (which subscriptions want it).
     fn priority(&self) -> Priority;
-    /// The owned event; `ids` makes its id if the client left it empty.
-    fn into_event(self, ids: &mut IdGenerator) -> Event;
+    /// The id the server makes for it (with `ids`) when the client left the id empty; `None`
+    /// when it has one. Made once, whoever receives the event.
+    fn new_id(&self, ids: &mut IdGenerator) -> Option<uuid::Uuid>;
+    /// The event as subscribers on this shard receive it: `generated` is what
+    /// [`new_id`](Self::new_id) made, `scratch` holds its text.
+    fn view<'s>(
+        &'s self,
+        generated: Option<uuid::Uuid>,
+        sequence: u64,
+        scratch: &'s mut IdText,
+    ) -> EventView<'s>;
+    /// The owned event, for another shard: `generated` is what [`new_id`](Self::new_id) made.
+    fn into_event(self, generated: Option<uuid::Uuid>, sequence: u64) -> Event;
 }
 
 impl Incoming for Event {
@@ -487,7 +499,26 @@ impl Incoming for Event {
         self.priority
     }
 
-    fn into_event(self, _: &mut IdGenerator) -> Event {
+    fn new_id(&self, _: &mut IdGenerator) -> Option<uuid::Uuid> {
+        None // validated events have their ids
+    }
+
+    fn view<'s>(
+        &'s self,
+        generated: Option<uuid::Uuid>,
+        sequence: u64,
+        scratch: &'s mut IdText,
+    ) -> EventView<'s> {
+        debug_assert!(generated.is_none(), "an owned event has its id");
+        EventView {
+            sequence,
+            ..self.view(scratch)
+        }
+    }
+
+    fn into_event(mut self, generated: Option<uuid::Uuid>, sequence: u64) -> Event {
+        debug_assert!(generated.is_none(), "an owned event has its id");
+        self.sequence = sequence;
         self
     }
 }
@@ -501,17 +532,89 @@ impl Incoming for Accepted<'_> {
         self.priority
     }
 
-    fn into_event(self, ids: &mut IdGenerator) -> Event {
+    fn new_id(&self, ids: &mut IdGenerator) -> Option<uuid::Uuid> {
+        self.raw.id.is_empty().then(|| ids.next(self.received_ns))
+    }
+
+    fn view<'s>(
+        &'s self,
+        generated: Option<uuid::Uuid>,
+        sequence: u64,
+        scratch: &'s mut IdText,
+    ) -> EventView<'s> {
+        debug_assert_eq!(generated.is_none(), !self.raw.id.is_empty());
+        let raw = &self.raw;
+        EventView {
+            topic: raw.topic,
+            id: match generated {
+                Some(id) => scratch.of(&id),
+                None => raw.id,
+            },
+            payload: raw.payload,
+            metadata_count: raw.metadata_count,
+            metadata: raw.metadata,
+            priority: self.priority,
+            timestamp_ns: timestamp_or(raw.timestamp_ns, self.received_ns),
+            sequence,
+        }
+    }
+
+    fn into_event(self, generated: Option<uuid::Uuid>, sequence: u64) -> Event {
+        debug_assert_eq!(generated.is_none(), !self.raw.id.is_empty());
         let (raw, buffer) = (self.raw, self.buffer);
         Event {
             topic: self.topic.clone(),
-            id: EventId::given_or_generated(share(buffer, raw.id), ids, self.received_ns),
+            id: match generated {
+                Some(id) => EventId::Generated(id),
+                None => EventId::Given(share(buffer, raw.id)),
+            },
             payload: share(buffer, raw.payload),
             metadata: raw.metadata_in(buffer),
             priority: self.priority,
             timestamp_ns: timestamp_or(raw.timestamp_ns, self.received_ns),
-            sequence: 0,
+            sequence,
         }
+    }
+}
+
+/// A sequenced event as a subscriber's door encodes it, every field borrowed from wherever
+/// the event lies (a door's receive buffer, or an owned [`Event`] from another shard).
+/// Delivery encodes it straight into the subscriber's queue: one copy of each field, no
+/// reference count taken, nothing moved by value but this view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventView<'a> {
+    pub topic: &'a [u8],
+    /// The id as text (a generated one formatted once, in an [`IdText`]).
+    pub id: &'a [u8],
+    pub payload: &'a [u8],
+    pub metadata_count: u16,
+    /// The metadata entries in the native protocol's form.
+    pub metadata: &'a [u8],
+    pub priority: Priority,
+    pub timestamp_ns: i64,
+    pub sequence: u64,
+}
+
+impl<'a> EventView<'a> {
+    /// The metadata entries in order.
+    pub fn metadata_entries(&self) -> MetadataIter<'a> {
+        MetadataIter::over_wire(self.metadata)
+    }
+}
+
+/// Room for a generated id's text, on the stack of whoever delivers the event.
+pub struct IdText([u8; uuid::fmt::Hyphenated::LENGTH]);
+
+impl Default for IdText {
+    fn default() -> IdText {
+        IdText([0; uuid::fmt::Hyphenated::LENGTH])
+    }
+}
+
+impl IdText {
+    /// `id` as lower-case hyphenated text, written here.
+    pub fn of(&mut self, id: &uuid::Uuid) -> &[u8] {
+        id.hyphenated().encode_lower(&mut self.0).as_bytes()
     }
 }
 
@@ -626,7 +729,8 @@ mod tests {
             panic!("id not generated")
         };
         assert_eq!(u.get_version_num(), 7);
-        assert_eq!(e.id.to_string().len(), e.id.text_len());
+        let mut scratch = IdText::default();
+        assert_eq!(e.view(&mut scratch).id, e.id.to_string().as_bytes());
     }
 
     #[test]

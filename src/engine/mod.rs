@@ -18,10 +18,11 @@ pub mod subscriber;
 pub mod topic;
 
 pub use event::{
-    Accepted, Event, EventError, EventId, EventRef, Incoming, Metadata, Priority, RawEvent,
+    Accepted, Event, EventError, EventId, EventRef, EventView, IdText, Incoming, Metadata,
+    Priority, RawEvent,
 };
 pub use limits::Limits;
 pub use messages::{Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS};
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
-pub use subscriber::{Consumer, SubState, Subscriber};
+pub use subscriber::{Consumer, EncodeEvent, SubState, Subscriber};
 pub use topic::{Pattern, RecentTopic, Topic, TopicError};

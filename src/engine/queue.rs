@@ -1,13 +1,19 @@
 //! A subscriber's bounded queue and the shedding rules of §4. Pure data structure: no I/O, no
 //! clock, tested on its own.
 //!
-//! One FIFO per priority, each entry stamped with its arrival number; the consumer takes the
-//! oldest arrival across the five fronts, so delivery order is arrival order, while shedding
-//! "the oldest event of the lowest priority present" is a `pop_front` on one FIFO.
+//! Events are queued already encoded for the subscriber's door (the bytes its connection will
+//! write), so an event delivered here holds nothing of its publisher's buffers and the writer
+//! copies runs of them out at once. One FIFO per priority, each entry stamped with its arrival
+//! number; the consumer takes the oldest arrival across the five fronts, so delivery order is
+//! arrival order, while shedding "the oldest event of the lowest priority present" drops the
+//! front of one FIFO. A bit mask says which FIFOs hold anything, so the usual subscriber, whose
+//! events share one priority, takes from its one busy FIFO without comparing fronts.
 
 use std::collections::VecDeque;
 
-use super::event::{Event, Priority};
+use bytes::{Buf, BytesMut};
+
+use super::event::Priority;
 
 /// What happened to an event offered to a full or non-full queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +37,29 @@ pub struct QueueStats {
     pub shed: [u64; 5],
 }
 
-/// Bounded by both an event count and a byte budget (event sizes as [`Event::size`]).
+/// The events of one priority: their encoded bytes back to back, and for each its arrival
+/// number and length.
+#[derive(Default)]
+struct Lane {
+    entries: VecDeque<(u64, u32)>,
+    bytes: BytesMut,
+}
+
+impl Lane {
+    /// Drops the oldest event; its length.
+    fn drop_front(&mut self) -> usize {
+        let (_, len) = self.entries.pop_front().expect("a busy lane holds events");
+        self.bytes.advance(len as usize);
+        len as usize
+    }
+}
+
+/// Bounded by both an event count and a byte budget (the events' encoded bytes).
 pub struct SubscriberQueue {
-    lanes: [VecDeque<(u64, Event)>; 5],
+    /// Made when the first event arrives: an idle subscription holds only the pointer.
+    lanes: Option<Box<[Lane; 5]>>,
+    /// Bit `p` is set exactly when lane `p` holds events.
+    busy: u8,
     arrivals: u64,
     len: usize,
     bytes: usize,
@@ -50,7 +76,8 @@ impl SubscriberQueue {
             "a subscriber queue must hold at least one event"
         );
         SubscriberQueue {
-            lanes: Default::default(),
+            lanes: None,
+            busy: 0,
             arrivals: 0,
             len: 0,
             bytes: 0,
@@ -84,37 +111,43 @@ impl SubscriberQueue {
         self.len < self.max_events && self.bytes + size <= self.max_bytes
     }
 
-    /// Offers an arriving event, shedding by the rules of §4 when the queue is full.
-    pub fn offer(&mut self, event: Event) -> Offer {
-        let size = event.size();
+    /// Offers an arriving event of `priority`, which `encode` appends to the buffer it is
+    /// given, shedding by the rules of §4 when the queue is full.
+    pub fn offer(&mut self, priority: Priority, encode: impl FnOnce(&mut BytesMut)) -> Offer {
+        let lane = priority as usize;
+        let bytes = &mut self.lanes.get_or_insert_with(Box::default)[lane].bytes;
+        let start = bytes.len();
+        encode(bytes);
+        let size = bytes.len() - start;
         if size > self.max_bytes {
             // It could never fit: shedding others for it would lose them for nothing.
-            return self.refuse(event.priority);
+            bytes.truncate(start);
+            return self.refuse(priority);
         }
         let mut outcome = Offer::Queued;
         while !self.fits(size) {
-            // The lowest priority below the arriving one that has anything queued.
-            let victim = Priority::ALL[..event.priority as usize]
-                .iter()
-                .copied()
-                .find(|p| !self.lanes[*p as usize].is_empty());
-            match victim {
-                Some(p) => {
-                    let (_, shed) = self.lanes[p as usize].pop_front().expect("lane not empty");
-                    self.len -= 1;
-                    self.bytes -= shed.size();
-                    self.stats.shed[p as usize] += 1;
-                    outcome = Offer::QueuedShedding(p);
-                }
-                None => return self.refuse(event.priority),
+            // The lowest priority below the arriving one that has anything queued (never the
+            // arriving event's own lane, where its bytes now are).
+            let below = self.busy & ((1u8 << lane) - 1);
+            if below == 0 {
+                self.lanes_mut()[lane].bytes.truncate(start);
+                return self.refuse(priority);
             }
+            let victim = below.trailing_zeros() as usize;
+            self.bytes -= self.take_front(victim);
+            self.len -= 1;
+            self.stats.shed[victim] += 1;
+            outcome = Offer::QueuedShedding(Priority::ALL[victim]);
         }
         self.arrivals += 1;
         self.len += 1;
         self.bytes += size;
         self.stats.queued += 1;
-        self.lanes[event.priority as usize].push_back((self.arrivals, event));
-        debug_assert!(self.len <= self.max_events);
+        self.busy |= 1 << lane;
+        let size = u32::try_from(size).expect("an event is far smaller than 4 GiB");
+        let arrival = self.arrivals;
+        self.lanes_mut()[lane].entries.push_back((arrival, size));
+        debug_assert!(self.len <= self.max_events && self.bytes <= self.max_bytes);
         outcome
     }
 
@@ -126,44 +159,123 @@ impl SubscriberQueue {
         Offer::Shed
     }
 
-    /// Takes the oldest queued event (arrival order, whatever its priority).
-    pub fn pop(&mut self) -> Option<Event> {
-        let lane = self
-            .lanes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, lane)| lane.front().map(|(arrival, _)| (*arrival, i)))
-            .min()?
-            .1;
-        let (_, event) = self.lanes[lane].pop_front()?;
-        self.len -= 1;
-        self.bytes -= event.size();
-        self.stats.delivered += 1;
-        Some(event)
+    /// The lanes, once an event arrived (always so while any lane is busy).
+    fn lanes_mut(&mut self) -> &mut [Lane; 5] {
+        self.lanes
+            .as_mut()
+            .expect("lanes are made by the first event")
+    }
+
+    /// Drops the front of a busy lane, keeping `busy` true to the lanes; its length.
+    fn take_front(&mut self, lane: usize) -> usize {
+        let lane_ref = &mut self.lanes_mut()[lane];
+        let len = lane_ref.drop_front();
+        if lane_ref.entries.is_empty() {
+            self.busy &= !(1 << lane);
+        }
+        len
+    }
+
+    /// Hands the queued events, oldest arrival first, to `write`, for as long as fewer than
+    /// `budget` bytes were handed (so at least one event when any is queued); the number of
+    /// events handed. A run of events from one lane is handed as one slice.
+    pub fn drain(&mut self, budget: usize, mut write: impl FnMut(&[u8])) -> usize {
+        debug_assert_eq!(
+            self.busy == 0,
+            self.len == 0,
+            "busy lanes hold the queued events"
+        );
+        let mut handed = 0;
+        let mut events = 0;
+        while handed < budget && self.busy != 0 {
+            let (lane, run_limit) = if self.busy.is_power_of_two() {
+                (self.busy.trailing_zeros() as usize, u64::MAX)
+            } else {
+                // Several priorities queued: the lane with the oldest front, for as long as
+                // its arrivals come before every other lane's front.
+                let (mut oldest, mut lane, mut next) = (u64::MAX, 0, u64::MAX);
+                for (i, l) in self.lanes_mut().iter().enumerate() {
+                    let Some(&(arrival, _)) = l.entries.front() else {
+                        continue;
+                    };
+                    if arrival < oldest {
+                        (next, oldest, lane) = (oldest, arrival, i);
+                    } else if arrival < next {
+                        next = arrival;
+                    }
+                }
+                (lane, next)
+            };
+            let lane_ref = &mut self.lanes_mut()[lane];
+            let mut run = 0;
+            let mut bytes = 0;
+            for &(arrival, len) in &lane_ref.entries {
+                if handed + bytes >= budget || arrival > run_limit {
+                    break;
+                }
+                run += 1;
+                bytes += len as usize;
+            }
+            debug_assert!(run > 0, "the oldest front is always handed");
+            write(&lane_ref.bytes[..bytes]);
+            lane_ref.bytes.advance(bytes);
+            lane_ref.entries.drain(..run);
+            if lane_ref.entries.is_empty() {
+                self.busy &= !(1 << lane);
+            }
+            handed += bytes;
+            events += run;
+        }
+        self.len -= events;
+        self.bytes -= handed;
+        self.stats.delivered += events as u64;
+        events
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::event::{EventId, Metadata};
-    use crate::engine::topic::Topic;
-    use bytes::Bytes;
+    use bytes::BufMut;
 
-    fn event(seq: u64, priority: Priority) -> Event {
-        Event {
-            topic: Topic::parse(Bytes::from_static(b"t")).unwrap(),
-            id: EventId::Given(Bytes::from_static(b"i")),
-            payload: Bytes::from_static(b"12345678"),
-            metadata: Metadata::default(),
-            priority,
-            timestamp_ns: 1,
-            sequence: seq,
+    /// Bytes of a test event: its length, its sequence number, then padding.
+    const SIZE: usize = 12;
+
+    fn offer_sized(q: &mut SubscriberQueue, seq: u64, priority: Priority, size: usize) -> Offer {
+        assert!(size >= SIZE);
+        q.offer(priority, |out| {
+            out.put_u32_le(size as u32);
+            out.put_u64_le(seq);
+            out.put_bytes(0, size - SIZE);
+        })
+    }
+
+    fn offer(q: &mut SubscriberQueue, seq: u64, priority: Priority) -> Offer {
+        offer_sized(q, seq, priority, SIZE)
+    }
+
+    /// The sequence numbers of the events `bytes` holds, in order.
+    fn sequences(mut bytes: &[u8]) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        while !bytes.is_empty() {
+            let size = bytes.get_u32_le() as usize;
+            seqs.push(bytes.get_u64_le());
+            bytes.advance(size - SIZE);
         }
+        seqs
+    }
+
+    /// Drains what `budget` allows; the sequence numbers handed.
+    fn drain_within(q: &mut SubscriberQueue, budget: usize) -> Vec<u64> {
+        let mut bytes = Vec::new();
+        let events = q.drain(budget, |run| bytes.extend_from_slice(run));
+        let seqs = sequences(&bytes);
+        assert_eq!(seqs.len(), events);
+        seqs
     }
 
     fn drain(q: &mut SubscriberQueue) -> Vec<u64> {
-        std::iter::from_fn(|| q.pop()).map(|e| e.sequence).collect()
+        drain_within(q, usize::MAX)
     }
 
     #[test]
@@ -178,28 +290,42 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            assert_eq!(q.offer(event(i as u64 + 1, p)), Offer::Queued);
+            assert_eq!(offer(&mut q, i as u64 + 1, p), Offer::Queued);
         }
         assert_eq!(drain(&mut q), vec![1, 2, 3, 4]);
         assert_eq!(q.bytes(), 0);
+        assert_eq!(q.stats().delivered, 4);
+    }
+
+    #[test]
+    fn a_drain_stops_once_its_budget_is_reached_but_hands_at_least_one_event() {
+        let mut q = SubscriberQueue::new(10, 1 << 20);
+        for seq in 1..=5 {
+            offer(&mut q, seq, Priority::Medium);
+        }
+        assert_eq!(drain_within(&mut q, 1), vec![1]);
+        assert_eq!(drain_within(&mut q, 2 * SIZE), vec![2, 3]);
+        assert_eq!(drain_within(&mut q, 2 * SIZE + 1), vec![4, 5]);
+        assert_eq!(drain_within(&mut q, 100), Vec::<u64>::new());
+        assert!(q.is_empty());
     }
 
     #[test]
     fn full_queue_sheds_oldest_of_lowest_priority_first() {
         let mut q = SubscriberQueue::new(3, 1 << 20);
-        q.offer(event(1, Priority::Medium));
-        q.offer(event(2, Priority::Low));
-        q.offer(event(3, Priority::Low));
+        offer(&mut q, 1, Priority::Medium);
+        offer(&mut q, 2, Priority::Low);
+        offer(&mut q, 3, Priority::Low);
         assert_eq!(
-            q.offer(event(4, Priority::High)),
+            offer(&mut q, 4, Priority::High),
             Offer::QueuedShedding(Priority::Low)
         );
         assert_eq!(
-            q.offer(event(5, Priority::High)),
+            offer(&mut q, 5, Priority::High),
             Offer::QueuedShedding(Priority::Low)
         );
         assert_eq!(
-            q.offer(event(6, Priority::High)),
+            offer(&mut q, 6, Priority::High),
             Offer::QueuedShedding(Priority::Medium)
         );
         assert_eq!(drain(&mut q), vec![4, 5, 6]);
@@ -209,10 +335,10 @@ mod tests {
     #[test]
     fn arriving_event_is_shed_when_nothing_lower_is_queued() {
         let mut q = SubscriberQueue::new(2, 1 << 20);
-        q.offer(event(1, Priority::High));
-        q.offer(event(2, Priority::Medium));
-        assert_eq!(q.offer(event(3, Priority::Medium)), Offer::Shed);
-        assert_eq!(q.offer(event(4, Priority::Batch)), Offer::Shed);
+        offer(&mut q, 1, Priority::High);
+        offer(&mut q, 2, Priority::Medium);
+        assert_eq!(offer(&mut q, 3, Priority::Medium), Offer::Shed);
+        assert_eq!(offer(&mut q, 4, Priority::Batch), Offer::Shed);
         assert_eq!(q.stats().shed, [1, 0, 1, 0, 0]);
         assert_eq!(drain(&mut q), vec![1, 2]);
     }
@@ -220,45 +346,133 @@ mod tests {
     #[test]
     fn critical_that_cannot_be_queued_cuts() {
         let mut q = SubscriberQueue::new(2, 1 << 20);
-        q.offer(event(1, Priority::Critical));
-        q.offer(event(2, Priority::Low));
+        offer(&mut q, 1, Priority::Critical);
+        offer(&mut q, 2, Priority::Low);
         assert_eq!(
-            q.offer(event(3, Priority::Critical)),
+            offer(&mut q, 3, Priority::Critical),
             Offer::QueuedShedding(Priority::Low)
         );
-        assert_eq!(q.offer(event(4, Priority::Critical)), Offer::Cut);
+        assert_eq!(offer(&mut q, 4, Priority::Critical), Offer::Cut);
         assert_eq!(drain(&mut q), vec![1, 3]);
     }
 
     #[test]
     fn byte_budget_bounds_the_queue_too() {
-        let size = event(0, Priority::Low).size();
-        let mut q = SubscriberQueue::new(100, size * 2);
-        q.offer(event(1, Priority::Low));
-        q.offer(event(2, Priority::Low));
-        assert_eq!(q.offer(event(3, Priority::Low)), Offer::Shed);
+        let mut q = SubscriberQueue::new(100, SIZE * 2);
+        offer(&mut q, 1, Priority::Low);
+        offer(&mut q, 2, Priority::Low);
+        assert_eq!(offer(&mut q, 3, Priority::Low), Offer::Shed);
         assert_eq!(
-            q.offer(event(4, Priority::High)),
+            offer(&mut q, 4, Priority::High),
             Offer::QueuedShedding(Priority::Low)
         );
         assert_eq!(q.len(), 2);
-        assert_eq!(q.bytes(), size * 2);
+        assert_eq!(q.bytes(), SIZE * 2);
+        assert_eq!(
+            drain(&mut q),
+            vec![2, 4],
+            "a refused event left no bytes behind"
+        );
     }
 
     #[test]
     fn an_event_larger_than_the_whole_budget_is_shed_or_cuts_alone() {
-        let size = event(0, Priority::Low).size();
-        let mut q = SubscriberQueue::new(100, size);
-        assert_eq!(q.offer(event(1, Priority::Low)), Offer::Queued);
-        let mut big = event(2, Priority::High);
-        big.payload = bytes::Bytes::from(vec![0u8; 100]);
-        assert_eq!(q.offer(big.clone()), Offer::Shed);
-        big.priority = Priority::Critical;
-        assert_eq!(q.offer(big), Offer::Cut);
+        let mut q = SubscriberQueue::new(100, SIZE);
+        assert_eq!(offer(&mut q, 1, Priority::Low), Offer::Queued);
+        assert_eq!(
+            offer_sized(&mut q, 2, Priority::High, SIZE + 100),
+            Offer::Shed
+        );
+        assert_eq!(
+            offer_sized(&mut q, 3, Priority::Critical, SIZE + 100),
+            Offer::Cut
+        );
         assert_eq!(
             drain(&mut q),
             vec![1],
             "nothing was shed to make room in vain"
         );
+    }
+
+    /// The rules of §4 written as plainly as possible, over one list in arrival order: what
+    /// the lanes and the mask must agree with. Entries: (sequence, priority, size).
+    #[derive(Default)]
+    struct Model {
+        queued: Vec<(u64, Priority, usize)>,
+    }
+
+    impl Model {
+        fn bytes(&self) -> usize {
+            self.queued.iter().map(|e| e.2).sum()
+        }
+
+        fn offer(
+            &mut self,
+            event: (u64, Priority, usize),
+            max_events: usize,
+            max_bytes: usize,
+        ) -> Offer {
+            let (_, priority, size) = event;
+            if size > max_bytes {
+                return refused(priority);
+            }
+            let mut outcome = Offer::Queued;
+            while self.queued.len() >= max_events || self.bytes() + size > max_bytes {
+                let lowest = self.queued.iter().map(|e| e.1).min();
+                match lowest.filter(|p| *p < priority) {
+                    Some(p) => {
+                        let oldest = self.queued.iter().position(|e| e.1 == p).unwrap();
+                        self.queued.remove(oldest);
+                        outcome = Offer::QueuedShedding(p);
+                    }
+                    None => return refused(priority),
+                }
+            }
+            self.queued.push(event);
+            outcome
+        }
+
+        fn drain(&mut self, budget: usize) -> Vec<u64> {
+            let mut handed = 0;
+            let mut seqs = Vec::new();
+            while handed < budget && !self.queued.is_empty() {
+                let (seq, _, size) = self.queued.remove(0);
+                handed += size;
+                seqs.push(seq);
+            }
+            seqs
+        }
+    }
+
+    fn refused(priority: Priority) -> Offer {
+        if priority == Priority::Critical {
+            Offer::Cut
+        } else {
+            Offer::Shed
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_lanes_follow_the_plain_rules(
+            ops in proptest::collection::vec((0u8..5, 0usize..40, 0usize..80, proptest::bool::ANY), 1..300),
+            max_events in 1usize..12,
+            max_bytes in 10usize..400,
+        ) {
+            let mut q = SubscriberQueue::new(max_events, max_bytes);
+            let mut model = Model::default();
+            for (seq, (priority, padding, budget, drain)) in ops.into_iter().enumerate() {
+                if drain {
+                    proptest::prop_assert_eq!(drain_within(&mut q, budget), model.drain(budget));
+                } else {
+                    let (seq, priority) = (seq as u64, Priority::from_u8(priority).unwrap());
+                    let got = offer_sized(&mut q, seq, priority, SIZE + padding);
+                    let expected = model.offer((seq, priority, SIZE + padding), max_events, max_bytes);
+                    proptest::prop_assert_eq!(got, expected);
+                }
+                proptest::prop_assert_eq!(q.len(), model.queued.len());
+                proptest::prop_assert_eq!(q.bytes(), model.bytes());
+            }
+        }
     }
 }

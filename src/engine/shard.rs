@@ -19,8 +19,8 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use slab::Slab;
 
 use super::event::{
-    check_fields, share, Accepted, Event, EventError, EventRef, IdGenerator, Incoming, Priority,
-    RawEvent,
+    check_fields, share, Accepted, Event, EventError, EventRef, EventView, IdGenerator, IdText,
+    Incoming, Priority, RawEvent,
 };
 use super::index::{SubEntry, SubKey, SubscriptionIndex};
 use super::limits::Limits;
@@ -422,7 +422,8 @@ impl Shard {
                 let outcome = self.sequence(event, hash);
                 self.answer(self.id, route, outcome, now);
             } else {
-                let event = event.into_event(&mut self.ids.borrow_mut());
+                let generated = event.new_id(&mut self.ids.borrow_mut());
+                let event = event.into_event(generated, 0); // the owner sequences it
                 self.push(home, ShardMsg::Publish { event, route });
             }
         }
@@ -542,9 +543,22 @@ impl Shard {
         if uses == 0 {
             return Ok(sequence); // nobody wants it: the event is not even made
         }
-        let mut event = event.into_event(&mut self.ids.borrow_mut());
-        event.sequence = sequence;
-        let mut event = Handout::new(event, uses);
+        let generated = event.new_id(&mut self.ids.borrow_mut());
+        // Subscriptions here receive the event as it lies, encoded straight into their queues.
+        let mut remote_uses = uses;
+        let mut scratch = IdText::default();
+        let view = event.view(generated, sequence, &mut scratch);
+        for entry in matches.iter().filter(|e| e.min_priority <= priority) {
+            if usize::from(entry.key.shard) == self.id {
+                self.deliver_local(entry.key.local, &view);
+                remote_uses -= 1;
+            }
+        }
+        if remote_uses == 0 {
+            return Ok(sequence);
+        }
+        // Other shards get the owned event, one message each.
+        let mut event = Handout::new(event.into_event(generated, sequence), remote_uses);
         let mut start = 0;
         while start < matches.len() {
             let home = matches[start].key.shard;
@@ -553,14 +567,10 @@ impl Shard {
                     .iter()
                     .position(|e| e.key.shard != home)
                     .unwrap_or(matches.len() - start);
-            let wanted = matches[start..end]
-                .iter()
-                .filter(|e| e.min_priority <= priority);
-            if usize::from(home) == self.id {
-                for entry in wanted {
-                    self.deliver_local(entry.key.local, event.next());
-                }
-            } else {
+            if usize::from(home) != self.id {
+                let wanted = matches[start..end]
+                    .iter()
+                    .filter(|e| e.min_priority <= priority);
                 let outbox = &self.outboxes[usize::from(home)];
                 let mut batch = outbox.batch.borrow_mut();
                 let first = batch.subs.len();
@@ -583,7 +593,7 @@ impl Shard {
         Ok(sequence)
     }
 
-    fn deliver_local(&self, local: u64, event: Event) {
+    fn deliver_local(&self, local: u64, event: &EventView<'_>) {
         let subs = self.local.borrow();
         let Some(sub) = subs.get(&local) else {
             return; // unsubscribed while the event was in flight
@@ -854,10 +864,11 @@ impl Shard {
                 ShardMsg::Sequenced { token, outcome, at } => self.on_sequenced(token, outcome, at),
                 ShardMsg::Deliver { event, start, len } => {
                     let keys = &subs[start as usize..(start + len) as usize];
-                    let mut event = Handout::new(event, keys.len());
+                    let mut scratch = IdText::default();
+                    let view = event.view(&mut scratch);
                     for key in keys {
                         debug_assert_eq!(usize::from(key.shard), self.id);
-                        self.deliver_local(key.local, event.next());
+                        self.deliver_local(key.local, &view);
                     }
                 }
                 ShardMsg::Subscribe {
@@ -978,11 +989,63 @@ impl Handout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{EventId, Metadata};
+    use bytes::{Buf, BufMut, BytesMut};
 
     /// One shard alone: every topic is its own, nothing crosses shards.
     fn lone_shard() -> Rc<Shard> {
         Shard::new(0, 1, Limits::default(), 7)
+    }
+
+    /// An event as a test subscription received it.
+    #[derive(Debug, PartialEq)]
+    struct Got {
+        topic: String,
+        id: String,
+        payload: Bytes,
+        metadata: (u16, Bytes),
+        priority: Priority,
+        timestamp_ns: i64,
+        sequence: u64,
+    }
+
+    /// A door's encoding for tests: each field length-prefixed, read back by [`received`].
+    fn record(out: &mut BytesMut, e: &EventView<'_>, _tag: u64) {
+        for field in [e.topic, e.id, e.payload, e.metadata] {
+            out.put_u32_le(field.len() as u32);
+            out.put_slice(field);
+        }
+        out.put_u16_le(e.metadata_count);
+        out.put_u8(e.priority as u8);
+        out.put_i64_le(e.timestamp_ns);
+        out.put_u64_le(e.sequence);
+    }
+
+    /// Everything queued for `sub`, oldest first.
+    fn received(sub: &Subscriber) -> Vec<Got> {
+        let mut bytes = BytesMut::new();
+        sub.drain(usize::MAX, |run| bytes.extend_from_slice(run));
+        let mut got = Vec::new();
+        while !bytes.is_empty() {
+            let mut field = || {
+                let len = bytes.get_u32_le() as usize;
+                bytes.split_to(len).freeze()
+            };
+            let (topic, id, payload, metadata) = (field(), field(), field(), field());
+            got.push(Got {
+                topic: String::from_utf8(topic.to_vec()).unwrap(),
+                id: String::from_utf8(id.to_vec()).unwrap(),
+                payload,
+                metadata: (bytes.get_u16_le(), metadata),
+                priority: Priority::from_u8(bytes.get_u8()).unwrap(),
+                timestamp_ns: bytes.get_i64_le(),
+                sequence: bytes.get_u64_le(),
+            });
+        }
+        got
+    }
+
+    fn consumer() -> Rc<Consumer> {
+        Rc::new(Consumer::new(record))
     }
 
     /// A native PUBLISH's fields, as they lie in the door's read buffer.
@@ -1020,7 +1083,7 @@ mod tests {
     #[test]
     fn an_event_in_place_reaches_a_subscriber_as_validated_and_sequenced() {
         let shard = lone_shard();
-        let consumer = Rc::new(Consumer::default());
+        let consumer = consumer();
         let pattern = Pattern::parse(b"a/*").unwrap();
         let subscribe = shard.subscribe(pattern, Priority::Batch, &consumer, 1);
         let sub = futures_lite::future::block_on(subscribe);
@@ -1040,22 +1103,25 @@ mod tests {
             shard
                 .publish_in_place(raw, &buffer, &recent, 5, Reply::Nobody)
                 .unwrap();
-            let got = sub.pop().expect("delivered");
+            let mut got = received(&sub);
+            assert_eq!(got.len(), 1, "x/y matched nothing");
+            let got = got.remove(0);
             assert_eq!(
                 (got.topic.as_str(), &got.payload[..], got.sequence),
                 ("a/b", &b"seen"[..], n)
             );
             assert_eq!(got.priority, Priority::Medium);
-            assert_eq!(got.metadata, Metadata::default());
+            assert_eq!(got.metadata, (0, Bytes::new()));
             if n == 1 {
-                assert!(matches!(got.id, EventId::Generated(_)));
+                let id = uuid::Uuid::parse_str(&got.id).expect("a generated UUID");
+                assert_eq!(id.get_version_num(), 7);
                 assert_eq!(got.timestamp_ns, 5, "the receive time");
             } else {
-                assert_eq!(got.id, EventId::Given(Bytes::from_static(b"my-id")));
+                assert_eq!(got.id, "my-id");
                 assert_eq!(got.timestamp_ns, 42);
             }
+            assert!(buffer.is_unique(), "the subscriber's queue holds a copy");
         }
-        assert!(sub.pop().is_none(), "x/y matched nothing");
     }
 
     #[test]
@@ -1114,7 +1180,7 @@ mod tests {
     #[test]
     fn a_batch_in_place_reaches_each_topic_in_order_and_remembers_the_last_topic() {
         let shard = lone_shard();
-        let consumer = Rc::new(Consumer::default());
+        let consumer = consumer();
         let subscribe = shard.subscribe(
             Pattern::parse(b"a/*").unwrap(),
             Priority::Batch,
@@ -1133,15 +1199,9 @@ mod tests {
         ]);
         let events = refs(&buffer, &spans);
         (shard.publish_batch_in_place(&events, &buffer, &recent, 9, Reply::Nobody)).unwrap();
-        let got: Vec<(String, Bytes, u64, Priority)> = std::iter::from_fn(|| sub.pop())
-            .map(|e| {
-                (
-                    e.topic.as_str().to_owned(),
-                    e.payload,
-                    e.sequence,
-                    e.priority,
-                )
-            })
+        let got: Vec<(String, Bytes, u64, Priority)> = received(&sub)
+            .into_iter()
+            .map(|e| (e.topic, e.payload, e.sequence, e.priority))
             .collect();
         let want = [
             ("a/x", "1", 1, Priority::Medium),
@@ -1156,10 +1216,10 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(recent.get().as_ref().unwrap().as_str(), "b/z");
         assert_eq!(shard.stats().sequenced, 5);
-        drop((events, got));
+        drop(events);
         assert!(
             buffer.is_unique(),
-            "only the delivered events held the buffer"
+            "the subscriber's queue holds copies, not the buffer"
         );
     }
 

@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::event::{Event, Priority};
+use bytes::BytesMut;
+
+use super::event::{EventView, Priority};
 use super::index::SubKey;
 use super::notify::Notify;
 use super::queue::{Offer, QueueStats, SubscriberQueue};
@@ -22,19 +24,33 @@ pub enum SubState {
     Closed,
 }
 
+/// How a door writes one event for one of its subscriptions (`tag`: the subscription's id at
+/// that door), as its connection will send it. Events are queued in this form.
+pub type EncodeEvent = fn(out: &mut BytesMut, event: &EventView<'_>, tag: u64);
+
 /// One client's door-side view of its subscriptions: whichever of them have events (or news)
 /// wait in `ready`, and `notify` wakes the task that writes to the client's socket.
 /// Subscriptions whose client cannot take more for now (an HTTP/2 window is closed) wait in
 /// `held`: retried at the writer's next turn, but never a reason for a turn of their own.
-#[derive(Default)]
 pub struct Consumer {
     ready: RefCell<VecDeque<Rc<Subscriber>>>,
     held: RefCell<Vec<Rc<Subscriber>>>,
     /// Woken whenever a subscription of this consumer becomes ready.
     pub notify: Notify,
+    encode: EncodeEvent,
 }
 
 impl Consumer {
+    /// A consumer whose subscriptions queue events as `encode` writes them.
+    pub fn new(encode: EncodeEvent) -> Consumer {
+        Consumer {
+            ready: RefCell::default(),
+            held: RefCell::default(),
+            notify: Notify::default(),
+            encode,
+        }
+    }
+
     /// The next subscription with something to deliver.
     pub fn next_ready(&self) -> Option<Rc<Subscriber>> {
         let sub = self.ready.borrow_mut().pop_front()?;
@@ -121,19 +137,23 @@ impl Subscriber {
         self.consumer.mark_ready(self);
     }
 
-    /// Queues an arriving event by the shedding rules; wakes the consumer if anything changed.
-    pub(crate) fn offer(self: &Rc<Self>, event: Event) -> Offer {
+    /// Queues an arriving event, encoded for the door, by the shedding rules; wakes the
+    /// consumer if anything changed.
+    pub(crate) fn offer(self: &Rc<Self>, event: &EventView<'_>) -> Offer {
         debug_assert_eq!(self.state.get(), SubState::Active);
-        let outcome = self.queue.borrow_mut().offer(event);
+        let (encode, tag) = (self.consumer.encode, self.tag);
+        let outcome =
+            (self.queue.borrow_mut()).offer(event.priority, |out| encode(out, event, tag));
         if matches!(outcome, Offer::Queued | Offer::QueuedShedding(_)) {
             self.consumer.mark_ready(self);
         }
         outcome
     }
 
-    /// The oldest queued event, for the consumer to write.
-    pub fn pop(&self) -> Option<Event> {
-        self.queue.borrow_mut().pop()
+    /// Hands the queued events, encoded, oldest first, to `write` while fewer than `budget`
+    /// bytes were handed (see [`SubscriberQueue::drain`]); the number of events.
+    pub fn drain(&self, budget: usize, write: impl FnMut(&[u8])) -> usize {
+        self.queue.borrow_mut().drain(budget, write)
     }
 
     /// Events still queued.
@@ -169,7 +189,7 @@ mod tests {
 
     #[test]
     fn a_held_subscription_waits_for_the_next_turn_without_waking_the_writer() {
-        let consumer = Rc::new(Consumer::default());
+        let consumer = Rc::new(Consumer::new(|_, _, _| {}));
         let sub = subscriber(&consumer);
         let turn = consumer.notify.wait();
         consumer.hold(&sub);
@@ -188,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_held_subscription_that_is_also_ready_is_drained_once_per_turn() {
-        let consumer = Rc::new(Consumer::default());
+        let consumer = Rc::new(Consumer::new(|_, _, _| {}));
         let sub = subscriber(&consumer);
         consumer.hold(&sub);
         consumer.mark_ready(&sub);

@@ -21,7 +21,7 @@ use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
 use crate::accept::{self, Connections, Half};
 use crate::busy_poll::BusyPoll;
-use crate::engine::event::unix_now_ns;
+use crate::engine::event::{unix_now_ns, EventView};
 use crate::engine::notify::Notify;
 use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
@@ -211,7 +211,7 @@ impl GrpcConnection {
             shard: door.shard.clone(),
             h2: RefCell::new(H2::new(H2Limits::default())),
             calls: RefCell::default(),
-            consumer: Rc::new(Consumer::default()),
+            consumer: Rc::new(Consumer::new(put_subscribed_event)),
             max_message: door.max_message,
             closed: Cell::new(false),
             broken: Cell::new(false),
@@ -1002,10 +1002,9 @@ impl GrpcConnection {
 
     async fn write_loop(&self, mut socket: Half) {
         let mut wire = Vec::new();
-        // Buffers kept across wake-ups with their capacity: events are framed into `messages`,
-        // and `spare` takes the HTTP/2 layer's place as its output while `out` is written (a
-        // fresh buffer there, or for the messages, would grow by reallocating and copying).
-        let mut messages = BytesMut::new();
+        // Kept across wake-ups with its capacity: `spare` takes the HTTP/2 layer's place as
+        // its output while `out` is written (a fresh buffer there would grow by reallocating
+        // and copying).
         let mut spare = BytesMut::new();
         loop {
             let woken = self.consumer.notify.wait();
@@ -1013,7 +1012,7 @@ impl GrpcConnection {
             // have taken in the window they waited for (it wakes this task after each read).
             self.consumer.release_held();
             while let Some(sub) = self.consumer.next_ready() {
-                self.drain_subscription(&sub, &mut messages);
+                self.drain_subscription(&sub);
             }
             let out = std::mem::replace(self.h2.borrow_mut().output(), std::mem::take(&mut spare));
             if out.is_empty() && !self.transport.wants_write() {
@@ -1042,9 +1041,9 @@ impl GrpcConnection {
         let _ = socket.close().await;
     }
 
-    /// Moves a subscription's queued events into its stream, as far as HTTP/2 lets them.
-    /// `data`: scratch space for the framed messages (emptied here).
-    fn drain_subscription(&self, sub: &Rc<Subscriber>, data: &mut BytesMut) {
+    /// Moves a subscription's queued events (framed gRPC messages already) into its stream, as
+    /// far as HTTP/2 lets them.
+    fn drain_subscription(&self, sub: &Rc<Subscriber>) {
         let stream = sub.tag as u32;
         let current = match self.calls.borrow().get(&stream) {
             Some(Call::Subscription { sub: s } | Call::Bidi { sub: s, .. }) => Rc::ptr_eq(s, sub),
@@ -1053,15 +1052,9 @@ impl GrpcConnection {
         if !current || sub.state() == SubState::Closed {
             return;
         }
-        data.clear();
         let mut h2 = self.h2.borrow_mut();
-        while h2.queued(stream) + data.len() < MAX_QUEUED_PER_STREAM {
-            let Some(event) = sub.pop() else { break };
-            framing::put_message(data, |o| service::put_event(o, &event));
-        }
-        if !data.is_empty() {
-            h2.send_data(stream, data);
-        }
+        let budget = MAX_QUEUED_PER_STREAM.saturating_sub(h2.queued(stream));
+        sub.drain(budget, |messages| h2.send_data(stream, messages));
         drop(h2);
         if sub.queued() > 0 {
             self.consumer.hold(sub);
@@ -1070,4 +1063,10 @@ impl GrpcConnection {
             self.fail(stream, &GrpcError::SlowConsumer, true);
         }
     }
+}
+
+/// How a gRPC subscriber's events are queued: each an `eventstream.Event` message with its
+/// gRPC prefix, ready for the stream's DATA frames.
+fn put_subscribed_event(out: &mut BytesMut, event: &EventView<'_>, _stream: u64) {
+    framing::put_message(out, |o| service::put_event(o, event));
 }

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use super::status::GrpcError;
-use crate::engine::{Event, EventRef, Metadata, Priority, RawEvent};
+use crate::engine::{EventRef, EventView, Metadata, Priority, RawEvent};
 use crate::proto;
 
 /// The methods served.
@@ -410,9 +410,9 @@ pub fn raw_event(e: proto::Event) -> Result<RawEvent, GrpcError> {
 }
 
 /// Appends an engine event as an encoded `eventstream.Event` (the same bytes prost would write
-/// for the equivalent message, map entries in order) straight from the event's shared
-/// buffers: delivering to a gRPC subscriber allocates nothing per event.
-pub fn put_event(out: &mut BytesMut, e: &Event) {
+/// for the equivalent message, map entries in order) straight from where the event lies:
+/// delivering to a gRPC subscriber allocates nothing per event.
+pub fn put_event(out: &mut BytesMut, e: &EventView<'_>) {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     let field = |out: &mut BytesMut, tag: u32, bytes: &[u8]| {
         if !bytes.is_empty() {
@@ -421,21 +421,16 @@ pub fn put_event(out: &mut BytesMut, e: &Event) {
             out.put_slice(bytes);
         }
     };
-    let id_len = e.id.text_len();
-    if id_len > 0 {
-        encode_key(1, WireType::LengthDelimited, out);
-        encode_varint(id_len as u64, out);
-        e.id.write_text(out);
-    }
-    field(out, 2, e.topic.bytes());
-    field(out, 3, &e.payload);
+    field(out, 1, e.id);
+    field(out, 2, e.topic);
+    field(out, 3, e.payload);
     for (tag, value) in [(4, e.priority as u64), (5, e.timestamp_ns as u64)] {
         if value != 0 {
             encode_key(tag, WireType::Varint, out);
             encode_varint(value, out);
         }
     }
-    for (k, v) in e.metadata.iter() {
+    for (k, v) in e.metadata_entries() {
         let entry_len = |s: &str| {
             if s.is_empty() {
                 0
@@ -464,6 +459,7 @@ pub fn framed(msg: &impl Message) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::{Event, IdText};
     use proptest::prelude::*;
 
     /// An engine event as the protobuf message subscribers receive (what [`put_event`] encodes
@@ -699,7 +695,7 @@ mod tests {
                 sequence: seq,
             };
             let mut ours = BytesMut::new();
-            put_event(&mut ours, &event);
+            put_event(&mut ours, &event.view(&mut IdText::default()));
             assert_eq!(
                 proto::Event::decode(ours.clone()).unwrap(),
                 proto_event(&event)

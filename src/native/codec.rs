@@ -6,7 +6,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::engine::event::{Event, EventRef, Metadata, MetadataError, RawEvent};
+use crate::engine::event::{EventRef, EventView, Metadata, MetadataError, RawEvent};
 
 /// Bytes before a frame's body: length, kind, flags.
 pub const HEADER_LEN: usize = 6;
@@ -569,16 +569,16 @@ fn put_event_record(
     timestamp_ns: i64,
     topic: &[u8],
     id: impl FnOnce(&mut BytesMut),
-    metadata: &Metadata,
+    (metadata_count, metadata): (u16, &[u8]),
     payload: &[u8],
 ) {
     out.put_u8(priority);
     out.put_i64_le(timestamp_ns);
     put_str16(out, topic);
     id(out);
-    out.put_u16_le(metadata.len() as u16);
-    out.put_u32_le(metadata.wire_len() as u32);
-    out.put_slice(metadata.wire());
+    out.put_u16_le(metadata_count);
+    out.put_u32_le(metadata.len() as u32);
+    out.put_slice(metadata);
     out.put_u32_le(payload.len() as u32);
     out.put_slice(payload);
 }
@@ -590,7 +590,7 @@ fn put_raw_event(out: &mut BytesMut, e: &RawEvent) {
         e.timestamp_ns,
         &e.topic,
         |out| put_str16(out, &e.id),
-        &e.metadata,
+        (e.metadata.len() as u16, e.metadata.wire()),
         &e.payload,
     );
 }
@@ -620,7 +620,7 @@ pub fn put_publish_simple(
             0,
             topic,
             |out| out.put_u16_le(0),
-            &Metadata::default(),
+            (0, &[]),
             payload,
         );
     });
@@ -672,7 +672,7 @@ pub fn put_ack(out: &mut BytesMut, request_id: u64, count: u32, sequence: u64, l
 }
 
 /// Server: EVENT, pushed to subscription `sub_id`.
-pub fn put_event(out: &mut BytesMut, sub_id: u32, event: &Event) {
+pub fn put_event(out: &mut BytesMut, sub_id: u32, event: &EventView<'_>) {
     frame(out, kind::EVENT, 0, |out| {
         out.put_u32_le(sub_id);
         out.put_u64_le(event.sequence);
@@ -680,13 +680,10 @@ pub fn put_event(out: &mut BytesMut, sub_id: u32, event: &Event) {
             out,
             event.priority as u8,
             event.timestamp_ns,
-            event.topic.bytes(),
-            |out| {
-                out.put_u16_le(event.id.text_len() as u16);
-                event.id.write_text(out);
-            },
-            &event.metadata,
-            &event.payload,
+            event.topic,
+            |out| put_str16(out, event.id),
+            (event.metadata_count, event.metadata),
+            event.payload,
         );
     });
 }
@@ -762,7 +759,7 @@ pub fn put_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::event::{EventId, Priority};
+    use crate::engine::event::{Event, EventId, IdText, Priority};
     use crate::engine::topic::Topic;
     use proptest::prelude::*;
 
@@ -1102,7 +1099,7 @@ mod tests {
         };
         let mut buf = BytesMut::new();
         put_ack(&mut buf, 1, 2, 3, 4);
-        put_event(&mut buf, 7, &event);
+        put_event(&mut buf, 7, &event.view(&mut IdText::default()));
         put_subscribed(&mut buf, 8);
         put_unsubscribed(&mut buf, 8, 10, 2);
         put_pong(&mut buf, &pong);

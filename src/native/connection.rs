@@ -172,7 +172,9 @@ impl Connection {
         };
         let conn = Rc::new(Connection {
             shard: door.shard.clone(),
-            consumer: Rc::new(Consumer::default()),
+            consumer: Rc::new(Consumer::new(|out, event, sub_id| {
+                codec::put_event(out, sub_id as u32, event)
+            })),
             control: RefCell::new(BytesMut::new()),
             subs: RefCell::default(),
             closed: Cell::new(false),
@@ -535,12 +537,8 @@ impl Connection {
         if !current || sub.state() == SubState::Closed {
             return; // not confirmed yet (it will be requeued), or gone
         }
-        while out.len() < WRITE_BUDGET {
-            match sub.pop() {
-                Some(event) => codec::put_event(out, sub_id, &event),
-                None => break,
-            }
-        }
+        let budget = WRITE_BUDGET.saturating_sub(out.len());
+        sub.drain(budget, |events| out.extend_from_slice(events));
         if sub.queued() > 0 {
             sub.requeue();
         } else if sub.state() == SubState::Cut {
