@@ -267,3 +267,45 @@ fn health_ping_reaches_every_shard() {
     );
     assert_eq!(pong.version, env!("CARGO_PKG_VERSION"));
 }
+
+#[test]
+fn events_lent_in_place_are_the_events_delivered_owned_whether_stashed_or_not() {
+    let server = start();
+    let mut sub = server.client();
+    let id = sub.subscribe("lent/*", Priority::Batch).unwrap();
+    let mut publisher = server.client();
+    let payload = |i: u64| format!("payload {i}").into_bytes();
+    for i in 1..=3 {
+        publisher
+            .publish(&event("lent/a", &payload(i), Priority::High))
+            .unwrap();
+    }
+    // Once the three events are on their way, the PONG comes after them: waiting for it
+    // stashes them (owned).
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    sub.ping().unwrap();
+    assert!(sub.has_buffered(), "the events were stashed");
+    for i in 4..=6 {
+        publisher
+            .publish(&event("lent/a", &payload(i), Priority::High))
+            .unwrap();
+    }
+    for i in 1..=6u64 {
+        let (sub_id, sequence, topic, body, priority) = sub
+            .next_event_with(|d| {
+                (
+                    d.sub_id,
+                    d.sequence,
+                    d.event.topic.to_vec(),
+                    d.event.payload.to_vec(),
+                    d.event.priority,
+                )
+            })
+            .unwrap();
+        assert_eq!((sub_id, sequence), (id, i));
+        assert_eq!(
+            (&topic[..], body, priority),
+            (&b"lent/a"[..], payload(i), Priority::High as u8)
+        );
+    }
+}

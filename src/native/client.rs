@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::codec::{self, ErrorCode, Pong, ServerFrame};
+use super::codec::{self, ErrorCode, EventFrame, FrameRef, Pong, ServerFrame};
 use crate::engine::{Priority, RawEvent};
 
 /// Largest frame the client accepts from a server.
@@ -278,6 +278,42 @@ impl Client {
         }
     }
 
+    /// As [`next_event`](Self::next_event), but hands the event to `read` where it lies in
+    /// this client's read buffer: nothing copied, no reference count taken (an owned
+    /// [`Delivery`] costs more than reading a small event's fields). Events that arrived while
+    /// the client waited for an answer were kept owned and are lent the same way.
+    pub fn next_event_with<R>(
+        &mut self,
+        read: impl FnOnce(&EventFrame<'_>) -> R,
+    ) -> Result<R, ClientError> {
+        loop {
+            match self.inbox.pop_front() {
+                Some(Inbound::Event(d)) => {
+                    let (sub_id, sequence) = (d.sub_id, d.sequence);
+                    let event = d.event.as_ref();
+                    return Ok(read(&EventFrame {
+                        sub_id,
+                        sequence,
+                        event,
+                    }));
+                }
+                Some(Inbound::Error(e)) => return Err(e),
+                None => {}
+            }
+            self.fill_frames()?;
+            let frame = self.first_frame();
+            let parsed = EventFrame::parse(frame).map_err(|e| ClientError::Protocol(e.message));
+            if let Some(event) = parsed? {
+                let result = read(&event);
+                self.frames.advance(frame.wire_len);
+                return Ok(result);
+            }
+            let parsed = ServerFrame::parse_in(frame, &self.frames);
+            self.frames.advance(frame.wire_len);
+            self.stash(parsed.map_err(|e| ClientError::Protocol(e.message))?)?;
+        }
+    }
+
     fn request_id(&mut self) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
@@ -349,13 +385,25 @@ impl Client {
     }
 
     fn read_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        self.fill_frames()?;
+        let frame = self.first_frame();
+        let parsed = ServerFrame::parse_in(frame, &self.frames);
+        self.frames.advance(frame.wire_len);
+        parsed.map_err(|e| ClientError::Protocol(e.message))
+    }
+
+    /// The frame at the front of `frames` (which holds whole frames only; not empty).
+    fn first_frame(&self) -> FrameRef<'_> {
+        let frame = codec::frame_at(&self.frames, MAX_FRAME);
+        frame.ok().flatten().expect("frames holds whole frames")
+    }
+
+    /// Reads the socket until `frames` holds at least one whole frame.
+    fn fill_frames(&mut self) -> Result<(), ClientError> {
         loop {
-            if let Ok(Some(frame)) = codec::frame_at(&self.frames, MAX_FRAME) {
-                let parsed = ServerFrame::parse_in(frame, &self.frames);
-                self.frames.advance(frame.wire_len);
-                return parsed.map_err(|e| ClientError::Protocol(e.message));
+            if !self.frames.is_empty() {
+                return Ok(());
             }
-            debug_assert!(self.frames.is_empty(), "frames holds whole frames only");
             // Let go of the last read's buffer, so that reading more can reuse it.
             self.frames = Bytes::new();
             let (whole, framing) = codec::whole_frames(&self.rbuf, MAX_FRAME);

@@ -458,6 +458,37 @@ pub enum ServerFrame {
     },
 }
 
+/// An EVENT frame read in place: its event's fields borrow the frame, so a client that only
+/// reads them takes no reference count and copies nothing ([`ServerFrame::Event`] is the
+/// owned form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventFrame<'a> {
+    pub sub_id: u32,
+    pub sequence: u64,
+    pub event: EventRef<'a>,
+}
+
+impl<'a> EventFrame<'a> {
+    /// Parses the frame when it is an EVENT; `None` for any other kind.
+    pub fn parse(frame: FrameRef<'a>) -> Result<Option<EventFrame<'a>>, BodyError> {
+        if frame.kind != kind::EVENT {
+            return Ok(None);
+        }
+        EventFrame::parse_body(frame.body).map(Some)
+    }
+
+    fn parse_body(body: &'a [u8]) -> Result<EventFrame<'a>, BodyError> {
+        let mut r = Reader { body };
+        let parsed = EventFrame {
+            sub_id: r.u32("subscription id")?,
+            sequence: r.u64("sequence")?,
+            event: r.event()?,
+        };
+        r.end("the frame")?;
+        Ok(parsed)
+    }
+}
+
 impl ServerFrame {
     /// Parses a server frame cut out of the stream ([`next_frame`]).
     pub fn parse(frame: RawFrame) -> Result<ServerFrame, BodyError> {
@@ -481,11 +512,15 @@ impl ServerFrame {
                 sequence: r.u64("sequence")?,
                 latency_ns: r.u64("latency")?,
             },
-            kind::EVENT => ServerFrame::Event {
-                sub_id: r.u32("subscription id")?,
-                sequence: r.u64("sequence")?,
-                event: r.event()?.to_raw(buffer),
-            },
+            kind::EVENT => {
+                // (Read to its end there.)
+                let e = EventFrame::parse_body(frame.body)?;
+                return Ok(ServerFrame::Event {
+                    sub_id: e.sub_id,
+                    sequence: e.sequence,
+                    event: e.event.to_raw(buffer),
+                });
+            }
             kind::SUBSCRIBED => ServerFrame::Subscribed {
                 sub_id: r.u32("subscription id")?,
             },
