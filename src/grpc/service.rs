@@ -411,24 +411,49 @@ pub fn raw_event(e: proto::Event) -> Result<RawEvent, GrpcError> {
 
 /// Appends an engine event as an encoded `eventstream.Event` (the same bytes prost would write
 /// for the equivalent message, map entries in order) straight from where the event lies:
-/// delivering to a gRPC subscriber allocates nothing per event.
+/// delivering to a gRPC subscriber allocates nothing per event. Field keys are single bytes
+/// written as such, and so are lengths under 128 (ids, most topics, small payloads): a call
+/// to prost's varint writer per key and length was the largest item of the Stream row.
 pub fn put_event(out: &mut BytesMut, e: &EventView<'_>) {
-    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    let field = |out: &mut BytesMut, tag: u32, bytes: &[u8]| {
+    use prost::encoding::{encode_varint, encoded_len_varint, WireType};
+    /// The key of field `tag` (1..=15: one byte).
+    const fn key(tag: u8, wire_type: WireType) -> u8 {
+        assert!(tag >= 1 && tag <= 15);
+        (tag << 3) | wire_type as u8
+    }
+    /// A varint through a stack buffer: prost writing into `BytesMut` checks its capacity
+    /// at every byte (a timestamp takes nine).
+    fn put_varint(out: &mut BytesMut, value: u64) {
+        let mut buf = [0u8; 10];
+        let mut rest = &mut buf[..];
+        encode_varint(value, &mut rest);
+        let len = 10 - rest.len();
+        out.put_slice(&buf[..len]);
+    }
+    fn put_len(out: &mut BytesMut, len: usize) {
+        match u8::try_from(len) {
+            Ok(short) if short < 0x80 => out.put_u8(short),
+            _ => put_varint(out, len as u64),
+        }
+    }
+    let field = |out: &mut BytesMut, key: u8, bytes: &[u8]| {
         if !bytes.is_empty() {
-            encode_key(tag, WireType::LengthDelimited, out);
-            encode_varint(bytes.len() as u64, out);
+            out.put_u8(key);
+            put_len(out, bytes.len());
             out.put_slice(bytes);
         }
     };
-    field(out, 1, e.id);
-    field(out, 2, e.topic);
-    field(out, 3, e.payload);
-    for (tag, value) in [(4, e.priority as u64), (5, e.timestamp_ns as u64)] {
-        if value != 0 {
-            encode_key(tag, WireType::Varint, out);
-            encode_varint(value, out);
-        }
+    use WireType::{LengthDelimited, Varint};
+    field(out, key(1, LengthDelimited), e.id);
+    field(out, key(2, LengthDelimited), e.topic);
+    field(out, key(3, LengthDelimited), e.payload);
+    if e.priority as u8 != 0 {
+        out.put_u8(key(4, Varint));
+        out.put_u8(e.priority as u8);
+    }
+    if e.timestamp_ns != 0 {
+        out.put_u8(key(5, Varint));
+        put_varint(out, e.timestamp_ns as u64);
     }
     for (k, v) in e.metadata_entries() {
         let entry_len = |s: &str| {
@@ -438,14 +463,14 @@ pub fn put_event(out: &mut BytesMut, e: &EventView<'_>) {
                 1 + encoded_len_varint(s.len() as u64) + s.len()
             }
         };
-        encode_key(6, WireType::LengthDelimited, out);
-        encode_varint((entry_len(k) + entry_len(v)) as u64, out);
-        field(out, 1, k.as_bytes());
-        field(out, 2, v.as_bytes());
+        out.put_u8(key(6, LengthDelimited));
+        put_len(out, entry_len(k) + entry_len(v));
+        field(out, key(1, LengthDelimited), k.as_bytes());
+        field(out, key(2, LengthDelimited), v.as_bytes());
     }
     if e.sequence != 0 {
-        encode_key(7, WireType::Varint, out);
-        encode_varint(e.sequence, out);
+        out.put_u8(key(7, Varint));
+        put_varint(out, e.sequence);
     }
 }
 
@@ -684,13 +709,20 @@ mod tests {
                 9u64,
             ),
             (EventId::Given(Bytes::from_static(b"my-id")), vec![], 0, 0),
+            // Lengths of 128 and more take two varint bytes.
+            (
+                EventId::Given(Bytes::from(vec![b'i'; 200])),
+                vec![("long", &*"v".repeat(300))],
+                i64::MAX,
+                u64::MAX,
+            ),
         ] {
             let event = Event {
                 topic: Topic::parse(Bytes::from_static(b"sensors/t1")).unwrap(),
                 id,
-                payload: Bytes::from_static(b"\x00payload"),
+                payload: Bytes::from(vec![0u8; 1 + seq as usize % 1000]),
                 metadata: Metadata::from_pairs(meta).unwrap(),
-                priority: Priority::Critical,
+                priority: Priority::from_u8((seq % 5) as u8).unwrap(),
                 timestamp_ns: ts,
                 sequence: seq,
             };
