@@ -436,8 +436,9 @@ pub(super) fn check_fields(
 
 /// An event decoded in place that passed §3's checks ([`Shard::publish_in_place`](super::Shard::publish_in_place),
 /// [`Shard::publish_batch_in_place`](super::Shard::publish_batch_in_place)), still in the door's buffer: what sequencing needs
-/// (topic, priority) without the owned [`Event`], which only a recipient or another shard
-/// needs. An event published to a topic with no subscriber is never copied out.
+/// (topic, priority) without the owned [`Event`], which only another shard needs: subscribers
+/// on this shard receive an [`EventView`] of it. An event published to a topic with no
+/// subscriber elsewhere is never copied out as a whole.
 pub struct Accepted<'a> {
     topic: &'a Topic,
     priority: Priority,

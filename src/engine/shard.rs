@@ -313,9 +313,9 @@ impl Shard {
 
     /// Validates and publishes one event the native door decoded in place (`raw`, borrowing
     /// `buffer`), reusing the connection's `recent` topic as
-    /// [`validate_recent`](Self::validate_recent) does. The owned event is made only for a
-    /// recipient or another shard: a publish to a topic nobody here subscribes to copies
-    /// nothing out of the buffer and takes no reference count on it.
+    /// [`validate_recent`](Self::validate_recent) does. The owned event is made only for
+    /// another shard: subscribers here get it encoded from the buffer, so a publish whose
+    /// subscribers (if any) all live here takes no reference count on the buffer.
     pub fn publish_in_place(
         &self,
         raw: EventRef<'_>,
@@ -343,8 +343,8 @@ impl Shard {
     /// Validates a whole batch decoded in place (`events`, borrowing `buffer`), then publishes
     /// it: all or nothing, so one refused event refuses the batch before any is published.
     /// Topics are reused as [`publish_in_place`](Self::publish_in_place) does: a run of events
-    /// on one topic checks its name once. As there, the owned events are made only for
-    /// recipients or other shards. On refusal: the index of the first refused event, and why.
+    /// on one topic checks its name once. As there, the owned events are made only for other
+    /// shards. On refusal: the index of the first refused event, and why.
     pub fn publish_batch_in_place(
         &self,
         events: &[EventRef<'_>],
@@ -529,36 +529,36 @@ impl Shard {
         let matches = &state.matches;
         let priority = event.priority();
         // Recipients: each local subscription, and each other shard with any (one message).
-        let mut uses = 0;
+        let (mut locals, mut remotes) = (0, 0);
         let mut last_remote = None;
         for entry in matches.iter().filter(|e| e.min_priority <= priority) {
             let home = entry.key.shard;
             if usize::from(home) == self.id {
-                uses += 1;
+                locals += 1;
             } else if last_remote != Some(home) {
-                uses += 1;
+                remotes += 1;
                 last_remote = Some(home);
             }
         }
-        if uses == 0 {
+        if locals + remotes == 0 {
             return Ok(sequence); // nobody wants it: the event is not even made
         }
         let generated = event.new_id(&mut self.ids.borrow_mut());
-        // Subscriptions here receive the event as it lies, encoded straight into their queues.
-        let mut remote_uses = uses;
-        let mut scratch = IdText::default();
-        let view = event.view(generated, sequence, &mut scratch);
-        for entry in matches.iter().filter(|e| e.min_priority <= priority) {
-            if usize::from(entry.key.shard) == self.id {
-                self.deliver_local(entry.key.local, &view);
-                remote_uses -= 1;
+        if locals > 0 {
+            // Subscriptions here receive the event as it lies, encoded into their queues.
+            let mut scratch = IdText::default();
+            let view = event.view(generated, sequence, &mut scratch);
+            for entry in matches.iter().filter(|e| e.min_priority <= priority) {
+                if usize::from(entry.key.shard) == self.id {
+                    self.deliver_local(entry.key.local, &view);
+                }
             }
         }
-        if remote_uses == 0 {
+        if remotes == 0 {
             return Ok(sequence);
         }
         // Other shards get the owned event, one message each.
-        let mut event = Handout::new(event.into_event(generated, sequence), remote_uses);
+        let mut event = Handout::new(event.into_event(generated, sequence), remotes);
         let mut start = 0;
         while start < matches.len() {
             let home = matches[start].key.shard;
@@ -949,9 +949,9 @@ impl RepeatedTopic {
     }
 }
 
-/// Hands one event to a known number of recipients: copies to all but the last, which gets
-/// the event itself. A copy takes a reference on each shared field (atomic increments, and
-/// decrements when it is dropped), so the one-subscriber case, the common one, copies nothing.
+/// Hands one owned event to a known number of other shards: copies to all but the last, which
+/// gets the event itself. A copy takes a reference on each shared field (atomic increments,
+/// and decrements when it is dropped), so an event bound for one other shard copies nothing.
 struct Handout {
     event: Option<Event>,
     left: usize,
