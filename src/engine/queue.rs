@@ -45,12 +45,32 @@ struct Lane {
     bytes: BytesMut,
 }
 
+/// A lane that empties with more than this allocated for its bytes gives the allocation back:
+/// a subscriber that caught up after a backlog does not keep its peak (up to the queue's whole
+/// byte budget), while one in steady use, whose writer takes at most 256 KiB a turn, keeps
+/// its buffer.
+const KEEP_BYTES: usize = 1 << 20;
+/// The same for the entries (16 bytes each).
+const KEEP_ENTRIES: usize = 16 * 1024;
+
 impl Lane {
     /// Drops the oldest event; its length.
     fn drop_front(&mut self) -> usize {
         let (_, len) = self.entries.pop_front().expect("a busy lane holds events");
         self.bytes.advance(len as usize);
         len as usize
+    }
+
+    /// The lane just emptied: keeps its allocations unless a backlog made them large.
+    fn emptied(&mut self) {
+        debug_assert!(self.entries.is_empty() && self.bytes.is_empty());
+        // (Reclaiming an empty buffer moves nothing: it only rewinds to the allocation's start.)
+        if self.bytes.try_reclaim(KEEP_BYTES + 1) {
+            self.bytes = BytesMut::new();
+        }
+        if self.entries.capacity() > KEEP_ENTRIES {
+            self.entries = VecDeque::new();
+        }
     }
 }
 
@@ -171,6 +191,7 @@ impl SubscriberQueue {
         let lane_ref = &mut self.lanes_mut()[lane];
         let len = lane_ref.drop_front();
         if lane_ref.entries.is_empty() {
+            lane_ref.emptied();
             self.busy &= !(1 << lane);
         }
         len
@@ -221,6 +242,7 @@ impl SubscriberQueue {
             lane_ref.bytes.advance(bytes);
             lane_ref.entries.drain(..run);
             if lane_ref.entries.is_empty() {
+                lane_ref.emptied();
                 self.busy &= !(1 << lane);
             }
             handed += bytes;
@@ -392,6 +414,38 @@ mod tests {
             vec![1],
             "nothing was shed to make room in vain"
         );
+    }
+
+    #[test]
+    fn a_lane_gives_back_a_backlog_s_allocation_once_drained_but_keeps_a_small_one() {
+        let mut q = SubscriberQueue::new(1 << 16, 64 << 20);
+        let lane = Priority::Medium as usize;
+        for seq in 0..10 {
+            offer_sized(&mut q, seq, Priority::Medium, 1000);
+        }
+        drain(&mut q);
+        let lanes = q.lanes.as_mut().unwrap();
+        assert!(
+            lanes[lane].bytes.try_reclaim(10_000),
+            "a small buffer is kept"
+        );
+        for seq in 0..3_000 {
+            offer_sized(&mut q, seq, Priority::Medium, 1000);
+        }
+        assert_eq!(drain_within(&mut q, 1000).len(), 1);
+        assert_eq!(
+            q.bytes(),
+            2_999 * 1000,
+            "partly drained: the rest is still there"
+        );
+        assert_eq!(drain(&mut q).len(), 2_999);
+        let lanes = q.lanes.as_mut().unwrap();
+        assert!(
+            !lanes[lane].bytes.try_reclaim(1),
+            "the 3 MB backlog's buffer was given back"
+        );
+        assert_eq!(offer(&mut q, 1, Priority::Medium), Offer::Queued);
+        assert_eq!(drain(&mut q), vec![1], "and the lane still works");
     }
 
     /// The rules of §4 written as plainly as possible, over one list in arrival order: what
