@@ -479,9 +479,9 @@ pub trait Incoming {
     /// The id the server makes for it (with `ids`) when the client left the id empty; `None`
     /// when it has one. Made once, whoever receives the event.
     fn new_id(&self, ids: &mut IdGenerator) -> Option<uuid::Uuid>;
-    /// The event as subscribers on this shard receive it: `generated` is what
-    /// [`new_id`](Self::new_id) made, `scratch` holds its text.
-    fn view<'s>(
+    /// The event as subscribers on this shard receive it, numbered `sequence`: `generated`
+    /// is what [`new_id`](Self::new_id) made, `scratch` holds its text.
+    fn sequenced_view<'s>(
         &'s self,
         generated: Option<uuid::Uuid>,
         sequence: u64,
@@ -504,7 +504,7 @@ impl Incoming for Event {
         None // validated events have their ids
     }
 
-    fn view<'s>(
+    fn sequenced_view<'s>(
         &'s self,
         generated: Option<uuid::Uuid>,
         sequence: u64,
@@ -537,7 +537,7 @@ impl Incoming for Accepted<'_> {
         self.raw.id.is_empty().then(|| ids.next(self.received_ns))
     }
 
-    fn view<'s>(
+    fn sequenced_view<'s>(
         &'s self,
         generated: Option<uuid::Uuid>,
         sequence: u64,

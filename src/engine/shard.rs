@@ -547,7 +547,7 @@ impl Shard {
         if locals > 0 {
             // Subscriptions here receive the event as it lies, encoded into their queues.
             let mut scratch = IdText::default();
-            let view = event.view(generated, sequence, &mut scratch);
+            let view = event.sequenced_view(generated, sequence, &mut scratch);
             for entry in matches.iter().filter(|e| e.min_priority <= priority) {
                 if usize::from(entry.key.shard) == self.id {
                     self.deliver_local(entry.key.local, &view);
