@@ -507,6 +507,8 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(crate::proptest_config())]
+
         #[test]
         fn the_lanes_follow_the_plain_rules(
             ops in proptest::collection::vec((0u8..5, 0usize..40, 0usize..80, proptest::bool::ANY), 1..300),
