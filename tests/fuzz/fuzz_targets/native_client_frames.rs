@@ -1,0 +1,27 @@
+//! What a native TCP connection reads: bytes cut into frames as the server does
+//! (`whole_frames`, `frame_at`), each parsed in place (`ClientFrame::parse`). Whatever the
+//! bytes, framing and parsing return an error or a frame; they never panic, and every frame
+//! found lies within the whole frames announced.
+#![no_main]
+
+use eventstream::native::codec::{self, ClientFrame};
+use libfuzzer_sys::fuzz_target;
+
+const MAX_FRAME: usize = 1 << 16;
+
+fuzz_target!(|data: &[u8]| {
+    let (whole, _framing_error) = codec::whole_frames(data, MAX_FRAME);
+    assert!(whole <= data.len());
+    let mut at = 0;
+    while let Ok(Some(frame)) = codec::frame_at(&data[at..whole], MAX_FRAME) {
+        at += frame.wire_len;
+        assert!(at <= whole, "a frame past the whole frames");
+        if let Ok(ClientFrame::PublishBatch { events, .. }) = ClientFrame::parse(frame, 64) {
+            assert!(
+                events.len() <= 64,
+                "the batch limit holds before anything is kept"
+            );
+        }
+    }
+    assert_eq!(at, whole, "the whole frames are exactly the frames found");
+});

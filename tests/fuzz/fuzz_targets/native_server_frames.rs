@@ -1,0 +1,34 @@
+//! What the native client library reads from a server: frames parsed owned
+//! (`ServerFrame::parse_in`) and, for EVENT frames, in place (`EventFrame::parse`). Both ways
+//! must agree on every event they accept, and never panic.
+#![no_main]
+
+use bytes::Bytes;
+use eventstream::native::codec::{self, EventFrame, ServerFrame};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let buffer = Bytes::copy_from_slice(data);
+    let mut at = 0;
+    while let Ok(Some(frame)) = codec::frame_at(&buffer[at..], 1 << 16) {
+        at += frame.wire_len;
+        let owned = ServerFrame::parse_in(frame, &buffer);
+        match (EventFrame::parse(frame), owned) {
+            (
+                Ok(Some(lent)),
+                Ok(ServerFrame::Event {
+                    sub_id,
+                    sequence,
+                    event,
+                }),
+            ) => {
+                assert_eq!((lent.sub_id, lent.sequence), (sub_id, sequence));
+                assert_eq!(lent.event.to_raw(&buffer), event);
+            }
+            (Ok(Some(_)), other) => panic!("lent an event the owned parse gave as {other:?}"),
+            (Ok(None), Ok(ServerFrame::Event { .. })) => panic!("an EVENT not lent"),
+            (Err(_), Ok(ServerFrame::Event { .. })) => panic!("an EVENT refused in place only"),
+            _ => {}
+        }
+    }
+});
