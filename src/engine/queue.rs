@@ -54,16 +54,15 @@ const KEEP_BYTES: usize = 1 << 20;
 const KEEP_ENTRIES: usize = 16 * 1024;
 
 impl Lane {
-    /// Drops the oldest event; its length.
-    fn drop_front(&mut self) -> usize {
-        let (_, len) = self.entries.pop_front().expect("a busy lane holds events");
-        self.bytes.advance(len as usize);
-        len as usize
-    }
-
-    /// The lane just emptied: keeps its allocations unless a backlog made them large.
-    fn emptied(&mut self) {
-        debug_assert!(self.entries.is_empty() && self.bytes.is_empty());
+    /// Drops the `run` oldest events, `bytes` long together; true when that emptied the lane,
+    /// whose allocations are then kept unless a backlog made them large.
+    fn drop_run(&mut self, run: usize, bytes: usize) -> bool {
+        self.bytes.advance(bytes);
+        self.entries.drain(..run);
+        if !self.entries.is_empty() {
+            return false;
+        }
+        debug_assert!(self.bytes.is_empty(), "the entries account for every byte");
         // (Reclaiming an empty buffer moves nothing: it only rewinds to the allocation's start.)
         if self.bytes.try_reclaim(KEEP_BYTES + 1) {
             self.bytes = BytesMut::new();
@@ -71,6 +70,7 @@ impl Lane {
         if self.entries.capacity() > KEEP_ENTRIES {
             self.entries = VecDeque::new();
         }
+        true
     }
 }
 
@@ -154,7 +154,9 @@ impl SubscriberQueue {
                 return self.refuse(priority);
             }
             let victim = below.trailing_zeros() as usize;
-            self.bytes -= self.take_front(victim);
+            let (_, shed) = self.lanes_mut()[victim].entries[0];
+            self.drop_run(victim, 1, shed as usize);
+            self.bytes -= shed as usize;
             self.len -= 1;
             self.stats.shed[victim] += 1;
             outcome = Offer::QueuedShedding(Priority::ALL[victim]);
@@ -186,15 +188,12 @@ impl SubscriberQueue {
             .expect("lanes are made by the first event")
     }
 
-    /// Drops the front of a busy lane, keeping `busy` true to the lanes; its length.
-    fn take_front(&mut self, lane: usize) -> usize {
-        let lane_ref = &mut self.lanes_mut()[lane];
-        let len = lane_ref.drop_front();
-        if lane_ref.entries.is_empty() {
-            lane_ref.emptied();
+    /// Drops the `run` oldest events of a busy lane, `bytes` long together, keeping `busy`
+    /// true to the lanes (shedding drops one, a drain a run).
+    fn drop_run(&mut self, lane: usize, run: usize, bytes: usize) {
+        if self.lanes_mut()[lane].drop_run(run, bytes) {
             self.busy &= !(1 << lane);
         }
-        len
     }
 
     /// Hands the queued events, oldest arrival first, to `write`, for as long as fewer than
@@ -239,12 +238,7 @@ impl SubscriberQueue {
             }
             debug_assert!(run > 0, "the oldest front is always handed");
             write(&lane_ref.bytes[..bytes]);
-            lane_ref.bytes.advance(bytes);
-            lane_ref.entries.drain(..run);
-            if lane_ref.entries.is_empty() {
-                lane_ref.emptied();
-                self.busy &= !(1 << lane);
-            }
+            self.drop_run(lane, run, bytes);
             handed += bytes;
             events += run;
         }
