@@ -200,7 +200,7 @@ impl Metadata {
 
     /// The entries in order. Duplicated keys are kept as sent.
     pub fn iter(&self) -> MetadataIter<'_> {
-        MetadataIter { rest: &self.raw }
+        MetadataIter::over_wire(&self.raw)
     }
 }
 

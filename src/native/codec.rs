@@ -603,14 +603,14 @@ fn put_event_record(
     priority: u8,
     timestamp_ns: i64,
     topic: &[u8],
-    id: impl FnOnce(&mut BytesMut),
+    id: &[u8],
     (metadata_count, metadata): (u16, &[u8]),
     payload: &[u8],
 ) {
     out.put_u8(priority);
     out.put_i64_le(timestamp_ns);
     put_str16(out, topic);
-    id(out);
+    put_str16(out, id);
     out.put_u16_le(metadata_count);
     out.put_u32_le(metadata.len() as u32);
     out.put_slice(metadata);
@@ -624,7 +624,7 @@ fn put_raw_event(out: &mut BytesMut, e: &RawEvent) {
         e.priority,
         e.timestamp_ns,
         &e.topic,
-        |out| put_str16(out, &e.id),
+        &e.id,
         (e.metadata.len() as u16, e.metadata.wire()),
         &e.payload,
     );
@@ -649,15 +649,7 @@ pub fn put_publish_simple(
 ) {
     frame(out, kind::PUBLISH, 0, |out| {
         out.put_u64_le(request_id);
-        put_event_record(
-            out,
-            priority,
-            0,
-            topic,
-            |out| out.put_u16_le(0),
-            (0, &[]),
-            payload,
-        );
+        put_event_record(out, priority, 0, topic, &[], (0, &[]), payload);
     });
 }
 
@@ -716,7 +708,7 @@ pub fn put_event(out: &mut BytesMut, sub_id: u32, event: &EventView<'_>) {
             event.priority as u8,
             event.timestamp_ns,
             event.topic,
-            |out| put_str16(out, event.id),
+            event.id,
             (event.metadata_count, event.metadata),
             event.payload,
         );
