@@ -167,6 +167,9 @@ pub struct Connection {
     preface_seen: bool,
     going_away: bool,
     decoder: hpack::Decoder,
+    /// What `check_request` said of the last request head, while the blocks that follow it
+    /// are repeats of its block (the same list: the same verdict).
+    last_request_check: Option<Result<Option<u64>, &'static str>>,
     /// Header lists handed back by the layer above, reused for the next requests.
     spare_headers: Vec<HeaderList>,
     /// Where header blocks we send are encoded before framing.
@@ -246,6 +249,7 @@ impl Connection {
             preface_seen: false,
             going_away: false,
             decoder: hpack::Decoder::new(4096),
+            last_request_check: None,
             spare_headers: Vec::new(),
             encoded: Vec::with_capacity(256),
             encoder: hpack::Encoder::default(),
@@ -535,7 +539,7 @@ impl Connection {
     ) -> Result<(), H2Error> {
         // Decode first, whatever happens to the stream: the HPACK table must stay in step.
         let mut headers = self.spare_headers.pop().unwrap_or_default();
-        let list_size = self
+        let decoded = self
             .decoder
             .decode(
                 block,
@@ -543,7 +547,10 @@ impl Connection {
                 self.limits.max_header_list_size as usize,
             )
             .map_err(|_| conn_err(Reason::CompressionError, "HPACK decoding failed"))?;
-        let result = self.open_stream(stream, end_stream, &headers, list_size, events);
+        if !decoded.repeat {
+            self.last_request_check = None;
+        }
+        let result = self.open_stream(stream, end_stream, &headers, decoded.list_size, events);
         match result {
             Ok(true) => {
                 events.push(Event::Request {
@@ -637,8 +644,12 @@ impl Connection {
                 "too many concurrent streams",
             ));
         }
-        let content_length = check_request(fields, list_size, &self.limits)
-            .map_err(|why| stream_err(stream, Reason::ProtocolError, why))?;
+        // A repeated block (see `hpack::Decoded::repeat`) passes or fails as it did before.
+        let check = *self
+            .last_request_check
+            .get_or_insert_with(|| check_request(fields, list_size, &self.limits));
+        debug_assert_eq!(check, check_request(fields, list_size, &self.limits));
+        let content_length = check.map_err(|why| stream_err(stream, Reason::ProtocolError, why))?;
         if end_stream && content_length.is_some_and(|n| n != 0) {
             return Err(stream_err(
                 stream,

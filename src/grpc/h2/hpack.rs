@@ -100,13 +100,29 @@ pub const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
 const ENTRY_OVERHEAD: usize = 32;
 
 /// A decoded header list: names and values packed in one buffer, in the order they came.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeaderList {
     bytes: Vec<u8>,
     /// Per field, where its name and its value end in `bytes` (it starts where the previous
     /// field's value ended), and whether its bytes are known to pass [`field_error`] (it came
     /// from a table entry, checked once when the entry was made).
     ends: Vec<(usize, usize, bool)>,
+}
+
+/// By hand for `clone_from`, which keeps the destination's buffers (the derived one
+/// allocates anew): a repeated header block is copied into a reused list.
+impl Clone for HeaderList {
+    fn clone(&self) -> Self {
+        HeaderList {
+            bytes: self.bytes.clone(),
+            ends: self.ends.clone(),
+        }
+    }
+
+    fn clone_from(&mut self, source: &Self) {
+        self.bytes.clone_from(&source.bytes);
+        self.ends.clone_from(&source.ends);
+    }
 }
 
 impl HeaderList {
@@ -283,6 +299,35 @@ pub struct Decoder {
     /// The field being decoded: name then value.
     field: Vec<u8>,
     huffman: HuffmanCache,
+    /// Counts the changes to the table (insertions, size updates): a repeat is only valid
+    /// while this is where it was when the repeat was recorded.
+    changes: u64,
+    repeat: Repeat,
+}
+
+/// The last header block that decoded without changing the table, and what it decoded to.
+/// Clients repeat a request's headers as the same table indexes, byte for byte, and the
+/// same bytes read against the same table give the same list: a repeat is answered with a
+/// copy of that list instead of a decode (it was a fifth of a unary call's instructions).
+#[derive(Default)]
+struct Repeat {
+    block: Vec<u8>,
+    list: HeaderList,
+    list_size: usize,
+    max_list_size: usize,
+    /// `Decoder::changes` when the block was decoded; `None` until one was.
+    changes: Option<u64>,
+}
+
+/// What [`Decoder::decode`] found besides the fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decoded {
+    /// The header list's size (RFC 9113 §6.5.2), stored fields or not.
+    pub list_size: usize,
+    /// The block was the same as the last one that left the table unchanged, and the table
+    /// has not changed since: the list is the same as that block's, and so is anything the
+    /// caller worked out from it.
+    pub repeat: bool,
 }
 
 impl Decoder {
@@ -296,6 +341,8 @@ impl Decoder {
             spare: Vec::new(),
             field: Vec::new(),
             huffman: HuffmanCache::default(),
+            changes: 0,
+            repeat: Repeat::default(),
         }
     }
 
@@ -304,6 +351,41 @@ impl Decoder {
     /// `max_list_size`, but the whole block is still decoded so that the dynamic table stays
     /// in step with the client's: the caller compares the size and refuses the request.
     pub fn decode(
+        &mut self,
+        block: &[u8],
+        out: &mut HeaderList,
+        max_list_size: usize,
+    ) -> Result<Decoded, HpackError> {
+        let repeat = &self.repeat;
+        if repeat.changes == Some(self.changes)
+            && repeat.max_list_size == max_list_size
+            && repeat.block == block
+        {
+            out.clone_from(&repeat.list);
+            return Ok(Decoded {
+                list_size: repeat.list_size,
+                repeat: true,
+            });
+        }
+        let changes = self.changes;
+        let list_size = self.decode_fields(block, out, max_list_size)?;
+        if self.changes == changes {
+            let repeat = &mut self.repeat;
+            repeat.block.clear();
+            repeat.block.extend_from_slice(block);
+            repeat.list.clone_from(out);
+            repeat.list_size = list_size;
+            repeat.max_list_size = max_list_size;
+            repeat.changes = Some(changes);
+        }
+        Ok(Decoded {
+            list_size,
+            repeat: false,
+        })
+    }
+
+    /// [`Decoder::decode`] without the repeat: reads every field of the block.
+    fn decode_fields(
         &mut self,
         mut block: &[u8],
         out: &mut HeaderList,
@@ -332,6 +414,7 @@ impl Decoder {
                 }
                 self.max_size = size;
                 self.evict_to(size);
+                self.changes += 1;
                 continue;
             }
             // A literal (§6.2): with incremental indexing (01), or without / never indexed.
@@ -382,6 +465,7 @@ impl Decoder {
 
     /// Adds `self.field` (name of `name_len` bytes, then value) as the newest entry (§4.4).
     fn insert(&mut self, name_len: usize) {
+        self.changes += 1;
         let size = self.field.len() + ENTRY_OVERHEAD;
         if size > self.max_size {
             // Larger than the whole table: the table ends up empty.
@@ -827,10 +911,16 @@ mod tests {
         let mut block = hex("40 01 78"); // literal with indexing, new name "x"
         put_integer(&mut block, 0, 7, 3000);
         block.extend(std::iter::repeat_n(b'y', 3000));
-        let size = decoder.decode(&block, &mut out, 16 << 10).unwrap();
+        let size = decoder
+            .decode(&block, &mut out, 16 << 10)
+            .unwrap()
+            .list_size;
         assert_eq!(size, 3033);
         let amplified = vec![0xbe; 100]; // 100 references to that entry
-        let size = decoder.decode(&amplified, &mut out, 16 << 10).unwrap();
+        let size = decoder
+            .decode(&amplified, &mut out, 16 << 10)
+            .unwrap()
+            .list_size;
         assert_eq!(size, 303_300);
         assert!(out.len() <= 5, "stored {} fields", out.len());
         decoder.decode(&hex("be"), &mut out, 16 << 10).unwrap();
@@ -982,8 +1072,89 @@ mod tests {
         assert_eq!(block[0] & 0xf0, 0x00);
     }
 
+    /// The same bytes mean other fields once the table has changed (index 62 is always the
+    /// newest entry): a repeat holds only while the table is as it was.
+    #[test]
+    fn a_block_is_a_repeat_only_while_the_table_is_unchanged() {
+        let mut decoder = Decoder::new(4096);
+        let mut out = HeaderList::default();
+        let mut decode = |block: &str, max: usize| {
+            let decoded = decoder.decode(&hex(block), &mut out, max);
+            decoded.map(|d| {
+                (
+                    d.repeat,
+                    out.get(b"x-a").or(out.get(b"x-b")).map(<[u8]>::to_vec),
+                )
+            })
+        };
+        let newest = "be";
+        assert_eq!(
+            decode("40 03 78 2d 61 01 31", 1 << 20),
+            Ok((false, Some(b"1".to_vec())))
+        );
+        assert_eq!(decode(newest, 1 << 20), Ok((false, Some(b"1".to_vec()))));
+        assert_eq!(decode(newest, 1 << 20), Ok((true, Some(b"1".to_vec()))));
+        assert_eq!(
+            decode(newest, 1 << 10),
+            Ok((false, Some(b"1".to_vec()))),
+            "other limit"
+        );
+        // An insertion shifts the indexes: the same byte now names the new entry.
+        assert_eq!(
+            decode("40 03 78 2d 62 01 32", 1 << 10),
+            Ok((false, Some(b"2".to_vec())))
+        );
+        assert_eq!(decode(newest, 1 << 10), Ok((false, Some(b"2".to_vec()))));
+        assert_eq!(decode(newest, 1 << 10), Ok((true, Some(b"2".to_vec()))));
+        // A size update to 0 empties the table: the byte names nothing any more.
+        assert_eq!(decode("20", 1 << 10), Ok((false, None)));
+        assert_eq!(decode(newest, 1 << 10), Err(HpackError::BadIndex(62)));
+    }
+
     proptest! {
         #![proptest_config(crate::proptest_config())]
+        /// Clients repeat a few header lists; an indexing encoder turns them into repeated
+        /// blocks, and blocks whose bytes repeat after the table changed. Whatever the order,
+        /// every block decodes to what the independent decoder reads, repeat or not.
+        #[test]
+        fn repeated_blocks_decode_as_the_independent_decoder_reads_them(
+            picks in proptest::collection::vec((0usize..4, 0usize..4), 1..60),
+        ) {
+            let pool: [&[(&[u8], &[u8])]; 4] = [
+                &[(b":method", b"POST"), (b":path", b"/a"), (b"te", b"trailers")],
+                &[(b":method", b"POST"), (b":path", b"/b")],
+                &[(b"x-n", b"1")],
+                &[(b"x-n", b"2"), (b":path", b"/a")],
+            ];
+            let mut encoder = loona_hpack::Encoder::new();
+            let mut reference = loona_hpack::Decoder::new();
+            let mut decoder = Decoder::new(4096);
+            let mut out = HeaderList::default();
+            let mut sent: Vec<Vec<u8>> = Vec::new();
+            for (pick, back) in picks {
+                // Sometimes an earlier block's bytes again, whatever the table now holds.
+                let block = if (1..=sent.len()).contains(&back) {
+                    sent[sent.len() - back].clone()
+                } else {
+                    encoder.encode(pool[pick].iter().copied())
+                };
+                let want = reference.decode(&block);
+                let got = decoder.decode(&block, &mut out, 1 << 20);
+                match want {
+                    Ok(want) => {
+                        prop_assert!(got.is_ok());
+                        prop_assert!(out.iter().eq(want.iter().map(|(n, v)| (&n[..], &v[..]))));
+                    }
+                    Err(_) => {
+                        // Both refuse the block; what each left in its table is not compared.
+                        prop_assert!(got.is_err());
+                        break;
+                    }
+                }
+                sent.push(block);
+            }
+        }
+
         /// Blocks from an independent encoder (loona-hpack, which indexes everything and so
         /// fills and churns the dynamic table) decode to what was encoded, block after block.
         #[test]
