@@ -14,7 +14,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 use hashbrown::HashMap;
 
-use super::framing::{self, MessageReader};
+use super::framing::{self, MessageReader, RequestHead};
 use super::h2::connection::{Connection as H2, Event as H2Event, Limits as H2Limits};
 use super::h2::hpack::HeaderList;
 use super::service::{self, Method};
@@ -366,13 +366,13 @@ impl GrpcConnection {
     }
 
     async fn on_request(self: &Rc<Self>, stream: u32, headers: &HeaderList, end_stream: bool) {
-        let header = |name: &[u8]| headers.get(name);
-        let content_type = header(b"content-type").unwrap_or_default();
+        let head = RequestHead::read(headers);
+        let content_type = head.content_type.unwrap_or_default();
         // Not a gRPC request: a plain HTTP status (415 as the gRPC protocol asks, 405 for
         // other methods), once the client has sent all of its request.
         let rejected: Option<&'static [u8]> = if !content_type.starts_with(b"application/grpc") {
             Some(b"415")
-        } else if header(b":method") != Some(b"POST") {
+        } else if head.method != Some(b"POST") {
             Some(b"405")
         } else {
             None
@@ -387,18 +387,18 @@ impl GrpcConnection {
             }
             return;
         }
-        let path = header(b":path").unwrap_or_default();
+        let path = head.path.unwrap_or_default();
         let Some(method) = Method::from_path(path) else {
             let name = String::from_utf8_lossy(path).into_owned();
             return self.fail(stream, &GrpcError::UnknownMethod(name), false);
         };
-        if let Some(encoding) = header(b"grpc-encoding") {
+        if let Some(encoding) = head.encoding {
             if encoding != b"identity" {
                 let name = String::from_utf8_lossy(encoding).into_owned();
                 return self.fail(stream, &GrpcError::Compression(name), false);
             }
         }
-        if let Some(timeout) = header(b"grpc-timeout") {
+        if let Some(timeout) = head.timeout {
             let Some(timeout) = framing::parse_timeout(timeout) else {
                 let e = GrpcError::InvalidArgument(format!(
                     "grpc-timeout {:?} is not a number of at most 8 digits and a unit",

@@ -1,12 +1,42 @@
 //! gRPC's length-prefixed messages inside an HTTP/2 stream (1-byte compressed flag, 4-byte
-//! big-endian length, message), assembled across DATA frames with no I/O, and the
-//! `grpc-timeout` header.
+//! big-endian length, message), assembled across DATA frames with no I/O, and the request
+//! headers a call is routed by.
 
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use super::h2::hpack::HeaderList;
 use super::status::GrpcError;
+
+/// The request headers a call is routed by, each the first of its name, read in one pass
+/// over the list (looking each up in turn scanned the list five times per call).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead<'a> {
+    pub method: Option<&'a [u8]>,
+    pub path: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    pub encoding: Option<&'a [u8]>,
+    pub timeout: Option<&'a [u8]>,
+}
+
+impl<'a> RequestHead<'a> {
+    pub fn read(headers: &'a HeaderList) -> RequestHead<'a> {
+        let mut head = RequestHead::default();
+        for (name, value) in headers.iter() {
+            let slot = match name {
+                b":method" => &mut head.method,
+                b":path" => &mut head.path,
+                b"content-type" => &mut head.content_type,
+                b"grpc-encoding" => &mut head.encoding,
+                b"grpc-timeout" => &mut head.timeout,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        head
+    }
+}
 
 /// Bytes before each message.
 pub const PREFIX_LEN: usize = 5;
@@ -105,6 +135,40 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_request_head_takes_the_first_of_each_name_and_skips_the_rest() {
+        let mut headers = HeaderList::default();
+        for (name, value) in [
+            (&b":method"[..], &b"POST"[..]),
+            (b":path", b"/eventstream.EventService/Publish"),
+            (b"user-agent", b"grpc-go"),
+            (b"grpc-timeout", b"5S"),
+            (b"content-type", b"application/grpc"),
+            (b"content-type", b"text/plain"),
+            (b"grpc-timeout", b"1n"),
+        ] {
+            headers.push(name, value);
+        }
+        let head = RequestHead::read(&headers);
+        assert_eq!(
+            head,
+            RequestHead {
+                method: Some(b"POST"),
+                path: Some(b"/eventstream.EventService/Publish"),
+                content_type: Some(b"application/grpc"),
+                encoding: None,
+                timeout: Some(b"5S"),
+            }
+        );
+        for (name, _) in headers.iter() {
+            assert_eq!(
+                Some(RequestHead::read(&headers)),
+                Some(head),
+                "{name:?} read twice the same"
+            );
+        }
+    }
 
     fn framed(msgs: &[&[u8]]) -> Vec<u8> {
         let mut out = BytesMut::new();
