@@ -766,7 +766,7 @@ impl Connection {
     fn encode(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut block = std::mem::take(&mut self.encoded);
         block.clear();
-        self.encoder.encode(fields.iter().copied(), &mut block);
+        self.encoder.encode(fields, &mut block);
         block
     }
 

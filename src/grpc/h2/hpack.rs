@@ -633,6 +633,40 @@ pub struct Encoder {
     /// Size updates the next block must open with (§4.2): the smallest limit the client set
     /// since the last block, then its latest.
     owed: Option<(usize, usize)>,
+    /// Counts the changes to the table (insertions, evictions, limits): a remembered block
+    /// holds only while this is where it was when the block was made.
+    changes: u64,
+    /// Blocks that left the table unchanged, by their fields, replaced in turn.
+    recent: Vec<RecentBlock>,
+    next_recent: usize,
+}
+
+/// A block the [`Encoder`] made without changing its table. A connection answers call after
+/// call with the same head and trailers, and while the table is unchanged the same fields
+/// encode to the same bytes: a copy of them spares the table scans (half of a unary answer's
+/// instructions went to encoding its three fields).
+struct RecentBlock {
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    block: Vec<u8>,
+    changes: u64,
+}
+
+impl RecentBlock {
+    /// Blocks remembered per connection: a response head, its trailers, and room for the
+    /// heads and trailers of a few other outcomes.
+    const ENTRIES: usize = 4;
+    /// Blocks of fields larger than this (error messages, metadata) are not remembered:
+    /// they rarely repeat, and would push out the ones that do.
+    const MAX_FIELD_BYTES: usize = 128;
+
+    fn is(&self, fields: &[(&[u8], &[u8])]) -> bool {
+        self.fields.len() == fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(fields)
+                .all(|((n, v), (name, value))| n == name && v == value)
+    }
 }
 
 impl Default for Encoder {
@@ -642,6 +676,9 @@ impl Default for Encoder {
             size: 0,
             max_size: DEFAULT_TABLE_SIZE,
             owed: None,
+            changes: 0,
+            recent: Vec::new(),
+            next_recent: 0,
         }
     }
 }
@@ -658,23 +695,62 @@ impl Encoder {
         self.owed = Some((smallest, limit));
         self.evict_to(smallest);
         self.max_size = limit;
+        self.changes += 1;
     }
 
     /// Encodes one header block into `out` (appended).
-    pub fn encode<'f>(
-        &mut self,
-        fields: impl IntoIterator<Item = (&'f [u8], &'f [u8])>,
-        out: &mut Vec<u8>,
-    ) {
+    pub fn encode(&mut self, fields: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
         if let Some((smallest, last)) = self.owed.take() {
             if smallest < last {
                 put_integer(out, 0x20, 5, smallest);
             }
             put_integer(out, 0x20, 5, last);
+            // A block that opens with size updates is not remembered: it is sent once.
+            for &(name, value) in fields {
+                self.field(out, name, value);
+            }
+            return;
         }
-        for (name, value) in fields {
+        let changes = self.changes;
+        let recent = self
+            .recent
+            .iter()
+            .find(|r| r.changes == changes && r.is(fields));
+        if let Some(recent) = recent {
+            return out.extend_from_slice(&recent.block);
+        }
+        let start = out.len();
+        for &(name, value) in fields {
             self.field(out, name, value);
         }
+        let field_bytes: usize = fields.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if self.changes == changes && field_bytes <= RecentBlock::MAX_FIELD_BYTES {
+            self.remember(fields, &out[start..]);
+        }
+    }
+
+    /// Keeps `block` as the encoding of `fields` while the table stays as it is.
+    fn remember(&mut self, fields: &[(&[u8], &[u8])], block: &[u8]) {
+        let entry = if self.recent.len() < RecentBlock::ENTRIES {
+            self.recent.push(RecentBlock {
+                fields: Vec::new(),
+                block: Vec::new(),
+                changes: 0,
+            });
+            self.recent.last_mut().expect("just pushed")
+        } else {
+            // In turn; the entry's buffers are reused.
+            let entry = &mut self.recent[self.next_recent];
+            self.next_recent = (self.next_recent + 1) % RecentBlock::ENTRIES;
+            entry
+        };
+        entry.fields.clear();
+        entry
+            .fields
+            .extend(fields.iter().map(|(n, v)| (n.to_vec(), v.to_vec())));
+        entry.block.clear();
+        entry.block.extend_from_slice(block);
+        entry.changes = self.changes;
     }
 
     fn field(&mut self, out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -694,6 +770,7 @@ impl Encoder {
             self.evict_to(self.max_size - size);
             self.table.push_front((name.to_vec(), value.to_vec()));
             self.size += size;
+            self.changes += 1;
         } else {
             put_literal(out, WITHOUT_INDEXING, name_index, name, value);
         }
@@ -997,7 +1074,7 @@ mod tests {
         for _ in 0..3 {
             for fields in [&head[..], &ok[..]] {
                 let mut block = Vec::new();
-                encoder.encode(fields.iter().copied(), &mut block);
+                encoder.encode(fields, &mut block);
                 let sent: Vec<_> = fields
                     .iter()
                     .map(|(n, v)| (n.to_vec(), v.to_vec()))
@@ -1010,7 +1087,7 @@ mod tests {
         // dynamic index for the head, and one byte for the trailers.
         assert_eq!(sizes, [19, 15, 2, 1, 2, 1]);
         let mut block = Vec::new();
-        encoder.encode([(&b"grpc-status"[..], &b"0"[..])], &mut block);
+        encoder.encode(&[(&b"grpc-status"[..], &b"0"[..])], &mut block);
         assert_eq!(block, [0x80 | 62], "the newest entry is index 62");
     }
 
@@ -1020,7 +1097,7 @@ mod tests {
         for _ in 0..2 {
             let mut block = Vec::new();
             let message: [(&[u8], &[u8]); 2] = [(b"grpc-message", b"bad topic"), (b"x-a", b"b")];
-            encoder.encode(message, &mut block);
+            encoder.encode(&message, &mut block);
             assert_eq!(block[0] & 0xf0, 0x00, "literal without indexing");
             assert!(encoder.table.is_empty());
         }
@@ -1034,7 +1111,7 @@ mod tests {
         encoder.set_limit(65_536);
         encoder.set_limit(DEFAULT_TABLE_SIZE);
         let mut block = Vec::new();
-        encoder.encode([(&b":status"[..], &b"200"[..])], &mut block);
+        encoder.encode(&[(&b":status"[..], &b"200"[..])], &mut block);
         assert_eq!(block, [0x88], "no size update, just the field");
     }
 
@@ -1043,12 +1120,12 @@ mod tests {
         let mut encoder = Encoder::default();
         let ok: [(&[u8], &[u8]); 1] = [(b"grpc-status", b"0")];
         let mut block = Vec::new();
-        encoder.encode(ok, &mut block);
+        encoder.encode(&ok, &mut block);
         // 0, then back up to 100 between two blocks: both updates, smallest first (§4.2).
         encoder.set_limit(0);
         encoder.set_limit(100);
         block.clear();
-        encoder.encode(ok, &mut block);
+        encoder.encode(&ok, &mut block);
         assert_eq!(
             block[..3],
             [0x20, 0x3f, 100 - 31],
@@ -1061,14 +1138,14 @@ mod tests {
         // A limit no entry fits: nothing is indexed, and the table stays empty.
         encoder.set_limit(40);
         block.clear();
-        encoder.encode(ok, &mut block);
+        encoder.encode(&ok, &mut block);
         assert_eq!(block[..2], [0x3f, 40 - 31]);
         assert_eq!(block[2] & 0xf0, 0x00, "literal without indexing");
         assert!(encoder.table.is_empty());
         // The same limit again owes nothing.
         encoder.set_limit(40);
         block.clear();
-        encoder.encode(ok, &mut block);
+        encoder.encode(&ok, &mut block);
         assert_eq!(block[0] & 0xf0, 0x00);
     }
 
@@ -1208,7 +1285,7 @@ mod tests {
                     Ok(picks) => {
                         let fields: Vec<(&[u8], &[u8])> = picks.iter().map(|&i| pool[i]).collect();
                         let mut block = Vec::new();
-                        encoder.encode(fields.iter().copied(), &mut block);
+                        encoder.encode(&fields, &mut block);
                         if let Some(limit) = lowered_to.take() {
                             let mut rest = &block[..];
                             prop_assert_eq!(rest[0] & 0xe0, 0x20, "a size update first");
