@@ -9,6 +9,7 @@
 //! per-second budgets for resets, pings, settings and empty frames).
 
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -109,20 +110,10 @@ struct Stream {
     received: u64,
 }
 
-/// How a stream ended, remembered for a while: frames arriving afterwards are answered
-/// differently (RFC 9113 §5.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ClosedBy {
-    /// The client reset it: any further frame is a connection error STREAM_CLOSED.
-    PeerReset,
-    /// Both sides ended it: likewise.
-    Finished,
-    /// We reset it: frames the client had already sent are ignored.
-    LocalReset,
-}
-
-/// Closed streams remembered.
-const CLOSED_MEMORY: usize = 1024;
+/// Streams we reset that are remembered (see `Connection::reset_by_us`).
+const RESETS_REMEMBERED: usize = 1024;
+/// Runs of skipped stream ids remembered (see `Connection::skipped`).
+const SKIPS_REMEMBERED: usize = 64;
 
 /// A partly received header block (HEADERS without END_HEADERS, then CONTINUATIONs).
 struct Block {
@@ -178,8 +169,13 @@ pub struct Connection {
     streams: HashMap<u32, Stream>,
     /// Highest stream id the client opened; lower ids not in `streams` are closed.
     last_stream: u32,
-    closed: HashMap<u32, ClosedBy>,
-    closed_order: std::collections::VecDeque<u32>,
+    /// The streams we reset, newest last: the client may have sent frames on them before it
+    /// saw the reset, and a HEADERS among those is ignored (RFC 9113 §5.1). A HEADERS on any
+    /// other stream that ended is a connection error STREAM_CLOSED, so only resets are kept.
+    reset_by_us: VecDeque<u32>,
+    /// Stream ids the client skipped when it opened a higher one, as inclusive runs, newest
+    /// last: they were never opened, and a HEADERS on one is a PROTOCOL_ERROR (§5.1.1).
+    skipped: VecDeque<(u32, u32)>,
     block: Option<Block>,
     /// Client's SETTINGS.
     peer_initial_window: u32,
@@ -255,8 +251,8 @@ impl Connection {
             encoder: hpack::Encoder::default(),
             streams: HashMap::new(),
             last_stream: 0,
-            closed: HashMap::new(),
-            closed_order: std::collections::VecDeque::new(),
+            reset_by_us: VecDeque::new(),
+            skipped: VecDeque::new(),
             block: None,
             peer_initial_window: 65_535,
             peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -340,17 +336,12 @@ impl Connection {
         Closed { reason }
     }
 
-    /// Forgets an open stream, remembering how it closed.
-    fn close(&mut self, stream: u32, how: ClosedBy) -> Option<Stream> {
-        let removed = self.streams.remove(&stream);
-        if self.closed.insert(stream, how).is_none() {
-            self.closed_order.push_back(stream);
-            if self.closed_order.len() > CLOSED_MEMORY {
-                let old = self.closed_order.pop_front().expect("non-empty");
-                self.closed.remove(&old);
-            }
+    /// Keeps the newest of a bounded memory.
+    fn remember<T>(memory: &mut VecDeque<T>, item: T, limit: usize) {
+        if memory.len() == limit {
+            memory.pop_front();
         }
-        removed
+        memory.push_back(item);
     }
 
     /// Starts a graceful shutdown: no new streams; open ones may finish.
@@ -437,7 +428,7 @@ impl Connection {
                 if !self.resets.spend(now) {
                     return Err(conn_err(Reason::EnhanceYourCalm, "RST_STREAM flood"));
                 }
-                if self.close(stream, ClosedBy::PeerReset).is_some() {
+                if self.streams.remove(&stream).is_some() {
                     let reason = reason_from(code);
                     events.push(Event::Reset { stream, reason });
                 }
@@ -624,14 +615,29 @@ impl Connection {
             ));
         }
         if stream <= self.last_stream {
-            return Err(match self.closed.get(&stream) {
-                Some(ClosedBy::LocalReset) => return Ok(false), // frames in flight: ignore
-                Some(_) => conn_err(Reason::StreamClosed, "HEADERS on a closed stream"),
-                None => conn_err(
+            if self.reset_by_us.contains(&stream) {
+                return Ok(false); // sent before the client saw our reset: ignored
+            }
+            let skipped = self
+                .skipped
+                .iter()
+                .any(|run| (run.0..=run.1).contains(&stream));
+            return Err(if skipped {
+                conn_err(
                     Reason::ProtocolError,
                     "stream id lower than one already used",
-                ),
+                )
+            } else {
+                conn_err(Reason::StreamClosed, "HEADERS on a closed stream")
             });
+        }
+        let next = if self.last_stream == 0 {
+            1
+        } else {
+            self.last_stream + 2
+        };
+        if stream > next {
+            Self::remember(&mut self.skipped, (next, stream - 2), SKIPS_REMEMBERED);
         }
         self.last_stream = stream;
         if self.going_away {
@@ -838,7 +844,10 @@ impl Connection {
     /// Resets a stream (RST_STREAM) and forgets it.
     pub fn reset(&mut self, stream: u32, reason: Reason) {
         frame::put_rst_stream(&mut self.out, stream, reason);
-        self.close(stream, ClosedBy::LocalReset);
+        self.streams.remove(&stream);
+        if !self.reset_by_us.contains(&stream) {
+            Self::remember(&mut self.reset_by_us, stream, RESETS_REMEMBERED);
+        }
     }
 
     /// Our side of `stream` is complete. If the client is still sending, tell it to stop
@@ -847,7 +856,7 @@ impl Connection {
         let remote_closed = self.streams.get(&stream).map(|s| s.remote_closed);
         match remote_closed {
             Some(true) => {
-                self.close(stream, ClosedBy::Finished);
+                self.streams.remove(&stream);
             }
             Some(false) => self.reset(stream, Reason::NoError),
             None => {}
@@ -1539,6 +1548,63 @@ mod tests {
                 reason: Reason::ProtocolError
             })
         );
+    }
+
+    /// A HEADERS on a stream that is over is answered by how it ended (RFC 9113 §5.1 and
+    /// §5.1.1), however many streams came since.
+    #[test]
+    fn headers_on_an_ended_stream_are_answered_by_how_it_ended() {
+        let later_streams = |p: &mut Peer, from: u32| {
+            for id in (from..from + 4000).step_by(2) {
+                p.headers(id, REQUEST, true);
+                p.run().1.unwrap();
+                p.conn.send_headers(id, &[(b":status", b"200")], true);
+            }
+        };
+        // We reset it: the client may have sent this before it saw the reset; ignored.
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, false);
+        p.run().1.unwrap();
+        p.conn.reset(1, Reason::Cancel);
+        later_streams(&mut p, 3);
+        p.headers(1, REQUEST, true);
+        p.headers(5001, REQUEST, true);
+        let (events, result) = p.run();
+        assert_eq!(result, Ok(()));
+        assert!(
+            matches!(events[..], [Event::Request { stream: 5001, .. }]),
+            "{events:?}"
+        );
+
+        // Both sides ended it, or the client reset it: a connection error STREAM_CLOSED.
+        for client_reset in [false, true] {
+            let mut p = Peer::new(Limits::default());
+            p.headers(1, REQUEST, !client_reset);
+            p.run().1.unwrap();
+            if client_reset {
+                frame::put_rst_stream(&mut p.input, 1, Reason::Cancel);
+            } else {
+                p.conn.send_headers(1, &[(b":status", b"200")], true);
+            }
+            later_streams(&mut p, 3);
+            p.headers(1, REQUEST, true);
+            let closed = Err(Closed {
+                reason: Reason::StreamClosed,
+            });
+            assert_eq!(p.run().1, closed, "client reset: {client_reset}");
+        }
+
+        // Never opened, skipped when the client opened a higher id: PROTOCOL_ERROR.
+        let mut p = Peer::new(Limits::default());
+        p.headers(1, REQUEST, true);
+        p.headers(7, REQUEST, true);
+        p.run().1.unwrap();
+        later_streams(&mut p, 9);
+        p.headers(5, REQUEST, true);
+        let protocol_error = Err(Closed {
+            reason: Reason::ProtocolError,
+        });
+        assert_eq!(p.run().1, protocol_error);
     }
 
     #[test]
