@@ -705,12 +705,8 @@ impl Encoder {
                 put_integer(out, 0x20, 5, smallest);
             }
             put_integer(out, 0x20, 5, last);
-            // A block that opens with size updates is not remembered: it is sent once.
-            for &(name, value) in fields {
-                self.field(out, name, value);
-            }
-            return;
         }
+        // What is remembered are the fields' bytes alone, after any size update.
         let changes = self.changes;
         let recent = self
             .recent
@@ -1113,6 +1109,22 @@ mod tests {
         let mut block = Vec::new();
         encoder.encode(&[(&b":status"[..], &b"200"[..])], &mut block);
         assert_eq!(block, [0x88], "no size update, just the field");
+    }
+
+    /// Size updates are owed once: the block after one that opened with them has its fields
+    /// alone (replaying 0 then 4,096 would empty the client's table behind the encoder's back).
+    #[test]
+    fn size_updates_are_not_part_of_a_reused_block() {
+        let mut encoder = Encoder::default();
+        let status: [(&[u8], &[u8]); 1] = [(b":status", b"200")];
+        encoder.set_limit(0);
+        encoder.set_limit(DEFAULT_TABLE_SIZE);
+        let mut first = Vec::new();
+        encoder.encode(&status, &mut first);
+        assert_eq!(first[0] & 0xe0, 0x20, "opens with the owed size updates");
+        let mut again = Vec::new();
+        encoder.encode(&status, &mut again);
+        assert_eq!(again, [0x88], "the updates are not sent twice");
     }
 
     #[test]
