@@ -39,6 +39,10 @@ pub struct Measured {
     pub latency: Histogram<u64>,
 }
 
+/// The largest DATA frame payload the client sends: HTTP/2's default SETTINGS_MAX_FRAME_SIZE,
+/// which every server accepts.
+const MAX_FRAME_PAYLOAD: usize = 16_384;
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -352,12 +356,31 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
                 chunk_began = clock.elapsed().as_nanos() as u64;
             }
             crate::delivery::stamp(&mut payload, chunk_began, i);
+            let before = pending.len();
             put_event(&mut pending, &topic, &payload);
-            // Hand h2 about 16 KiB at a time, as a client library would coalesce writes.
-            if pending.len() >= 16 * 1024 || i + 1 == count {
-                let chunk = pending.split().freeze();
+            // Hand h2 whole frames' worth at a time, as a client library would coalesce
+            // writes. A chunk over one frame would go out as two DATA frames in two writes
+            // (h2 writes each frame's payload apart), the second a few bytes long.
+            let full = pending.len() > MAX_FRAME_PAYLOAD;
+            if full || i + 1 == count {
+                // (An event bigger than a frame goes alone, in as many frames as it takes.)
+                let chunk = if full && before > 0 {
+                    pending.split_to(before).freeze()
+                } else {
+                    pending.split().freeze()
+                };
                 send.reserve_capacity(chunk.len());
                 send.send_data(chunk, false).map_err(|e| e.to_string())?;
+                if !pending.is_empty() {
+                    // The event that did not fit starts the next chunk (its stamp is older
+                    // than its send: latency over-counted, never under-counted).
+                    if i + 1 == count {
+                        let last = pending.split().freeze();
+                        send.reserve_capacity(last.len());
+                        send.send_data(last, false).map_err(|e| e.to_string())?;
+                    }
+                    chunk_began = clock.elapsed().as_nanos() as u64;
+                }
                 tokio::task::yield_now().await;
             }
         }
