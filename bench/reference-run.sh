@@ -75,8 +75,8 @@ start() { # start LOG COMMAND...: a server on SERVER_CPU; waits until it listens
 
 es_log="$work/es.log"
 start "$es_log" "$ES" serve --bind 127.0.0.1
-# The same server in low-latency mode, for the unary latency rows (it busy-polls only for
-# 200 us after its last work, so it leaves the CPU to the others between its own rows).
+# The same server in low-latency mode, for the unary rows (it busy-polls only for 200 us
+# after its last work, so it leaves the CPU to the others between its own rows).
 start "$work/es-spin.log" "$ES" serve --bind 127.0.0.1 --spin-us 200 \
     --grpc-port 9210 --tcp-port 9211 --udp-port 9212 --metrics-port 9213
 if [ -x "$TONIC" ]; then
@@ -109,9 +109,7 @@ for round in $(seq "$ROUNDS"); do
             9210) who="eventstream low-latency" ;;
             9300) who=tonic ;;
         esac
-        if [ "$port" != 9210 ]; then
-            h2load_row "$who h2load unary 4x100" "$port" Publish "$work/unary.bin" 400000 4 100
-        fi
+        h2load_row "$who h2load unary 4x100" "$port" Publish "$work/unary.bin" 400000 4 100
         h2load_row "$who h2load unary 1x32" "$port" Publish "$work/unary.bin" 300000 1 32
         h2load_row "$who h2load unary 1x1" "$port" Publish "$work/unary.bin" 20000 1 1
         if [ "$port" != 9210 ]; then
