@@ -443,6 +443,50 @@ fn stream_publishes_inbound_events_and_sends_matching_ones() {
 }
 
 #[test]
+fn a_stream_refused_by_a_topic_owner_ends_and_publishes_nothing_after() {
+    // One topic per shard: each shard's second topic is refused by its owner. The inbound
+    // events go in one DATA frame, so the refusal from the connection's own shard (whichever
+    // that is) arrives while its events are being published, and the rest must not be.
+    let mut config = test_config();
+    config.limits.max_topics_per_shard = 1;
+    let server = start_with(config);
+    let after = topic_owned_by("first", 0);
+    let mut sub = server.client();
+    sub.subscribe(&after, Priority::Batch).unwrap();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let req = request("Stream")
+            .header("x-topic-pattern", "nothing/**")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = sender.send_request(req, false).unwrap();
+        let mut frame = BytesMut::new();
+        for prefix in ["first", "second"] {
+            for shard in 0..SHARDS {
+                let topic = topic_owned_by(prefix, shard);
+                frame.extend_from_slice(&framed(&event(&topic, prefix.as_bytes(), Priority::Low)));
+            }
+        }
+        for _ in 0..8 {
+            frame.extend_from_slice(&framed(&event(&after, b"after", Priority::Low)));
+        }
+        stream.send_data(frame.freeze(), false).unwrap();
+        let o = finish(response).await;
+        assert_eq!(o.status, 8, "RESOURCE_EXHAUSTED: {o:?}");
+        assert!(o.message.contains("max_topics_per_shard"), "{}", o.message);
+    });
+    // A marker published after the call has ended arrives after anything the call published
+    // to the same topic: the subscriber sees the first event, then the marker.
+    let mut c = server.client();
+    c.publish(&common::event(&after, b"marker", Priority::Low))
+        .unwrap();
+    let payloads: Vec<Bytes> = (0..2)
+        .map(|_| sub.next_event().unwrap().event.payload)
+        .collect();
+    assert_eq!(payloads, [&b"first"[..], &b"marker"[..]]);
+}
+
+#[test]
 fn a_thousand_concurrent_streams_on_one_connection() {
     let server = start();
     runtime().block_on(async {
