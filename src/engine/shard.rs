@@ -8,14 +8,13 @@
 
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
-use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::HashTable;
 use slab::Slab;
 
 use super::event::{
@@ -27,7 +26,7 @@ use super::limits::Limits;
 use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
 use super::notify::{Countdown, Notify};
 use super::queue::{Offer, SubscriberQueue};
-use super::routing::{owner, owner_of};
+use super::routing::{owner, owner_of, table_hash};
 use super::subscriber::{Consumer, SubState, Subscriber};
 use super::topic::{Pattern, RecentTopic, Topic};
 
@@ -131,10 +130,9 @@ pub struct Shard {
     limits: Limits,
     started: Instant,
     outboxes: Vec<Outbox>,
-    /// Topics this shard owns, hashed (foldhash) once per run of events on one topic
-    /// ([`RepeatedTopic`]).
+    /// Topics this shard owns, by [`table_hash`]: a parsed topic carries its hash, so a run
+    /// of events on one topic hashes its name once, when it is parsed.
     topics: RefCell<HashTable<(Bytes, TopicState)>>,
-    hasher: DefaultHashBuilder,
     index: RefCell<SubscriptionIndex>,
     /// Subscriptions whose connection lives on this shard, by their shard-local key; looked
     /// up once per delivered event (foldhash: SipHash here was 5% of a delivery's cost).
@@ -163,7 +161,6 @@ impl Shard {
             started: Instant::now(),
             outboxes: (0..count).map(|_| Outbox::default()).collect(),
             topics: RefCell::new(HashTable::new()),
-            hasher: DefaultHashBuilder::default(),
             index: RefCell::default(),
             local: RefCell::default(),
             next_local: Cell::new(1),
@@ -384,7 +381,7 @@ impl Shard {
         I::Item: Incoming,
         I::IntoIter: ExactSizeIterator,
     {
-        let mut events = events.into_iter();
+        let events = events.into_iter();
         let count = u32::try_from(events.len()).expect("batch sizes are limited far below u32");
         self.stats.borrow_mut().received += u64::from(count);
         let route = match reply {
@@ -414,12 +411,10 @@ impl Shard {
             Route::Ack(_) => Some(Instant::now()),
             Route::Refusal { .. } | Route::Nobody => None,
         };
-        let mut repeated = RepeatedTopic::default();
-        while let Some(event) = events.next() {
+        for event in events {
             let home = owner(event.topic().route(), self.count);
             if home == self.id {
-                let hash = repeated.hash(event.topic(), events.len() > 0, &self.hasher);
-                let outcome = self.sequence(event, hash);
+                let outcome = self.sequence(event);
                 self.answer(self.id, route, outcome, now);
             } else {
                 let generated = event.new_id(&mut self.ids.borrow_mut());
@@ -477,24 +472,19 @@ impl Shard {
 
     /// As the topic's owner: give the event its sequence number and hand it to every matching
     /// subscription, locally or through the outbox of its home shard.
-    fn sequence(&self, event: impl Incoming, hash: u64) -> Result<u64, PublishError> {
+    fn sequence(&self, event: impl Incoming) -> Result<u64, PublishError> {
         if self.closing.get() {
             return Err(PublishError::ShuttingDown);
         }
         let mut topics = self.topics.borrow_mut();
         let index = self.index.borrow();
         let key: &[u8] = event.topic().bytes();
-        debug_assert_eq!(
-            hash,
-            self.hasher.hash_one(key),
-            "the topic table's hash of the name"
-        );
         let known = topics.len();
         // One probe of the table, whether the topic is there or not.
         let entry = topics.entry(
-            hash,
+            event.topic().table_hash(),
             |entry| entry.0 == key,
-            |entry| self.hasher.hash_one(&entry.0[..]),
+            |entry| table_hash(&entry.0),
         );
         let (_, state) = match entry {
             hashbrown::hash_table::Entry::Occupied(entry) => entry.into_mut(),
@@ -847,13 +837,10 @@ impl Shard {
     pub fn handle_batch(&self, from: usize, batch: Batch) {
         let Batch { msgs, subs } = batch;
         let now = Instant::now();
-        let mut repeated = RepeatedTopic::default();
-        let mut msgs = msgs.into_iter();
-        while let Some(msg) = msgs.next() {
+        for msg in msgs {
             match msg {
                 ShardMsg::Publish { event, route } => {
-                    let hash = repeated.hash(&event.topic, msgs.len() > 0, &self.hasher);
-                    let outcome = self.sequence(event, hash);
+                    let outcome = self.sequence(event);
                     self.answer(from, route, outcome, Some(now));
                 }
                 ShardMsg::Refused {
@@ -923,28 +910,6 @@ impl Drop for UnsubscribeOnDrop {
     fn drop(&mut self) {
         if let Some((shard, sub)) = self.0.take() {
             shard.unsubscribe(&sub);
-        }
-    }
-}
-
-/// The topic table's hash of the last topic sequenced in one call, kept while the following
-/// events repeat that topic (as a batch's usually do): a run of events on one topic hashes its
-/// name once. Kept only for one call, so a topic still in a door's read buffer is not held.
-#[derive(Default)]
-struct RepeatedTopic(Option<(Topic, u64)>);
-
-impl RepeatedTopic {
-    /// `topic`'s table hash; `more`: whether other events follow (only then is it kept).
-    #[inline]
-    fn hash(&mut self, topic: &Topic, more: bool, hasher: &DefaultHashBuilder) -> u64 {
-        match &self.0 {
-            // Clones of one topic compare by pointer, without reading the name.
-            Some((last, hash)) if last == topic => *hash,
-            _ => {
-                let hash = hasher.hash_one(&topic.bytes()[..]);
-                self.0 = more.then(|| (topic.clone(), hash));
-                hash
-            }
         }
     }
 }
