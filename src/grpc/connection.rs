@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -160,8 +161,9 @@ struct GrpcConnection {
     /// Calls with a grpc-timeout, earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
     deadline_added: Notify,
-    /// Reused buffer: request messages as DATA completes them.
-    messages: Cell<Vec<Bytes>>,
+    /// Reused buffer: where the request messages a DATA frame completed lie in the bytes
+    /// [`MessageReader::push_ranges`] returned.
+    messages: Cell<Vec<Range<usize>>>,
     /// The topic this client last published to ([`Shard::publish_in_place`]).
     recent: RecentTopic,
     /// Reused buffer a response message is encoded into.
@@ -487,7 +489,7 @@ impl GrpcConnection {
     }
 
     async fn on_data(self: &Rc<Self>, stream: u32, data: Bytes, end_stream: bool) {
-        // Complete messages gather in a buffer the connection reuses.
+        // Complete messages gather in a buffer the connection reuses, as places in `source`.
         let mut messages = self.messages.take();
         let max = self.max_message;
         let pushed = {
@@ -495,26 +497,28 @@ impl GrpcConnection {
             match calls.get_mut(&stream) {
                 Some(Call::Request {
                     reader, message, ..
-                }) => {
-                    reader.push(data, max, &mut messages).and_then(|()| {
-                        // Unary and server-streaming calls take one message: refuse more at
-                        // once rather than hold them until the request ends.
-                        for m in messages.drain(..) {
-                            if message.replace(m).is_some() {
+                }) => reader
+                    .push_ranges(data, max, &mut messages)
+                    .and_then(|source| {
+                        // Unary and server-streaming calls take one message: refuse more at once
+                        // rather than hold them until the request ends.
+                        for body in messages.drain(..) {
+                            if message.replace(source.slice(body)).is_some() {
                                 let why = "this method takes exactly one request message";
                                 return Err(GrpcError::InvalidArgument(why.into()));
                             }
                         }
-                        Ok(false)
-                    })
-                }
+                        Ok(None)
+                    }),
                 Some(Call::Bidi { reader, .. }) => {
-                    reader.push(data, max, &mut messages).map(|()| true)
+                    reader.push_ranges(data, max, &mut messages).map(Some)
                 }
                 Some(Call::Reflection { reader }) => {
-                    let pushed = reader.push(data, max, &mut messages);
+                    let pushed = reader.push_ranges(data, max, &mut messages);
                     drop(calls);
-                    return self.on_reflection(stream, pushed, messages, end_stream);
+                    self.on_reflection(stream, pushed, &messages, end_stream);
+                    messages.clear();
+                    return self.messages.set(messages);
                 }
                 Some(Call::Rejected { status }) => {
                     let status = *status;
@@ -531,9 +535,9 @@ impl GrpcConnection {
         let pushed = pushed.and_then(|bidi| self.check_buffered(stream).map(|()| bidi));
         match pushed {
             Err(e) => self.end_call_with(stream, &e),
-            Ok(true) => self.on_bidi_messages(stream, messages.drain(..), end_stream),
-            Ok(false) if end_stream => self.dispatch(stream).await,
-            Ok(false) => {}
+            Ok(Some(source)) => self.on_bidi_messages(stream, &source, &messages, end_stream),
+            Ok(None) if end_stream => self.dispatch(stream).await,
+            Ok(None) => {}
         }
         messages.clear();
         self.messages.set(messages);
@@ -566,16 +570,17 @@ impl GrpcConnection {
     fn on_reflection(
         &self,
         stream: u32,
-        pushed: Result<(), GrpcError>,
-        messages: Vec<Bytes>,
+        pushed: Result<Bytes, GrpcError>,
+        messages: &[Range<usize>],
         end_stream: bool,
     ) {
-        if let Err(e) = pushed {
-            return self.end_call_with(stream, &e);
-        }
-        for message in messages {
+        let source = match pushed {
+            Ok(source) => source,
+            Err(e) => return self.end_call_with(stream, &e),
+        };
+        for body in messages {
             use crate::proto::grpc::reflection::v1::ServerReflectionRequest;
-            match service::decode::<ServerReflectionRequest>(message) {
+            match service::decode::<ServerReflectionRequest>(source.slice(body.clone())) {
                 Ok(request) => {
                     let framed = service::framed(&super::reflection::answer(request));
                     self.h2.borrow_mut().send_data(stream, &framed);
@@ -619,10 +624,12 @@ impl GrpcConnection {
         self.fail(stream, e, headers_sent);
     }
 
+    /// Publishes a Stream call's inbound messages, `messages` of `source`.
     fn on_bidi_messages(
         &self,
         stream: u32,
-        messages: impl Iterator<Item = Bytes>,
+        source: &Bytes,
+        messages: &[Range<usize>],
         end_stream: bool,
     ) {
         let now_ns = unix_now_ns();
@@ -634,7 +641,8 @@ impl GrpcConnection {
             Some(Call::Bidi { published, .. }) => *published,
             _ => return,
         };
-        for message in messages {
+        for body in messages {
+            let message = &source[body.clone()];
             let refusals = self.refusals.get();
             let reply = || Reply::RefusalsOnly {
                 sink: self.sink.get().expect("registered"),
@@ -642,12 +650,12 @@ impl GrpcConnection {
             };
             let (shard, recent) = (&self.shard, &self.recent);
             let in_place =
-                self.with_known_topic(|known| service::decode_event_in_place(&message, known));
+                self.with_known_topic(|known| service::decode_event_in_place(message, known));
             let result = match in_place {
                 Some(event) => shard
-                    .publish_in_place(event, &message, recent, now_ns, reply())
+                    .publish_in_place(event, source, recent, now_ns, reply())
                     .map_err(GrpcError::from),
-                None => service::decode_event(message).and_then(|raw| {
+                None => service::decode_event(source.slice(body.clone())).and_then(|raw| {
                     let event = shard.validate_recent(raw, recent, now_ns)?;
                     shard.publish(std::iter::once(event), reply());
                     Ok(())

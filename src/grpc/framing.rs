@@ -2,9 +2,10 @@
 //! big-endian length, message), assembled across DATA frames with no I/O, and the request
 //! headers a call is routed by.
 
+use std::ops::Range;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::h2::hpack::HeaderList;
 use super::status::GrpcError;
@@ -52,30 +53,61 @@ impl MessageReader {
     /// Adds DATA bytes; returns every message now complete, in order. A message announced
     /// over `max` bytes or marked compressed is an error before its body is buffered.
     pub fn push(&mut self, data: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(), GrpcError> {
-        let mut data = data;
+        let mut bodies = Vec::new();
+        let source = self.push_ranges(data, max, &mut bodies)?;
+        out.extend(bodies.into_iter().map(|body| source.slice(body)));
+        Ok(())
+    }
+
+    /// [`push`](Self::push) without a `Bytes` per message: the messages now complete are
+    /// `bodies` (appended, in order) of the returned bytes. A stream call's run of small
+    /// messages is read this way: a reference-counted handle per message was 3% of a
+    /// Stream event's server time.
+    pub fn push_ranges(
+        &mut self,
+        data: Bytes,
+        max: usize,
+        bodies: &mut Vec<Range<usize>>,
+    ) -> Result<Bytes, GrpcError> {
+        let first = bodies.len();
         if self.buf.is_empty() {
             // Fast path: whole messages straight out of the frame.
-            while data.len() >= PREFIX_LEN {
-                let len = check_prefix(&data, max)?;
-                if data.len() < PREFIX_LEN + len {
-                    break;
-                }
-                data.advance(PREFIX_LEN);
-                out.push(data.split_to(len));
+            let at = Self::split(&data, max, bodies)?;
+            if at < data.len() {
+                self.buf.extend_from_slice(&data[at..]);
+                self.reserve_for_next(max)?;
             }
-            if data.is_empty() {
-                return Ok(());
-            }
+            return Ok(data);
         }
         self.buf.extend_from_slice(&data);
-        while self.buf.len() >= PREFIX_LEN {
-            let len = check_prefix(&self.buf, max)?;
-            if self.buf.len() < PREFIX_LEN + len {
-                self.buf.reserve(PREFIX_LEN + len - self.buf.len());
+        let at = Self::split(&self.buf, max, bodies)?;
+        debug_assert!(bodies[first..].iter().all(|b| b.end <= at));
+        let source = self.buf.split_to(at).freeze();
+        self.reserve_for_next(max)?;
+        Ok(source)
+    }
+
+    /// Appends the bodies of the whole messages at the start of `bytes`; returns where the
+    /// first incomplete one starts.
+    fn split(bytes: &[u8], max: usize, bodies: &mut Vec<Range<usize>>) -> Result<usize, GrpcError> {
+        let mut at = 0;
+        while bytes.len() - at >= PREFIX_LEN {
+            let len = check_prefix(&bytes[at..], max)?;
+            if bytes.len() - at < PREFIX_LEN + len {
                 break;
             }
-            self.buf.advance(PREFIX_LEN);
-            out.push(self.buf.split_to(len).freeze());
+            bodies.push(at + PREFIX_LEN..at + PREFIX_LEN + len);
+            at += PREFIX_LEN + len;
+        }
+        Ok(at)
+    }
+
+    /// Room for the whole of the partial message buffered, once its prefix has arrived (a
+    /// prefix over `max` is refused before its body is taken in).
+    fn reserve_for_next(&mut self, max: usize) -> Result<(), GrpcError> {
+        if self.buf.len() >= PREFIX_LEN {
+            let len = check_prefix(&self.buf, max)?;
+            self.buf.reserve(PREFIX_LEN + len - self.buf.len());
         }
         Ok(())
     }
@@ -201,6 +233,28 @@ mod tests {
             let got: Vec<&[u8]> = out.iter().map(|b| &b[..]).collect();
             prop_assert_eq!(got, refs);
         }
+    }
+
+    #[test]
+    fn whole_messages_are_read_where_they_lie_and_a_partial_one_is_kept() {
+        let wire = Bytes::from(framed(&[b"one", b"two", b"three"]));
+        let cut = wire.len() - 2;
+        let mut reader = MessageReader::default();
+        let mut bodies = Vec::new();
+        let source = reader
+            .push_ranges(wire.slice(..cut), 1 << 20, &mut bodies)
+            .unwrap();
+        // The first two point into the frame itself: no copy, no handle per message.
+        assert_eq!(source.as_ptr(), wire.as_ptr());
+        let got: Vec<&[u8]> = bodies.iter().map(|b| &source[b.clone()]).collect();
+        assert_eq!(got, [&b"one"[..], b"two"]);
+        assert_eq!(reader.buffered(), cut - 16);
+        bodies.clear();
+        let source = reader
+            .push_ranges(wire.slice(cut..), 1 << 20, &mut bodies)
+            .unwrap();
+        assert_eq!(&source[bodies[0].clone()], b"three");
+        assert!(reader.is_empty());
     }
 
     #[test]
