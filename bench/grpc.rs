@@ -43,6 +43,13 @@ pub struct Measured {
 /// which every server accepts.
 const MAX_FRAME_PAYLOAD: usize = 16_384;
 
+/// Hands the events gathered in `pending` to h2 as one DATA frame's worth.
+fn send_chunk(send: &mut h2::SendStream<Bytes>, pending: &mut BytesMut) -> Result<(), String> {
+    let chunk = pending.split().freeze();
+    send.reserve_capacity(chunk.len());
+    send.send_data(chunk, false).map_err(|e| e.to_string())
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -338,14 +345,35 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
         });
         let mut payload = vec![0u8; load.size];
         let topic = topic.to_owned();
+        // Every event of the row encodes to the same length (the stamp overwrites payload
+        // bytes in place).
+        let event_len = {
+            let mut probe = BytesMut::new();
+            put_event(&mut probe, &topic, &payload);
+            probe.len()
+        };
         let first = clock.elapsed().as_nanos() as u64;
         let mut pending = BytesMut::new();
         let mut chunk_began = first;
         for i in 0..count {
+            // Hand h2 whole frames' worth at a time, as a client library would coalesce
+            // writes: a chunk ends before the event that would take it over one frame's
+            // payload. (A chunk over one frame went out as two DATA frames in two writes,
+            // the second a few bytes long. An event bigger than a frame goes alone.)
+            if !pending.is_empty() && pending.len() + event_len > MAX_FRAME_PAYLOAD {
+                send_chunk(&mut send, &mut pending)?;
+                tokio::task::yield_now().await;
+            }
             // Stay at most `window` events ahead of what came back (no shedding measured).
             while i.saturating_sub(received.get()) > load.window {
                 if receiver.is_finished() {
                     break;
+                }
+                // Everything sent has come back: the rest is still here (a window smaller
+                // than a chunk).
+                let unsent = (pending.len() / event_len) as u64;
+                if unsent > 0 && i.saturating_sub(received.get()) <= unsent {
+                    send_chunk(&mut send, &mut pending)?;
                 }
                 tokio::task::yield_now().await;
             }
@@ -356,32 +384,9 @@ pub fn stream_row(load: &Load, topic: &str) -> Result<Measured, String> {
                 chunk_began = clock.elapsed().as_nanos() as u64;
             }
             crate::delivery::stamp(&mut payload, chunk_began, i);
-            let before = pending.len();
             put_event(&mut pending, &topic, &payload);
-            // Hand h2 whole frames' worth at a time, as a client library would coalesce
-            // writes. A chunk over one frame would go out as two DATA frames in two writes
-            // (h2 writes each frame's payload apart), the second a few bytes long.
-            let full = pending.len() > MAX_FRAME_PAYLOAD;
-            if full || i + 1 == count {
-                // (An event bigger than a frame goes alone, in as many frames as it takes.)
-                let chunk = if full && before > 0 {
-                    pending.split_to(before).freeze()
-                } else {
-                    pending.split().freeze()
-                };
-                send.reserve_capacity(chunk.len());
-                send.send_data(chunk, false).map_err(|e| e.to_string())?;
-                if !pending.is_empty() {
-                    // The event that did not fit starts the next chunk (its stamp is older
-                    // than its send: latency over-counted, never under-counted).
-                    if i + 1 == count {
-                        let last = pending.split().freeze();
-                        send.reserve_capacity(last.len());
-                        send.send_data(last, false).map_err(|e| e.to_string())?;
-                    }
-                    chunk_began = clock.elapsed().as_nanos() as u64;
-                }
-                tokio::task::yield_now().await;
+            if i + 1 == count {
+                send_chunk(&mut send, &mut pending)?;
             }
         }
         let (latency, last) = receiver.await.map_err(|e| e.to_string())??;
