@@ -94,6 +94,17 @@ impl Door {
     }
 }
 
+/// What a DATA frame's bytes did for its call ([`GrpcConnection::on_data`]).
+enum Pushed {
+    /// A unary or server-streaming request: its one message, once complete, waits in the
+    /// call for the end of the request.
+    Request,
+    /// A Stream call's inbound messages, to publish now: places in these bytes.
+    Inbound(Bytes),
+    /// A reflection call's requests, each answered now: places in these bytes.
+    Reflection(Bytes),
+}
+
 /// Releases what a connection holds in the engine when its reader ends, normally or by a
 /// panic (which the door contains to this one connection).
 struct Release(Rc<GrpcConnection>);
@@ -508,18 +519,14 @@ impl GrpcConnection {
                                 return Err(GrpcError::InvalidArgument(why.into()));
                             }
                         }
-                        Ok(None)
+                        Ok(Pushed::Request)
                     }),
-                Some(Call::Bidi { reader, .. }) => {
-                    reader.push_ranges(data, max, &mut messages).map(Some)
-                }
-                Some(Call::Reflection { reader }) => {
-                    let pushed = reader.push_ranges(data, max, &mut messages);
-                    drop(calls);
-                    self.on_reflection(stream, pushed, &messages, end_stream);
-                    messages.clear();
-                    return self.messages.set(messages);
-                }
+                Some(Call::Bidi { reader, .. }) => reader
+                    .push_ranges(data, max, &mut messages)
+                    .map(Pushed::Inbound),
+                Some(Call::Reflection { reader }) => reader
+                    .push_ranges(data, max, &mut messages)
+                    .map(Pushed::Reflection),
                 Some(Call::Rejected { status }) => {
                     let status = *status;
                     if end_stream {
@@ -532,12 +539,17 @@ impl GrpcConnection {
                 _ => return,
             }
         };
-        let pushed = pushed.and_then(|bidi| self.check_buffered(stream).map(|()| bidi));
+        let pushed = pushed.and_then(|p| self.check_buffered(stream).map(|()| p));
         match pushed {
             Err(e) => self.end_call_with(stream, &e),
-            Ok(Some(source)) => self.on_bidi_messages(stream, &source, &messages, end_stream),
-            Ok(None) if end_stream => self.dispatch(stream).await,
-            Ok(None) => {}
+            Ok(Pushed::Inbound(source)) => {
+                self.on_bidi_messages(stream, &source, &messages, end_stream)
+            }
+            Ok(Pushed::Reflection(source)) => {
+                self.on_reflection(stream, &source, &messages, end_stream)
+            }
+            Ok(Pushed::Request) if end_stream => self.dispatch(stream).await,
+            Ok(Pushed::Request) => {}
         }
         messages.clear();
         self.messages.set(messages);
@@ -570,14 +582,10 @@ impl GrpcConnection {
     fn on_reflection(
         &self,
         stream: u32,
-        pushed: Result<Bytes, GrpcError>,
+        source: &Bytes,
         messages: &[Range<usize>],
         end_stream: bool,
     ) {
-        let source = match pushed {
-            Ok(source) => source,
-            Err(e) => return self.end_call_with(stream, &e),
-        };
         for body in messages {
             use crate::proto::grpc::reflection::v1::ServerReflectionRequest;
             match service::decode::<ServerReflectionRequest>(source.slice(body.clone())) {

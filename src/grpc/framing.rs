@@ -72,44 +72,46 @@ impl MessageReader {
         let first = bodies.len();
         if self.buf.is_empty() {
             // Fast path: whole messages straight out of the frame.
-            let at = Self::split(&data, max, bodies)?;
+            let (at, next) = Self::split(&data, max, bodies)?;
             if at < data.len() {
                 self.buf.extend_from_slice(&data[at..]);
-                self.reserve_for_next(max)?;
+                self.reserve_for(next);
             }
             return Ok(data);
         }
         self.buf.extend_from_slice(&data);
-        let at = Self::split(&self.buf, max, bodies)?;
+        let (at, next) = Self::split(&self.buf, max, bodies)?;
         debug_assert!(bodies[first..].iter().all(|b| b.end <= at));
         let source = self.buf.split_to(at).freeze();
-        self.reserve_for_next(max)?;
+        self.reserve_for(next);
         Ok(source)
     }
 
     /// Appends the bodies of the whole messages at the start of `bytes`; returns where the
-    /// first incomplete one starts.
-    fn split(bytes: &[u8], max: usize, bodies: &mut Vec<Range<usize>>) -> Result<usize, GrpcError> {
+    /// first incomplete one starts, and its length once its prefix is there (checked
+    /// against `max` before its body is taken in).
+    fn split(
+        bytes: &[u8],
+        max: usize,
+        bodies: &mut Vec<Range<usize>>,
+    ) -> Result<(usize, Option<usize>), GrpcError> {
         let mut at = 0;
         while bytes.len() - at >= PREFIX_LEN {
             let len = check_prefix(&bytes[at..], max)?;
             if bytes.len() - at < PREFIX_LEN + len {
-                break;
+                return Ok((at, Some(len)));
             }
             bodies.push(at + PREFIX_LEN..at + PREFIX_LEN + len);
             at += PREFIX_LEN + len;
         }
-        Ok(at)
+        Ok((at, None))
     }
 
-    /// Room for the whole of the partial message buffered, once its prefix has arrived (a
-    /// prefix over `max` is refused before its body is taken in).
-    fn reserve_for_next(&mut self, max: usize) -> Result<(), GrpcError> {
-        if self.buf.len() >= PREFIX_LEN {
-            let len = check_prefix(&self.buf, max)?;
+    /// Room for the whole of the partial message buffered, once its length is known.
+    fn reserve_for(&mut self, next: Option<usize>) {
+        if let Some(len) = next {
             self.buf.reserve(PREFIX_LEN + len - self.buf.len());
         }
-        Ok(())
     }
 
     /// True when no partial message is buffered (a stream may end here).
