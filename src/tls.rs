@@ -3,7 +3,7 @@
 //! protocol; this only moves bytes between it and the doors' buffers.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::sync::Arc;
 
 use crate::accept::Half;
@@ -64,23 +64,26 @@ impl Transport {
     /// Returns false once the peer closed the TLS session. A TLS error (a plaintext client,
     /// a missing or wrong client certificate) is an error: the caller closes the connection
     /// after the writer sent the alert rustls queued.
+    ///
+    /// rustls keeps at most 16 KiB of decrypted plaintext and refuses to read more records
+    /// until it is taken, so the plaintext is taken after every step, not once at the end: one
+    /// socket read can carry many records (a large message arrives that way).
     pub fn open(&self, mut wire: &[u8], plain: &mut BytesMut) -> io::Result<bool> {
         let Transport::Tls(session) = self else {
             plain.extend_from_slice(wire);
             return Ok(true);
         };
         let mut session = session.borrow_mut();
-        while !wire.is_empty() {
-            session.read_tls(&mut wire)?;
-            session.process_new_packets().map_err(io::Error::other)?;
-        }
-        let mut chunk = [0u8; 16 * 1024];
         loop {
-            match session.reader().read(&mut chunk) {
-                Ok(0) => return Ok(false),
-                Ok(n) => plain.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
-                Err(e) => return Err(e),
+            if !wire.is_empty() {
+                session.read_tls(&mut wire)?;
+                session.process_new_packets().map_err(io::Error::other)?;
+            }
+            if !take_plaintext(&mut session, plain)? {
+                return Ok(false);
+            }
+            if wire.is_empty() {
+                return Ok(true);
             }
         }
     }
@@ -94,7 +97,8 @@ impl Transport {
     }
 
     /// Writes `plain` to the socket, through TLS when on (`wire` is scratch space for records),
-    /// with whatever TLS has to send of its own.
+    /// with whatever TLS has to send of its own. A large `plain` is sealed and written in
+    /// pieces of [`SEAL_BYTES_MAX`], so `wire` stays that small whatever the message size.
     pub async fn write(
         &self,
         stream: &mut Half,
@@ -104,25 +108,75 @@ impl Transport {
         if !self.is_tls() {
             return stream.write_all(plain).await;
         }
-        wire.clear();
-        self.seal(plain, wire)?;
-        stream.write_all(wire).await
+        let mut pieces = plain.chunks(SEAL_BYTES_MAX);
+        // An empty `plain` still sends what TLS has of its own (handshake, alerts).
+        let mut piece = pieces.next().unwrap_or_default();
+        loop {
+            wire.clear();
+            self.seal(piece, wire)?;
+            stream.write_all(wire).await?;
+            match pieces.next() {
+                Some(next) => piece = next,
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Encrypts `plain` (may be empty) into `wire`, with whatever else TLS has to send.
-    pub fn seal(&self, plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
+    ///
+    /// rustls accepts plaintext only while its own record buffer holds under 64 KiB, so the
+    /// records are taken out after every piece it accepts, not once at the end.
+    pub fn seal(&self, mut plain: &[u8], wire: &mut Vec<u8>) -> io::Result<()> {
         let Transport::Tls(session) = self else {
             wire.extend_from_slice(plain);
             return Ok(());
         };
         let mut session = session.borrow_mut();
-        if !plain.is_empty() {
-            session.writer().write_all(plain)?;
+        loop {
+            let accepted = if plain.is_empty() {
+                0
+            } else {
+                session.writer().write(plain)?
+            };
+            plain = &plain[accepted..];
+            while session.wants_write() {
+                session.write_tls(wire)?;
+            }
+            if plain.is_empty() {
+                return Ok(());
+            }
+            if accepted == 0 {
+                // Only before the handshake ends: rustls holds the plaintext unsent, and no
+                // door sends 64 KiB before its client has spoken.
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    "TLS: more plaintext than rustls holds before the handshake ends",
+                ));
+            }
         }
-        while session.wants_write() {
-            session.write_tls(wire)?;
+    }
+}
+
+/// The largest piece of plaintext [`Transport::write`] seals into one socket write: large
+/// enough that a write carries many records, small enough that a multi-megabyte message does
+/// not leave as large a record buffer behind.
+pub const SEAL_BYTES_MAX: usize = 256 * 1024;
+
+/// Moves the plaintext rustls decrypted into `plain`; false once the peer closed the session
+/// (close_notify). An unclean end (TCP EOF without close_notify) is an error.
+fn take_plaintext(session: &mut ServerConnection, plain: &mut BytesMut) -> io::Result<bool> {
+    let mut reader = session.reader();
+    loop {
+        match reader.fill_buf() {
+            Ok([]) => return Ok(false),
+            Ok(chunk) => {
+                let len = chunk.len();
+                plain.extend_from_slice(chunk);
+                reader.consume(len);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) => return Err(e),
         }
-        Ok(())
     }
 }
 
@@ -176,4 +230,152 @@ pub fn client_stream(
     let session = rustls::ClientConnection::new(Arc::new(config), name)
         .map_err(|e| err("TLS session", &e))?;
     Ok(rustls::StreamOwned::new(session, tcp))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The session between socket and door, tested without sockets: a rustls client in
+    //! memory talks to a [`Transport`], the bytes moved by hand.
+
+    use super::*;
+    use rustls::ClientConnection;
+    use std::io::Read;
+
+    /// A server configuration with a fresh self-signed certificate, and a client
+    /// configuration that trusts it.
+    fn configs() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let cert_der = cert.der().clone();
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert_der.clone()], key_der)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert_der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A server transport and a client session that trusts it, handshake done.
+    fn pair() -> (Transport, ClientConnection) {
+        let (server, client) = configs();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(client, name).unwrap();
+        let server = Transport::new(Some(&server)).unwrap();
+        let mut plain = BytesMut::new();
+        while client.is_handshaking() {
+            assert!(server
+                .open(&client_send(&mut client, &[]), &mut plain)
+                .unwrap());
+            let mut back = Vec::new();
+            server.seal(&[], &mut back).unwrap();
+            feed_client(&mut client, &back);
+        }
+        // The client's last flight (Finished) ends the server's handshake.
+        assert!(server
+            .open(&client_send(&mut client, &[]), &mut plain)
+            .unwrap());
+        assert!(plain.is_empty(), "no application data during the handshake");
+        (server, client)
+    }
+
+    /// Hands `wire` to the client, taking its plaintext as it goes (rustls holds 16 KiB).
+    fn feed_client(client: &mut ClientConnection, mut wire: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        while !wire.is_empty() {
+            client.read_tls(&mut wire).unwrap();
+            client.process_new_packets().unwrap();
+            let _ = client.reader().read_to_end(&mut plain);
+        }
+        plain
+    }
+
+    /// The records that carry `plain` from the client, with anything else it has to send.
+    fn client_send(client: &mut ClientConnection, mut plain: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        loop {
+            let accepted = client.writer().write(plain).unwrap();
+            plain = &plain[accepted..];
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            if plain.is_empty() {
+                return wire;
+            }
+        }
+    }
+
+    /// A message of `len` bytes that is not the same byte over and over.
+    fn message(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// Just under the default 4 MiB message limit: the largest event a client may send.
+    const LARGE_BYTES: usize = 3_900 * 1024;
+
+    #[test]
+    fn many_records_in_one_read_all_reach_the_door() {
+        let (server, mut client) = pair();
+        let sent = message(LARGE_BYTES);
+        let wire = client_send(&mut client, &sent);
+        // Everything at once, as a socket read of a fast client's burst would hand it over
+        // (in 64 KiB reads, as the doors read, the same holds).
+        let mut plain = BytesMut::new();
+        assert!(server.open(&wire, &mut plain).unwrap());
+        assert_eq!(plain.len(), sent.len());
+        assert!(plain[..] == sent[..], "the plaintext arrives intact");
+        let mut plain = BytesMut::new();
+        let wire = client_send(&mut client, &sent);
+        for read in wire.chunks(64 * 1024) {
+            assert!(server.open(read, &mut plain).unwrap());
+        }
+        assert!(plain[..] == sent[..]);
+    }
+
+    #[test]
+    fn a_message_larger_than_rustls_buffers_is_sealed_whole() {
+        let (server, mut client) = pair();
+        let sent = message(LARGE_BYTES);
+        let mut wire = Vec::new();
+        server.seal(&sent, &mut wire).unwrap();
+        assert_eq!(feed_client(&mut client, &wire), sent);
+        // Sealed in the pieces `write` uses, the bytes are the same stream.
+        let mut wire = Vec::new();
+        for piece in sent.chunks(SEAL_BYTES_MAX) {
+            server.seal(piece, &mut wire).unwrap();
+        }
+        assert_eq!(feed_client(&mut client, &wire), sent);
+    }
+
+    #[test]
+    fn close_notify_ends_the_session_even_with_bytes_behind_it() {
+        let (server, mut client) = pair();
+        client.writer().write_all(b"last words").unwrap();
+        client.send_close_notify();
+        let mut wire = client_send(&mut client, &[]);
+        // Bytes after close_notify are never read: open must not wait on them.
+        wire.extend_from_slice(&[23, 3, 3, 0, 1, 0]);
+        let mut plain = BytesMut::new();
+        assert!(!server.open(&wire, &mut plain).unwrap());
+        assert_eq!(&plain[..], b"last words");
+    }
+
+    #[test]
+    fn plaintext_on_a_tls_door_is_an_error() {
+        let server = Transport::new(Some(&configs().0)).unwrap();
+        let mut plain = BytesMut::new();
+        assert!(server.open(b"PRI * HTTP/2.0\r\n\r\n", &mut plain).is_err());
+    }
 }

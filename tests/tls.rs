@@ -3,87 +3,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::pki::{client_config, pki, tls_config};
 use common::*;
 use eventstream::config::{ClientAuth, TlsConfig};
 use eventstream::engine::Priority;
 use eventstream::proto;
 use prost::Message;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::KeyPair;
 use tokio_rustls::rustls;
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca_pem: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn pki() -> Pki {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().unwrap();
-    let server = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&server_key, &issuer)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client = CertificateParams::new(vec!["client".into()])
-        .unwrap()
-        .signed_by(&client_key, &issuer)
-        .unwrap();
-    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    write("ca.crt", &ca_cert.pem());
-    write("server.crt", &server.pem());
-    write("server.key", &server_key.serialize_pem());
-    Pki {
-        ca_pem: ca_cert.pem(),
-        client_cert: client.pem(),
-        client_key: client_key.serialize_pem(),
-        dir,
-    }
-}
-
-fn tls_config(dir: &Path, client_auth: ClientAuth) -> TlsConfig {
-    TlsConfig {
-        enabled: true,
-        cert_file: Some(dir.join("server.crt")),
-        key_file: Some(dir.join("server.key")),
-        ca_file: Some(dir.join("ca.crt")),
-        client_auth,
-    }
-}
-
-fn client_config(pki: &Pki, with_cert: bool) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let mut config = if with_cert {
-        let cert = CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).unwrap();
-        let key = PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).unwrap();
-        builder.with_client_auth_cert(vec![cert], key).unwrap()
-    } else {
-        builder.with_no_client_auth()
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
-}
 
 fn framed(msg: &impl Message) -> Bytes {
     let mut out = BytesMut::new();

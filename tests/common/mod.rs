@@ -12,6 +12,8 @@ use eventstream::engine::{Priority, RawEvent};
 use eventstream::native::client::Client;
 use eventstream::server::{self, RunningServer};
 
+pub mod pki;
+
 pub const SHARDS: usize = 4;
 
 /// A server that stops when the test ends.
