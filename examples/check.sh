@@ -6,7 +6,8 @@
 # Starts no server: EVENTSTREAM_GRPC names one already running. Two subscribers (Python and
 # Node, both on sensors/* from LOW) must each receive exactly the three events published next
 # by Python (sensors/t1), Go (sensors/go) and Node (sensors/node); then a Python PublishBatch
-# of 100 events must succeed. --tls passes --ca/--cert/--key to every client (mTLS).
+# of 100 events must succeed, and 100 events a Python publish-only Stream sends must reach a
+# subscriber in order. --tls passes --ca/--cert/--key to every client (mTLS).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -92,6 +93,23 @@ pids=()
 
 echo "== batch: python -> 100 events to sensors/batch"
 python3 python/batch.py "${args[@]}" || die "python batch.py"
+
+echo "== stream: python publish-only Stream -> 100 events to sensors/stream, in order to a subscriber"
+timeout 20 python3 python/subscribe.py "${args[@]}" --pattern sensors/stream --count 100 \
+    >"$tmp/stream.out" 2>"$tmp/stream.err" &
+stream_sub=$!
+pids+=("$stream_sub")
+for _ in $(seq 50); do
+    grep -qs '^subscribed to' "$tmp/stream.err" && break
+    kill -0 "$stream_sub" 2>/dev/null || die "stream subscriber exited early: $(cat "$tmp/stream.err")"
+    sleep 0.1
+done
+python3 python/stream.py "${args[@]}" || die "python stream.py"
+wait "$stream_sub" || die "stream subscriber did not get 100 events: $(cat "$tmp/stream.err")"
+pids=()
+got=$(cut -d' ' -f4- "$tmp/stream.out")
+want=$(for i in $(seq 0 99); do echo "reading $i"; done)
+[ "$got" = "$want" ] || die "stream subscriber did not get 'reading 0' .. 'reading 99' in order"
 
 echo "== reflection: python lists the services without the .proto"
 python3 python/reflect.py "${args[@]}" || die "python reflect.py"

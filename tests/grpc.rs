@@ -442,6 +442,142 @@ fn stream_publishes_inbound_events_and_sends_matching_ones() {
     });
 }
 
+/// Opens a Stream call without `x-topic-pattern` (publish-only), sends `frames` (the last one
+/// half-closes) and returns how the call ended.
+async fn publish_only_stream(sender: &mut Sender, frames: Vec<Bytes>) -> Outcome {
+    let req = request("Stream").body(()).unwrap();
+    let (response, mut stream) = sender.send_request(req, false).unwrap();
+    let last = frames.len().saturating_sub(1);
+    for (i, frame) in frames.into_iter().enumerate() {
+        stream.send_data(frame, i == last).unwrap();
+    }
+    finish(response).await
+}
+
+#[test]
+fn a_stream_without_a_topic_pattern_publishes_and_sends_nothing_back() {
+    const EVENTS: usize = 50;
+    let server = start();
+    let mut sub = server.client();
+    sub.subscribe("ingest/**", Priority::Batch).unwrap();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        // Events one per DATA frame and several in one frame; half-closed by an empty frame.
+        let mut frames: Vec<Bytes> = (0..EVENTS / 2)
+            .map(|i| framed(&event("ingest/a", i.to_string().as_bytes(), Priority::Low)))
+            .collect();
+        let mut several = BytesMut::new();
+        for i in EVENTS / 2..EVENTS {
+            several.extend_from_slice(&framed(&event(
+                "ingest/a",
+                i.to_string().as_bytes(),
+                Priority::Low,
+            )));
+        }
+        frames.push(several.freeze());
+        frames.push(Bytes::new());
+        let o = publish_only_stream(&mut sender, frames).await;
+        assert_eq!(o.status, 0, "{o:?}");
+        assert!(o.messages.is_empty(), "no events back: {o:?}");
+        assert_eq!(o.trailers["x-published-count"], EVENTS.to_string().as_str());
+
+        // No events at all, the request's HEADERS already ending it: OK, none published.
+        let req = request("Stream").body(()).unwrap();
+        let (response, _stream) = sender.send_request(req, true).unwrap();
+        let o = finish(response).await;
+        assert_eq!(o.status, 0, "{o:?}");
+        assert_eq!(o.trailers["x-published-count"], "0");
+
+        // A minimum priority filters events sent back: without a pattern it is a mistake.
+        let req = request("Stream")
+            .header("x-min-priority", "HIGH")
+            .body(())
+            .unwrap();
+        let (response, _stream) = sender.send_request(req, false).unwrap();
+        let o = finish(response).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.contains("x-topic-pattern"), "{}", o.message);
+    });
+    let payloads: Vec<String> = (0..EVENTS)
+        .map(|_| String::from_utf8(sub.next_event().unwrap().event.payload.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (0..EVENTS).map(|i| i.to_string()).collect();
+    assert_eq!(payloads, want, "every event, in the order sent");
+}
+
+#[test]
+fn a_publish_only_stream_with_an_invalid_event_ends_naming_its_position() {
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let frames = vec![
+            framed(&event("ingest/ok", b"", Priority::Low)),
+            framed(&event("ingest/ok", b"", Priority::Low)),
+            framed(&event("ingest/ bad", b"", Priority::Low)),
+        ];
+        let o = publish_only_stream(&mut sender, frames).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.contains("inbound event 2"), "{}", o.message);
+        assert!(o.messages.is_empty(), "{o:?}");
+    });
+}
+
+#[test]
+fn a_publish_only_stream_the_client_never_half_closes_ends_at_its_deadline() {
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let req = request("Stream")
+            .header("grpc-timeout", "200m")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = sender.send_request(req, false).unwrap();
+        stream
+            .send_data(framed(&event("ingest/slow", b"", Priority::Low)), false)
+            .unwrap();
+        let o = tokio::time::timeout(Duration::from_secs(10), finish(response))
+            .await
+            .unwrap();
+        assert_eq!(o.status, 4, "DEADLINE_EXCEEDED: {o:?}");
+    });
+}
+
+#[test]
+fn a_stream_ends_ok_only_once_its_events_are_sequenced() {
+    // One topic per shard, taken first; then, on each shard, a Stream sends one event to a
+    // second topic and half-closes in the same DATA frame. Every owner refuses its event,
+    // the connection's own shard at once and the others after a trip between shards: each
+    // call must end with that refusal, never OK before its event was sequenced.
+    let mut config = test_config();
+    config.limits.max_topics_per_shard = 1;
+    let server = start_with(config);
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        for shard in 0..SHARDS {
+            let first = proto::PublishRequest {
+                event: Some(event(&topic_owned_by("first", shard), b"", Priority::Low)),
+            };
+            let o = unary(&mut sender, "Publish", framed(&first)).await;
+            assert_eq!(o.status, 0, "{o:?}");
+        }
+        for pattern in [Some("nothing/**"), None] {
+            for shard in 0..SHARDS {
+                let mut req = request("Stream");
+                if let Some(pattern) = pattern {
+                    req = req.header("x-topic-pattern", pattern);
+                }
+                let (response, mut stream) =
+                    sender.send_request(req.body(()).unwrap(), false).unwrap();
+                let second = event(&topic_owned_by("second", shard), b"", Priority::Low);
+                stream.send_data(framed(&second), true).unwrap();
+                let o = finish(response).await;
+                assert_eq!(o.status, 8, "pattern {pattern:?}, shard {shard}: {o:?}");
+                assert!(o.message.contains("max_topics_per_shard"), "{}", o.message);
+            }
+        }
+    });
+}
+
 #[test]
 fn a_stream_refused_by_a_topic_owner_ends_and_publishes_nothing_after() {
     // One topic per shard: each shard's second topic is refused by its owner. The inbound

@@ -115,8 +115,8 @@ impl Drop for Release {
         conn.closed.set(true);
         let calls: Vec<Call> = conn.calls.borrow_mut().drain().map(|(_, c)| c).collect();
         for call in calls {
-            if let Call::Subscription { sub } | Call::Bidi { sub, .. } = call {
-                conn.shard.unsubscribe(&sub);
+            if let Some(sub) = call.subscriber() {
+                conn.shard.unsubscribe(sub);
             }
         }
         if let Some(sink) = conn.sink.take() {
@@ -139,10 +139,12 @@ enum Call {
     Waiting,
     /// A Subscribe call streaming events.
     Subscription { sub: Rc<Subscriber> },
-    /// A Stream call: inbound events are published, matching events go out.
+    /// A Stream call: inbound events are published, matching events go out; with no
+    /// subscription (no `x-topic-pattern`) it only publishes. Once the client half-closes it
+    /// stays here until its events are sequenced ([`GrpcConnection::finish_bidi_when_sequenced`]).
     Bidi {
         reader: MessageReader,
-        sub: Rc<Subscriber>,
+        sub: Option<Rc<Subscriber>>,
         published: u64,
     },
     /// A health Watch: SERVING now, NOT_SERVING when the server stops.
@@ -151,6 +153,16 @@ enum Call {
     Reflection { reader: MessageReader },
     /// Not a gRPC request: answered with this HTTP status once the request has ended.
     Rejected { status: &'static [u8] },
+}
+
+impl Call {
+    /// The engine subscription the call holds, to be unsubscribed when it ends.
+    fn subscriber(&self) -> Option<&Rc<Subscriber>> {
+        match self {
+            Call::Subscription { sub } | Call::Bidi { sub: Some(sub), .. } => Some(sub),
+            _ => None,
+        }
+    }
 }
 
 struct GrpcConnection {
@@ -206,9 +218,12 @@ impl AckSink for GrpcConnection {
 
     fn refused(&self, request_id: u64, error: PublishError) {
         let stream = request_id as u32;
-        if let Some(Call::Bidi { sub, .. }) = self.calls.borrow_mut().remove(&stream) {
+        let call = self.calls.borrow_mut().remove(&stream);
+        if let Some(call @ Call::Bidi { .. }) = call {
             self.refusals.set(self.refusals.get() + 1);
-            self.shard.unsubscribe(&sub);
+            if let Some(sub) = call.subscriber() {
+                self.shard.unsubscribe(sub);
+            }
             self.fail(stream, &GrpcError::Publish(error), true);
             self.consumer.notify.notify();
         }
@@ -334,8 +349,10 @@ impl GrpcConnection {
         let calls: Vec<(u32, Call)> = self.calls.borrow_mut().drain().collect();
         for (stream, call) in calls {
             match call {
-                Call::Subscription { sub } | Call::Bidi { sub, .. } => {
-                    self.shard.unsubscribe(&sub);
+                Call::Subscription { .. } | Call::Bidi { .. } => {
+                    if let Some(sub) = call.subscriber() {
+                        self.shard.unsubscribe(sub);
+                    }
                     self.fail(stream, &GrpcError::ShuttingDown, true);
                 }
                 Call::Watch => {
@@ -374,10 +391,9 @@ impl GrpcConnection {
             H2Event::EndOfRequest { stream } => self.on_data(stream, Bytes::new(), true).await,
             H2Event::Reset { stream, .. } => {
                 // The client cancelled: free everything the call holds.
-                if let Some(Call::Subscription { sub } | Call::Bidi { sub, .. }) =
-                    self.calls.borrow_mut().remove(&stream)
-                {
-                    self.shard.unsubscribe(&sub);
+                let call = self.calls.borrow_mut().remove(&stream);
+                if let Some(sub) = call.as_ref().and_then(Call::subscriber) {
+                    self.shard.unsubscribe(sub);
                 }
             }
         }
@@ -435,7 +451,11 @@ impl GrpcConnection {
             self.deadline_added.notify();
         }
         if method == Method::Stream {
-            return self.start_bidi(stream, headers).await;
+            self.start_bidi(stream, headers).await;
+            if end_stream {
+                self.on_data(stream, Bytes::new(), true).await;
+            }
+            return;
         }
         if method == Method::Reflection {
             self.send_response_headers(stream);
@@ -461,10 +481,26 @@ impl GrpcConnection {
         }
     }
 
+    /// Starts a Stream call: subscribed to the call metadata `x-topic-pattern` (from
+    /// `x-min-priority`), or publish-only without it.
     async fn start_bidi(self: &Rc<Self>, stream: u32, headers: &HeaderList) {
         let Some(pattern) = headers.get(b"x-topic-pattern") else {
-            let e = GrpcError::InvalidArgument("Stream needs the x-topic-pattern metadata".into());
-            return self.fail(stream, &e, false);
+            // A minimum priority filters the events sent back; a publish-only call sends none,
+            // so the metadata can only be a mistake.
+            if headers.get(b"x-min-priority").is_some() {
+                let why =
+                    "x-min-priority needs x-topic-pattern (without it, Stream only publishes)";
+                return self.fail(stream, &GrpcError::InvalidArgument(why.into()), false);
+            }
+            self.send_response_headers(stream);
+            let reader = MessageReader::default();
+            let call = Call::Bidi {
+                reader,
+                sub: None,
+                published: 0,
+            };
+            self.calls.borrow_mut().insert(stream, call);
+            return;
         };
         let pattern = match Pattern::parse(pattern) {
             Ok(p) => p,
@@ -492,7 +528,7 @@ impl GrpcConnection {
             stream,
             Call::Bidi {
                 reader: MessageReader::default(),
-                sub: sub.clone(),
+                sub: Some(sub.clone()),
                 published: 0,
             },
         );
@@ -625,7 +661,7 @@ impl GrpcConnection {
                     | Call::Reflection { .. }
             )
         );
-        if let Some(Call::Subscription { sub } | Call::Bidi { sub, .. }) = &call {
+        if let Some(sub) = call.as_ref().and_then(Call::subscriber) {
             self.shard.unsubscribe(sub);
         }
         // Ending our side also tells a client still sending to stop (RST_STREAM NO_ERROR).
@@ -634,7 +670,7 @@ impl GrpcConnection {
 
     /// Publishes a Stream call's inbound messages, `messages` of `source`.
     fn on_bidi_messages(
-        &self,
+        self: &Rc<Self>,
         stream: u32,
         source: &Bytes,
         messages: &[Range<usize>],
@@ -679,27 +715,58 @@ impl GrpcConnection {
             }
         }
         debug_assert!(self.is_bidi(stream), "the call outlives its messages");
-        let mut calls = self.calls.borrow_mut();
-        if !end_stream {
-            if let Some(Call::Bidi {
-                published: kept, ..
-            }) = calls.get_mut(&stream)
-            {
-                *kept = published;
-            }
-            return;
+        if let Some(Call::Bidi {
+            published: kept, ..
+        }) = self.calls.borrow_mut().get_mut(&stream)
+        {
+            *kept = published;
         }
-        if let Some(Call::Bidi { sub, .. }) = calls.remove(&stream) {
-            drop(calls);
-            self.shard.unsubscribe(&sub);
+        if end_stream {
+            self.finish_bidi_when_sequenced(stream);
+        }
+    }
+
+    /// Ends a Stream call the client has half-closed with OK and `x-published-count` once
+    /// every event it published is sequenced (publish success, SPEC §4): until then a
+    /// refusal, the deadline, a cancel or shutdown may still end it otherwise.
+    fn finish_bidi_when_sequenced(self: &Rc<Self>, stream: u32) {
+        let conn = self.clone();
+        glommio::spawn_local(async move {
+            // A ping goes to each shard behind this shard's publishes to it, and the owner's
+            // refusals come back ahead of its answer (one ordered channel each way): once
+            // every shard has answered, each event was sequenced or its refusal ended the call.
+            // At shutdown a shard may never answer; the reader ends the call then.
+            let stopped = conn.shard.shutdown.wait();
+            if conn.shard.is_closing()
+                || accept::unless(conn.shard.ping_all(), stopped)
+                    .await
+                    .is_none()
+            {
+                return;
+            }
+            let call = {
+                let mut calls = conn.calls.borrow_mut();
+                match calls.get(&stream) {
+                    Some(Call::Bidi { .. }) => calls.remove(&stream),
+                    _ => None, // ended meanwhile
+                }
+            };
+            let Some(call @ Call::Bidi { published, .. }) = call else {
+                return;
+            };
+            if let Some(sub) = call.subscriber() {
+                conn.shard.unsubscribe(sub);
+            }
             let count = published.to_string();
-            self.finish(
+            conn.finish(
                 stream,
                 Code::Ok,
                 "",
                 &[(b"x-published-count", count.as_bytes())],
             );
-        }
+            conn.consumer.notify.notify();
+        })
+        .detach();
     }
 
     /// Whether `stream` is a Stream call still going.
@@ -1081,7 +1148,7 @@ impl GrpcConnection {
     fn drain_subscription(&self, sub: &Rc<Subscriber>) {
         let stream = sub.tag as u32;
         let current = match self.calls.borrow().get(&stream) {
-            Some(Call::Subscription { sub: s } | Call::Bidi { sub: s, .. }) => Rc::ptr_eq(s, sub),
+            Some(call) => call.subscriber().is_some_and(|s| Rc::ptr_eq(s, sub)),
             _ => false,
         };
         if !current || sub.state() == SubState::Closed {
