@@ -337,3 +337,31 @@ fn refused_topics_between_good_ones_leave_the_repeated_topic_intact() {
         1
     );
 }
+
+#[test]
+fn a_star_is_refused_in_a_topic_and_inside_a_pattern_segment() {
+    // §3: `a*b` is no topic, and `sensors/t*` is no pattern (it would silently match nothing).
+    let server = start();
+    let mut c = server.client();
+    // The connection's last good topic is reused for the next publish: that path too.
+    c.publish(&event("a", b"", Priority::Low)).unwrap();
+    let (code, _, msg) = server_error(c.publish(&event("a*b", b"", Priority::Low)).unwrap_err());
+    assert_eq!(code, ErrorCode::InvalidTopic);
+    assert!(msg.contains("a topic never contains '*'"), "{msg}");
+    // A batch checks a run of events on one topic once: the run ends at the starred one.
+    let batch = [
+        event("s/a", b"", Priority::Low),
+        event("s/a", b"", Priority::Low),
+        event("s/a*", b"", Priority::Low),
+    ];
+    let (code, index, _) = server_error(c.publish_batch(&batch).unwrap_err());
+    assert_eq!((code, index), (ErrorCode::InvalidTopic, Some(2)));
+    for bad in ["sensors/t*", "a*b", "**x", "a/***"] {
+        let (code, _, msg) = server_error(c.subscribe(bad, Priority::Low).unwrap_err());
+        assert_eq!(code, ErrorCode::InvalidPattern, "{bad}");
+        assert!(msg.contains("must be exactly '*'"), "{bad}: {msg}");
+    }
+    for good in ["*", "**", "a/*/c", "a/**"] {
+        c.subscribe(good, Priority::Low).unwrap();
+    }
+}

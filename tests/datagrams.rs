@@ -65,3 +65,28 @@ fn bad_datagrams_are_dropped_whole_and_counted() {
     let d = sub.next_event().unwrap();
     assert_eq!((d.event.payload.as_ref(), d.sequence), (&b"good"[..], 1));
 }
+
+#[test]
+fn a_datagram_with_a_starred_topic_is_dropped_and_counted() {
+    let server = start();
+    let mut sub = server.client();
+    sub.subscribe("**", Priority::Batch).unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.connect(server.udp).unwrap();
+    let mut starred = BytesMut::new();
+    codec::put_publish(
+        &mut starred,
+        0,
+        false,
+        &event("a*b", b"star", Priority::Low),
+    );
+    socket.send(&starred).unwrap();
+    dropped_eventually(&server, 1);
+    publish_datagrams(server.udp, &[event("a/b", b"good", Priority::Low)]).unwrap();
+    let d = sub.next_event().unwrap();
+    assert_eq!(
+        d.event.payload.as_ref(),
+        b"good",
+        "nothing of the dropped one"
+    );
+}
