@@ -457,6 +457,16 @@ mod tests {
         assert!(!pattern("a/b").matches("a/bc"));
     }
 
+    /// Wildcards treat `$` topics like any other (no MQTT-style exception): this version
+    /// publishes nothing to them, so a subscription sees none, but the rule is pinned here.
+    #[test]
+    fn wildcards_match_reserved_topics_like_any_other() {
+        assert!(pattern("**").matches("$sys/x"));
+        assert!(pattern("*/x").matches("$sys/x"));
+        assert!(pattern("$sys/*").matches("$sys/x"));
+        assert!(!pattern("*").matches("$sys/x"));
+    }
+
     /// Reference semantics written the slow, obvious way, to check `matches` against.
     fn reference_match(pattern: &[&str], topic: &[&str]) -> bool {
         match (pattern.split_first(), topic.split_first()) {
