@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 use eventstream::config::Config;
-use eventstream::engine::{Metadata, Priority, RawEvent};
+use eventstream::engine::{Metadata, Priority, RawEvent, Topic};
 use eventstream::grpc::client::{ClientTls, GrpcClient};
 use eventstream::native::client::{self, Client, Delivery};
 use eventstream::proto;
@@ -151,7 +151,7 @@ struct PubArgs {
     /// Metadata entry, repeatable.
     #[arg(long = "meta", value_name = "K=V", value_parser = parse_meta)]
     meta: Vec<(String, String)>,
-    /// Topic to publish to.
+    /// Topic to publish to: `/`-separated segments, no whitespace, no `*`.
     topic: String,
     /// Payload text; `-` reads the payload from standard input.
     payload: String,
@@ -173,7 +173,8 @@ struct SubArgs {
     /// One JSON object per line.
     #[arg(long)]
     json: bool,
-    /// Topic pattern: `*` matches one segment, a final `**` one or more.
+    /// Topic pattern: a `*` segment matches one segment, a final `**` one or more; `*` may
+    /// appear only as such a whole segment.
     pattern: String,
 }
 
@@ -351,6 +352,8 @@ fn publish(args: PubArgs) -> CliResult {
         return Ok(ExitCode::SUCCESS);
     }
     if args.udp {
+        // The UDP door never answers: a topic it would drop is refused here, with the rule.
+        Topic::parse(event.topic.clone()).map_err(eventstream::engine::EventError::Topic)?;
         let server = args.server.unwrap_or_else(|| "127.0.0.1:9202".into());
         client::publish_datagrams(server.as_str(), &[event])?;
         return Ok(ExitCode::SUCCESS);

@@ -337,3 +337,72 @@ fn refused_topics_between_good_ones_leave_the_repeated_topic_intact() {
         1
     );
 }
+
+#[test]
+fn a_star_is_refused_in_a_topic_and_inside_a_pattern_segment() {
+    // §3: `a*b` is no topic, and `sensors/t*` is no pattern (it would silently match nothing).
+    let server = start();
+    let mut c = server.client();
+    // The connection's last good topic is reused for the next publish: that path too.
+    c.publish(&event("a", b"", Priority::Low)).unwrap();
+    let (code, _, msg) = server_error(c.publish(&event("a*b", b"", Priority::Low)).unwrap_err());
+    assert_eq!(code, ErrorCode::InvalidTopic);
+    assert!(msg.contains("a topic never contains '*'"), "{msg}");
+    // A batch checks a run of events on one topic once: the run ends at the starred one.
+    let batch = [
+        event("s/a", b"", Priority::Low),
+        event("s/a", b"", Priority::Low),
+        event("s/a*", b"", Priority::Low),
+    ];
+    let (code, index, _) = server_error(c.publish_batch(&batch).unwrap_err());
+    assert_eq!((code, index), (ErrorCode::InvalidTopic, Some(2)));
+    for bad in ["sensors/t*", "a*b", "**x", "a/***"] {
+        let (code, _, msg) = server_error(c.subscribe(bad, Priority::Low).unwrap_err());
+        assert_eq!(code, ErrorCode::InvalidPattern, "{bad}");
+        assert!(msg.contains("must be exactly '*'"), "{bad}: {msg}");
+    }
+    for good in ["*", "**", "a/*/c", "a/**"] {
+        c.subscribe(good, Priority::Low).unwrap();
+    }
+}
+
+/// `frame` (one whole frame) with `extra` bytes added to its body, its length fixed up.
+fn with_extra(frame: &[u8], extra: &[u8]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out.extend_from_slice(extra);
+    let length = u32::try_from(out.len() - 4).unwrap();
+    out[..4].copy_from_slice(&length.to_le_bytes());
+    out
+}
+
+#[test]
+fn a_frame_is_parsed_whole_before_it_is_validated() {
+    // PROTOCOL.md §2: a frame that both fails to parse and breaks a rule gets Malformed.
+    let server = start();
+    let mut raw = Raw::connect(&server);
+    let mut b = BytesMut::new();
+    codec::put_publish(&mut b, 3, true, &event("a//b", b"", Priority::Low));
+    raw.send(&with_extra(&b, &[0]));
+    let (code, _, reference, index, _) = raw.expect_error();
+    assert_eq!((code, reference, index), (ErrorCode::Malformed, 3, None));
+
+    // A batch whose first event breaks a topic rule and whose second does not parse.
+    let mut b = BytesMut::new();
+    let events = [
+        event("a//b", b"", Priority::Low),
+        event("ok", b"", Priority::Low),
+    ];
+    codec::put_publish_batch(&mut b, 4, true, &events);
+    let cut = b.len() - 1;
+    raw.send(&with_extra(&b[..cut], &[]));
+    let (code, _, reference, index, _) = raw.expect_error();
+    assert_eq!((code, reference, index), (ErrorCode::Malformed, 4, Some(1)));
+
+    // A SUBSCRIBE with a bad priority and a bad pattern: the priority is checked first.
+    let mut b = BytesMut::new();
+    codec::put_subscribe(&mut b, 5, 9, b"a/**/b");
+    raw.send(&b);
+    let (code, _, reference, ..) = raw.expect_error();
+    assert_eq!((code, reference), (ErrorCode::Malformed, 5));
+    raw.ping(6);
+}

@@ -307,3 +307,38 @@ fn pub_sub_and_health_over_grpc() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("status 3"));
 }
+
+#[test]
+fn a_starred_topic_or_pattern_gets_the_rule_in_one_line() {
+    let served = serve(&[]);
+    let check = |args: &[&str], needle: &str| {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(
+            stderr.starts_with("eventstream: error:") && stderr.contains(needle),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    };
+    let topic_rule = "a topic never contains '*'";
+    check(&["pub", "--server", &served.tcp, "a*b", "x"], topic_rule);
+    check(
+        &["pub", "--grpc", "--server", &served.grpc, "a*b", "x"],
+        topic_rule,
+    );
+    // The UDP door never answers: the command itself refuses to send what would be dropped.
+    check(
+        &["pub", "--udp", "--server", &served.udp, "a*b", "x"],
+        topic_rule,
+    );
+    let pattern_rule = "must be exactly '*' or, as the last segment, '**'";
+    check(
+        &["sub", "--server", &served.tcp, "sensors/t*"],
+        pattern_rule,
+    );
+    check(
+        &["sub", "--grpc", "--server", &served.grpc, "sensors/t*"],
+        pattern_rule,
+    );
+}

@@ -970,3 +970,52 @@ fn partial_messages_cannot_hold_unbounded_memory() {
         );
     });
 }
+
+#[test]
+fn a_star_is_refused_in_a_topic_and_inside_a_pattern_segment() {
+    // §3 on the gRPC door: INVALID_ARGUMENT with a message that states the rule.
+    let server = start();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let starred = framed(&proto::PublishRequest {
+            event: Some(event("a*b", b"", Priority::Low)),
+        });
+        let o = unary(&mut sender, "Publish", starred).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(
+            o.message.contains("a topic never contains '*'"),
+            "{}",
+            o.message
+        );
+
+        let events = vec![
+            event("b/x", b"", Priority::Low),
+            event("b/x*", b"", Priority::Low),
+        ];
+        let batch = framed(&proto::PublishBatchRequest { events });
+        let o = unary(&mut sender, "PublishBatch", batch).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.starts_with("event 1"), "{}", o.message);
+
+        let subscribe = proto::SubscribeRequest {
+            topic_pattern: "sensors/t*".into(),
+            min_priority: 0,
+        };
+        let (response, mut stream) = sender
+            .send_request(request("Subscribe").body(()).unwrap(), false)
+            .unwrap();
+        stream.send_data(framed(&subscribe), true).unwrap();
+        let o = finish(response).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.contains("must be exactly '*'"), "{}", o.message);
+
+        let req = request("Stream")
+            .header("x-topic-pattern", "sensors/t*")
+            .body(())
+            .unwrap();
+        let (response, _stream) = sender.send_request(req, false).unwrap();
+        let o = finish(response).await;
+        assert_eq!(o.status, 3, "{o:?}");
+        assert!(o.message.contains("must be exactly '*'"), "{}", o.message);
+    });
+}

@@ -218,6 +218,15 @@ mod tests {
     }
 
     #[test]
+    fn wildcards_find_reserved_topics_like_any_other() {
+        let mut index = SubscriptionIndex::default();
+        for (i, p) in ["**", "*/x", "$sys/*", "other/**"].iter().enumerate() {
+            index.insert(&Pattern::parse(p.as_bytes()).unwrap(), entry(i as u64));
+        }
+        assert_eq!(keys(&index, "$sys/x"), vec![0, 1, 2]);
+    }
+
+    #[test]
     fn removing_everything_leaves_an_empty_trie() {
         let mut index = SubscriptionIndex::default();
         let p = Pattern::parse(b"a/*/c/**").unwrap();

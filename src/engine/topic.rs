@@ -26,15 +26,23 @@ pub enum TopicError {
     EmptySegment,
     #[error("has whitespace or a control character at byte {0}")]
     BadCharacter(usize),
-    #[error("has a wildcard segment ('*' or '**'), which only patterns may use")]
-    Wildcard,
-    #[error("has '**' before its last segment")]
+    #[error("has '*' at byte {0}: a topic never contains '*' (only patterns use '*' and '**')")]
+    Star(usize),
+    #[error(
+        "has '*' at byte {0} inside a segment: a segment with '*' must be exactly '*' or, as \
+         the last segment, '**'"
+    )]
+    StarInSegment(usize),
+    #[error("has '**' before its last segment: '**' may only be the last segment")]
     DoubleStarNotLast,
 }
 
-/// Checks the rules topics and patterns share; returns the text. One pass over the bytes for
-/// ASCII names (the common case); Unicode names take the slower, char-aware path.
-fn check_shape(bytes: &[u8]) -> Result<&str, TopicError> {
+/// Checks the rules topics and patterns share, and for a topic (`star_allowed` false) that it
+/// has no `*`; returns the text. One pass over the bytes for ASCII names (the common case);
+/// Unicode names take the slower, char-aware path. The first refused character is the one
+/// reported, whichever rule it breaks.
+#[inline]
+fn check_shape(bytes: &[u8], star_allowed: bool) -> Result<&str, TopicError> {
     if bytes.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -42,18 +50,23 @@ fn check_shape(bytes: &[u8]) -> Result<&str, TopicError> {
         return Err(TopicError::TooLong(bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| TopicError::NotUtf8)?;
-    // Branch-free scans the compiler vectorises; positions are looked for only on error.
-    let ascii_bad = |b: &u8| *b <= b' ' || *b == 0x7f;
+    let refused = |at: usize| match bytes[at] {
+        b'*' => TopicError::Star(at),
+        _ => TopicError::BadCharacter(at),
+    };
+    // Branch-free scans the compiler vectorises; positions are looked for only on error. The
+    // star is one more comparison in the same scan, not a pass of its own.
+    let ascii_bad = |b: &u8| *b <= b' ' || *b == 0x7f || (*b == b'*' && !star_allowed);
     if bytes.is_ascii() {
         if bytes.iter().any(ascii_bad) {
             let at = bytes.iter().position(ascii_bad).expect("found above");
-            return Err(TopicError::BadCharacter(at));
+            return Err(refused(at));
         }
     } else if let Some((at, _)) = text
         .char_indices()
-        .find(|(_, c)| c.is_whitespace() || c.is_control())
+        .find(|(_, c)| c.is_whitespace() || c.is_control() || (*c == '*' && !star_allowed))
     {
-        return Err(TopicError::BadCharacter(at));
+        return Err(refused(at));
     }
     let empty_segment = bytes.windows(2).any(|w| w == b"//");
     if bytes[0] == b'/' {
@@ -65,11 +78,13 @@ fn check_shape(bytes: &[u8]) -> Result<&str, TopicError> {
     if empty_segment {
         return Err(TopicError::EmptySegment);
     }
+    debug_assert!(star_allowed || !bytes.contains(&b'*'));
     Ok(text)
 }
 
 /// A topic that passed §3: UTF-8, 1..=255 bytes, non-empty `/`-separated segments, no
-/// whitespace or control characters, no `*` or `**` segment.
+/// whitespace or control characters, and no `*` anywhere (so no name can be mistaken for a
+/// pattern's wildcard).
 ///
 /// It carries its [`route_hash`] and its [`table_hash`], computed once at parse: a publisher
 /// repeating one topic reuses the parsed topic, so routing each of its events costs a
@@ -85,10 +100,7 @@ pub struct Topic {
 impl Topic {
     /// Validates `bytes` as a topic; keeps the bytes shared, no copy.
     pub fn parse(bytes: Bytes) -> Result<Topic, TopicError> {
-        let text = check_shape(&bytes)?;
-        if bytes.contains(&b'*') && text.split('/').any(|s| s == "*" || s == "**") {
-            return Err(TopicError::Wildcard);
-        }
+        check_shape(&bytes, false)?;
         let (route, table) = (route_hash(&bytes), table_hash(&bytes));
         Ok(Topic {
             bytes,
@@ -209,7 +221,8 @@ pub enum Segment<'a> {
     Rest,
 }
 
-/// A subscription pattern: a topic whose segments may be `*`, and whose last may be `**`.
+/// A subscription pattern: a topic whose segments may be `*`, and whose last may be `**`; a
+/// `*` anywhere else is refused (it would match no topic, since topics have none).
 /// Validated once at subscribe time; it keeps only its text (segments are read from it on
 /// demand, so a subscription costs one allocation here, not one per segment), and matching
 /// walks segments without allocating.
@@ -221,11 +234,23 @@ pub struct Pattern {
 impl Pattern {
     /// Validates and parses `bytes` as a pattern.
     pub fn parse(bytes: &[u8]) -> Result<Pattern, TopicError> {
-        let text = check_shape(bytes)?;
-        let mut parts = text.split('/').peekable();
-        while let Some(part) = parts.next() {
-            if part == "**" && parts.peek().is_some() {
-                return Err(TopicError::DoubleStarNotLast);
+        let text = check_shape(bytes, true)?;
+        if bytes.contains(&b'*') {
+            let mut start = 0;
+            let mut parts = text.split('/').peekable();
+            while let Some(part) = parts.next() {
+                let last = parts.peek().is_none();
+                match part {
+                    "*" => {}
+                    "**" if last => {}
+                    "**" => return Err(TopicError::DoubleStarNotLast),
+                    _ => {
+                        if let Some(at) = part.find('*') {
+                            return Err(TopicError::StarInSegment(start + at));
+                        }
+                    }
+                }
+                start += part.len() + 1;
             }
         }
         Ok(Pattern { text: text.into() })
@@ -327,7 +352,6 @@ mod tests {
     fn topics_follow_section_3() {
         assert!(topic("sensors/t1").is_ok());
         assert!(topic("a").is_ok());
-        assert!(topic("a*b/c").is_ok(), "'*' inside a segment is a literal");
         assert_eq!(topic("").unwrap_err(), TopicError::Empty);
         assert_eq!(topic("/a").unwrap_err(), TopicError::LeadingSlash);
         assert_eq!(topic("a/").unwrap_err(), TopicError::TrailingSlash);
@@ -335,8 +359,6 @@ mod tests {
         assert_eq!(topic("a b").unwrap_err(), TopicError::BadCharacter(1));
         assert_eq!(topic("a\tb").unwrap_err(), TopicError::BadCharacter(1));
         assert_eq!(topic("a\u{7}").unwrap_err(), TopicError::BadCharacter(1));
-        assert_eq!(topic("a/*").unwrap_err(), TopicError::Wildcard);
-        assert_eq!(topic("**").unwrap_err(), TopicError::Wildcard);
         assert_eq!(
             topic(&"x".repeat(256)).unwrap_err(),
             TopicError::TooLong(256)
@@ -347,6 +369,60 @@ mod tests {
             TopicError::NotUtf8
         );
         assert!(topic("$sys/x").unwrap().is_reserved());
+    }
+
+    #[test]
+    fn a_topic_never_contains_a_star() {
+        for (name, at) in [
+            ("a*b", 1),
+            ("*", 0),
+            ("**", 0),
+            ("sensors/*", 8),
+            ("sensors/**", 8),
+            ("x/**/y", 2),
+            ("a*b/c", 1),
+            ("a/b*", 3),
+            ("ünï/c*", 7),
+        ] {
+            assert_eq!(topic(name).unwrap_err(), TopicError::Star(at), "{name}");
+        }
+        let message = topic("a*b").unwrap_err().to_string();
+        assert!(message.contains("a topic never contains '*'"), "{message}");
+        // A character error before the star is the one reported, on either path.
+        assert_eq!(topic("a b*").unwrap_err(), TopicError::BadCharacter(1));
+        assert_eq!(topic("é b*").unwrap_err(), TopicError::BadCharacter(2));
+    }
+
+    #[test]
+    fn a_star_in_a_pattern_is_a_whole_segment() {
+        for accepted in ["*", "**", "a/*/c", "a/**", "*/*", "*/x/**", "$sys/**", "a"] {
+            assert!(Pattern::parse(accepted.as_bytes()).is_ok(), "{accepted}");
+        }
+        for (refused, at) in [
+            ("a*b", 1),
+            ("sensors/t*", 9),
+            ("**x", 0),
+            ("a/***", 2),
+            ("*a/b", 0),
+            ("a/b/x**", 5),
+            ("ü/t*", 4),
+        ] {
+            assert_eq!(
+                Pattern::parse(refused.as_bytes()).unwrap_err(),
+                TopicError::StarInSegment(at),
+                "{refused}"
+            );
+        }
+        let message = Pattern::parse(b"sensors/t*").unwrap_err().to_string();
+        assert!(
+            message.contains("must be exactly '*' or, as the last segment, '**'"),
+            "{message}"
+        );
+        let message = Pattern::parse(b"a/**/b").unwrap_err().to_string();
+        assert!(
+            message.contains("'**' may only be the last segment"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -379,6 +455,16 @@ mod tests {
         assert!(!pattern("*/x/**").matches("a/y/b"));
         assert!(pattern("a/b").matches("a/b"));
         assert!(!pattern("a/b").matches("a/bc"));
+    }
+
+    /// Wildcards treat `$` topics like any other (no MQTT-style exception): this version
+    /// publishes nothing to them, so a subscription sees none, but the rule is pinned here.
+    #[test]
+    fn wildcards_match_reserved_topics_like_any_other() {
+        assert!(pattern("**").matches("$sys/x"));
+        assert!(pattern("*/x").matches("$sys/x"));
+        assert!(pattern("$sys/*").matches("$sys/x"));
+        assert!(!pattern("*").matches("$sys/x"));
     }
 
     /// Reference semantics written the slow, obvious way, to check `matches` against.
@@ -423,11 +509,28 @@ mod tests {
             let by_fast = Topic::parse(Bytes::from(ascii.clone())).map(|_| ());
             let unicode = format!("{ascii}é");
             let by_slow = Topic::parse(Bytes::from(unicode)).map(|_| ());
-            // Appending a letter to the last segment can only fix a trailing slash or a
-            // trailing wildcard; every other verdict must match.
-            if !ascii.ends_with('/') && !ascii.ends_with('*') && !ascii.is_empty() {
+            // Appending a letter to the last segment can only fix a trailing slash; every
+            // other verdict must match (a star is refused wherever it is).
+            if !ascii.ends_with('/') && !ascii.is_empty() {
                 prop_assert_eq!(by_fast, by_slow);
             }
+        }
+
+        /// Where `*` may appear (§3), against the rule written the obvious way: never in a
+        /// topic; in a pattern only as a whole segment `*`, or `**` as the last segment.
+        #[test]
+        fn stars_follow_the_rule(text in "[ab*/]{1,12}") {
+            let segments: Vec<&str> = text.split('/').collect();
+            let shaped = segments.iter().all(|s| !s.is_empty());
+            let last = segments.len() - 1;
+            let stars_whole = segments.iter().enumerate().all(|(i, s)| {
+                !s.contains('*') || *s == "*" || (*s == "**" && i == last)
+            });
+            prop_assert_eq!(
+                Topic::parse(Bytes::from(text.clone())).is_ok(),
+                shaped && !text.contains('*')
+            );
+            prop_assert_eq!(Pattern::parse(text.as_bytes()).is_ok(), shaped && stars_whole);
         }
 
         #[test]

@@ -10,12 +10,20 @@ use super::codec::{self, ClientFrame};
 use crate::engine::event::unix_now_ns;
 use crate::engine::{Event, EventRef, RecentTopic, Reply, Shard};
 
-/// Largest UDP payload over IPv4.
+/// Largest datagram accepted: the largest UDP payload over IPv4, and the limit over IPv6 too
+/// (which could carry more), so that one rule holds whatever the client's address family.
 pub const MAX_DATAGRAM: usize = 65_507;
+
+/// Largest `length` of a frame in a datagram: the whole datagram less the length prefix.
+pub const MAX_DATAGRAM_FRAME_LENGTH: usize = MAX_DATAGRAM - 4;
 
 /// Why a datagram was dropped (counted, and logged at most rarely; never answered).
 #[derive(Debug, thiserror::Error)]
 pub enum DatagramError {
+    #[error("the datagram is empty")]
+    Empty,
+    #[error("the datagram is {0} bytes or more, over the limit of {MAX_DATAGRAM}")]
+    TooLarge(usize),
     #[error("frame {0}: {1}")]
     Frame(usize, String),
     #[error("frame {0}: only PUBLISH and PUBLISH_BATCH are accepted over UDP")]
@@ -32,13 +40,21 @@ pub fn decode_datagram(
     recent: &RecentTopic,
     received_ns: i64,
 ) -> Result<Vec<Event>, DatagramError> {
+    // An empty datagram publishes nothing, but it is no publish either: a client that sent one
+    // has a bug, and the count is where it shows.
+    if datagram.is_empty() {
+        return Err(DatagramError::Empty);
+    }
+    if datagram.len() > MAX_DATAGRAM {
+        return Err(DatagramError::TooLarge(datagram.len()));
+    }
     // Events keep their fields in a copy of the datagram (the receive buffer is reused).
     let buf = Bytes::copy_from_slice(datagram);
     let mut events = Vec::new();
     let mut index = 0;
     let mut at = 0;
     while at < buf.len() {
-        let frame = match codec::frame_at(&buf[at..], MAX_DATAGRAM) {
+        let frame = match codec::frame_at(&buf[at..], MAX_DATAGRAM_FRAME_LENGTH) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Err(DatagramError::Trailing(buf.len() - at)),
             Err(e) => return Err(DatagramError::Frame(index, e.to_string())),
@@ -67,6 +83,8 @@ pub fn decode_datagram(
 
 /// Receives datagrams until shutdown and publishes what they carry.
 pub async fn serve(shard: Rc<Shard>, socket: UdpSocket) {
+    // One byte more than accepted: a longer datagram (IPv6) fills it and is refused whole,
+    // instead of being cut to a length that might parse.
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let recent = RecentTopic::default();
     loop {
