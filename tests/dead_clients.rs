@@ -320,3 +320,114 @@ fn answers_to_pings_do_not_keep_an_idle_connection_open() {
     let cut = "eventstream_dead_connections_cut_total";
     assert_eq!(total(&text, cut, None), 0, "idle is not dead: {text}");
 }
+
+/// A network namespace joined to this one by a veth pair: a host on the other end of a
+/// cable, which can vanish (its link goes down: no FIN, no RST, packets to it are lost).
+struct Netns {
+    name: String,
+    host_ip: String,
+    /// The namespace's end of the pair.
+    peer: String,
+}
+
+impl Netns {
+    /// None when this host cannot make one (not root, no iproute2).
+    fn create() -> Option<Netns> {
+        let id = std::process::id();
+        let net = Netns {
+            name: format!("es-keepalive-{id}"),
+            host_ip: format!("10.213.{}.1", id % 250),
+            peer: format!("esk{id}b"),
+        };
+        let host = format!("esk{id}a");
+        let peer_ip = format!("10.213.{}.2/30", id % 250);
+        let steps: [&[&str]; 7] = [
+            &["netns", "add", &net.name],
+            &[
+                "link", "add", &host, "type", "veth", "peer", "name", &net.peer,
+            ],
+            &["link", "set", &net.peer, "netns", &net.name],
+            &["addr", "add", &format!("{}/30", net.host_ip), "dev", &host],
+            &["link", "set", &host, "up"],
+            &["-n", &net.name, "addr", "add", &peer_ip, "dev", &net.peer],
+            &["-n", &net.name, "link", "set", &net.peer, "up"],
+        ];
+        for step in steps {
+            let ok = std::process::Command::new("ip")
+                .args(step)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                eprintln!("cannot make a network namespace (ip {step:?} failed)");
+                return None; // Drop removes what was made
+            }
+        }
+        Some(net)
+    }
+
+    /// A TCP connection to `addr` from inside the namespace.
+    fn connect(&self, addr: SocketAddr) -> TcpStream {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            let netns = std::fs::File::open(path).unwrap();
+            // SAFETY: setns on this thread only, with a descriptor we hold open.
+            let joined = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(joined, 0, "setns: {}", std::io::Error::last_os_error());
+            TcpStream::connect_timeout(&addr, PATIENCE).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// The namespace's host vanishes: its link goes down, silently.
+    fn vanish(&self) {
+        let down = ["-n", &self.name, "link", "set", &self.peer, "down"];
+        let status = std::process::Command::new("ip")
+            .args(down)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and with it the other end.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+#[test]
+fn a_native_client_whose_host_vanishes_is_found_by_keepalive() {
+    let Some(net) = Netns::create() else {
+        eprintln!("skipped: needs root and iproute2 to simulate a vanished host");
+        return;
+    };
+    let mut config = test_config();
+    config.bind = net.host_ip.parse().unwrap();
+    config.connections.keepalive_idle_s = 1;
+    config.connections.keepalive_interval_s = 1;
+    config.connections.keepalive_probes = 2;
+    // On Linux, TCP_USER_TIMEOUT also decides when unanswered keepalive probes end a
+    // connection: it is kept equal to idle + interval x probes, as the defaults are.
+    config.connections.user_timeout_ms = 3_000;
+    let server = start_with(config);
+    let mut client = Client::from_stream(net.connect(server.native)).unwrap();
+    client.set_timeout(Some(PATIENCE)).unwrap();
+    client.subscribe("vanish/*", Priority::Batch).unwrap();
+    wait_for_metrics(&server, "the subscription", |t| {
+        total(t, "eventstream_subscriptions", None) == 1
+    });
+    net.vanish();
+    let started = Instant::now();
+    let cut = "eventstream_dead_connections_cut_total";
+    wait_for_metrics(&server, "the vanished client cut", |t| {
+        total(t, cut, Some("native")) == 1 && total(t, "eventstream_subscriptions", None) == 0
+    });
+    eprintln!("vanished native client cut after {:?}", started.elapsed());
+    drop(client);
+}

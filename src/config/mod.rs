@@ -103,7 +103,9 @@ pub struct ConnectionsConfig {
     pub keepalive_probes: u32,
     /// TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this long is
     /// dropped by the kernel (keepalive alone does not probe a connection with data in
-    /// flight); 0: the kernel's retransmission limits (about 15 minutes).
+    /// flight); 0: the kernel's retransmission limits (about 15 minutes). On Linux it also
+    /// decides when unanswered keepalive probes end a connection, so keep it at
+    /// idle + interval x probes (the defaults are: 30 s + 3 x 10 s).
     pub user_timeout_ms: u32,
     /// A connection whose socket takes no byte of what the server has to send for this long
     /// is cut (a client that stopped reading, or whose host is gone); 0: never.
