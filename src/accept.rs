@@ -1,21 +1,27 @@
-//! How a TCP door takes clients on a shard: accept until shutdown, serve each client in its own
-//! task with any panic contained to that connection, and know when all of them are gone; plus
-//! the small pieces both doors' connections are built from.
+//! How a TCP door takes clients on a shard: accept until shutdown, refuse those over the door's
+//! connection limit, set the socket options that find dead clients, serve each client in its
+//! own task with any panic contained to that connection, and know when all of them are gone;
+//! plus the small pieces both doors' connections are built from.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_lite::{AsyncRead, AsyncWrite};
+use bytes::Bytes;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use socket2::{SockRef, TcpKeepalive};
 
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::busy_poll::{BusyPoll, Polling};
+use crate::config::ConnectionsConfig;
 use crate::engine::notify::Notify;
 use crate::engine::Shard;
 
@@ -35,13 +41,120 @@ impl Connections {
     }
 }
 
+/// How long a refused connection is given to read its refusal (and close) before it is closed
+/// anyway: a refusal must not hold a descriptor for long.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// A client door's connection limit, server-wide: every shard's accept loop for the door
+/// counts into the same one. Touched only when a connection opens or closes, never per event.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    max: usize,
+    live: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    /// A limit of `max` open connections.
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        debug_assert!(max > 0, "config validation refuses a zero limit");
+        Arc::new(ConnectionLimit {
+            max,
+            live: AtomicUsize::new(0),
+        })
+    }
+
+    /// The largest number of open connections.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Takes a place, unless all `max` are taken.
+    fn try_take(&self) -> bool {
+        let taken = |n: usize| (n < self.max).then_some(n + 1);
+        (self
+            .live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, taken))
+        .is_ok()
+    }
+
+    /// Gives back a place [`ConnectionLimit::try_take`] took.
+    fn give_back(&self) {
+        let before = self.live.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before > 0, "more places given back than taken");
+    }
+}
+
+/// The socket options that let the kernel, and the writer, find a dead client: one whose host
+/// vanished without a FIN or RST would otherwise hold its subscriptions and queues forever.
+#[derive(Clone, Copy, Debug)]
+pub struct SocketOptions {
+    /// SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT; None: off.
+    pub keepalive: Option<(Duration, Duration, u32)>,
+    /// TCP_USER_TIMEOUT: unacknowledged data this old drops the connection; None: kernel's.
+    pub user_timeout: Option<Duration>,
+    /// A socket write that makes no progress for this long fails with `TimedOut`; None: never.
+    pub write_deadline: Option<Duration>,
+}
+
+impl SocketOptions {
+    /// The options `config` asks for (a zero turns its option off).
+    pub fn from_config(config: &ConnectionsConfig) -> SocketOptions {
+        let secs = |s: u32| Duration::from_secs(u64::from(s));
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        SocketOptions {
+            keepalive: (config.keepalive_idle_s > 0).then(|| {
+                let (idle, interval) = (config.keepalive_idle_s, config.keepalive_interval_s);
+                (secs(idle), secs(interval), config.keepalive_probes)
+            }),
+            user_timeout: nonzero(Duration::from_millis(u64::from(config.user_timeout_ms))),
+            write_deadline: nonzero(Duration::from_millis(config.write_deadline_ms)),
+        }
+    }
+
+    /// Sets them on an accepted socket. The write deadline is glommio's write timeout: its
+    /// timer starts when a write would block and stops when one makes progress, which is
+    /// exactly "no progress for this long", at no cost on writes that do not block.
+    pub fn apply(&self, stream: &TcpStream) -> io::Result<()> {
+        // SAFETY: the descriptor stays open for the borrow: `stream` owns it and outlives it.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let socket = SockRef::from(&fd);
+        if let Some((idle, interval, probes)) = self.keepalive {
+            let keepalive = TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(interval)
+                .with_retries(probes);
+            socket.set_tcp_keepalive(&keepalive)?;
+        }
+        if let Some(timeout) = self.user_timeout {
+            socket.set_tcp_user_timeout(Some(timeout))?;
+        }
+        stream
+            .set_write_timeout(self.write_deadline)
+            .map_err(io::Error::from)
+    }
+}
+
+/// What a client door applies to every connection it accepts.
+pub struct Admission {
+    /// The door's place in [`crate::engine::DOORS`] (its counters).
+    pub door: usize,
+    pub limit: Arc<ConnectionLimit>,
+    /// Sent to a connection over the limit before it is closed, in the door's protocol; None
+    /// on a TLS door, whose clients get a plain close (a handshake would spend what the limit
+    /// protects).
+    pub refusal: Option<Bytes>,
+    pub sockets: SocketOptions,
+}
+
 /// Accepts on `listener` until `shard` shuts down; `serve` handles each client in a task of
-/// its own. `door` names the door in logs.
+/// its own. `door` names the door in logs. With `admission`, a connection over the door's
+/// limit is refused and counted, and the others get its socket options.
 pub async fn accept_loop<F, Fut>(
     shard: Rc<Shard>,
     listener: TcpListener,
     connections: Rc<Connections>,
     door: &'static str,
+    admission: Option<Rc<Admission>>,
     serve: F,
 ) where
     F: Fn(TcpStream) -> Fut,
@@ -55,6 +168,17 @@ pub async fn accept_loop<F, Fut>(
         match unless(listener.accept(), stopped).await {
             None => return,
             Some(Ok(stream)) => {
+                if let Some(admission) = &admission {
+                    if !admission.limit.try_take() {
+                        shard.count_refused_connection(admission.door);
+                        glommio::spawn_local(refuse(stream, admission.refusal.clone())).detach();
+                        continue;
+                    }
+                    if let Err(e) = admission.sockets.apply(&stream) {
+                        crate::log_line!("shard {}: {door} socket options: {e}", shard.id());
+                    }
+                }
+                let admitted = admission.clone();
                 connections.live.set(connections.live.get() + 1);
                 let connections = connections.clone();
                 let shard_id = shard.id();
@@ -72,6 +196,9 @@ pub async fn accept_loop<F, Fut>(
                     if let Some(i) = counted {
                         counting.count_connection(i, false);
                     }
+                    if let Some(admitted) = admitted {
+                        admitted.limit.give_back();
+                    }
                     connections.live.set(connections.live.get() - 1);
                     connections.idle.notify();
                 })
@@ -84,6 +211,26 @@ pub async fn accept_loop<F, Fut>(
             }
         }
     }
+}
+
+/// Sends `refusal` to a connection over its door's limit, then closes it once the client has
+/// closed too (or after [`REFUSAL_LINGER`]): closing while the client's first bytes sit unread
+/// would send a reset, which can destroy the refusal before the client reads it.
+async fn refuse(mut stream: TcpStream, refusal: Option<Bytes>) {
+    let refusing = async {
+        if let Some(refusal) = refusal {
+            stream.write_all(&refusal).await?;
+        }
+        stream.close().await?; // shuts down writing: the client reads the refusal, then EOF
+        let mut sink = [0u8; 512];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let linger = async {
+        glommio::timer::sleep(REFUSAL_LINGER).await;
+        Ok(())
+    };
+    let _ = futures_lite::future::or(refusing, linger).await;
 }
 
 /// Runs `work` unless `stop` completes first (then None).
@@ -136,6 +283,15 @@ pub fn split(stream: TcpStream, busy_poll: Option<Rc<BusyPoll>>) -> io::Result<(
 }
 
 impl Half {
+    /// Makes closing the socket abortive (SO_LINGER 0: a reset, unsent data dropped): for a
+    /// connection cut as dead, whose unsent bytes would otherwise sit in the kernel.
+    pub fn abort_on_close(&self) {
+        let stream = self.stream.borrow();
+        // SAFETY: the descriptor stays open for the borrow: `stream` owns it.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+    }
+
     /// Reads what the socket has into `buf`, waiting until it has something; 0 at the end of
     /// the stream. In low-latency mode the socket is polled first (see [`BusyPoll`]).
     pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Read<'a> {

@@ -40,10 +40,17 @@ impl Door {
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         let shard = self.shard.clone();
         let connections = self.connections.clone();
-        accept::accept_loop(shard, listener, connections, "metrics", move |stream| {
-            let door = self.clone();
-            async move { door.serve(stream).await }
-        })
+        accept::accept_loop(
+            shard,
+            listener,
+            connections,
+            "metrics",
+            None,
+            move |stream| {
+                let door = self.clone();
+                async move { door.serve(stream).await }
+            },
+        )
         .await;
     }
 
@@ -108,6 +115,9 @@ fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
         body.len()
     )
 }
+
+/// Reads one per-door counter out of a shard's counters ([`DOORS`] order).
+type PerDoor = fn(&ShardStats) -> [u64; 2];
 
 /// The Prometheus text exposition of every shard's counters.
 pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
@@ -209,6 +219,29 @@ pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
         }
     }
 
+    let per_door: [(&str, &str, PerDoor); 2] = [
+        (
+            "eventstream_connections_refused_total",
+            "Connections refused because the door had its max_connections, by door.",
+            |s| s.connections_refused,
+        ),
+        (
+            "eventstream_dead_connections_cut_total",
+            "Connections cut as dead (keepalive, unacknowledged data, write deadline, or no \
+             answer to a PING), by door.",
+            |s| s.connections_cut,
+        ),
+    ];
+    for (name, help, value) in per_door {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (shard, stats) in per_shard.iter().enumerate() {
+            for (door, count) in DOORS.iter().zip(value(stats)) {
+                let door = door.to_ascii_lowercase();
+                let _ = writeln!(out, "{name}{{shard=\"{shard}\",door=\"{door}\"}} {count}");
+            }
+        }
+    }
+
     let name = "eventstream_publish_ack_latency_seconds";
     let _ = writeln!(
         out,
@@ -259,6 +292,8 @@ mod tests {
         let mut a = ShardStats {
             received: 7,
             connections: [2, 1],
+            connections_refused: [4, 0],
+            connections_cut: [0, 5],
             ..ShardStats::default()
         };
         a.shed[4] = 3;
@@ -282,6 +317,14 @@ mod tests {
         assert_eq!(
             get("eventstream_connections{shard=\"0\",door=\"grpc\"}").unwrap(),
             "1"
+        );
+        assert_eq!(
+            get("eventstream_connections_refused_total{shard=\"0\",door=\"native\"}").unwrap(),
+            "4"
+        );
+        assert_eq!(
+            get("eventstream_dead_connections_cut_total{shard=\"0\",door=\"grpc\"}").unwrap(),
+            "5"
         );
         let bucket = "eventstream_publish_ack_latency_seconds_bucket{shard=\"0\",";
         assert_eq!(get(&format!("{bucket}le=\"0.000002\"}}")).unwrap(), "0");

@@ -13,10 +13,11 @@ use glommio::net::{TcpListener, UdpSocket};
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::accept::{ConnectionLimit, SocketOptions};
 use crate::busy_poll::BusyPoll;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Batch, Shard};
-use crate::grpc::connection::Door as GrpcDoor;
+use crate::grpc::connection::{Door as GrpcDoor, DoorSettings as GrpcSettings, Liveness};
 use crate::native::connection::Door;
 use crate::native::datagram;
 
@@ -28,6 +29,12 @@ const IO_MEMORY_RINGS: usize = 3;
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 /// Batches in flight from one shard to another before the sender waits.
 const CHANNEL_BATCHES: usize = 256;
+/// Descriptors the default connection limits leave for everything but client connections:
+/// standard streams, metrics scrapes, refusals being sent, and the server's own files.
+const RESERVED_DESCRIPTORS: u64 = 256;
+/// Descriptors each shard keeps open besides its clients: three TCP listeners and a UDP
+/// socket, its io_uring rings, eventfds and timers, with room to spare.
+const DESCRIPTORS_PER_SHARD: u64 = 32;
 
 /// Why the server could not start. Every variant names what to change.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +143,14 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         .collect();
     let cpus = config.shard_cpus(&available)?;
     check_memlock(cpus.len())?;
+    let (native_max, grpc_max) = connection_limits(config, cpus.len(), raise_nofile())?;
+    let native_limit = ConnectionLimit::new(native_max);
+    let grpc_limit = ConnectionLimit::new(grpc_max);
+    let socket_options = SocketOptions::from_config(&config.connections);
+    let liveness = (config.grpc.ping_interval_ms > 0).then(|| Liveness {
+        interval: Duration::from_millis(config.grpc.ping_interval_ms),
+        timeout: Duration::from_millis(config.grpc.ping_timeout_ms),
+    });
     let grpc_tls = config.grpc.tls.load("grpc", &[b"h2"])?;
     let native_tls = config.native.tls.load("native", &[])?;
 
@@ -200,6 +215,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
             metrics,
         };
         let (grpc_tls, native_tls) = (grpc_tls.clone(), native_tls.clone());
+        let (native_limit, grpc_limit) = (native_limit.clone(), grpc_limit.clone());
         let mesh = mesh.clone();
         // Each shard reports Created (its executor exists) then Serving; a sender dropped
         // before Created means the executor could not be made, and its thread says why.
@@ -234,6 +250,9 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                 let doors = DoorSettings {
                     max_frame,
                     grpc_idle,
+                    liveness,
+                    limits: (native_limit, grpc_limit),
+                    sockets: socket_options,
                     started,
                     spin,
                 };
@@ -291,6 +310,11 @@ struct DoorTls {
 struct DoorSettings {
     max_frame: usize,
     grpc_idle: Duration,
+    liveness: Option<Liveness>,
+    /// Each TCP door's connection limit (native, gRPC), shared by every shard.
+    limits: (Arc<ConnectionLimit>, Arc<ConnectionLimit>),
+    /// What finds dead clients on both TCP doors.
+    sockets: SocketOptions,
     /// When the server started (the metrics door reports uptime).
     started: Instant,
     /// Low-latency mode's spin window (zero: off); a connection polls its socket for up to
@@ -311,11 +335,14 @@ async fn run_shard(
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
     // Low-latency mode: the connections of both TCP doors poll their sockets, sharing one limit.
     let busy_poll = (!doors.spin.is_zero()).then(|| Rc::new(BusyPoll::new(doors.spin)));
+    let (native_limit, grpc_limit) = doors.limits;
     let door = Door::new(
         shard.clone(),
         doors.max_frame,
         tls.native,
         busy_poll.clone(),
+        native_limit,
+        doors.sockets,
     );
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
     // SAFETY: as above.
@@ -323,10 +350,15 @@ async fn run_shard(
     let max_message = shard.limits().max_message_bytes + 64 * 1024;
     let grpc_door = GrpcDoor::new(
         shard.clone(),
-        max_message,
-        tls.grpc,
-        doors.grpc_idle,
-        busy_poll,
+        GrpcSettings {
+            max_message,
+            tls: tls.grpc,
+            idle_timeout: doors.grpc_idle,
+            liveness: doors.liveness,
+            busy_poll,
+            limit: grpc_limit,
+            sockets: doors.sockets,
+        },
     );
     let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
     // SAFETY: as above.
@@ -409,6 +441,90 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
     socket.set_recv_buffer_size(4 << 20)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does): every client
+/// connection is a descriptor, and the soft limit's common default (1024) is sized for
+/// programs that open a few files. Returns the soft limit then in force (u64::MAX: none).
+fn raise_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return u64::MAX; // cannot tell: the limits are left to what is configured
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        limit.rlim_cur
+    }
+}
+
+/// The connection limit of each TCP door (native, gRPC), given `nofile` descriptors: as
+/// configured, or by default half each of what `shards` shards leave of them; limits that
+/// cannot fit are an error naming the key, so that the door refuses clients with a clear
+/// error instead of failing accepts with EMFILE.
+pub fn connection_limits(
+    config: &Config,
+    shards: usize,
+    nofile: u64,
+) -> Result<(usize, usize), ConfigError> {
+    let reserved = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_SHARD * shards as u64;
+    let budget = nofile.saturating_sub(reserved);
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let (native, grpc) = (config.native.max_connections, config.grpc.max_connections);
+    let fix = "raise RLIMIT_NOFILE (ulimit -n, or LimitNOFILE= in systemd) or lower the limit";
+    let too_many = |key: &str, wanted: u64| ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: format!(
+            "{wanted} connections need more descriptors than RLIMIT_NOFILE ({nofile}) leaves \
+             after {reserved} for {shards} shards and the rest ({budget}); {fix}"
+        ),
+    };
+    let configured = |key: &str, n: usize, left: u64| {
+        if n as u64 > left {
+            Err(too_many(key, n as u64))
+        } else {
+            Ok(n)
+        }
+    };
+    match (native, grpc) {
+        (Some(n), Some(g)) => {
+            configured("native.max_connections", n, budget)?;
+            let left = budget - n as u64;
+            let key = "grpc.max_connections";
+            configured(key, g, left).map_err(|_| {
+                too_many(
+                    "native.max_connections + grpc.max_connections",
+                    n as u64 + g as u64,
+                )
+            })?;
+            Ok((n, g))
+        }
+        (Some(n), None) => {
+            configured("native.max_connections", n, budget.saturating_sub(1))?;
+            Ok((n, to_usize(budget - n as u64)))
+        }
+        (None, Some(g)) => {
+            configured("grpc.max_connections", g, budget.saturating_sub(1))?;
+            Ok((to_usize(budget - g as u64), g))
+        }
+        (None, None) if budget < 2 => Err(too_many("native.max_connections", 2)),
+        (None, None) => Ok((to_usize(budget / 2), to_usize(budget - budget / 2))),
+    }
 }
 
 /// Fails early, with the fix, when io_uring could not register its memory.
@@ -509,6 +625,45 @@ mod tests {
             "unlimited"
         );
         assert!(memlock_verdict(Some(8 << 20), 393_216, false, 2).is_ok());
+    }
+
+    #[test]
+    fn connection_limits_default_to_the_descriptors_and_must_fit_them() {
+        let mut c = Config::default();
+        let reserved = RESERVED_DESCRIPTORS + 2 * DESCRIPTORS_PER_SHARD;
+        let (n, g) = connection_limits(&c, 2, reserved + 1000).unwrap();
+        assert_eq!((n, g), (500, 500));
+        assert!(
+            connection_limits(&c, 2, u64::MAX).unwrap().0 > 1 << 30,
+            "no limit"
+        );
+        let e = connection_limits(&c, 2, reserved).unwrap_err().to_string();
+        assert!(e.starts_with("native.max_connections") && e.contains("RLIMIT_NOFILE"));
+        c.native.max_connections = Some(900);
+        assert_eq!(
+            connection_limits(&c, 2, reserved + 1000).unwrap(),
+            (900, 100)
+        );
+        c.native.max_connections = Some(1000);
+        let e = connection_limits(&c, 2, reserved + 1000).unwrap_err();
+        assert!(e.to_string().starts_with("native.max_connections"), "{e}");
+        c.native.max_connections = None;
+        c.grpc.max_connections = Some(5000);
+        let e = connection_limits(&c, 2, reserved + 1000).unwrap_err();
+        assert!(e.to_string().starts_with("grpc.max_connections"), "{e}");
+        c.native.max_connections = Some(600);
+        c.grpc.max_connections = Some(600);
+        let e = connection_limits(&c, 2, reserved + 1000).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("native.max_connections + grpc.max_connections"),
+            "{e}"
+        );
+        c.grpc.max_connections = Some(400);
+        assert_eq!(
+            connection_limits(&c, 2, reserved + 1000).unwrap(),
+            (600, 400)
+        );
     }
 
     #[test]

@@ -34,6 +34,11 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.
+const MAX_KEEPALIVE_S: u32 = 32_767;
+/// Linux's largest TCP_KEEPCNT.
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+
 /// The whole configuration; the YAML file has the same shape.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -42,6 +47,8 @@ pub struct Config {
     pub bind: IpAddr,
     pub grpc: GrpcConfig,
     pub native: NativeConfig,
+    /// Dead-client detection on both TCP doors.
+    pub connections: ConnectionsConfig,
     pub udp: UdpConfig,
     pub metrics: MetricsConfig,
     pub shards: ShardsConfig,
@@ -57,6 +64,15 @@ pub struct GrpcConfig {
     pub tls: TlsConfig,
     /// A connection with no call and no traffic for this long is closed (GOAWAY); 0: never.
     pub idle_timeout_ms: u64,
+    /// A connection the client has sent nothing on for this long gets an HTTP/2 PING, which
+    /// every HTTP/2 client answers by itself; 0: never. Finds a client that stopped answering
+    /// even while nothing is sent to it (the write deadline needs data to send).
+    pub ping_interval_ms: u64,
+    /// A client that sends nothing for this long after a PING is cut as dead (GOAWAY, close).
+    pub ping_timeout_ms: u64,
+    /// Open connections the door takes, server-wide; more are refused (GOAWAY). None: half of
+    /// the descriptors the process may open, less a reserve (see `server::connection_limits`).
+    pub max_connections: Option<usize>,
 }
 
 /// The native TCP door.
@@ -67,6 +83,33 @@ pub struct NativeConfig {
     /// Largest frame a client may send, in bytes (length field value).
     pub max_frame_bytes: usize,
     pub tls: TlsConfig,
+    /// Open connections the door takes, server-wide; more are refused (ERROR
+    /// TooManyConnections). None: half of the descriptors the process may open, less a
+    /// reserve (see `server::connection_limits`).
+    pub max_connections: Option<usize>,
+}
+
+/// How both TCP doors find clients whose host vanished (no FIN, no RST) or that stopped
+/// reading, so that they do not hold subscriptions, queues and memory forever.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// TCP keepalive: the kernel probes a connection silent for this long, in seconds (the
+    /// kernel's unit); 0: no keepalive.
+    pub keepalive_idle_s: u32,
+    /// Seconds between keepalive probes.
+    pub keepalive_interval_s: u32,
+    /// Unanswered probes after which the kernel drops the connection.
+    pub keepalive_probes: u32,
+    /// TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this long is
+    /// dropped by the kernel (keepalive alone does not probe a connection with data in
+    /// flight); 0: the kernel's retransmission limits (about 15 minutes). On Linux it also
+    /// decides when unanswered keepalive probes end a connection, so keep it at
+    /// idle + interval x probes (the defaults are: 30 s + 3 x 10 s).
+    pub user_timeout_ms: u32,
+    /// A connection whose socket takes no byte of what the server has to send for this long
+    /// is cut (a client that stopped reading, or whose host is gone); 0: never.
+    pub write_deadline_ms: u64,
 }
 
 /// The native UDP door.
@@ -115,6 +158,7 @@ impl Default for Config {
             bind: IpAddr::from([0, 0, 0, 0]),
             grpc: GrpcConfig::default(),
             native: NativeConfig::default(),
+            connections: ConnectionsConfig::default(),
             udp: UdpConfig::default(),
             metrics: MetricsConfig::default(),
             shards: ShardsConfig::default(),
@@ -130,6 +174,9 @@ impl Default for GrpcConfig {
             port: 9200,
             tls: TlsConfig::default(),
             idle_timeout_ms: 300_000,
+            ping_interval_ms: 60_000,
+            ping_timeout_ms: 20_000,
+            max_connections: None,
         }
     }
 }
@@ -140,6 +187,19 @@ impl Default for NativeConfig {
             port: 9201,
             max_frame_bytes: 16 << 20,
             tls: TlsConfig::default(),
+            max_connections: None,
+        }
+    }
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            keepalive_idle_s: 30,
+            keepalive_interval_s: 10,
+            keepalive_probes: 3,
+            user_timeout_ms: 60_000,
+            write_deadline_ms: 30_000,
         }
     }
 }
@@ -250,6 +310,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_connections()?;
         let l = &self.limits;
         if self.native.max_frame_bytes < 1024 || self.native.max_frame_bytes > u32::MAX as usize {
             return Err(invalid(
@@ -292,6 +353,62 @@ impl Config {
                     l.max_message_bytes, self.native.max_frame_bytes
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// The settings that find dead clients and bound each door's connections.
+    fn validate_connections(&self) -> Result<(), ConfigError> {
+        let c = &self.connections;
+        if c.keepalive_idle_s > 0 {
+            for (key, value, max) in [
+                (
+                    "connections.keepalive_idle_s",
+                    c.keepalive_idle_s,
+                    MAX_KEEPALIVE_S,
+                ),
+                (
+                    "connections.keepalive_interval_s",
+                    c.keepalive_interval_s,
+                    MAX_KEEPALIVE_S,
+                ),
+                (
+                    "connections.keepalive_probes",
+                    c.keepalive_probes,
+                    MAX_KEEPALIVE_PROBES,
+                ),
+            ] {
+                if value == 0 || value > max {
+                    return Err(invalid(
+                        key,
+                        format!("{value} is not in 1..={max} (the kernel's range)"),
+                    ));
+                }
+            }
+        }
+        if c.user_timeout_ms > i32::MAX as u32 {
+            return Err(invalid(
+                "connections.user_timeout_ms",
+                format!(
+                    "{} is over {} (the kernel's range)",
+                    c.user_timeout_ms,
+                    i32::MAX
+                ),
+            ));
+        }
+        if self.grpc.ping_interval_ms > 0 && self.grpc.ping_timeout_ms == 0 {
+            return Err(invalid(
+                "grpc.ping_timeout_ms",
+                "must be at least 1 while grpc.ping_interval_ms is on",
+            ));
+        }
+        for (key, max) in [
+            ("native.max_connections", self.native.max_connections),
+            ("grpc.max_connections", self.grpc.max_connections),
+        ] {
+            if max == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -391,6 +508,43 @@ mod tests {
             e.starts_with("grpc.tls.cert_file: /etc/eventstream/server.crt"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn dead_client_settings_parse_and_are_checked_with_their_key() {
+        let c = Config::from_yaml(
+            "connections:\n  keepalive_idle_s: 5\n  write_deadline_ms: 250\nnative:\n  max_connections: 10\ngrpc:\n  ping_interval_ms: 100\n",
+        )
+        .unwrap();
+        assert_eq!(c.connections.keepalive_idle_s, 5);
+        assert_eq!(c.connections.write_deadline_ms, 250);
+        assert_eq!(c.native.max_connections, Some(10));
+        assert_eq!(c.grpc.max_connections, None);
+        assert_eq!(c.grpc.ping_interval_ms, 100);
+        c.validate().unwrap();
+        for (yaml, key) in [
+            (
+                "connections:\n  keepalive_probes: 0\n",
+                "connections.keepalive_probes",
+            ),
+            (
+                "connections:\n  keepalive_interval_s: 40000\n",
+                "connections.keepalive_interval_s",
+            ),
+            (
+                "connections:\n  user_timeout_ms: 3000000000\n",
+                "connections.user_timeout_ms",
+            ),
+            ("grpc:\n  ping_timeout_ms: 0\n", "grpc.ping_timeout_ms"),
+            ("native:\n  max_connections: 0\n", "native.max_connections"),
+            ("grpc:\n  max_connections: 0\n", "grpc.max_connections"),
+        ] {
+            let e = Config::from_yaml(yaml).unwrap().validate().unwrap_err();
+            assert!(e.to_string().starts_with(key), "{yaml}: {e}");
+        }
+        // Keepalive off: its other settings do not matter.
+        let off = "connections:\n  keepalive_idle_s: 0\n  keepalive_probes: 0\n";
+        Config::from_yaml(off).unwrap().validate().unwrap();
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct ShardStats {
     pub messages_out: u64,
     /// Open client connections on this shard, per TCP door ([`DOORS`] order).
     pub connections: [u64; 2],
+    /// Connections refused because their door had its `max_connections`, per TCP door.
+    pub connections_refused: [u64; 2],
+    /// Connections cut as dead (keepalive, unacknowledged data, write deadline, or no answer to
+    /// a PING), per TCP door.
+    pub connections_cut: [u64; 2],
     /// Acknowledged publish requests by the time from decoding to the last event sequenced:
     /// bucket `i` counts those under `2^i` µs (the last bucket: everything slower).
     pub ack_latency: [u64; ACK_LATENCY_BUCKETS],
@@ -53,6 +58,10 @@ pub struct ShardStats {
 
 /// The TCP doors whose connections are counted, in [`ShardStats::connections`] order.
 pub const DOORS: [&str; 2] = ["native", "gRPC"];
+/// The native TCP door's place in [`DOORS`].
+pub const NATIVE_DOOR: usize = 0;
+/// The gRPC door's place in [`DOORS`].
+pub const GRPC_DOOR: usize = 1;
 
 /// Buckets of [`ShardStats::ack_latency`]: 1 µs to about 1 s, doubling.
 pub const ACK_LATENCY_BUCKETS: usize = 21;
@@ -88,6 +97,12 @@ impl ShardStats {
         self.batches_out += other.batches_out;
         self.messages_out += other.messages_out;
         for (a, b) in self.connections.iter_mut().zip(other.connections) {
+            *a += b;
+        }
+        for (a, b) in (self.connections_refused.iter_mut()).zip(other.connections_refused) {
+            *a += b;
+        }
+        for (a, b) in self.connections_cut.iter_mut().zip(other.connections_cut) {
             *a += b;
         }
         for (a, b) in self.ack_latency.iter_mut().zip(other.ack_latency) {

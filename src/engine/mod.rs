@@ -22,7 +22,9 @@ pub use event::{
     Priority, RawEvent,
 };
 pub use limits::Limits;
-pub use messages::{Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS};
+pub use messages::{
+    Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS, GRPC_DOOR, NATIVE_DOOR,
+};
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
 pub use subscriber::{Consumer, EncodeEvent, SubState, Subscriber};
 pub use topic::{Pattern, RecentTopic, Topic, TopicError};

@@ -793,6 +793,17 @@ impl Shard {
         };
     }
 
+    /// A connection to door `door` ([`DOORS`](super::messages::DOORS)) was refused: the door
+    /// had its `max_connections`.
+    pub fn count_refused_connection(&self, door: usize) {
+        self.stats.borrow_mut().connections_refused[door] += 1;
+    }
+
+    /// A connection to door `door` was cut as dead (its peer vanished or stopped answering).
+    pub fn count_cut_connection(&self, door: usize) {
+        self.stats.borrow_mut().connections_cut[door] += 1;
+    }
+
     /// This shard's counters now.
     pub fn stats(&self) -> ShardStats {
         let mut stats = *self.stats.borrow();

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::io;
 use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,16 +18,17 @@ use hashbrown::HashMap;
 
 use super::framing::{self, MessageReader, RequestHead};
 use super::h2::connection::{Connection as H2, Event as H2Event, Limits as H2Limits};
+use super::h2::frame::{self, Reason};
 use super::h2::hpack::HeaderList;
 use super::service::{self, Method};
 use super::status::{percent_encode, Code, GrpcError};
-use crate::accept::{self, Connections, Half};
+use crate::accept::{self, Admission, ConnectionLimit, Connections, Half, SocketOptions};
 use crate::busy_poll::BusyPoll;
 use crate::engine::event::{unix_now_ns, EventView};
 use crate::engine::notify::Notify;
 use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
-    Shard, SinkId, SubState, Subscriber,
+    Shard, SinkId, SubState, Subscriber, GRPC_DOOR,
 };
 use crate::proto;
 use crate::tls::Transport;
@@ -46,44 +48,82 @@ const MAX_UNSENT: usize = 4 << 20;
 /// two taking turns. It costs at most one more `send` per read.
 const FIRST_SEND: usize = 400;
 
+/// How the door checks that a client still answers: an HTTP/2 PING after `interval` without
+/// a byte from it, and a cut if it then stays silent for `timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct Liveness {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The payload of the door's PINGs: any answer counts, so it only has to be recognisable in a
+/// capture.
+const PING_DATA: [u8; 8] = *b"liveness";
+
+/// The GOAWAY debug data of a connection cut for not answering a PING.
+const PING_TIMEOUT_DEBUG: &[u8] = b"no answer to PING within grpc.ping_timeout_ms";
+
 /// The gRPC door of one shard.
 pub struct Door {
     shard: Rc<Shard>,
     max_message: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
     idle_timeout: Duration,
+    /// None: no PINGs (`grpc.ping_interval_ms` 0).
+    liveness: Option<Liveness>,
     connections: Rc<Connections>,
     /// Low-latency mode's socket polling, shared with the shard's other TCP door.
     busy_poll: Option<Rc<BusyPoll>>,
+    admission: Rc<Admission>,
+}
+
+/// Everything the gRPC door of a shard is made with, besides the shard.
+pub struct DoorSettings {
+    /// Messages over this many bytes are RESOURCE_EXHAUSTED.
+    pub max_message: usize,
+    /// With it, every connection is TLS (ALPN h2).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub idle_timeout: Duration,
+    pub liveness: Option<Liveness>,
+    /// Low-latency mode: connections poll their sockets.
+    pub busy_poll: Option<Rc<BusyPoll>>,
+    /// The door's connection limit, shared by every shard's door: past it, a connection gets
+    /// the server's SETTINGS and a GOAWAY REFUSED_STREAM.
+    pub limit: Arc<ConnectionLimit>,
+    pub sockets: SocketOptions,
 }
 
 impl Door {
-    /// The door of `shard`; messages over `max_message` bytes are RESOURCE_EXHAUSTED. With
-    /// `tls`, every connection is TLS (ALPN h2). Connections poll their sockets if `busy_poll`
-    /// is given (low-latency mode).
-    pub fn new(
-        shard: Rc<Shard>,
-        max_message: usize,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        idle_timeout: Duration,
-        busy_poll: Option<Rc<BusyPoll>>,
-    ) -> Rc<Door> {
+    /// The gRPC door of `shard`.
+    pub fn new(shard: Rc<Shard>, settings: DoorSettings) -> Rc<Door> {
+        let refusal = settings.tls.is_none().then(refusal);
+        let admission = Rc::new(Admission {
+            door: GRPC_DOOR,
+            limit: settings.limit,
+            refusal,
+            sockets: settings.sockets,
+        });
         Rc::new(Door {
             shard,
-            max_message,
-            tls,
-            idle_timeout,
+            max_message: settings.max_message,
+            tls: settings.tls,
+            idle_timeout: settings.idle_timeout,
+            liveness: settings.liveness,
             connections: Rc::default(),
-            busy_poll,
+            busy_poll: settings.busy_poll,
+            admission,
         })
     }
 
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         let (shard, connections) = (self.shard.clone(), self.connections.clone());
-        crate::accept::accept_loop(shard, listener, connections, "gRPC", move |stream| {
-            let door = self.clone();
-            async move { GrpcConnection::serve(&door, stream).await }
+        let admission = Some(self.admission.clone());
+        crate::accept::accept_loop(shard, listener, connections, "gRPC", admission, {
+            move |stream| {
+                let door = self.clone();
+                async move { GrpcConnection::serve(&door, stream).await }
+            }
         })
         .await;
     }
@@ -92,6 +132,17 @@ impl Door {
     pub async fn drained(&self) {
         self.connections.drained().await;
     }
+}
+
+/// What a connection over the door's limit reads before the door closes it: the server's
+/// connection preface (an empty SETTINGS, RFC 9113 §3.4) and a GOAWAY REFUSED_STREAM for
+/// stream 0, which tells the client that nothing was processed and it may retry elsewhere.
+fn refusal() -> Bytes {
+    let mut out = BytesMut::new();
+    frame::put_settings(&mut out, &[]);
+    let debug = b"connection limit (grpc.max_connections)";
+    frame::put_goaway(&mut out, 0, Reason::RefusedStream, debug);
+    out.freeze()
 }
 
 /// What a DATA frame's bytes did for its call ([`GrpcConnection::on_data`]).
@@ -178,9 +229,18 @@ struct GrpcConnection {
     transport: Transport,
     /// Woken after every socket write (the reader may be waiting for room).
     written: Notify,
-    /// When the client last sent anything, and how long a connection may sit idle.
+    /// When the client last sent anything but answers to our PINGs, and how long a
+    /// connection may sit idle.
     last_activity: Cell<Instant>,
     idle_timeout: Duration,
+    /// When the client last sent anything at all (answers to PINGs too).
+    last_heard: Cell<Instant>,
+    liveness: Option<Liveness>,
+    /// When the PING that waits for an answer was sent.
+    ping_sent: Cell<Option<Instant>>,
+    /// The connection was found dead (no answer to a PING, or a socket timed out:
+    /// keepalive, unacknowledged data, the write deadline); counted once when it ends.
+    dead: Cell<bool>,
     /// Calls with a grpc-timeout, earliest first.
     deadlines: RefCell<BinaryHeap<Reverse<(Instant, u32)>>>,
     deadline_added: Notify,
@@ -253,6 +313,10 @@ impl GrpcConnection {
             written: Notify::default(),
             last_activity: Cell::new(Instant::now()),
             idle_timeout: door.idle_timeout,
+            last_heard: Cell::new(Instant::now()),
+            liveness: door.liveness,
+            ping_sent: Cell::new(None),
+            dead: Cell::new(false),
             deadlines: RefCell::default(),
             deadline_added: Notify::default(),
             messages: Cell::default(),
@@ -284,6 +348,9 @@ impl GrpcConnection {
         timer.await;
         conn.consumer.release_held();
         while conn.consumer.next_ready().is_some() {}
+        if conn.dead.get() {
+            conn.shard.count_cut_connection(GRPC_DOOR);
+        }
     }
 
     async fn read_loop(self: &Rc<Self>, mut stream: Half) {
@@ -315,16 +382,27 @@ impl GrpcConnection {
             match read {
                 None if self.broken.get() => return,
                 None => return self.shut_down(),
+                Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    return self.dead.set(true); // keepalive or unacknowledged data
+                }
                 Some(Ok(false)) | Some(Err(_)) => return,
-                Some(Ok(true)) => self.last_activity.set(Instant::now()),
+                Some(Ok(true)) => {}
             }
             if buf.len() - before >= read_size {
                 read_size = (read_size * 2).min(READ_SIZE);
             }
-            let result = self
-                .h2
-                .borrow_mut()
-                .receive(&mut buf, Instant::now(), &mut events);
+            let now = Instant::now();
+            self.last_heard.set(now);
+            let (frames, acks) = self.h2.borrow().frames();
+            let result = self.h2.borrow_mut().receive(&mut buf, now, &mut events);
+            let (frames_after, acks_after) = self.h2.borrow().frames();
+            // A read that brought only answers to our PINGs is no activity: it must not keep
+            // an idle connection open.
+            let only_ping_acks =
+                acks_after - acks == frames_after - frames && acks_after > acks && buf.is_empty();
+            if !only_ping_acks {
+                self.last_activity.set(now);
+            }
             // The first answers of a read go out as soon as there are a few, not after the
             // whole read: the client works on them while the rest are served.
             let mut send_early = true;
@@ -1048,8 +1126,42 @@ impl GrpcConnection {
         self.h2.borrow_mut().send_trailers(stream, &fields);
     }
 
-    /// Ends calls whose grpc-timeout passed, and closes the connection (GOAWAY) once it has
-    /// had no call and no traffic for the idle timeout.
+    /// Checks that the client still answers (see [`Liveness`]): sends a PING when it has been
+    /// silent for the interval; cuts the connection (GOAWAY, close) when it stayed silent for
+    /// the timeout after one. Returns when to look again (None: never), or Err once cut.
+    fn check_liveness(&self, now: Instant) -> Result<Option<Instant>, ()> {
+        let Some(Liveness { interval, timeout }) = self.liveness else {
+            return Ok(None);
+        };
+        if let Some(sent) = self.ping_sent.get() {
+            if self.last_heard.get() > sent {
+                self.ping_sent.set(None); // answered (or the client spoke anyway)
+            } else if now >= sent + timeout {
+                let mut h2 = self.h2.borrow_mut();
+                h2.go_away_now(Reason::NoError, PING_TIMEOUT_DEBUG);
+                drop(h2);
+                self.dead.set(true);
+                self.consumer.notify.notify();
+                self.broken.set(true); // stops the reader; the writer sends the GOAWAY
+                self.stop.notify();
+                return Err(());
+            } else {
+                return Ok(Some(sent + timeout));
+            }
+        }
+        let due = self.last_heard.get() + interval;
+        if now < due {
+            return Ok(Some(due));
+        }
+        self.h2.borrow_mut().ping(PING_DATA);
+        self.consumer.notify.notify();
+        self.ping_sent.set(Some(now));
+        Ok(Some(now + timeout))
+    }
+
+    /// Ends calls whose grpc-timeout passed, closes the connection (GOAWAY) once it has had
+    /// no call and no traffic for the idle timeout, and cuts it once the client stops
+    /// answering PINGs ([`GrpcConnection::check_liveness`]).
     async fn deadline_loop(&self) {
         loop {
             let added = self.deadline_added.wait();
@@ -1057,6 +1169,9 @@ impl GrpcConnection {
                 return;
             }
             let now = Instant::now();
+            let Ok(ping_at) = self.check_liveness(now) else {
+                return;
+            };
             let watching_idle = self.idle_timeout > Duration::ZERO;
             let quiet = self.calls.borrow().is_empty();
             if watching_idle && quiet && self.last_activity.get() + self.idle_timeout <= now {
@@ -1072,7 +1187,7 @@ impl GrpcConnection {
                 since + self.idle_timeout
             });
             let next = self.deadlines.borrow().peek().map(|Reverse((t, _))| *t);
-            let Some(next) = next.into_iter().chain(idle_at).min() else {
+            let Some(next) = next.into_iter().chain(idle_at).chain(ping_at).min() else {
                 added.await;
                 continue;
             };
@@ -1124,12 +1239,14 @@ impl GrpcConnection {
                 woken.await;
                 continue;
             }
-            if self
-                .transport
-                .write(&mut socket, &out, &mut wire)
-                .await
-                .is_err()
-            {
+            let wrote = self.transport.write(&mut socket, &out, &mut wire).await;
+            if let Err(e) = wrote {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    // The write deadline passed (or the kernel gave up on unacknowledged
+                    // data): what is unsent is dropped with the connection, at once.
+                    self.dead.set(true);
+                    socket.abort_on_close();
+                }
                 self.broken.set(true);
                 self.stop.notify();
                 self.written.notify();

@@ -64,6 +64,8 @@ pub enum ErrorCode {
     ShuttingDown = 13,
     /// The datagram door does not accept this frame kind.
     NotAllowed = 14,
+    /// The door has its `native.max_connections` open: this connection is refused (closing).
+    TooManyConnections = 15,
 }
 
 impl ErrorCode {
@@ -85,6 +87,7 @@ impl ErrorCode {
             PublishFailed,
             ShuttingDown,
             NotAllowed,
+            TooManyConnections,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)

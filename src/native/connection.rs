@@ -4,6 +4,7 @@
 
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
+use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,13 +15,13 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, FrameRef, Pong};
 use super::error_code;
-use crate::accept::{self, Connections, Half};
+use crate::accept::{self, Admission, ConnectionLimit, Connections, Half, SocketOptions};
 use crate::busy_poll::BusyPoll;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
-    Shard, SinkId, SubState, Subscriber,
+    Shard, SinkId, SubState, Subscriber, NATIVE_DOOR,
 };
 use crate::tls::Transport;
 
@@ -44,32 +45,48 @@ pub struct Door {
     connections: Rc<Connections>,
     /// Low-latency mode's socket polling, shared with the shard's other TCP door.
     busy_poll: Option<Rc<BusyPoll>>,
+    admission: Rc<Admission>,
 }
 
 impl Door {
     /// The door of `shard`, refusing frames over `max_frame` bytes; TLS on every connection
-    /// when `tls` is set; its connections poll their sockets if `busy_poll` is given.
+    /// when `tls` is set; its connections poll their sockets if `busy_poll` is given. Past
+    /// `limit` (shared by every shard's door) a connection gets ERROR TooManyConnections;
+    /// the others get `sockets`.
     pub fn new(
         shard: Rc<Shard>,
         max_frame: usize,
         tls: Option<Arc<rustls::ServerConfig>>,
         busy_poll: Option<Rc<BusyPoll>>,
+        limit: Arc<ConnectionLimit>,
+        sockets: SocketOptions,
     ) -> Rc<Door> {
+        let refusal = tls.is_none().then(|| refusal(limit.max()));
+        let admission = Rc::new(Admission {
+            door: NATIVE_DOOR,
+            limit,
+            refusal,
+            sockets,
+        });
         Rc::new(Door {
             shard,
             max_frame,
             tls,
             connections: Rc::default(),
             busy_poll,
+            admission,
         })
     }
 
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         let (shard, connections) = (self.shard.clone(), self.connections.clone());
-        crate::accept::accept_loop(shard, listener, connections, "native", move |stream| {
-            let door = self.clone();
-            async move { Connection::serve(&door, stream).await }
+        let admission = Some(self.admission.clone());
+        crate::accept::accept_loop(shard, listener, connections, "native", admission, {
+            move |stream| {
+                let door = self.clone();
+                async move { Connection::serve(&door, stream).await }
+            }
         })
         .await;
     }
@@ -78,6 +95,15 @@ impl Door {
     pub async fn drained(&self) {
         self.connections.drained().await;
     }
+}
+
+/// What a connection over the door's limit reads before the door closes it (§7 of
+/// docs/PROTOCOL.md): one closing ERROR TooManyConnections.
+fn refusal(max: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    let msg = format!("the native door has native.max_connections ({max}) connections open");
+    codec::put_error(&mut out, ErrorCode::TooManyConnections, true, 0, None, &msg);
+    out.freeze()
 }
 
 /// Releases what a connection holds in the engine when its reader ends, normally or by a
@@ -130,6 +156,9 @@ struct Connection {
     /// Set, and `stop` woken, when a write failed: the reader stops too.
     broken: Cell<bool>,
     stop: Notify,
+    /// The connection was found dead (a socket timed out: keepalive, unacknowledged data, or
+    /// the write deadline); counted once when it ends.
+    dead: Cell<bool>,
 }
 
 impl AckSink for Connection {
@@ -181,6 +210,7 @@ impl Connection {
             written: Notify::default(),
             broken: Cell::new(false),
             stop: Notify::default(),
+            dead: Cell::new(false),
             sink: Cell::new(None),
             recent: RecentTopic::default(),
             transport,
@@ -203,6 +233,9 @@ impl Connection {
         writer.await;
         // Subscriptions on the ready list point back at the consumer: break the cycle.
         while conn.consumer.next_ready().is_some() {}
+        if conn.dead.get() {
+            conn.shard.count_cut_connection(NATIVE_DOOR);
+        }
     }
 
     fn error(&self, code: ErrorCode, closing: bool, reference: u64, index: Option<u32>, msg: &str) {
@@ -250,6 +283,9 @@ impl Connection {
             match read {
                 None if self.broken.get() => return,
                 None => return self.shut_down(),
+                Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    return self.dead.set(true); // keepalive or unacknowledged data
+                }
                 Some(Ok(false)) | Some(Err(_)) => return,
                 Some(Ok(true)) => {}
             }
@@ -509,12 +545,14 @@ impl Connection {
                 woken.await;
                 continue;
             }
-            if self
-                .transport
-                .write(&mut stream, &out, &mut wire)
-                .await
-                .is_err()
-            {
+            let wrote = self.transport.write(&mut stream, &out, &mut wire).await;
+            if let Err(e) = wrote {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    // The write deadline passed (or the kernel gave up on unacknowledged
+                    // data): what is unsent is dropped with the connection, at once.
+                    self.dead.set(true);
+                    stream.abort_on_close();
+                }
                 self.broken.set(true);
                 self.stop.notify();
                 self.written.notify();

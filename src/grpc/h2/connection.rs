@@ -187,6 +187,10 @@ pub struct Connection {
     pings: Budget,
     settings: Budget,
     empty_frames: Budget,
+    /// Frames received, and how many of them were PING acknowledgements: the layer above
+    /// tells a client's answers to its own PINGs apart from activity ([`Connection::frames`]).
+    frames: u64,
+    ping_acks: u64,
 }
 
 fn conn_err(reason: Reason, why: &'static str) -> H2Error {
@@ -258,6 +262,31 @@ impl Connection {
             peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
             send_window: 65_535,
             recv_unacked: 0,
+            frames: 0,
+            ping_acks: 0,
+        }
+    }
+
+    /// Frames received so far, and how many of them acknowledged a PING: a read whose frames
+    /// were all PING acknowledgements is the client answering a liveness check, not activity
+    /// (it must not keep an idle connection open).
+    pub fn frames(&self) -> (u64, u64) {
+        (self.frames, self.ping_acks)
+    }
+
+    /// Sends a PING the client must acknowledge (RFC 9113 §6.7): every HTTP/2 client does so
+    /// by itself, so a connection that stays silent after one has a dead or stuck peer.
+    pub fn ping(&mut self, data: [u8; 8]) {
+        frame::put_ping(&mut self.out, false, data);
+    }
+
+    /// Ends the connection at once: GOAWAY with `reason` and `debug` data; no new streams.
+    /// For a connection the server cuts (a dead client), where [`Connection::go_away`] would
+    /// let open streams finish.
+    pub fn go_away_now(&mut self, reason: Reason, debug: &[u8]) {
+        if !self.going_away {
+            frame::put_goaway(&mut self.out, self.last_stream, reason, debug);
+            self.going_away = true;
         }
     }
 
@@ -365,6 +394,7 @@ impl Connection {
                 return Err(conn_err(Reason::ProtocolError, "header block interrupted"));
             }
         }
+        self.frames += 1;
         match frame {
             Frame::Settings { ack: true, .. } => {}
             Frame::Settings { ack: false, params } => {
@@ -374,7 +404,7 @@ impl Connection {
                 self.apply_settings(&params)?;
                 frame::put_settings_ack(&mut self.out);
             }
-            Frame::Ping { ack: true, .. } => {}
+            Frame::Ping { ack: true, .. } => self.ping_acks += 1,
             Frame::Ping { ack: false, data } => {
                 if !self.pings.spend(now) {
                     return Err(conn_err(Reason::EnhanceYourCalm, "PING flood"));
@@ -1651,5 +1681,30 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn a_server_ping_is_sent_and_its_acknowledgement_told_apart() {
+        let mut p = Peer::new(Limits::default());
+        p.run().1.unwrap();
+        p.frames();
+        assert_eq!(p.conn.frames(), (1, 0), "the client's SETTINGS");
+        p.conn.ping(*b"liveness");
+        assert!(matches!(
+            p.frames()[..],
+            [Frame::Ping {
+                ack: false,
+                data: [b'l', b'i', b'v', b'e', b'n', b'e', b's', b's']
+            }]
+        ));
+        frame::put_ping(&mut p.input, true, *b"liveness");
+        p.run().1.unwrap();
+        assert_eq!(p.conn.frames(), (2, 1));
+        assert!(p.frames().is_empty(), "an acknowledgement is not answered");
+        p.conn.go_away_now(Reason::NoError, b"no answer");
+        p.conn.go_away();
+        let frames = p.frames();
+        assert_eq!(frames.len(), 1, "one GOAWAY: {frames:?}");
+        assert_eq!(goaway_reason(&frames), Some(0));
     }
 }
