@@ -71,7 +71,11 @@ impl Transport {
         };
         let mut session = session.borrow_mut();
         while !wire.is_empty() {
-            session.read_tls(&mut wire)?;
+            // rustls reads nothing once the peer's close_notify is in: what follows it in
+            // this read is not data (and would never be consumed).
+            if session.read_tls(&mut wire)? == 0 {
+                break;
+            }
             session.process_new_packets().map_err(io::Error::other)?;
         }
         let mut chunk = [0u8; 16 * 1024];
@@ -176,4 +180,83 @@ pub fn client_stream(
     let session = rustls::ClientConnection::new(Arc::new(config), name)
         .map_err(|e| err("TLS session", &e))?;
     Ok(rustls::StreamOwned::new(session, tcp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+    /// Long enough for any `open` that ends; one that loops forever fails the test instead of
+    /// hanging the suite.
+    const OPEN_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// A server session and a rustls client that finished their handshake in memory.
+    fn connected() -> (Transport, ClientConnection) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(Arc::new(client), name).unwrap();
+        let server = Transport::new(Some(&Arc::new(server))).unwrap();
+        let mut plain = BytesMut::new();
+        while client.is_handshaking() || client.wants_write() || server.wants_write() {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            assert!(server.open(&wire, &mut plain).unwrap());
+            let mut answer = Vec::new();
+            server.seal(b"", &mut answer).unwrap();
+            let mut answer = &answer[..];
+            while !answer.is_empty() {
+                client.read_tls(&mut answer).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+        assert!(plain.is_empty());
+        (server, client)
+    }
+
+    #[test]
+    fn open_returns_at_a_close_notify_followed_by_more_bytes_in_the_same_read() {
+        // Found by the tls_transport fuzz target: rustls reads nothing after a close_notify,
+        // so a read with more than its 4 KiB read size after the alert never emptied.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (server, mut client) = connected();
+            client.writer().write_all(b"last words").unwrap();
+            client.send_close_notify();
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            wire.extend_from_slice(&[0; 3 * 4096]);
+            let mut plain = BytesMut::new();
+            let open = server.open(&wire, &mut plain).unwrap();
+            let _ = done.send((open, plain));
+        });
+        let (open, plain) = finished.recv_timeout(OPEN_WATCHDOG).expect("open returned");
+        assert!(!open, "the peer closed");
+        assert_eq!(&plain[..], b"last words");
+    }
 }
