@@ -372,6 +372,30 @@ mod tests {
         assert_eq!(&plain[..], b"last words");
     }
 
+    /// Long enough for any `open` that ends; one that loops forever fails the test instead of
+    /// hanging the suite.
+    const OPEN_WATCHDOG: std::time::Duration = std::time::Duration::from_secs(30);
+
+    #[test]
+    fn open_returns_at_a_close_notify_followed_by_more_bytes_in_the_same_read() {
+        // Found by the tls_transport fuzz target: rustls reads nothing after a close_notify,
+        // so a read with more than its 4 KiB read size after the alert never emptied.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (server, mut client) = pair();
+            client.writer().write_all(b"last words").unwrap();
+            client.send_close_notify();
+            let mut wire = client_send(&mut client, &[]);
+            wire.extend_from_slice(&[0; 3 * 4096]);
+            let mut plain = BytesMut::new();
+            let open = server.open(&wire, &mut plain).unwrap();
+            let _ = done.send((open, plain));
+        });
+        let (open, plain) = finished.recv_timeout(OPEN_WATCHDOG).expect("open returned");
+        assert!(!open, "the peer closed");
+        assert_eq!(&plain[..], b"last words");
+    }
+
     #[test]
     fn plaintext_on_a_tls_door_is_an_error() {
         let server = Transport::new(Some(&configs().0)).unwrap();
