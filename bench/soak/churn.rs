@@ -25,6 +25,8 @@ const CHURN_EVERY: Duration = Duration::from_millis(1_000);
 /// Churn clients live this long, plus up to `LIFETIME_SPREAD`, before they are killed.
 const LIFETIME_MIN: Duration = Duration::from_millis(1_500);
 const LIFETIME_SPREAD_MS: u64 = 2_000;
+/// Steps through the spread (a prime, so lifetimes do not repeat in a short cycle).
+const LIFETIME_STEP_MS: u64 = 733;
 /// How often the churn thread looks at its children.
 const TICK: Duration = Duration::from_millis(50);
 /// A churn client that was never killed (its parent died) gives up after this long.
@@ -90,7 +92,8 @@ pub fn run(plan: ChurnPlan, stop: Arc<AtomicBool>) -> thread::JoinHandle<ChurnRe
                 let door = if n % 2 == 0 { "native" } else { "grpc" };
                 match start(&exe, &plan, door, n) {
                     Ok((child, ready)) => {
-                        let spread = Duration::from_millis((n * 733) % LIFETIME_SPREAD_MS);
+                        let spread =
+                            Duration::from_millis((n * LIFETIME_STEP_MS) % LIFETIME_SPREAD_MS);
                         live.push(Live {
                             child,
                             id: n,

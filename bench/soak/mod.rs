@@ -62,8 +62,11 @@ const RSS_GROWTH_MAX: f64 = 0.05;
 /// gross leak is told apart.
 const RSS_GROWTH_MAX_SHORT: f64 = 0.25;
 const RSS_STRICT_RUN: Duration = Duration::from_secs(300);
-/// Rows of the printed time series, about.
+/// Rows of the printed time series, about; points of the JSON one, at most.
 const SERIES_ROWS: usize = 30;
+const SERIES_POINTS: usize = 400;
+/// How long the publishers have to open their connections before the baseline is read.
+const PUBLISHERS_CONNECT: Duration = Duration::from_millis(1_500);
 
 /// The soak topics: one publisher each (so every topic's events carry their index as
 /// sequence − 1), and each publisher's share of the target rate.
@@ -233,7 +236,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
     }
     // The publishers' connections are open once their first second is due; the baseline is
     // read after it, with every steady client connected.
-    thread::sleep(Duration::from_millis(1_500));
+    thread::sleep(PUBLISHERS_CONNECT);
     let baseline = stable_probe(&server)?;
     let start = Instant::now();
     let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
@@ -416,7 +419,7 @@ pub fn run(args: &Args) -> Result<bool, String> {
     let stopped = server.stop();
     let achieved = published.iter().sum::<u64>() as f64 / load_seconds;
     if args.json {
-        let stride = samples.len().div_ceil(400).max(1);
+        let stride = samples.len().div_ceil(SERIES_POINTS).max(1);
         println!(
             "{}",
             serde_json::json!({
