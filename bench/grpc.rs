@@ -41,23 +41,26 @@ pub struct Measured {
 
 /// The largest DATA frame payload the client sends: HTTP/2's default SETTINGS_MAX_FRAME_SIZE,
 /// which every server accepts.
-const MAX_FRAME_PAYLOAD: usize = 16_384;
+pub(crate) const MAX_FRAME_PAYLOAD: usize = 16_384;
 
 /// Hands the events gathered in `pending` to h2 as one DATA frame's worth.
-fn send_chunk(send: &mut h2::SendStream<Bytes>, pending: &mut BytesMut) -> Result<(), String> {
+pub(crate) fn send_chunk(
+    send: &mut h2::SendStream<Bytes>,
+    pending: &mut BytesMut,
+) -> Result<(), String> {
     let chunk = pending.split().freeze();
     send.reserve_capacity(chunk.len());
     send.send_data(chunk, false).map_err(|e| e.to_string())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())
 }
 
-async fn connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
+pub(crate) async fn connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -74,7 +77,7 @@ async fn connect(addr: &str) -> Result<h2::client::SendRequest<Bytes>, String> {
     Ok(client)
 }
 
-fn request(addr: &str, method: &str, extra: &[(&str, &str)]) -> http::Request<()> {
+pub(crate) fn request(addr: &str, method: &str, extra: &[(&str, &str)]) -> http::Request<()> {
     let mut builder = http::Request::builder()
         .method("POST")
         .uri(format!("http://{addr}/eventstream.EventService/{method}"))
@@ -88,13 +91,13 @@ fn request(addr: &str, method: &str, extra: &[(&str, &str)]) -> http::Request<()
 
 /// The message framed for gRPC (uncompressed), with the project's own framing helper: a
 /// framing mistake there would make the server refuse every request, so the rows would fail.
-fn framed(message: &impl Message) -> Bytes {
+pub(crate) fn framed(message: &impl Message) -> Bytes {
     let mut out = BytesMut::with_capacity(message.encoded_len() + PREFIX_LEN);
     put_message(&mut out, |o| message.encode(o).expect("BytesMut grows"));
     out.freeze()
 }
 
-fn event(topic: &str, payload: Vec<u8>) -> proto::Event {
+pub(crate) fn event(topic: &str, payload: Vec<u8>) -> proto::Event {
     proto::Event {
         topic: topic.to_owned(),
         payload: payload.into(),
@@ -106,7 +109,7 @@ fn event(topic: &str, payload: Vec<u8>) -> proto::Event {
 /// Appends `event(topic, payload)` framed for gRPC, encoded field by field: the Stream row
 /// sends a million of them, and building an `Event` for each (a `String`, a payload copy)
 /// cost the client more than the server spends on the event.
-fn put_event(out: &mut BytesMut, topic: &String, payload: &Vec<u8>) {
+pub(crate) fn put_event(out: &mut BytesMut, topic: &String, payload: &Vec<u8>) {
     use prost::encoding::{bytes, int32, string};
     put_message(out, |o| {
         string::encode(2, topic, o);
@@ -160,7 +163,7 @@ fn echo(mut buf: &[u8]) -> Result<(&[u8], u64), String> {
 /// One unary call: the response message, after checking status and trailers. `head` is
 /// built once per row and copied per call (building a request from text costs the client
 /// more than the server spends on the call).
-async fn unary(
+pub(crate) async fn unary(
     client: &mut h2::client::SendRequest<Bytes>,
     head: &http::request::Parts,
     body: Bytes,
@@ -199,7 +202,7 @@ async fn unary(
     Ok(data.freeze())
 }
 
-fn check_status(trailers: Option<&http::HeaderMap>) -> Result<(), String> {
+pub(crate) fn check_status(trailers: Option<&http::HeaderMap>) -> Result<(), String> {
     let status = trailers
         .and_then(|t| t.get("grpc-status"))
         .map(|v| v.to_str().unwrap_or("?").to_owned())

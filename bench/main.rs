@@ -22,6 +22,7 @@ mod delivery;
 mod grpc;
 mod memory;
 mod native;
+mod soak;
 
 #[derive(Parser)]
 #[command(
@@ -30,8 +31,36 @@ mod native;
 )]
 struct Args {
     /// `ceiling`: measure only what the host allows (loopback sink, relay, ping-pong).
-    #[arg(value_parser = ["ceiling"])]
+    /// `soak`: a server process under mixed traffic and churn for `--seconds` or `--minutes`,
+    /// checked for loss, leaks and flat memory (docs/PERFORMANCE.md, "Soak test").
+    #[arg(value_parser = ["ceiling", "soak", "soak-client"])]
     mode: Option<String>,
+    /// soak: how long the load runs, in seconds (default 60).
+    #[arg(long, conflicts_with = "minutes")]
+    seconds: Option<u64>,
+    /// soak: how long the load runs, in minutes.
+    #[arg(long)]
+    minutes: Option<u64>,
+    /// soak: the eventstream binary to start (default: `eventstream` beside this program).
+    #[arg(long)]
+    server_bin: Option<String>,
+    /// soak: shards of the server it starts (unpinned).
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// soak: measure a server already running, this process (with --server, --grpc and
+    /// --metrics-addr), instead of starting one.
+    #[arg(long, requires = "metrics_addr")]
+    server_pid: Option<u32>,
+    /// soak: the metrics address of the server named by --server-pid.
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    /// Internal (soak churn clients): the door, topic prefix and watched topic.
+    #[arg(long, hide = true)]
+    churn_door: Option<String>,
+    #[arg(long, hide = true)]
+    churn_root: Option<String>,
+    #[arg(long, hide = true)]
+    churn_watch: Option<String>,
     /// Native TCP address of the server.
     #[arg(long, default_value = "127.0.0.1:9201")]
     server: String,
@@ -97,7 +126,7 @@ struct Args {
     #[arg(skip)]
     metrics: Option<String>,
     /// native-tcp: open loop at this many events/s (k and M suffixes); native-latency: its
-    /// fixed rate (default 50k). Each event is due at its slot in the schedule and its
+    /// fixed rate (default 50k); soak: the target rate (default: 80% of a measured burst). Each event is due at its slot in the schedule and its
     /// latency counts from then, not from when it was sent, so a stall is charged to every
     /// event it delayed (no coordinated omission).
     #[arg(long, value_parser = parse_count)]
@@ -201,6 +230,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    match args.mode.as_deref() {
+        Some("soak-client") => {
+            let (Some(door), Some(root), Some(watch)) =
+                (&args.churn_door, &args.churn_root, &args.churn_watch)
+            else {
+                eprintln!("eventstream-bench: soak-client is started by soak");
+                return ExitCode::FAILURE;
+            };
+            // It runs until killed: returning at all is a failed check.
+            if let Err(e) = soak::churn_client(door, &args.server, &args.grpc, root, watch) {
+                eprintln!("eventstream-bench: soak-client {root}: {e}");
+            }
+            return ExitCode::FAILURE;
+        }
+        Some("soak") => {
+            return match soak::run(&args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("eventstream-bench: soak: FAILED (see the checks above)");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("eventstream-bench: soak: FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => {}
     }
     if args.size < 16 {
         eprintln!("eventstream-bench: error: --size must be at least 16");
