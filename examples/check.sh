@@ -7,7 +7,8 @@
 # Node, both on sensors/* from LOW) must each receive exactly the three events published next
 # by Python (sensors/t1), Go (sensors/go) and Node (sensors/node); then a Python PublishBatch
 # of 100 events must succeed, and 100 events a Python publish-only Stream sends must reach a
-# subscriber in order. --tls passes --ca/--cert/--key to every client (mTLS).
+# subscriber in order, and events from 16 KiB to 3.9 MiB must be published and delivered intact.
+# --tls passes --ca/--cert/--key to every client (mTLS).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -110,6 +111,9 @@ pids=()
 got=$(cut -d' ' -f4- "$tmp/stream.out")
 want=$(for i in $(seq 0 99); do echo "reading $i"; done)
 [ "$got" = "$want" ] || die "stream subscriber did not get 'reading 0' .. 'reading 99' in order"
+
+echo "== large: python publishes 16 KiB .. 3.9 MiB events to large/py, a subscriber gets each intact"
+timeout 60 python3 python/large.py "${args[@]}" || die "python large.py"
 
 echo "== reflection: python lists the services without the .proto"
 python3 python/reflect.py "${args[@]}" || die "python reflect.py"
