@@ -28,14 +28,6 @@ async fn connect(server: &TestServer) -> Sender {
     sender
 }
 
-fn framed(msg: &impl Message) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(0);
-    out.put_u32(msg.encoded_len() as u32);
-    msg.encode(&mut out).unwrap();
-    out.freeze()
-}
-
 fn request(method: &str) -> http::request::Builder {
     http::Request::builder()
         .method("POST")

@@ -6,23 +6,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use common::pki::{client_config, pki, tls_config};
+use common::pki::{client_config, native_client_tls, pki, tls_config};
 use common::*;
 use eventstream::config::{ClientAuth, TlsConfig};
 use eventstream::engine::Priority;
 use eventstream::proto;
-use prost::Message;
 use rcgen::KeyPair;
 use tokio_rustls::rustls;
-
-fn framed(msg: &impl Message) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(0);
-    out.put_u32(msg.encoded_len() as u32);
-    msg.encode(&mut out).unwrap();
-    out.freeze()
-}
 
 /// A gRPC Publish over TLS; Err when the connection or the handshake fails.
 async fn publish_over_tls(
@@ -208,14 +198,7 @@ fn the_native_door_speaks_tls_and_mtls_too() {
     let running = eventstream::server::start(&config).unwrap();
     assert!(running.addresses().udp.is_some(), "explicitly allowed");
     let server = TestServer::from_running(running);
-    let dir = pki.dir.path();
-    std::fs::write(dir.join("client.crt"), &pki.client_cert).unwrap();
-    std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
-    let tls = ClientTls {
-        ca_file: dir.join("ca.crt").to_string_lossy().into_owned(),
-        cert_file: Some(dir.join("client.crt").to_string_lossy().into_owned()),
-        key_file: Some(dir.join("client.key").to_string_lossy().into_owned()),
-    };
+    let tls = native_client_tls(&pki);
     let addr = format!("localhost:{}", server.native.port());
     let mut sub = Client::connect_tls(&addr, &tls).unwrap();
     sub.set_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -9,14 +9,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use common::pki::{client_config, pki, tls_config, Pki};
+use bytes::{Buf, Bytes, BytesMut};
+use common::pki::{client_config, native_client_tls, pki, tls_config};
 use common::*;
 use eventstream::config::ClientAuth;
 use eventstream::engine::Priority;
 use eventstream::native::client::Client;
 use eventstream::proto;
-use eventstream::tls::ClientTls;
 use prost::Message;
 use tokio_rustls::rustls;
 
@@ -54,24 +53,13 @@ fn keep_pinging(mut round_trip: impl FnMut(), stop: &AtomicBool) -> (usize, Dura
     (count, worst)
 }
 
-fn native_tls(pki: &Pki) -> ClientTls {
-    let dir = pki.dir.path();
-    std::fs::write(dir.join("client.crt"), &pki.client_cert).unwrap();
-    std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
-    ClientTls {
-        ca_file: dir.join("ca.crt").to_string_lossy().into_owned(),
-        cert_file: Some(dir.join("client.crt").to_string_lossy().into_owned()),
-        key_file: Some(dir.join("client.key").to_string_lossy().into_owned()),
-    }
-}
-
 #[test]
 fn native_door_moves_large_events_over_tls_both_ways() {
     let pki = pki();
     let mut config = test_config();
     config.native.tls = tls_config(pki.dir.path(), ClientAuth::Require);
     let server = start_with(config);
-    let tls = native_tls(&pki);
+    let tls = native_client_tls(&pki);
     let addr = format!("localhost:{}", server.native.port());
     let connect = || {
         let mut c = Client::connect_tls(&addr, &tls).unwrap();
@@ -134,14 +122,6 @@ async fn connect_grpc(server: &TestServer, config: Arc<rustls::ClientConfig>) ->
         let _ = connection.await;
     });
     sender
-}
-
-fn framed(msg: &impl Message) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(0);
-    out.put_u32(msg.encoded_len() as u32);
-    msg.encode(&mut out).unwrap();
-    out.freeze()
 }
 
 fn request(method: &str) -> http::Request<()> {

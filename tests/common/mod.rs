@@ -14,6 +14,16 @@ use eventstream::server::{self, RunningServer};
 
 pub mod pki;
 
+/// A protobuf message in gRPC's length-prefixed framing (uncompressed), as a client sends it.
+pub fn framed(msg: &impl prost::Message) -> Bytes {
+    use bytes::{BufMut, BytesMut};
+    let mut out = BytesMut::new();
+    out.put_u8(0);
+    out.put_u32(msg.encoded_len() as u32);
+    msg.encode(&mut out).unwrap();
+    out.freeze()
+}
+
 pub const SHARDS: usize = 4;
 
 /// A server that stops when the test ends.

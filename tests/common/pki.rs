@@ -81,3 +81,16 @@ pub fn client_config(pki: &Pki, with_cert: bool) -> Arc<rustls::ClientConfig> {
     config.alpn_protocols = vec![b"h2".to_vec()];
     Arc::new(config)
 }
+
+/// The native CLI client's TLS settings for this PKI with the client certificate (mTLS): the
+/// native client reads PEM files, so the certificate and key are written beside the CA.
+pub fn native_client_tls(pki: &Pki) -> eventstream::tls::ClientTls {
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("client.crt"), &pki.client_cert).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
+    eventstream::tls::ClientTls {
+        ca_file: dir.join("ca.crt").to_string_lossy().into_owned(),
+        cert_file: Some(dir.join("client.crt").to_string_lossy().into_owned()),
+        key_file: Some(dir.join("client.key").to_string_lossy().into_owned()),
+    }
+}
