@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use prost::Message;
 
 use super::ledger;
+use super::subscribers::MESSAGE_BYTES_MAX;
 use eventstream::engine::Priority;
-use eventstream::grpc::framing::PREFIX_LEN;
+use eventstream::grpc::framing::MessageReader;
 use eventstream::native::client::{Client, ClientError};
 use eventstream::proto;
 
@@ -365,19 +366,16 @@ async fn read_checked(
     mut body: h2::RecvStream,
     seen: &std::cell::RefCell<Seen>,
 ) -> Result<(), String> {
-    let mut buf = BytesMut::new();
+    let mut reader = MessageReader::default();
+    let mut messages = Vec::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|e| e.to_string())?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        buf.extend_from_slice(&chunk);
-        while buf.len() >= PREFIX_LEN {
-            let len = u32::from_be_bytes(buf[1..PREFIX_LEN].try_into().expect("4 bytes")) as usize;
-            if buf.len() < PREFIX_LEN + len {
-                break;
-            }
-            buf.advance(PREFIX_LEN);
-            let event =
-                proto::Event::decode(buf.split_to(len).freeze()).map_err(|e| e.to_string())?;
+        reader
+            .push(chunk, MESSAGE_BYTES_MAX, &mut messages)
+            .map_err(|e| e.to_string())?;
+        for message in messages.drain(..) {
+            let event = proto::Event::decode(message).map_err(|e| e.to_string())?;
             seen.borrow_mut()
                 .record(event.topic.as_bytes(), event.sequence, &event.payload)?;
         }

@@ -7,14 +7,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
 use prost::Message;
 
 use super::ledger::{Flow, Ledger};
 use eventstream::engine::Priority;
-use eventstream::grpc::framing::PREFIX_LEN;
+use eventstream::grpc::framing::MessageReader;
 use eventstream::native::client::{Client, ClientError};
 use eventstream::proto;
+
+/// The largest message a soak client accepts from the server: the server's default message
+/// limit, which no soak event comes near.
+pub const MESSAGE_BYTES_MAX: usize = 4 << 20;
 
 /// How long a subscriber waits for an event before looking at the run's state again.
 const POLL: Duration = Duration::from_millis(200);
@@ -190,7 +193,8 @@ pub async fn read_events(
     ledger: &mut Ledger,
     flow: &Flow,
 ) -> Result<(), String> {
-    let mut buf = BytesMut::new();
+    let mut reader = MessageReader::default();
+    let mut messages = Vec::new();
     let mut drain_began: Option<Instant> = None;
     loop {
         if flow.aborted() {
@@ -222,14 +226,10 @@ pub async fn read_events(
             Ok(Some(chunk)) => chunk.map_err(|e| e.to_string())?,
         };
         let _ = body.flow_control().release_capacity(chunk.len());
-        buf.extend_from_slice(&chunk);
-        while buf.len() >= PREFIX_LEN {
-            let len = u32::from_be_bytes(buf[1..PREFIX_LEN].try_into().expect("4 bytes")) as usize;
-            if buf.len() < PREFIX_LEN + len {
-                break;
-            }
-            buf.advance(PREFIX_LEN);
-            let message: Bytes = buf.split_to(len).freeze();
+        reader
+            .push(chunk, MESSAGE_BYTES_MAX, &mut messages)
+            .map_err(|e| e.to_string())?;
+        for message in messages.drain(..) {
             let event = proto::Event::decode(message).map_err(|e| format!("Event: {e}"))?;
             if ledger.record(event.topic.as_bytes(), event.sequence, &event.payload)? {
                 return Ok(());
