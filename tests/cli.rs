@@ -192,29 +192,32 @@ fn health_exits_zero_and_sigterm_stops_the_server_cleanly() {
     assert!(!down.status.success());
 }
 
+/// Runs the CLI with `args` and checks it failed with one `eventstream: error:` line that
+/// contains `needle`, and no panic.
+fn fails_in_one_line(args: &[&str], needle: &str) {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} should fail");
+    assert!(
+        stderr.starts_with("eventstream: error:") && stderr.contains(needle),
+        "{args:?}: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
 #[test]
 fn errors_are_one_clear_line_and_a_nonzero_exit() {
     let served = serve(&[]);
-    let check = |args: &[&str], needle: &str| {
-        let out = run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} should fail");
-        assert!(
-            stderr.starts_with("eventstream: error:") && stderr.contains(needle),
-            "{args:?}: {stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(!stderr.contains("panicked"));
-    };
-    check(
+    fails_in_one_line(
         &["pub", "--server", &served.tcp, "bad//topic", "x"],
         "empty segment",
     );
-    check(&["sub", "--server", &served.tcp, "a/**/b"], "'**'");
-    check(&["health", "--server", "127.0.0.1:1"], "cannot reach");
+    fails_in_one_line(&["sub", "--server", &served.tcp, "a/**/b"], "'**'");
+    fails_in_one_line(&["health", "--server", "127.0.0.1:1"], "cannot reach");
     // A busy port names its key; too many pinned shards names its key.
     let port = served.tcp.rsplit(':').next().unwrap();
-    check(
+    fails_in_one_line(
         &[
             "serve",
             "--bind",
@@ -229,8 +232,8 @@ fn errors_are_one_clear_line_and_a_nonzero_exit() {
         ],
         "native.port",
     );
-    check(&["serve", "--shards", "4096"], "shards.count");
-    check(
+    fails_in_one_line(&["serve", "--shards", "4096"], "shards.count");
+    fails_in_one_line(
         &[
             "serve",
             "--tcp-port",
@@ -245,8 +248,8 @@ fn errors_are_one_clear_line_and_a_nonzero_exit() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, "native:\n  prot: 1\n").unwrap();
-    check(&["serve", "--config", file.to_str().unwrap()], "prot");
-    check(
+    fails_in_one_line(&["serve", "--config", file.to_str().unwrap()], "prot");
+    fails_in_one_line(
         &["serve", "--config", "/nonexistent/eventstream.yaml"],
         "/nonexistent/eventstream.yaml",
     );
@@ -311,33 +314,23 @@ fn pub_sub_and_health_over_grpc() {
 #[test]
 fn a_starred_topic_or_pattern_gets_the_rule_in_one_line() {
     let served = serve(&[]);
-    let check = |args: &[&str], needle: &str| {
-        let out = run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} should fail");
-        assert!(
-            stderr.starts_with("eventstream: error:") && stderr.contains(needle),
-            "{args:?}: {stderr}"
-        );
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    };
     let topic_rule = "a topic never contains '*'";
-    check(&["pub", "--server", &served.tcp, "a*b", "x"], topic_rule);
-    check(
+    fails_in_one_line(&["pub", "--server", &served.tcp, "a*b", "x"], topic_rule);
+    fails_in_one_line(
         &["pub", "--grpc", "--server", &served.grpc, "a*b", "x"],
         topic_rule,
     );
     // The UDP door never answers: the command itself refuses to send what would be dropped.
-    check(
+    fails_in_one_line(
         &["pub", "--udp", "--server", &served.udp, "a*b", "x"],
         topic_rule,
     );
     let pattern_rule = "must be exactly '*' or, as the last segment, '**'";
-    check(
+    fails_in_one_line(
         &["sub", "--server", &served.tcp, "sensors/t*"],
         pattern_rule,
     );
-    check(
+    fails_in_one_line(
         &["sub", "--grpc", "--server", &served.grpc, "sensors/t*"],
         pattern_rule,
     );
