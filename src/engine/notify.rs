@@ -6,12 +6,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use slab::Slab;
+
 /// Wakes every task waiting on it. A waiter created before a `notify` completes; one created
 /// after waits for the next. Check your condition, then `wait()`: nothing can run in between.
+///
+/// A waiter dropped before it completes takes its waker out again: a shard-wide `Notify` such
+/// as its shutdown is waited on by every connection, and wakers left behind by connections
+/// that closed would hold their tasks' memory until the shard stops.
 #[derive(Default)]
 pub struct Notify {
     epoch: Cell<u64>,
-    waiters: RefCell<Vec<Waker>>,
+    /// The wakers of the pending waiters of this epoch; a waiter knows its key.
+    waiters: RefCell<Slab<Waker>>,
 }
 
 impl Notify {
@@ -19,7 +26,7 @@ impl Notify {
     pub fn notify(&self) {
         self.epoch.set(self.epoch.get().wrapping_add(1));
         let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
+        for (_, waker) in waiters {
             waker.wake();
         }
     }
@@ -29,7 +36,14 @@ impl Notify {
         Wait {
             notify: self,
             seen: self.epoch.get(),
+            key: None,
         }
+    }
+
+    /// Wakers registered by pending waiters.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiters.borrow().len()
     }
 }
 
@@ -37,20 +51,44 @@ impl Notify {
 pub struct Wait<'a> {
     notify: &'a Notify,
     seen: u64,
+    /// Where this waiter's waker is, once polled. Valid while the epoch is still `seen`: a
+    /// `notify` takes the whole slab.
+    key: Option<usize>,
 }
 
 impl Future for Wait<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.notify.epoch.get() != self.seen {
+            self.key = None;
             return Poll::Ready(());
         }
         let mut waiters = self.notify.waiters.borrow_mut();
-        if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            waiters.push(cx.waker().clone());
+        match self.key {
+            Some(key) => {
+                let waker = &mut waiters[key];
+                if !waker.will_wake(cx.waker()) {
+                    waker.clone_from(cx.waker());
+                }
+            }
+            None => {
+                let key = waiters.insert(cx.waker().clone());
+                drop(waiters);
+                self.key = Some(key);
+            }
         }
         Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            if self.notify.epoch.get() == self.seen {
+                self.notify.waiters.borrow_mut().remove(key);
+            }
+        }
     }
 }
 
@@ -114,6 +152,40 @@ mod tests {
         assert!(future::block_on(future::poll_once(&mut w)).is_none());
         n.notify();
         future::block_on(w);
+    }
+
+    #[test]
+    fn a_waiter_dropped_before_the_notify_takes_its_waker_away() {
+        let n = Notify::default();
+        for _ in 0..1_000 {
+            let mut w = Box::pin(n.wait());
+            assert!(future::block_on(future::poll_once(&mut w)).is_none());
+            assert!(future::block_on(future::poll_once(&mut w)).is_none());
+            assert_eq!(n.waiting(), 1, "a waiter polled again keeps one waker");
+        }
+        assert_eq!(n.waiting(), 0, "dropped waiters leave no wakers behind");
+        let mut kept = Box::pin(n.wait());
+        assert!(future::block_on(future::poll_once(&mut kept)).is_none());
+        let mut gone = Box::pin(n.wait());
+        assert!(future::block_on(future::poll_once(&mut gone)).is_none());
+        drop(gone);
+        n.notify();
+        future::block_on(kept);
+        assert_eq!(n.waiting(), 0);
+    }
+
+    #[test]
+    fn a_waiter_dropped_after_the_notify_leaves_the_next_epoch_s_waiters_alone() {
+        let n = Notify::default();
+        let mut old = Box::pin(n.wait());
+        assert!(future::block_on(future::poll_once(&mut old)).is_none());
+        n.notify();
+        let mut new = Box::pin(n.wait());
+        assert!(future::block_on(future::poll_once(&mut new)).is_none());
+        drop(old); // its key may equal the new waiter's: it must not remove that one
+        assert_eq!(n.waiting(), 1);
+        n.notify();
+        future::block_on(new);
     }
 
     #[test]
