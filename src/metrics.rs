@@ -143,7 +143,7 @@ pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
     family(
         "eventstream_events_delivered_total",
         "counter",
-        "Events handed to subscriber queues homed on the shard.",
+        "Events taken from the queues of subscriptions homed on the shard to be written to their clients.",
         &|s| s.delivered,
     );
     family(

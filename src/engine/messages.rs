@@ -25,7 +25,8 @@ pub struct ShardStats {
     pub received: u64,
     /// Events this shard sequenced as the owner of their topic.
     pub sequenced: u64,
-    /// Events handed to subscriber queues homed on this shard.
+    /// Events taken from the queues of subscriptions homed on this shard to be written to
+    /// their clients (not those shed, nor those discarded when a subscription ended).
     pub delivered: u64,
     /// Events shed from subscriber queues homed here, by priority.
     pub shed: [u64; 5],

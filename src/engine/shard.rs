@@ -141,6 +141,9 @@ pub struct Shard {
     pending: RefCell<Slab<Pending>>,
     ids: RefCell<IdGenerator>,
     stats: RefCell<ShardStats>,
+    /// Events taken from the queues of subscriptions homed here to be written (the
+    /// subscriptions count into it as their doors drain them): `ShardStats::delivered`.
+    delivered: Rc<Cell<u64>>,
     to_cut: RefCell<Vec<Rc<Subscriber>>>,
     sinks: RefCell<HashMap<SinkId, Rc<dyn AckSink>>>,
     next_sink: Cell<u64>,
@@ -167,6 +170,7 @@ impl Shard {
             pending: RefCell::new(Slab::new()),
             ids: RefCell::new(IdGenerator::new(seed ^ (id as u64) << 48)),
             stats: RefCell::default(),
+            delivered: Rc::default(),
             to_cut: RefCell::default(),
             sinks: RefCell::default(),
             next_sink: Cell::new(1),
@@ -594,11 +598,8 @@ impl Shard {
         let priority = event.priority;
         let mut stats = self.stats.borrow_mut();
         match sub.offer(event) {
-            Offer::Queued => stats.delivered += 1,
-            Offer::QueuedShedding(shed) => {
-                stats.delivered += 1;
-                stats.shed[shed as usize] += 1;
-            }
+            Offer::Queued => {}
+            Offer::QueuedShedding(shed) => stats.shed[shed as usize] += 1,
             Offer::Shed => stats.shed[priority as usize] += 1,
             Offer::Cut => self.to_cut.borrow_mut().push(sub.clone()),
         }
@@ -710,6 +711,7 @@ impl Shard {
                 self.limits.subscriber_queue_bytes,
             ),
             consumer.clone(),
+            self.delivered.clone(),
         ));
         self.local.borrow_mut().insert(local, sub.clone());
         let entry = SubEntry { key, min_priority };
@@ -807,6 +809,7 @@ impl Shard {
     /// This shard's counters now.
     pub fn stats(&self) -> ShardStats {
         let mut stats = *self.stats.borrow();
+        stats.delivered = self.delivered.get();
         stats.topics = self.topics.borrow().len() as u64;
         stats.subscriptions = self.local.borrow().len() as u64;
         stats
@@ -1098,6 +1101,37 @@ mod tests {
             }
             assert!(buffer.is_unique(), "the subscriber's queue holds a copy");
         }
+    }
+
+    #[test]
+    fn delivered_counts_events_taken_to_be_written_not_those_queued_or_discarded() {
+        let shard = lone_shard();
+        let consumer = consumer();
+        let pattern = Pattern::parse(b"a/*").unwrap();
+        let sub =
+            futures_lite::future::block_on(shard.subscribe(pattern, Priority::Batch, &consumer, 1));
+        let recent = RecentTopic::default();
+        for _ in 0..3 {
+            let buffer = in_buffer("a/b", b"", b"x");
+            let raw = event_in(&buffer, 3, 0);
+            shard
+                .publish_in_place(raw, &buffer, &recent, 1, Reply::Nobody)
+                .unwrap();
+        }
+        assert_eq!(shard.stats().delivered, 0, "queued is not yet delivered");
+        assert_eq!(sub.drain(1, |_| {}), 1);
+        assert_eq!(shard.stats().delivered, 1);
+        shard.unsubscribe(&sub);
+        assert_eq!(
+            shard.stats().delivered,
+            1,
+            "the two events discarded by the unsubscribe are not delivered"
+        );
+        assert_eq!(
+            sub.stats().delivered,
+            1,
+            "the subscription's own count agrees"
+        );
     }
 
     #[test]

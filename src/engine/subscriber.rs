@@ -100,6 +100,9 @@ pub struct Subscriber {
     pub min_priority: Priority,
     queue: RefCell<SubscriberQueue>,
     consumer: Rc<Consumer>,
+    /// The home shard's count of events taken from its subscription queues to be written:
+    /// counted at the drain, so events discarded with a subscription are never in it.
+    delivered: Rc<Cell<u64>>,
     state: Cell<SubState>,
     in_ready: Cell<bool>,
     in_held: Cell<bool>,
@@ -113,6 +116,7 @@ impl Subscriber {
         min_priority: Priority,
         queue: SubscriberQueue,
         consumer: Rc<Consumer>,
+        delivered: Rc<Cell<u64>>,
     ) -> Subscriber {
         Subscriber {
             key,
@@ -121,6 +125,7 @@ impl Subscriber {
             min_priority,
             queue: RefCell::new(queue),
             consumer,
+            delivered,
             state: Cell::new(SubState::Active),
             in_ready: Cell::new(false),
             in_held: Cell::new(false),
@@ -153,7 +158,9 @@ impl Subscriber {
     /// Hands the queued events, encoded, oldest first, to `write` while fewer than `budget`
     /// bytes were handed (see [`SubscriberQueue::drain`]); the number of events.
     pub fn drain(&self, budget: usize, write: impl FnMut(&[u8])) -> usize {
-        self.queue.borrow_mut().drain(budget, write)
+        let events = self.queue.borrow_mut().drain(budget, write);
+        self.delivered.set(self.delivered.get() + events as u64);
+        events
     }
 
     /// Events still queued.
@@ -184,6 +191,7 @@ mod tests {
             Priority::Batch,
             SubscriberQueue::new(16, 1 << 20),
             consumer.clone(),
+            Rc::default(),
         ))
     }
 
