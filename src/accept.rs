@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use socket2::{SockRef, TcpKeepalive};
 
 use glommio::net::{TcpListener, TcpStream};
@@ -24,6 +23,7 @@ use crate::busy_poll::{BusyPoll, Polling};
 use crate::config::ConnectionsConfig;
 use crate::engine::notify::Notify;
 use crate::engine::Shard;
+use crate::refusal::{refuse, Refusal};
 
 /// The connections a door is serving, so that shutdown can wait for them.
 #[derive(Default)]
@@ -40,10 +40,6 @@ impl Connections {
         }
     }
 }
-
-/// How long a refused connection is given to read its refusal (and close) before it is closed
-/// anyway: a refusal must not hold a descriptor for long.
-const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// A client door's connection limit, server-wide: every shard's accept loop for the door
 /// counts into the same one. Touched only when a connection opens or closes, never per event.
@@ -139,10 +135,8 @@ pub struct Admission {
     /// The door's place in [`crate::engine::DOORS`] (its counters).
     pub door: usize,
     pub limit: Arc<ConnectionLimit>,
-    /// Sent to a connection over the limit before it is closed, in the door's protocol; None
-    /// on a TLS door, whose clients get a plain close (a handshake would spend what the limit
-    /// protects).
-    pub refusal: Option<Bytes>,
+    /// What a connection over the limit is sent before it is closed.
+    pub refusal: Rc<Refusal>,
     pub sockets: SocketOptions,
 }
 
@@ -211,26 +205,6 @@ pub async fn accept_loop<F, Fut>(
             }
         }
     }
-}
-
-/// Sends `refusal` to a connection over its door's limit, then closes it once the client has
-/// closed too (or after [`REFUSAL_LINGER`]): closing while the client's first bytes sit unread
-/// would send a reset, which can destroy the refusal before the client reads it.
-async fn refuse(mut stream: TcpStream, refusal: Option<Bytes>) {
-    let refusing = async {
-        if let Some(refusal) = refusal {
-            stream.write_all(&refusal).await?;
-        }
-        stream.close().await?; // shuts down writing: the client reads the refusal, then EOF
-        let mut sink = [0u8; 512];
-        while stream.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    };
-    let linger = async {
-        glommio::timer::sleep(REFUSAL_LINGER).await;
-        Ok(())
-    };
-    let _ = futures_lite::future::or(refusing, linger).await;
 }
 
 /// Runs `work` unless `stop` completes first (then None).

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod grpc;
 pub mod metrics;
 pub mod native;
+pub mod refusal;
 pub mod server;
 pub mod tls;
 

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::*;
+use eventstream::config::ClientAuth;
 use eventstream::engine::Priority;
 use eventstream::grpc::h2::frame::{self, Frame, Reason};
 use eventstream::native::client::Client;
 use eventstream::native::codec::{self, ErrorCode};
+use tokio_rustls::rustls;
 
 /// How long a test waits for something the server does by itself before it fails.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -199,6 +201,70 @@ fn connections_over_a_doors_limit_are_refused_clearly_and_counted() {
     let refused = "eventstream_connections_refused_total";
     let native = total(&text, refused, Some("native"));
     assert_eq!(native, 1 + refused_meanwhile, "{text}");
+    assert_eq!(total(&text, refused, Some("grpc")), 1, "{text}");
+}
+
+/// Connects to a TLS door as a client with the test PKI's certificate, sends `first` (may be
+/// empty) and reads the plaintext that comes until the server's close_notify.
+fn read_over_tls_until_closed(addr: SocketAddr, pki: &pki::Pki, first: &[u8]) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let session = rustls::ClientConnection::new(pki::client_config(pki, true), name).unwrap();
+    let socket = TcpStream::connect(addr).unwrap();
+    socket.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut tls = rustls::StreamOwned::new(session, socket);
+    if !first.is_empty() {
+        tls.write_all(first).unwrap();
+    }
+    let mut plain = Vec::new();
+    match tls.read_to_end(&mut plain) {
+        Ok(_) => plain,
+        Err(e) => panic!("no refusal over TLS, ended by close_notify: {e}; read {plain:?}"),
+    }
+}
+
+#[test]
+fn connections_over_a_tls_doors_limit_read_the_refusal_over_tls() {
+    let pki = pki::pki();
+    let mut config = test_config();
+    config.native.tls = pki::tls_config(pki.dir.path(), ClientAuth::Require);
+    config.grpc.tls = pki::tls_config(pki.dir.path(), ClientAuth::Require);
+    config.native.max_connections = Some(1);
+    config.grpc.max_connections = Some(1);
+    let server = start_with(config);
+
+    // Native: the one place is taken; the next client reads ERROR TooManyConnections.
+    let addr = server.native.to_string();
+    let mut first = Client::connect_tls(&addr, &pki::native_client_tls(&pki)).unwrap();
+    first.ping().unwrap();
+    let refusal = read_over_tls_until_closed(server.native, &pki, b"");
+    let error = codec::frame_at(&refusal, 1 << 20).unwrap().unwrap();
+    assert_eq!((error.kind, error.wire_len), (0x86, refusal.len()));
+    let code = u16::from_le_bytes([error.body[0], error.body[1]]);
+    assert_eq!(code, ErrorCode::TooManyConnections as u16);
+    first.ping().unwrap();
+
+    // gRPC: the one place is taken; the next client reads SETTINGS and GOAWAY REFUSED_STREAM.
+    runtime().block_on(async {
+        let connector = tokio_rustls::TlsConnector::from(pki::client_config(&pki, true));
+        let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut a, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        assert!(h2_healthy(&mut a).await);
+        let (grpc, pki) = (server.grpc, &pki);
+        let refused = h2_frames(&read_over_tls_until_closed(grpc, pki, &h2_opening()));
+        let goaway = refused.iter().find_map(|f| match f {
+            Frame::GoAway { code, .. } => Some(*code),
+            _ => None,
+        });
+        assert_eq!(goaway, Some(Reason::RefusedStream as u32), "{refused:?}");
+        assert!(h2_healthy(&mut a).await, "the one served keeps working");
+    });
+
+    let text = scrape(&server);
+    let refused = "eventstream_connections_refused_total";
+    assert_eq!(total(&text, refused, Some("native")), 1, "{text}");
     assert_eq!(total(&text, refused, Some("grpc")), 1, "{text}");
 }
 

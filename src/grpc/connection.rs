@@ -31,6 +31,7 @@ use crate::engine::{
     Shard, SinkId, SubState, Subscriber, GRPC_DOOR,
 };
 use crate::proto;
+use crate::refusal::Refusal;
 use crate::tls::Transport;
 
 /// Response bytes a subscription stream may have queued in HTTP/2 (waiting for the client's
@@ -96,7 +97,10 @@ pub struct DoorSettings {
 impl Door {
     /// The gRPC door of `shard`.
     pub fn new(shard: Rc<Shard>, settings: DoorSettings) -> Rc<Door> {
-        let refusal = settings.tls.is_none().then(refusal);
+        let refusal = Rc::new(Refusal {
+            message: refusal(),
+            tls: settings.tls.clone(),
+        });
         let admission = Rc::new(Admission {
             door: GRPC_DOOR,
             limit: settings.limit,

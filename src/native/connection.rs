@@ -23,6 +23,7 @@ use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
     Shard, SinkId, SubState, Subscriber, NATIVE_DOOR,
 };
+use crate::refusal::Refusal;
 use crate::tls::Transport;
 
 /// Bytes the writer gathers before it writes (and lets other subscriptions have a turn).
@@ -61,7 +62,10 @@ impl Door {
         limit: Arc<ConnectionLimit>,
         sockets: SocketOptions,
     ) -> Rc<Door> {
-        let refusal = tls.is_none().then(|| refusal(limit.max()));
+        let refusal = Rc::new(Refusal {
+            message: refusal(limit.max()),
+            tls: tls.clone(),
+        });
         let admission = Rc::new(Admission {
             door: NATIVE_DOOR,
             limit,
