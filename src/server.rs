@@ -143,6 +143,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         .collect();
     let cpus = config.shard_cpus(&available)?;
     check_memlock(cpus.len())?;
+    fix_mmap_threshold();
     let (native_max, grpc_max) = connection_limits(config, cpus.len(), raise_nofile())?;
     let native_limit = ConnectionLimit::new(native_max);
     let grpc_limit = ConnectionLimit::new(grpc_max);
@@ -441,6 +442,25 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
     socket.set_recv_buffer_size(4 << 20)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Allocations at least this large get pages of their own from the kernel, given back when
+/// freed: glibc's own default, held fixed (see [`fix_mmap_threshold`]).
+const MMAP_THRESHOLD_BYTES: libc::c_int = 128 * 1024;
+
+/// Keeps glibc's malloc from raising its mmap threshold as it sees large blocks freed (its
+/// default, up to 32 MiB). Raised, it serves the large buffers of subscriber queues and writes
+/// from the shards' heap arenas, where freed runs of them fragment the arenas, which then only
+/// grow: in the soak, the server's RSS crept up in steps for as long as it ran
+/// (docs/PERFORMANCE.md, "Soak test"). Fixed, such a buffer is mapped and unmapped whole (and
+/// grown with mremap); they are made far less often than events. A no-op on other C libraries.
+fn fix_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt takes the allocator's locks and only sets one of its parameters.
+        let set = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) };
+        debug_assert_eq!(set, 1, "glibc accepts a threshold below its 32 MiB maximum");
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit (as Go's runtime does): every client
