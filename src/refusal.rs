@@ -14,7 +14,7 @@ use rustls::{ServerConfig, ServerConnection};
 
 /// How long a refused connection is given, handshake included, to read its refusal (and
 /// close) before it is closed anyway: a refusal must not hold a descriptor for long.
-pub const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Socket reads while refusing: a TLS handshake flight, or what a client sent before it read
 /// its refusal (discarded).
 const READ_BYTES: usize = 16 * 1024;

@@ -61,8 +61,7 @@ impl Future for Wait<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.notify.epoch.get() != self.seen {
-            self.key = None;
-            return Poll::Ready(());
+            return Poll::Ready(()); // the notify took the slab: Drop leaves the stale key alone
         }
         let mut waiters = self.notify.waiters.borrow_mut();
         match self.key {
