@@ -130,9 +130,9 @@ impl SocketOptions {
     }
 }
 
-/// What a client door applies to every connection it accepts.
+/// What a door applies to every connection it accepts.
 pub struct Admission {
-    /// The door's place in [`crate::engine::DOORS`] (its counters).
+    /// The door's place in [`crate::engine::DOORS`] (its counters and its name in logs).
     pub door: usize,
     pub limit: Arc<ConnectionLimit>,
     /// What a connection over the limit is sent before it is closed.
@@ -141,19 +141,19 @@ pub struct Admission {
 }
 
 /// Accepts on `listener` until `shard` shuts down; `serve` handles each client in a task of
-/// its own. `door` names the door in logs. With `admission`, a connection over the door's
-/// limit is refused and counted, and the others get its socket options.
+/// its own. A connection over the door's limit is refused and counted, and the others get
+/// its socket options.
 pub async fn accept_loop<F, Fut>(
     shard: Rc<Shard>,
     listener: TcpListener,
     connections: Rc<Connections>,
-    door: &'static str,
-    admission: Option<Rc<Admission>>,
+    admission: Rc<Admission>,
     serve: F,
 ) where
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
+    let door = crate::engine::DOORS[admission.door];
     loop {
         let stopped = shard.shutdown.wait();
         if shard.is_closing() {
@@ -162,24 +162,19 @@ pub async fn accept_loop<F, Fut>(
         match unless(listener.accept(), stopped).await {
             None => return,
             Some(Ok(stream)) => {
-                if let Some(admission) = &admission {
-                    if !admission.limit.try_take() {
-                        shard.count_refused_connection(admission.door);
-                        glommio::spawn_local(refuse(stream, admission.refusal.clone())).detach();
-                        continue;
-                    }
-                    if let Err(e) = admission.sockets.apply(&stream) {
-                        crate::log_line!("shard {}: {door} socket options: {e}", shard.id());
-                    }
+                if !admission.limit.try_take() {
+                    shard.count_refused_connection(admission.door);
+                    glommio::spawn_local(refuse(stream, admission.refusal.clone())).detach();
+                    continue;
+                }
+                if let Err(e) = admission.sockets.apply(&stream) {
+                    crate::log_line!("shard {}: {door} socket options: {e}", shard.id());
                 }
                 let admitted = admission.clone();
                 connections.live.set(connections.live.get() + 1);
                 let connections = connections.clone();
                 let shard_id = shard.id();
-                let counted = crate::engine::DOORS.iter().position(|d| *d == door);
-                if let Some(i) = counted {
-                    shard.count_connection(i, true);
-                }
+                shard.count_connection(admission.door, true);
                 let counting = shard.clone();
                 spawn_contained(serve(stream), move |panicked| {
                     if panicked {
@@ -187,12 +182,8 @@ pub async fn accept_loop<F, Fut>(
                             "shard {shard_id}: a {door} connection failed and was closed"
                         );
                     }
-                    if let Some(i) = counted {
-                        counting.count_connection(i, false);
-                    }
-                    if let Some(admitted) = admitted {
-                        admitted.limit.give_back();
-                    }
+                    counting.count_connection(admitted.door, false);
+                    admitted.limit.give_back();
                     connections.live.set(connections.live.get() - 1);
                     connections.idle.notify();
                 })

@@ -7,13 +7,15 @@
 
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::accept::{self, Connections};
-use crate::engine::{Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS, DOORS};
+use crate::accept::{self, Admission, ConnectionLimit, Connections, SocketOptions};
+use crate::engine::{Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS, DOORS, METRICS_DOOR};
+use crate::refusal::Refusal;
 
 /// A request head larger than this is refused (a scrape is one short line and a few headers).
 const MAX_REQUEST: usize = 8 * 1024;
@@ -25,14 +27,33 @@ pub struct Door {
     shard: Rc<Shard>,
     started: Instant,
     connections: Rc<Connections>,
+    admission: Rc<Admission>,
 }
 
 impl Door {
-    pub fn new(shard: Rc<Shard>, started: Instant) -> Rc<Door> {
+    /// A door reporting uptime from `started`. Over `limit` (shared by every shard's door) a
+    /// connection is answered 503 and closed; the others get `sockets`.
+    pub fn new(
+        shard: Rc<Shard>,
+        started: Instant,
+        limit: Arc<ConnectionLimit>,
+        sockets: SocketOptions,
+    ) -> Rc<Door> {
+        let refusal = Rc::new(Refusal {
+            message: refusal(limit.max()).into(),
+            tls: None,
+        });
+        let admission = Rc::new(Admission {
+            door: METRICS_DOOR,
+            limit,
+            refusal,
+            sockets,
+        });
         Rc::new(Door {
             shard,
             started,
             connections: Rc::default(),
+            admission,
         })
     }
 
@@ -44,8 +65,7 @@ impl Door {
             shard,
             listener,
             connections,
-            "metrics",
-            None,
+            self.admission.clone(),
             move |stream| {
                 let door = self.clone();
                 async move { door.serve(stream).await }
@@ -108,6 +128,15 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
+/// What a connection over the door's limit is sent before it is closed.
+fn refusal(max_connections: usize) -> String {
+    let body = format!(
+        "the metrics door has metrics.max_connections ({max_connections}) connections open; \
+         retry later\n"
+    );
+    response(503, "Service Unavailable", "text/plain", &body)
+}
+
 fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
     format!(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
@@ -117,7 +146,7 @@ fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
 }
 
 /// Reads one per-door counter out of a shard's counters ([`DOORS`] order).
-type PerDoor = fn(&ShardStats) -> [u64; 2];
+type PerDoor = fn(&ShardStats) -> [u64; DOORS.len()];
 
 /// The Prometheus text exposition of every shard's counters.
 pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
@@ -291,9 +320,9 @@ mod tests {
     fn every_shard_and_priority_has_its_samples() {
         let mut a = ShardStats {
             received: 7,
-            connections: [2, 1],
-            connections_refused: [4, 0],
-            connections_cut: [0, 5],
+            connections: [2, 1, 1],
+            connections_refused: [4, 0, 6],
+            connections_cut: [0, 5, 0],
             ..ShardStats::default()
         };
         a.shed[4] = 3;
@@ -321,6 +350,10 @@ mod tests {
         assert_eq!(
             get("eventstream_connections_refused_total{shard=\"0\",door=\"native\"}").unwrap(),
             "4"
+        );
+        assert_eq!(
+            get("eventstream_connections_refused_total{shard=\"0\",door=\"metrics\"}").unwrap(),
+            "6"
         );
         assert_eq!(
             get("eventstream_dead_connections_cut_total{shard=\"0\",door=\"grpc\"}").unwrap(),

@@ -29,8 +29,8 @@ const IO_MEMORY_RINGS: usize = 3;
 const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
 /// Batches in flight from one shard to another before the sender waits.
 const CHANNEL_BATCHES: usize = 256;
-/// Descriptors the default connection limits leave for everything but client connections:
-/// standard streams, metrics scrapes, refusals being sent, and the server's own files.
+/// Descriptors the default connection limits leave for everything but client and metrics
+/// connections: standard streams, refusals being sent, and the server's own files.
 const RESERVED_DESCRIPTORS: u64 = 256;
 /// Descriptors each shard keeps open besides its clients: three TCP listeners and a UDP
 /// socket, its io_uring rings, eventfds and timers, with room to spare.
@@ -147,6 +147,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     let (native_max, grpc_max) = connection_limits(config, cpus.len(), raise_nofile())?;
     let native_limit = ConnectionLimit::new(native_max);
     let grpc_limit = ConnectionLimit::new(grpc_max);
+    let metrics_limit = ConnectionLimit::new(config.metrics.max_connections);
     let socket_options = SocketOptions::from_config(&config.connections);
     let liveness = (config.grpc.ping_interval_ms > 0).then(|| Liveness {
         interval: Duration::from_millis(config.grpc.ping_interval_ms),
@@ -216,7 +217,11 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
             metrics,
         };
         let (grpc_tls, native_tls) = (grpc_tls.clone(), native_tls.clone());
-        let (native_limit, grpc_limit) = (native_limit.clone(), grpc_limit.clone());
+        let door_limits = DoorLimits {
+            native: native_limit.clone(),
+            grpc: grpc_limit.clone(),
+            metrics: metrics_limit.clone(),
+        };
         let mesh = mesh.clone();
         // Each shard reports Created (its executor exists) then Serving; a sender dropped
         // before Created means the executor could not be made, and its thread says why.
@@ -252,7 +257,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                     max_frame,
                     grpc_idle,
                     liveness,
-                    limits: (native_limit, grpc_limit),
+                    limits: door_limits,
                     sockets: socket_options,
                     started,
                     spin,
@@ -307,13 +312,19 @@ struct DoorTls {
     native: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// Each TCP door's connection limit, shared by every shard.
+struct DoorLimits {
+    native: Arc<ConnectionLimit>,
+    grpc: Arc<ConnectionLimit>,
+    metrics: Arc<ConnectionLimit>,
+}
+
 /// Per-door settings a shard needs.
 struct DoorSettings {
     max_frame: usize,
     grpc_idle: Duration,
     liveness: Option<Liveness>,
-    /// Each TCP door's connection limit (native, gRPC), shared by every shard.
-    limits: (Arc<ConnectionLimit>, Arc<ConnectionLimit>),
+    limits: DoorLimits,
     /// What finds dead clients on both TCP doors.
     sockets: SocketOptions,
     /// When the server started (the metrics door reports uptime).
@@ -336,13 +347,12 @@ async fn run_shard(
     let listener = unsafe { TcpListener::from_raw_fd(sockets.tcp.into_raw_fd()) };
     // Low-latency mode: the connections of both TCP doors poll their sockets, sharing one limit.
     let busy_poll = (!doors.spin.is_zero()).then(|| Rc::new(BusyPoll::new(doors.spin)));
-    let (native_limit, grpc_limit) = doors.limits;
     let door = Door::new(
         shard.clone(),
         doors.max_frame,
         tls.native,
         busy_poll.clone(),
-        native_limit,
+        doors.limits.native,
         doors.sockets,
     );
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
@@ -357,14 +367,19 @@ async fn run_shard(
             idle_timeout: doors.grpc_idle,
             liveness: doors.liveness,
             busy_poll,
-            limit: grpc_limit,
+            limit: doors.limits.grpc,
             sockets: doors.sockets,
         },
     );
     let grpc_accepting = glommio::spawn_local(grpc_door.clone().accept_loop(grpc_listener));
     // SAFETY: as above.
     let metrics_listener = unsafe { TcpListener::from_raw_fd(sockets.metrics.into_raw_fd()) };
-    let metrics_door = crate::metrics::Door::new(shard.clone(), doors.started);
+    let metrics_door = crate::metrics::Door::new(
+        shard.clone(),
+        doors.started,
+        doors.limits.metrics,
+        doors.sockets,
+    );
     let metrics_accepting = glommio::spawn_local(metrics_door.accept_loop(metrics_listener));
     let receiving = sockets.udp.map(|fd| {
         // SAFETY: as above, a bound UDP socket owned by this shard.
@@ -493,8 +508,9 @@ fn raise_nofile() -> u64 {
     }
 }
 
-/// The connection limit of each TCP door (native, gRPC), given `nofile` descriptors: as
-/// configured, or by default half each of what `shards` shards leave of them; limits that
+/// The connection limit of each client TCP door (native, gRPC), given `nofile` descriptors:
+/// as configured, or by default half each of what `shards` shards and the metrics door's
+/// `max_connections` leave of them; limits that
 /// cannot fit are an error naming the key, so that the door refuses clients with a clear
 /// error instead of failing accepts with EMFILE.
 pub fn connection_limits(
@@ -502,7 +518,9 @@ pub fn connection_limits(
     shards: usize,
     nofile: u64,
 ) -> Result<(usize, usize), ConfigError> {
-    let reserved = RESERVED_DESCRIPTORS + DESCRIPTORS_PER_SHARD * shards as u64;
+    let reserved = RESERVED_DESCRIPTORS
+        + DESCRIPTORS_PER_SHARD * shards as u64
+        + config.metrics.max_connections as u64;
     let budget = nofile.saturating_sub(reserved);
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let (native, grpc) = (config.native.max_connections, config.grpc.max_connections);
@@ -511,7 +529,7 @@ pub fn connection_limits(
         key: key.to_owned(),
         reason: format!(
             "{wanted} connections need more descriptors than RLIMIT_NOFILE ({nofile}) leaves \
-             after {reserved} for {shards} shards and the rest ({budget}); {fix}"
+             after {reserved} for {shards} shards, metrics and the rest ({budget}); {fix}"
         ),
     };
     let configured = |key: &str, n: usize, left: u64| {
@@ -650,7 +668,7 @@ mod tests {
     #[test]
     fn connection_limits_default_to_the_descriptors_and_must_fit_them() {
         let mut c = Config::default();
-        let reserved = RESERVED_DESCRIPTORS + 2 * DESCRIPTORS_PER_SHARD;
+        let reserved = RESERVED_DESCRIPTORS + 2 * DESCRIPTORS_PER_SHARD + 32;
         let (n, g) = connection_limits(&c, 2, reserved + 1000).unwrap();
         assert_eq!((n, g), (500, 500));
         assert!(

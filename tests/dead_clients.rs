@@ -204,6 +204,51 @@ fn connections_over_a_doors_limit_are_refused_clearly_and_counted() {
     assert_eq!(total(&text, refused, Some("grpc")), 1, "{text}");
 }
 
+#[test]
+fn connections_over_the_metrics_doors_limit_are_answered_503_and_counted() {
+    let mut config = test_config();
+    config.metrics.max_connections = 2;
+    // One shard: one accept queue, so connections are taken in the order they were made (with
+    // several, a later connection can be accepted by another shard first).
+    config.shards.count = Some(1);
+    let server = start_with(config);
+    // Two clients that connect and send nothing hold both places (until the door's request
+    // timeout); a third is answered 503 at once.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(server.metrics).unwrap())
+        .collect();
+    let started = Instant::now();
+    let answer = scrape(&server);
+    let mut refused = 1;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("metrics.max_connections (2)"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    // Once they leave, scrapes are served again (refused until the server has seen them
+    // close), and every refusal was counted.
+    drop(idle);
+    let text = loop {
+        let text = scrape(&server);
+        if text.starts_with("HTTP/1.1 200 ") {
+            break text;
+        }
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        refused += 1;
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the freed places were not given"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let name = "eventstream_connections_refused_total";
+    assert_eq!(total(&text, name, Some("metrics")), refused, "{text}");
+    assert_eq!(total(&text, name, Some("native")), 0, "{text}");
+    assert_eq!(
+        total(&text, "eventstream_connections", Some("metrics")),
+        1,
+        "the scrape itself: {text}"
+    );
+}
+
 /// Connects to a TLS door as a client with the test PKI's certificate, sends `first` (may be
 /// empty) and reads the plaintext that comes until the server's close_notify.
 fn read_over_tls_until_closed(addr: SocketAddr, pki: &pki::Pki, first: &[u8]) -> Vec<u8> {

@@ -128,6 +128,10 @@ pub struct UdpConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     pub port: u16,
+    /// Open connections the door takes, server-wide; more are answered 503 and closed. A
+    /// scrape holds one for well under a second, so a few scrapers need few; the limit keeps
+    /// clients that connect and send nothing from taking the descriptors the other doors need.
+    pub max_connections: usize,
 }
 
 /// How many shards, and whether each is pinned to its own CPU.
@@ -216,7 +220,10 @@ impl Default for UdpConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { port: 9203 }
+        MetricsConfig {
+            port: 9203,
+            max_connections: 32,
+        }
     }
 }
 
@@ -405,6 +412,10 @@ impl Config {
         for (key, max) in [
             ("native.max_connections", self.native.max_connections),
             ("grpc.max_connections", self.grpc.max_connections),
+            (
+                "metrics.max_connections",
+                Some(self.metrics.max_connections),
+            ),
         ] {
             if max == Some(0) {
                 return Err(invalid(key, "must be at least 1"));
@@ -538,6 +549,10 @@ mod tests {
             ("grpc:\n  ping_timeout_ms: 0\n", "grpc.ping_timeout_ms"),
             ("native:\n  max_connections: 0\n", "native.max_connections"),
             ("grpc:\n  max_connections: 0\n", "grpc.max_connections"),
+            (
+                "metrics:\n  max_connections: 0\n",
+                "metrics.max_connections",
+            ),
         ] {
             let e = Config::from_yaml(yaml).unwrap().validate().unwrap_err();
             assert!(e.to_string().starts_with(key), "{yaml}: {e}");

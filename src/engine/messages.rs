@@ -44,12 +44,12 @@ pub struct ShardStats {
     pub batches_out: u64,
     pub messages_out: u64,
     /// Open client connections on this shard, per TCP door ([`DOORS`] order).
-    pub connections: [u64; 2],
+    pub connections: [u64; DOORS.len()],
     /// Connections refused because their door had its `max_connections`, per TCP door.
-    pub connections_refused: [u64; 2],
+    pub connections_refused: [u64; DOORS.len()],
     /// Connections cut as dead (keepalive, unacknowledged data, write deadline, or no answer to
     /// a PING), per TCP door.
-    pub connections_cut: [u64; 2],
+    pub connections_cut: [u64; DOORS.len()],
     /// Acknowledged publish requests by the time from decoding to the last event sequenced:
     /// bucket `i` counts those under `2^i` µs (the last bucket: everything slower).
     pub ack_latency: [u64; ACK_LATENCY_BUCKETS],
@@ -58,11 +58,14 @@ pub struct ShardStats {
 }
 
 /// The TCP doors whose connections are counted, in [`ShardStats::connections`] order.
-pub const DOORS: [&str; 2] = ["native", "gRPC"];
+pub const DOORS: [&str; 3] = ["native", "gRPC", "metrics"];
 /// The native TCP door's place in [`DOORS`].
 pub const NATIVE_DOOR: usize = 0;
 /// The gRPC door's place in [`DOORS`].
 pub const GRPC_DOOR: usize = 1;
+/// The metrics door's place in [`DOORS`] (it cuts no connection as dead: a scrape that does
+/// not finish in time is answered 408 and closed).
+pub const METRICS_DOOR: usize = 2;
 
 /// Buckets of [`ShardStats::ack_latency`]: 1 µs to about 1 s, doubling.
 pub const ACK_LATENCY_BUCKETS: usize = 21;

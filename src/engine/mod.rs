@@ -23,7 +23,8 @@ pub use event::{
 };
 pub use limits::Limits;
 pub use messages::{
-    Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS, GRPC_DOOR, NATIVE_DOOR,
+    Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS, GRPC_DOOR, METRICS_DOOR,
+    NATIVE_DOOR,
 };
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
 pub use subscriber::{Consumer, EncodeEvent, SubState, Subscriber};

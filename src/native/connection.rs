@@ -85,8 +85,8 @@ impl Door {
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
         let (shard, connections) = (self.shard.clone(), self.connections.clone());
-        let admission = Some(self.admission.clone());
-        crate::accept::accept_loop(shard, listener, connections, "native", admission, {
+        let admission = self.admission.clone();
+        crate::accept::accept_loop(shard, listener, connections, admission, {
             move |stream| {
                 let door = self.clone();
                 async move { Connection::serve(&door, stream).await }
