@@ -1,4 +1,4 @@
-//! How a client door refuses a connection over its limit: in the door's own protocol, where
+//! How a door refuses a connection over its limit: in the door's own protocol, where
 //! the client can read it (over TLS too, after a handshake), then a close that does not destroy
 //! what was sent. Nothing here is on the path of an admitted connection.
 
@@ -22,7 +22,7 @@ const READ_BYTES: usize = 16 * 1024;
 /// What a door sends a connection over its limit.
 pub struct Refusal {
     /// The door's refusal in its protocol (native: ERROR TooManyConnections; gRPC: SETTINGS
-    /// and GOAWAY REFUSED_STREAM).
+    /// and GOAWAY REFUSED_STREAM; metrics: HTTP 503).
     pub message: Bytes,
     /// The door's TLS settings: the message then goes after a handshake, as a client of a TLS
     /// door reads nothing else. A handshake costs the server little next to what the limit
