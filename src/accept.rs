@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncWrite};
 use socket2::{SockRef, TcpKeepalive};
 
@@ -138,6 +139,29 @@ pub struct Admission {
     /// What a connection over the limit is sent before it is closed.
     pub refusal: Rc<Refusal>,
     pub sockets: SocketOptions,
+}
+
+impl Admission {
+    /// The admission of door `door` (its place in [`crate::engine::DOORS`]): over `limit`, a
+    /// connection is sent `refusal` (after a TLS handshake when `tls` is set) and closed.
+    pub fn new(
+        door: usize,
+        limit: Arc<ConnectionLimit>,
+        refusal: Bytes,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        sockets: SocketOptions,
+    ) -> Rc<Admission> {
+        let refusal = Rc::new(Refusal {
+            message: refusal,
+            tls,
+        });
+        Rc::new(Admission {
+            door,
+            limit,
+            refusal,
+            sockets,
+        })
+    }
 }
 
 /// Accepts on `listener` until `shard` shuts down; `serve` handles each client in a task of

@@ -15,7 +15,6 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::accept::{self, Admission, ConnectionLimit, Connections, SocketOptions};
 use crate::engine::{Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS, DOORS, METRICS_DOOR};
-use crate::refusal::Refusal;
 
 /// A request head larger than this is refused (a scrape is one short line and a few headers).
 const MAX_REQUEST: usize = 8 * 1024;
@@ -39,16 +38,8 @@ impl Door {
         limit: Arc<ConnectionLimit>,
         sockets: SocketOptions,
     ) -> Rc<Door> {
-        let refusal = Rc::new(Refusal {
-            message: refusal(limit.max()).into(),
-            tls: None,
-        });
-        let admission = Rc::new(Admission {
-            door: METRICS_DOOR,
-            limit,
-            refusal,
-            sockets,
-        });
+        let refusal = refusal(limit.max()).into();
+        let admission = Admission::new(METRICS_DOOR, limit, refusal, None, sockets);
         Rc::new(Door {
             shard,
             started,

@@ -31,7 +31,6 @@ use crate::engine::{
     Shard, SinkId, SubState, Subscriber, GRPC_DOOR,
 };
 use crate::proto;
-use crate::refusal::Refusal;
 use crate::tls::Transport;
 
 /// Response bytes a subscription stream may have queued in HTTP/2 (waiting for the client's
@@ -97,16 +96,13 @@ pub struct DoorSettings {
 impl Door {
     /// The gRPC door of `shard`.
     pub fn new(shard: Rc<Shard>, settings: DoorSettings) -> Rc<Door> {
-        let refusal = Rc::new(Refusal {
-            message: refusal(),
-            tls: settings.tls.clone(),
-        });
-        let admission = Rc::new(Admission {
-            door: GRPC_DOOR,
-            limit: settings.limit,
-            refusal,
-            sockets: settings.sockets,
-        });
+        let admission = Admission::new(
+            GRPC_DOOR,
+            settings.limit,
+            refusal(),
+            settings.tls.clone(),
+            settings.sockets,
+        );
         Rc::new(Door {
             shard,
             max_message: settings.max_message,

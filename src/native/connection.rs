@@ -23,7 +23,6 @@ use crate::engine::{
     AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
     Shard, SinkId, SubState, Subscriber, NATIVE_DOOR,
 };
-use crate::refusal::Refusal;
 use crate::tls::Transport;
 
 /// Bytes the writer gathers before it writes (and lets other subscriptions have a turn).
@@ -62,16 +61,8 @@ impl Door {
         limit: Arc<ConnectionLimit>,
         sockets: SocketOptions,
     ) -> Rc<Door> {
-        let refusal = Rc::new(Refusal {
-            message: refusal(limit.max()),
-            tls: tls.clone(),
-        });
-        let admission = Rc::new(Admission {
-            door: NATIVE_DOOR,
-            limit,
-            refusal,
-            sockets,
-        });
+        let refusal = refusal(limit.max());
+        let admission = Admission::new(NATIVE_DOOR, limit, refusal, tls.clone(), sockets);
         Rc::new(Door {
             shard,
             max_frame,
