@@ -38,6 +38,9 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 const MAX_KEEPALIVE_S: u32 = 32_767;
 /// Linux's largest TCP_KEEPCNT.
 const MAX_KEEPALIVE_PROBES: u32 = 127;
+/// Most topic handles a connection may be allowed: a connection's handle table grows to its
+/// highest declared handle, so this bounds it (about 48 MiB at most).
+const MAX_TOPIC_HANDLES: usize = 1 << 20;
 
 /// The whole configuration; the YAML file has the same shape.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -335,10 +338,17 @@ impl Config {
             ("limits.subscriber_queue_events", l.subscriber_queue_events),
             ("limits.subscriber_queue_bytes", l.subscriber_queue_bytes),
             ("limits.max_topics_per_shard", l.max_topics_per_shard),
+            ("limits.max_topic_handles", l.max_topic_handles),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if l.max_topic_handles > MAX_TOPIC_HANDLES {
+            return Err(invalid(
+                "limits.max_topic_handles",
+                format!("must be at most {MAX_TOPIC_HANDLES}"),
+            ));
         }
         if l.max_metadata_entries > usize::from(u16::MAX) {
             return Err(invalid(

@@ -377,13 +377,13 @@ impl Event {
         })
     }
 
-    /// The event borrowed as subscribers receive it; `scratch` holds a generated id's text.
-    pub fn view<'s>(&'s self, scratch: &'s mut IdText) -> EventView<'s> {
+    /// The event borrowed as subscribers receive it.
+    pub fn view(&self) -> EventView<'_> {
         EventView {
             topic: self.topic.bytes(),
             id: match &self.id {
-                EventId::Generated(id) => scratch.of(id),
-                EventId::Given(id) => id,
+                EventId::Generated(id) => IdView::Generated(*id),
+                EventId::Given(id) => IdView::Given(id),
             },
             payload: &self.payload,
             metadata_count: self.metadata.len() as u16,
@@ -480,13 +480,8 @@ pub trait Incoming {
     /// when it has one. Made once, whoever receives the event.
     fn new_id(&self, ids: &mut IdGenerator) -> Option<uuid::Uuid>;
     /// The event as subscribers on this shard receive it, numbered `sequence`: `generated`
-    /// is what [`new_id`](Self::new_id) made, `scratch` holds its text.
-    fn sequenced_view<'s>(
-        &'s self,
-        generated: Option<uuid::Uuid>,
-        sequence: u64,
-        scratch: &'s mut IdText,
-    ) -> EventView<'s>;
+    /// is what [`new_id`](Self::new_id) made.
+    fn sequenced_view(&self, generated: Option<uuid::Uuid>, sequence: u64) -> EventView<'_>;
     /// The owned event, for another shard: `generated` is what [`new_id`](Self::new_id) made.
     fn into_event(self, generated: Option<uuid::Uuid>, sequence: u64) -> Event;
 }
@@ -504,16 +499,11 @@ impl Incoming for Event {
         None // validated events have their ids
     }
 
-    fn sequenced_view<'s>(
-        &'s self,
-        generated: Option<uuid::Uuid>,
-        sequence: u64,
-        scratch: &'s mut IdText,
-    ) -> EventView<'s> {
+    fn sequenced_view(&self, generated: Option<uuid::Uuid>, sequence: u64) -> EventView<'_> {
         debug_assert!(generated.is_none(), "an owned event has its id");
         EventView {
             sequence,
-            ..self.view(scratch)
+            ..self.view()
         }
     }
 
@@ -537,19 +527,14 @@ impl Incoming for Accepted<'_> {
         self.raw.id.is_empty().then(|| ids.next(self.received_ns))
     }
 
-    fn sequenced_view<'s>(
-        &'s self,
-        generated: Option<uuid::Uuid>,
-        sequence: u64,
-        scratch: &'s mut IdText,
-    ) -> EventView<'s> {
+    fn sequenced_view(&self, generated: Option<uuid::Uuid>, sequence: u64) -> EventView<'_> {
         debug_assert_eq!(generated.is_none(), !self.raw.id.is_empty());
         let raw = &self.raw;
         EventView {
             topic: raw.topic,
             id: match generated {
-                Some(id) => scratch.of(&id),
-                None => raw.id,
+                Some(id) => IdView::Generated(id),
+                None => IdView::Given(raw.id),
             },
             payload: raw.payload,
             metadata_count: raw.metadata_count,
@@ -585,8 +570,8 @@ impl Incoming for Accepted<'_> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventView<'a> {
     pub topic: &'a [u8],
-    /// The id as text (a generated one formatted once, in an [`IdText`]).
-    pub id: &'a [u8],
+    /// The id: a generated one stays 16 bytes until a door that needs text formats it.
+    pub id: IdView<'a>,
     pub payload: &'a [u8],
     pub metadata_count: u16,
     /// The metadata entries in the native protocol's form.
@@ -603,7 +588,28 @@ impl<'a> EventView<'a> {
     }
 }
 
-/// Room for a generated id's text, on the stack of whoever delivers the event.
+/// An event's id as a door encodes it: a generated UUIDv7 in its 16 bytes (the native
+/// protocol's delivery runs carry it so), or the text a client gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdView<'a> {
+    Generated(uuid::Uuid),
+    Given(&'a [u8]),
+}
+
+impl<'a> IdView<'a> {
+    /// The id as text: a generated one formatted into `scratch` (for doors that carry text).
+    pub fn text<'s>(&self, scratch: &'s mut IdText) -> &'s [u8]
+    where
+        'a: 's,
+    {
+        match *self {
+            IdView::Generated(id) => scratch.of(&id),
+            IdView::Given(text) => text,
+        }
+    }
+}
+
+/// Room for a generated id's text, on the stack of whoever encodes the event.
 pub struct IdText([u8; uuid::fmt::Hyphenated::LENGTH]);
 
 impl Default for IdText {
@@ -651,13 +657,40 @@ impl IdGenerator {
 
     /// The next id for an event received at `now_ns`.
     pub fn next(&mut self, now_ns: i64) -> uuid::Uuid {
-        self.counter = self.counter.wrapping_add(1);
-        let millis = u64::try_from(now_ns / 1_000_000).unwrap_or(0);
-        let mixed = splitmix64(self.seed ^ self.counter);
+        self.range(1, now_ns).id(0)
+    }
+
+    /// Ids for `count` events received at `now_ns`, taken at once: a run of events is given
+    /// its ids as one [`IdRange`], which any shard can expand again without this generator.
+    pub fn range(&mut self, count: u32, now_ns: i64) -> IdRange {
+        let first = self.counter.wrapping_add(1);
+        self.counter = self.counter.wrapping_add(u64::from(count));
+        IdRange {
+            seed: self.seed,
+            first,
+            millis: u64::try_from(now_ns / 1_000_000).unwrap_or(0),
+        }
+    }
+}
+
+/// The ids of a run of events, in 24 bytes however long the run ([`IdGenerator::range`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdRange {
+    seed: u64,
+    first: u64,
+    millis: u64,
+}
+
+impl IdRange {
+    /// The id of the run's `index`-th event.
+    #[inline]
+    pub fn id(&self, index: u32) -> uuid::Uuid {
+        let counter = self.first.wrapping_add(u64::from(index));
+        let mixed = splitmix64(self.seed ^ counter);
         let mut tail = [0u8; 10];
         tail[..8].copy_from_slice(&mixed.to_le_bytes());
         tail[8..].copy_from_slice(&(self.seed as u16).to_le_bytes());
-        uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid()
+        uuid::Builder::from_unix_timestamp_millis(self.millis, &tail).into_uuid()
     }
 }
 
@@ -731,7 +764,7 @@ mod tests {
         };
         assert_eq!(u.get_version_num(), 7);
         let mut scratch = IdText::default();
-        assert_eq!(e.view(&mut scratch).id, e.id.to_string().as_bytes());
+        assert_eq!(e.view().id.text(&mut scratch), e.id.to_string().as_bytes());
     }
 
     #[test]
@@ -793,6 +826,16 @@ mod tests {
         );
         let bad = Bytes::from_static(&[1, 0, 0xff, 0, 0]);
         assert_eq!(Metadata::from_wire(1, bad), Err(MetadataError::NotUtf8(0)));
+    }
+
+    #[test]
+    fn a_range_of_ids_is_what_as_many_single_ids_would_have_been() {
+        let (mut one_by_one, mut ranged) = (IdGenerator::new(9), IdGenerator::new(9));
+        let range = ranged.range(3, 7_000_000);
+        for i in 0..3 {
+            assert_eq!(range.id(i), one_by_one.next(7_000_000));
+        }
+        assert_eq!(ranged.next(7_000_000), one_by_one.next(7_000_000));
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Limits {
     pub subscriber_queue_bytes: usize,
     /// Distinct topics one shard tracks (each keeps a sequence counter for the server's life).
     pub max_topics_per_shard: usize,
+    /// Topic handles one native connection may declare (DECLARE; each holds a topic name).
+    pub max_topic_handles: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +38,7 @@ impl Default for Limits {
             subscriber_queue_events: 65_536,
             subscriber_queue_bytes: 64 << 20,
             max_topics_per_shard: 10_000_000,
+            max_topic_handles: 1_024,
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::event::Event;
 use super::index::{SubEntry, SubKey};
+use super::run::{Numbering, Run};
 use super::shard::{Route, SinkId};
 use super::topic::Pattern;
 
@@ -121,7 +122,10 @@ impl ShardStats {
 pub enum ShardMsg {
     /// To the topic's owner: sequence and fan out, then answer as `route` says.
     Publish { event: Event, route: Route },
-    /// To the publisher's shard: the owner sequenced (or refused) one event of request `token`.
+    /// To the topic's owner: sequence a run as one unit, then answer once as `route` says.
+    PublishRun { run: Run, route: Route },
+    /// To the publisher's shard: the owner sequenced (or refused) one event of request `token`
+    /// (for a run: the whole run, `outcome` holding its last sequence number).
     Sequenced {
         token: u32,
         outcome: Result<u64, PublishError>,
@@ -137,6 +141,14 @@ pub enum ShardMsg {
     /// To a subscriber's home shard: queue `event` for the subscriptions listed in the batch's
     /// `subs[start..start + len]`.
     Deliver { event: Event, start: u32, len: u32 },
+    /// To a subscriber's home shard: queue a sequenced run for the subscriptions listed in the
+    /// batch's `subs[start..start + len]`.
+    DeliverRun {
+        run: Run,
+        numbering: Numbering,
+        start: u32,
+        len: u32,
+    },
     /// Register a subscription in the receiver's index, then answer `Done`.
     Subscribe {
         entry: SubEntry,

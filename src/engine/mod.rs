@@ -3,7 +3,7 @@
 //! the core they run on.
 //!
 //! Read in this order: [`event`] and [`topic`] (what flows), [`routing`] (who owns a topic),
-//! [`shard`] (sequencing and fan-out), [`index`] (who matches), [`queue`] and [`subscriber`]
+//! [`run`] (many events of one topic as one unit), [`shard`] (sequencing and fan-out), [`index`] (who matches), [`queue`] and [`subscriber`]
 //! (per-subscriber buffering and shedding), [`messages`] (what crosses between shards).
 
 pub mod event;
@@ -13,13 +13,14 @@ pub mod messages;
 pub mod notify;
 pub mod queue;
 pub mod routing;
+pub mod run;
 pub mod shard;
 pub mod subscriber;
 pub mod topic;
 
 pub use event::{
-    Accepted, Event, EventError, EventId, EventRef, EventView, IdText, Incoming, Metadata,
-    Priority, RawEvent,
+    Accepted, Event, EventError, EventId, EventRef, EventView, IdRange, IdText, IdView, Incoming,
+    Metadata, Priority, RawEvent,
 };
 pub use limits::Limits;
 pub use messages::{

@@ -198,8 +198,8 @@ impl SubscriberQueue {
 
     /// Hands the queued events, oldest arrival first, to `write`, for as long as fewer than
     /// `budget` bytes were handed (so at least one event when any is queued); the number of
-    /// events handed. A run of events from one lane is handed as one slice.
-    pub fn drain(&mut self, budget: usize, mut write: impl FnMut(&[u8])) -> usize {
+    /// events handed. A run of events from one lane is handed as one slice, with its count.
+    pub fn drain(&mut self, budget: usize, mut write: impl FnMut(&[u8], usize)) -> usize {
         debug_assert_eq!(
             self.busy == 0,
             self.len == 0,
@@ -237,7 +237,7 @@ impl SubscriberQueue {
                 bytes += len as usize;
             }
             debug_assert!(run > 0, "the oldest front is always handed");
-            write(&lane_ref.bytes[..bytes]);
+            write(&lane_ref.bytes[..bytes], run);
             self.drop_run(lane, run, bytes);
             handed += bytes;
             events += run;
@@ -284,7 +284,12 @@ mod tests {
     /// Drains what `budget` allows; the sequence numbers handed.
     fn drain_within(q: &mut SubscriberQueue, budget: usize) -> Vec<u64> {
         let mut bytes = Vec::new();
-        let events = q.drain(budget, |run| bytes.extend_from_slice(run));
+        let mut counted = 0;
+        let events = q.drain(budget, |run, n| {
+            bytes.extend_from_slice(run);
+            counted += n;
+        });
+        assert_eq!(counted, events, "the runs' counts add up");
         let seqs = sequences(&bytes);
         assert_eq!(seqs.len(), events);
         seqs

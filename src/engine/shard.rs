@@ -18,8 +18,8 @@ use hashbrown::HashTable;
 use slab::Slab;
 
 use super::event::{
-    check_fields, share, Accepted, Event, EventError, EventRef, EventView, IdGenerator, IdText,
-    Incoming, Priority, RawEvent,
+    check_fields, share, Accepted, Event, EventError, EventRef, EventView, IdGenerator, Incoming,
+    Priority, RawEvent,
 };
 use super::index::{SubEntry, SubKey, SubscriptionIndex};
 use super::limits::Limits;
@@ -27,7 +27,8 @@ use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
 use super::notify::{Countdown, Notify};
 use super::queue::{Offer, SubscriberQueue};
 use super::routing::{owner, owner_of, table_hash};
-use super::subscriber::{Consumer, SubState, Subscriber};
+use super::run::{self, Numbering, Run};
+use super::subscriber::{Consumer, EncodeEvent, SubState, Subscriber};
 use super::topic::{Pattern, RecentTopic, Topic};
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
@@ -388,33 +389,7 @@ impl Shard {
         let events = events.into_iter();
         let count = u32::try_from(events.len()).expect("batch sizes are limited far below u32");
         self.stats.borrow_mut().received += u64::from(count);
-        let route = match reply {
-            Reply::Ack(request) => {
-                let token = self.pending.borrow_mut().insert(Pending::Ack {
-                    request,
-                    remaining: count,
-                    count,
-                    last_sequence: 0,
-                    error: None,
-                });
-                if count == 0 {
-                    self.finish_ack(token);
-                }
-                Route::Ack(
-                    u32::try_from(token)
-                        .expect("pending requests are bounded by what connections read"),
-                )
-            }
-            Reply::RefusalsOnly { sink, request_id } => Route::Refusal { sink, request_id },
-            Reply::Nobody => Route::Nobody,
-        };
-        // One clock reading for the whole call, and only when an ack will report it: it
-        // timestamps when the events were sequenced (a reading per unacknowledged native
-        // publish was 4% of its server time).
-        let now = match route {
-            Route::Ack(_) => Some(Instant::now()),
-            Route::Refusal { .. } | Route::Nobody => None,
-        };
+        let (route, now) = self.route(reply, count, count);
         for event in events {
             let home = owner(event.topic().route(), self.count);
             if home == self.id {
@@ -427,6 +402,71 @@ impl Shard {
             }
         }
         self.process_cuts();
+    }
+
+    /// How the owners of a request's events answer it: `answers` owner answers complete the
+    /// request (one per event, or one per run), and an ACK reports `count` events. With it,
+    /// the one clock reading of the call, taken only when an ack will report it: it
+    /// timestamps when the events were sequenced (a reading per unacknowledged native publish
+    /// was 4% of its server time).
+    fn route(&self, reply: Reply, answers: u32, count: u32) -> (Route, Option<Instant>) {
+        match reply {
+            Reply::Ack(request) => {
+                let token = self.pending.borrow_mut().insert(Pending::Ack {
+                    request,
+                    remaining: answers,
+                    count,
+                    last_sequence: 0,
+                    error: None,
+                });
+                if answers == 0 {
+                    self.finish_ack(token);
+                }
+                let token = u32::try_from(token)
+                    .expect("pending requests are bounded by what connections read");
+                (Route::Ack(token), Some(Instant::now()))
+            }
+            Reply::RefusalsOnly { sink, request_id } => (Route::Refusal { sink, request_id }, None),
+            Reply::Nobody => (Route::Nobody, None),
+        }
+    }
+
+    /// Checks and publishes a run: `count` events of `topic` (validated when the client
+    /// declared it) whose records lie in `buffer` at `records`, all or nothing. Its owner
+    /// sequences it as one unit (consecutive sequence numbers) and answers `reply` once for
+    /// the whole run. On refusal: the index of the first refused event, and why.
+    pub fn publish_run(
+        &self,
+        topic: &Topic,
+        records: &[u8],
+        count: u32,
+        buffer: &Bytes,
+        received_ns: i64,
+        reply: Reply,
+    ) -> Result<(), (u32, EventError)> {
+        let top_priority = run::check(records, &self.limits)?;
+        self.stats.borrow_mut().received += u64::from(count);
+        let answers = u32::from(count > 0);
+        let (route, now) = self.route(reply, answers, count);
+        if count == 0 {
+            return Ok(());
+        }
+        let run = Run {
+            topic: topic.clone(),
+            records: share(buffer, records),
+            count,
+            received_ns,
+            top_priority,
+        };
+        let home = owner(topic.route(), self.count);
+        if home == self.id {
+            let outcome = self.sequence_run(run);
+            self.answer(self.id, route, outcome, now);
+            self.process_cuts();
+        } else {
+            self.push(home, ShardMsg::PublishRun { run, route });
+        }
+        Ok(())
     }
 
     /// As the owner: tells the publishing shard `from` what became of one event.
@@ -477,16 +517,98 @@ impl Shard {
     /// As the topic's owner: give the event its sequence number and hand it to every matching
     /// subscription, locally or through the outbox of its home shard.
     fn sequence(&self, event: impl Incoming) -> Result<u64, PublishError> {
+        let mut topics = self.topics.borrow_mut();
+        let state = self.topic_state(&mut topics, event.topic())?;
+        state.last_sequence += 1;
+        let sequence = state.last_sequence;
+        self.stats.borrow_mut().sequenced += 1;
+
+        let matches = &state.matches;
+        let priority = event.priority();
+        let (locals, remotes) = self.recipients(matches, priority);
+        if locals + remotes == 0 {
+            return Ok(sequence); // nobody wants it: the event is not even made
+        }
+        let generated = event.new_id(&mut self.ids.borrow_mut());
+        if locals > 0 {
+            // Subscriptions here receive the event as it lies, encoded into their queues.
+            let view = event.sequenced_view(generated, sequence);
+            for entry in matches.iter().filter(|e| e.min_priority <= priority) {
+                if usize::from(entry.key.shard) == self.id {
+                    self.deliver_local(entry.key.local, &view);
+                }
+            }
+        }
+        if remotes > 0 {
+            // Other shards get the owned event, one message each.
+            let mut event = Handout::new(event.into_event(generated, sequence), remotes);
+            self.hand_out(matches, priority, |start, len| ShardMsg::Deliver {
+                event: event.next(),
+                start,
+                len,
+            });
+            debug_assert!(event.is_spent(), "every recipient counted got the event");
+        }
+        Ok(sequence)
+    }
+
+    /// As the topic's owner: gives a run its range of sequence numbers (the last one is
+    /// returned) and hands it to every matching subscription, locally or through the outbox
+    /// of its home shard: one topic lookup, one message per other shard, for the whole run.
+    fn sequence_run(&self, run: Run) -> Result<u64, PublishError> {
+        let mut topics = self.topics.borrow_mut();
+        let state = self.topic_state(&mut topics, &run.topic)?;
+        let first_sequence = state.last_sequence + 1;
+        state.last_sequence += u64::from(run.count);
+        let last = state.last_sequence;
+        self.stats.borrow_mut().sequenced += u64::from(run.count);
+
+        let matches = &state.matches;
+        let (locals, remotes) = self.recipients(matches, run.top_priority);
+        if locals + remotes == 0 {
+            return Ok(last);
+        }
+        let ids = self.ids.borrow_mut().range(run.count, run.received_ns);
+        let numbering = Numbering {
+            first_sequence,
+            ids,
+        };
+        if locals > 0 {
+            let wanted = matches
+                .iter()
+                .filter(|e| e.min_priority <= run.top_priority);
+            let here = wanted.filter(|e| usize::from(e.key.shard) == self.id);
+            self.deliver_run_local(here.map(|e| e.key.local), &run, &numbering);
+        }
+        if remotes > 0 {
+            let mut run = Handout::new(run, remotes);
+            let top = run.peek().top_priority;
+            self.hand_out(matches, top, |start, len| ShardMsg::DeliverRun {
+                run: run.next(),
+                numbering,
+                start,
+                len,
+            });
+            debug_assert!(run.is_spent(), "every recipient counted got the run");
+        }
+        Ok(last)
+    }
+
+    /// The state of `topic`, which this shard owns, made on its first event, with its list of
+    /// matching subscriptions brought up to date. One probe of the table, whether the topic is
+    /// there or not. Refused once shutdown began, or when a new topic would pass the limit.
+    fn topic_state<'t>(
+        &self,
+        topics: &'t mut HashTable<(Bytes, TopicState)>,
+        topic: &Topic,
+    ) -> Result<&'t mut TopicState, PublishError> {
         if self.closing.get() {
             return Err(PublishError::ShuttingDown);
         }
-        let mut topics = self.topics.borrow_mut();
-        let index = self.index.borrow();
-        let key: &[u8] = event.topic().bytes();
+        let key: &[u8] = topic.bytes();
         let known = topics.len();
-        // One probe of the table, whether the topic is there or not.
         let entry = topics.entry(
-            event.topic().table_hash(),
+            topic.table_hash(),
             |entry| entry.0 == key,
             |entry| table_hash(&entry.0),
         );
@@ -510,19 +632,19 @@ impl Shard {
                     .into_mut()
             }
         };
+        let index = self.index.borrow();
         if state.generation != index.generation() {
             state.matches.clear();
-            index.matches(event.topic().as_str(), &mut state.matches);
+            index.matches(topic.as_str(), &mut state.matches);
             state.matches.sort_unstable_by_key(|e| e.key);
             state.generation = index.generation();
         }
-        state.last_sequence += 1;
-        let sequence = state.last_sequence;
-        self.stats.borrow_mut().sequenced += 1;
+        Ok(state)
+    }
 
-        let matches = &state.matches;
-        let priority = event.priority();
-        // Recipients: each local subscription, and each other shard with any (one message).
+    /// Who receives an event of `priority` among a topic's `matches`: (subscriptions homed
+    /// here, other shards with any), each other shard counted once (it gets one message).
+    fn recipients(&self, matches: &[SubEntry], priority: Priority) -> (usize, usize) {
         let (mut locals, mut remotes) = (0, 0);
         let mut last_remote = None;
         for entry in matches.iter().filter(|e| e.min_priority <= priority) {
@@ -534,25 +656,18 @@ impl Shard {
                 last_remote = Some(home);
             }
         }
-        if locals + remotes == 0 {
-            return Ok(sequence); // nobody wants it: the event is not even made
-        }
-        let generated = event.new_id(&mut self.ids.borrow_mut());
-        if locals > 0 {
-            // Subscriptions here receive the event as it lies, encoded into their queues.
-            let mut scratch = IdText::default();
-            let view = event.sequenced_view(generated, sequence, &mut scratch);
-            for entry in matches.iter().filter(|e| e.min_priority <= priority) {
-                if usize::from(entry.key.shard) == self.id {
-                    self.deliver_local(entry.key.local, &view);
-                }
-            }
-        }
-        if remotes == 0 {
-            return Ok(sequence);
-        }
-        // Other shards get the owned event, one message each.
-        let mut event = Handout::new(event.into_event(generated, sequence), remotes);
+        (locals, remotes)
+    }
+
+    /// Pushes one message made by `message(start, len)` to each other shard that homes a
+    /// subscription in `matches` wanting `priority`: `subs[start..start + len]` of its batch
+    /// lists those subscriptions (`matches` is sorted by key, so each shard's are adjacent).
+    fn hand_out(
+        &self,
+        matches: &[SubEntry],
+        priority: Priority,
+        mut message: impl FnMut(u32, u32) -> ShardMsg,
+    ) {
         let mut start = 0;
         while start < matches.len() {
             let home = matches[start].key.shard;
@@ -571,11 +686,7 @@ impl Shard {
                 batch.subs.extend(wanted.map(|e| e.key));
                 let len = batch.subs.len() - first;
                 if len > 0 {
-                    batch.msgs.push(ShardMsg::Deliver {
-                        event: event.next(),
-                        start: first as u32,
-                        len: len as u32,
-                    });
+                    batch.msgs.push(message(first as u32, len as u32));
                     if batch.msgs.len() == 1 {
                         outbox.wake.notify();
                     }
@@ -583,8 +694,32 @@ impl Shard {
             }
             start = end;
         }
-        debug_assert!(event.is_spent(), "every recipient counted got the event");
-        Ok(sequence)
+    }
+
+    /// Queues a sequenced run for the subscriptions homed here that `locals` names (their
+    /// shard-local keys), each taking the events its `min_priority` lets through.
+    fn deliver_run_local(
+        &self,
+        locals: impl Iterator<Item = u64>,
+        run: &Run,
+        numbering: &Numbering,
+    ) {
+        let subs = self.local.borrow();
+        for local in locals {
+            let Some(sub) = subs.get(&local) else {
+                continue; // unsubscribed while the run was in flight
+            };
+            if sub.state() != SubState::Active || sub.min_priority > run.top_priority {
+                continue;
+            }
+            let mut stats = self.stats.borrow_mut();
+            sub.offer_run(run.views(numbering), |offer, priority| match offer {
+                Offer::Queued => {}
+                Offer::QueuedShedding(shed) => stats.shed[shed as usize] += 1,
+                Offer::Shed => stats.shed[priority as usize] += 1,
+                Offer::Cut => self.to_cut.borrow_mut().push(sub.clone()),
+            });
+        }
     }
 
     fn deliver_local(&self, local: u64, event: &EventView<'_>) {
@@ -694,6 +829,21 @@ impl Shard {
         consumer: &Rc<Consumer>,
         tag: u64,
     ) -> Rc<Subscriber> {
+        let encode = consumer.encode();
+        (self.subscribe_as(pattern, min_priority, consumer, tag, encode)).await
+    }
+
+    /// As [`subscribe`](Self::subscribe), for a subscription whose events are queued as
+    /// `encode` writes them rather than in its consumer's usual form (a native subscription
+    /// that asked for delivery runs).
+    pub async fn subscribe_as(
+        self: &Rc<Self>,
+        pattern: Pattern,
+        min_priority: Priority,
+        consumer: &Rc<Consumer>,
+        tag: u64,
+        encode: EncodeEvent,
+    ) -> Rc<Subscriber> {
         let local = self.next_local.get();
         self.next_local.set(local + 1);
         let key = SubKey {
@@ -703,7 +853,7 @@ impl Shard {
         let pattern = Arc::new(pattern);
         let sub = Rc::new(Subscriber::new(
             key,
-            tag,
+            (tag, encode),
             pattern.clone(),
             min_priority,
             SubscriberQueue::new(
@@ -857,6 +1007,20 @@ impl Shard {
                     let outcome = self.sequence(event);
                     self.answer(from, route, outcome, Some(now));
                 }
+                ShardMsg::PublishRun { run, route } => {
+                    let outcome = self.sequence_run(run);
+                    self.answer(from, route, outcome, Some(now));
+                }
+                ShardMsg::DeliverRun {
+                    run,
+                    numbering,
+                    start,
+                    len,
+                } => {
+                    let keys = &subs[start as usize..(start + len) as usize];
+                    debug_assert!(keys.iter().all(|k| usize::from(k.shard) == self.id));
+                    self.deliver_run_local(keys.iter().map(|k| k.local), &run, &numbering);
+                }
                 ShardMsg::Refused {
                     sink,
                     request_id,
@@ -865,8 +1029,7 @@ impl Shard {
                 ShardMsg::Sequenced { token, outcome, at } => self.on_sequenced(token, outcome, at),
                 ShardMsg::Deliver { event, start, len } => {
                     let keys = &subs[start as usize..(start + len) as usize];
-                    let mut scratch = IdText::default();
-                    let view = event.view(&mut scratch);
+                    let view = event.view();
                     for key in keys {
                         debug_assert_eq!(usize::from(key.shard), self.id);
                         self.deliver_local(key.local, &view);
@@ -928,24 +1091,31 @@ impl Drop for UnsubscribeOnDrop {
     }
 }
 
-/// Hands one owned event to a known number of other shards: copies to all but the last, which
-/// gets the event itself. A copy takes a reference on each shared field (atomic increments,
+/// Hands one owned event (or run) to a known number of other shards: copies to all but the
+/// last, which gets the event itself. A copy takes a reference on each shared field (atomic increments,
 /// and decrements when it is dropped), so an event bound for one other shard copies nothing.
-struct Handout {
-    event: Option<Event>,
+struct Handout<T: Clone> {
+    event: Option<T>,
     left: usize,
 }
 
-impl Handout {
-    fn new(event: Event, recipients: usize) -> Handout {
+impl<T: Clone> Handout<T> {
+    fn new(event: T, recipients: usize) -> Handout<T> {
         Handout {
             event: Some(event),
             left: recipients,
         }
     }
 
+    /// The event, before it is handed out.
+    fn peek(&self) -> &T {
+        self.event
+            .as_ref()
+            .expect("the event stays until its last recipient")
+    }
+
     /// The event for the next recipient.
-    fn next(&mut self) -> Event {
+    fn next(&mut self) -> T {
         debug_assert!(self.left > 0, "more recipients than counted");
         self.left -= 1;
         if self.left == 0 {
@@ -989,7 +1159,8 @@ mod tests {
 
     /// A door's encoding for tests: each field length-prefixed, read back by [`received`].
     fn record(out: &mut BytesMut, e: &EventView<'_>, _tag: u64) {
-        for field in [e.topic, e.id, e.payload, e.metadata] {
+        let mut scratch = crate::engine::IdText::default();
+        for field in [e.topic, e.id.text(&mut scratch), e.payload, e.metadata] {
             out.put_u32_le(field.len() as u32);
             out.put_slice(field);
         }
@@ -1002,7 +1173,7 @@ mod tests {
     /// Everything queued for `sub`, oldest first.
     fn received(sub: &Subscriber) -> Vec<Got> {
         let mut bytes = BytesMut::new();
-        sub.drain(usize::MAX, |run| bytes.extend_from_slice(run));
+        sub.drain(usize::MAX, |run, _| bytes.extend_from_slice(run));
         let mut got = Vec::new();
         while !bytes.is_empty() {
             let mut field = || {
@@ -1119,7 +1290,7 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(shard.stats().delivered, 0, "queued is not yet delivered");
-        assert_eq!(sub.drain(1, |_| {}), 1);
+        assert_eq!(sub.drain(1, |_, _| {}), 1);
         assert_eq!(shard.stats().delivered, 1);
         shard.unsubscribe(&sub);
         assert_eq!(

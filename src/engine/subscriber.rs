@@ -37,11 +37,13 @@ pub struct Consumer {
     held: RefCell<Vec<Rc<Subscriber>>>,
     /// Woken whenever a subscription of this consumer becomes ready.
     pub notify: Notify,
+    /// How its subscriptions queue events unless one asks for another form.
     encode: EncodeEvent,
 }
 
 impl Consumer {
-    /// A consumer whose subscriptions queue events as `encode` writes them.
+    /// A consumer whose subscriptions queue events as `encode` writes them (unless a
+    /// subscription is made with its own: [`Shard::subscribe_as`](super::Shard::subscribe_as)).
     pub fn new(encode: EncodeEvent) -> Consumer {
         Consumer {
             ready: RefCell::default(),
@@ -56,6 +58,11 @@ impl Consumer {
         let sub = self.ready.borrow_mut().pop_front()?;
         sub.in_ready.set(false);
         Some(sub)
+    }
+
+    /// The form its subscriptions queue events in by default.
+    pub fn encode(&self) -> EncodeEvent {
+        self.encode
     }
 
     /// Puts `sub` on the ready list (once) and wakes the writer.
@@ -98,6 +105,8 @@ pub struct Subscriber {
     pub tag: u64,
     pub pattern: Arc<Pattern>,
     pub min_priority: Priority,
+    /// How events are queued for it: the form its door writes them in.
+    encode: EncodeEvent,
     queue: RefCell<SubscriberQueue>,
     consumer: Rc<Consumer>,
     /// The home shard's count of events taken from its subscription queues to be written:
@@ -109,9 +118,10 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
+    /// `(tag, encode)`: how its door names it and writes its events.
     pub(crate) fn new(
         key: SubKey,
-        tag: u64,
+        (tag, encode): (u64, EncodeEvent),
         pattern: Arc<Pattern>,
         min_priority: Priority,
         queue: SubscriberQueue,
@@ -123,6 +133,7 @@ impl Subscriber {
             tag,
             pattern,
             min_priority,
+            encode,
             queue: RefCell::new(queue),
             consumer,
             delivered,
@@ -146,7 +157,7 @@ impl Subscriber {
     /// consumer if anything changed.
     pub(crate) fn offer(self: &Rc<Self>, event: &EventView<'_>) -> Offer {
         debug_assert_eq!(self.state.get(), SubState::Active);
-        let (encode, tag) = (self.consumer.encode, self.tag);
+        let (encode, tag) = (self.encode, self.tag);
         let outcome =
             (self.queue.borrow_mut()).offer(event.priority, |out| encode(out, event, tag));
         if matches!(outcome, Offer::Queued | Offer::QueuedShedding(_)) {
@@ -155,9 +166,37 @@ impl Subscriber {
         outcome
     }
 
+    /// Queues the events of a run that this subscription wants (`min_priority`), in order,
+    /// each by the shedding rules, telling `seen` each outcome and priority; stops at a
+    /// [`Offer::Cut`] (the subscription then takes nothing more). The queue is borrowed and
+    /// the consumer woken once for the whole run.
+    pub(crate) fn offer_run<'e>(
+        self: &Rc<Self>,
+        events: impl Iterator<Item = EventView<'e>>,
+        mut seen: impl FnMut(Offer, Priority),
+    ) {
+        debug_assert_eq!(self.state.get(), SubState::Active);
+        let (encode, tag, min) = (self.encode, self.tag, self.min_priority);
+        let mut queue = self.queue.borrow_mut();
+        let mut queued = false;
+        for event in events.filter(|e| e.priority >= min) {
+            let outcome = queue.offer(event.priority, |out| encode(out, &event, tag));
+            queued |= matches!(outcome, Offer::Queued | Offer::QueuedShedding(_));
+            seen(outcome, event.priority);
+            if outcome == Offer::Cut {
+                break;
+            }
+        }
+        drop(queue);
+        if queued {
+            self.consumer.mark_ready(self);
+        }
+    }
+
     /// Hands the queued events, encoded, oldest first, to `write` while fewer than `budget`
-    /// bytes were handed (see [`SubscriberQueue::drain`]); the number of events.
-    pub fn drain(&self, budget: usize, write: impl FnMut(&[u8])) -> usize {
+    /// bytes were handed (see [`SubscriberQueue::drain`]); the number of events. `write`
+    /// gets runs of events back to back, with how many events each holds.
+    pub fn drain(&self, budget: usize, write: impl FnMut(&[u8], usize)) -> usize {
         let events = self.queue.borrow_mut().drain(budget, write);
         self.delivered.set(self.delivered.get() + events as u64);
         events
@@ -186,7 +225,7 @@ mod tests {
     fn subscriber(consumer: &Rc<Consumer>) -> Rc<Subscriber> {
         Rc::new(Subscriber::new(
             SubKey { shard: 0, local: 1 },
-            1,
+            (1, |_, _, _| {}),
             Arc::new(Pattern::parse(b"a/*").unwrap()),
             Priority::Batch,
             SubscriberQueue::new(16, 1 << 20),

@@ -1273,7 +1273,7 @@ impl GrpcConnection {
         }
         let mut h2 = self.h2.borrow_mut();
         let budget = MAX_QUEUED_PER_STREAM.saturating_sub(h2.queued(stream));
-        sub.drain(budget, |messages| h2.send_data(stream, messages));
+        sub.drain(budget, |messages, _| h2.send_data(stream, messages));
         drop(h2);
         if sub.queued() > 0 {
             self.consumer.hold(sub);

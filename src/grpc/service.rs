@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
 use super::status::GrpcError;
-use crate::engine::{EventRef, EventView, Metadata, Priority, RawEvent};
+use crate::engine::{EventRef, EventView, IdText, Metadata, Priority, RawEvent};
 use crate::proto;
 
 /// The methods served.
@@ -444,7 +444,11 @@ pub fn put_event(out: &mut BytesMut, e: &EventView<'_>) {
         }
     };
     use WireType::{LengthDelimited, Varint};
-    field(out, key(1, LengthDelimited), e.id);
+    field(
+        out,
+        key(1, LengthDelimited),
+        e.id.text(&mut IdText::default()),
+    );
     field(out, key(2, LengthDelimited), e.topic);
     field(out, key(3, LengthDelimited), e.payload);
     if e.priority as u8 != 0 {
@@ -484,7 +488,7 @@ pub fn framed(msg: &impl Message) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{Event, IdText};
+    use crate::engine::Event;
     use proptest::prelude::*;
 
     /// An engine event as the protobuf message subscribers receive (what [`put_event`] encodes
@@ -727,7 +731,7 @@ mod tests {
                 sequence: seq,
             };
             let mut ours = BytesMut::new();
-            put_event(&mut ours, &event.view(&mut IdText::default()));
+            put_event(&mut ours, &event.view());
             assert_eq!(
                 proto::Event::decode(ours.clone()).unwrap(),
                 proto_event(&event)

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::codec::{self, ErrorCode, EventFrame, FrameRef, Pong, ServerFrame};
-use crate::engine::{Priority, RawEvent};
+use super::codec::{self, ErrorCode, EventFrame, FrameRef, Pong, RunWriter, ServerFrame};
+use super::event_run::{Delivered, EventRunFrame};
+use crate::engine::{IdView, Priority, RawEvent};
 
 /// Largest frame the client accepts from a server.
 const MAX_FRAME: usize = 64 << 20;
@@ -59,6 +60,19 @@ pub struct Delivery {
     pub event: RawEvent,
 }
 
+/// A topic declared on one connection ([`Client::topic`]): publishing through it sends a small
+/// number instead of the topic's name, which the server checked once, at the declaration.
+/// Valid only on the connection that declared it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicHandle(u32);
+
+impl TopicHandle {
+    /// The handle's number on the wire.
+    pub fn id(self) -> u32 {
+        self.0
+    }
+}
+
 enum Inbound {
     Event(Delivery),
     Error(ClientError),
@@ -80,6 +94,7 @@ pub struct Client {
     wbuf: BytesMut,
     inbox: VecDeque<Inbound>,
     next_request: u64,
+    next_handle: u32,
     read_size: usize,
 }
 
@@ -122,6 +137,7 @@ impl Client {
             wbuf: BytesMut::with_capacity(64 * 1024),
             inbox: VecDeque::new(),
             next_request: 1,
+            next_handle: 1,
             read_size: 4096,
         }
     }
@@ -179,6 +195,77 @@ impl Client {
         Ok(())
     }
 
+    /// Declares `topic` on this connection and waits until the server bound it: the handle
+    /// publishes to it with [`publish_to`](Self::publish_to) and
+    /// [`publish_run`](Self::publish_run), the fast path.
+    pub fn topic(&mut self, topic: &str) -> Result<TopicHandle, ClientError> {
+        let handle = self.next_handle;
+        let id = self.request_id();
+        codec::put_declare(&mut self.wbuf, id, true, handle, topic.as_bytes());
+        self.flush()?;
+        self.wait_ack(id)?;
+        self.next_handle += 1;
+        Ok(TopicHandle(handle))
+    }
+
+    /// Publishes one event through a topic handle and waits until it is sequenced.
+    pub fn publish_to(
+        &mut self,
+        topic: TopicHandle,
+        priority: Priority,
+        payload: &[u8],
+    ) -> Result<Ack, ClientError> {
+        self.publish_run(topic, &[(priority, payload)])
+    }
+
+    /// Publishes `events` (priority, payload) to one topic as a run, which the server checks
+    /// all-or-nothing and sequences as one unit (consecutive sequence numbers, the ACK's the
+    /// last), and waits until it is sequenced.
+    pub fn publish_run(
+        &mut self,
+        topic: TopicHandle,
+        events: &[(Priority, &[u8])],
+    ) -> Result<Ack, ClientError> {
+        let id = self.request_id();
+        self.put_run(id, true, topic, events);
+        self.flush()?;
+        self.wait_ack(id)
+    }
+
+    /// As [`publish_run`](Self::publish_run) without asking for an answer: sent by the next
+    /// [`flush`](Self::flush) (or once 64 KiB are buffered); errors arrive through
+    /// [`next_event`](Self::next_event).
+    pub fn publish_run_nowait(
+        &mut self,
+        topic: TopicHandle,
+        events: &[(Priority, &[u8])],
+    ) -> Result<(), ClientError> {
+        let id = self.request_id();
+        self.put_run(id, false, topic, events);
+        if self.wbuf.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn put_run(&mut self, id: u64, ack: bool, topic: TopicHandle, events: &[(Priority, &[u8])]) {
+        let mut run = RunWriter::begin(&mut self.wbuf, id, ack, topic.0);
+        for (priority, payload) in events {
+            run.push(&mut self.wbuf, *priority as u8, 0, payload);
+        }
+        run.finish(&mut self.wbuf);
+    }
+
+    /// Sends frames the caller encoded itself (e.g. a PUBLISH_RUN made once with
+    /// [`RunWriter`] whose payloads it patches in place between sends), after anything
+    /// buffered. Their request ids are the caller's: choose ones this client's own requests
+    /// cannot use, or ask for no answer.
+    pub fn send_encoded(&mut self, frames: &[u8]) -> Result<(), ClientError> {
+        self.flush()?;
+        self.io.write_all(frames)?;
+        Ok(())
+    }
+
     /// Publishes a batch (validated all-or-nothing) and waits until all of it is sequenced.
     pub fn publish_batch(&mut self, events: &[RawEvent]) -> Result<Ack, ClientError> {
         let id = self.request_id();
@@ -205,6 +292,31 @@ impl Client {
             ClientError::Protocol("subscription ids exhausted on this connection".into())
         })?;
         codec::put_subscribe(
+            &mut self.wbuf,
+            sub_id,
+            min_priority as u8,
+            pattern.as_bytes(),
+        );
+        self.flush()?;
+        self.wait_for(u64::from(sub_id), |f| match f {
+            ServerFrame::Subscribed { sub_id: s } if *s == sub_id => Some(()),
+            _ => None,
+        })?;
+        Ok(sub_id)
+    }
+
+    /// As [`subscribe`](Self::subscribe), with the subscription's events delivered many to a
+    /// frame (EVENT_RUN), to be read in place by [`next_events_with`](Self::next_events_with)
+    /// ([`next_event`](Self::next_event) hands them out one by one too).
+    pub fn subscribe_runs(
+        &mut self,
+        pattern: &str,
+        min_priority: Priority,
+    ) -> Result<u32, ClientError> {
+        let sub_id = u32::try_from(self.request_id()).map_err(|_| {
+            ClientError::Protocol("subscription ids exhausted on this connection".into())
+        })?;
+        codec::put_subscribe_runs(
             &mut self.wbuf,
             sub_id,
             min_priority as u8,
@@ -314,6 +426,60 @@ impl Client {
         }
     }
 
+    /// Hands the next events to arrive to `each` (with their subscription's id), where they
+    /// lie in this client's read buffer: every event of the next EVENT_RUN, or the next single
+    /// event; nothing is allocated per event. Returns how many were handed. Events kept while
+    /// the client waited for an answer are lent the same way (their ids as text).
+    pub fn next_events_with(
+        &mut self,
+        mut each: impl FnMut(u32, &Delivered<'_>),
+    ) -> Result<usize, ClientError> {
+        loop {
+            match self.inbox.pop_front() {
+                Some(Inbound::Event(d)) => {
+                    each(d.sub_id, &delivered(&d));
+                    return Ok(1);
+                }
+                Some(Inbound::Error(e)) => return Err(e),
+                None => {}
+            }
+            self.fill_frames()?;
+            let frame = self.first_frame();
+            let run = EventRunFrame::parse(frame).map_err(|e| ClientError::Protocol(e.message))?;
+            if let Some(run) = run {
+                let mut handed = 0;
+                for event in run.events() {
+                    each(run.sub_id, &event);
+                    handed += 1;
+                }
+                self.frames.advance(frame.wire_len);
+                return Ok(handed);
+            }
+            let single = EventFrame::parse(frame).map_err(|e| ClientError::Protocol(e.message))?;
+            if let Some(e) = single {
+                let Some(priority) = Priority::from_u8(e.event.priority) else {
+                    return Err(ClientError::Protocol("priority out of range".into()));
+                };
+                let event = Delivered {
+                    sequence: e.sequence,
+                    timestamp_ns: e.event.timestamp_ns,
+                    priority,
+                    id: IdView::Given(e.event.id),
+                    topic: e.event.topic,
+                    metadata_count: e.event.metadata_count,
+                    metadata: e.event.metadata,
+                    payload: e.event.payload,
+                };
+                each(e.sub_id, &event);
+                self.frames.advance(frame.wire_len);
+                return Ok(1);
+            }
+            let parsed = ServerFrame::parse_in(frame, &self.frames);
+            self.frames.advance(frame.wire_len);
+            self.stash(parsed.map_err(|e| ClientError::Protocol(e.message))?)?;
+        }
+    }
+
     fn request_id(&mut self) -> u64 {
         let id = self.next_request;
         self.next_request += 1;
@@ -376,6 +542,16 @@ impl Client {
                 sequence,
                 event,
             })),
+            ServerFrame::EventRun { sub_id, events } => {
+                for (sequence, event) in events {
+                    let d = Delivery {
+                        sub_id,
+                        sequence,
+                        event,
+                    };
+                    self.inbox.push_back(Inbound::Event(d));
+                }
+            }
             ServerFrame::Error { closing: true, .. } => return Err(into_error(frame)),
             ServerFrame::Error { .. } => self.inbox.push_back(Inbound::Error(into_error(frame))),
             // Answers nobody waits for any more (e.g. after a timeout) are dropped.
@@ -440,6 +616,20 @@ impl Client {
             }
             self.read_size = (n * 2).clamp(4096, 256 * 1024);
         }
+    }
+}
+
+/// A kept event lent as [`Client::next_events_with`] lends events in place.
+fn delivered(d: &Delivery) -> Delivered<'_> {
+    Delivered {
+        sequence: d.sequence,
+        timestamp_ns: d.event.timestamp_ns,
+        priority: Priority::from_u8(d.event.priority).unwrap_or(Priority::Batch),
+        id: IdView::Given(&d.event.id),
+        topic: &d.event.topic,
+        metadata_count: d.event.metadata.len() as u16,
+        metadata: d.event.metadata.wire(),
+        payload: &d.event.payload,
     }
 }
 

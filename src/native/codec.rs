@@ -6,7 +6,9 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::engine::event::{EventRef, EventView, Metadata, MetadataError, RawEvent};
+use super::event_run::EventRunFrame;
+use crate::engine::event::{EventRef, EventView, IdText, Metadata, MetadataError, RawEvent};
+use crate::engine::run;
 
 /// Bytes before a frame's body: length, kind, flags.
 pub const HEADER_LEN: usize = 6;
@@ -18,6 +20,8 @@ pub mod kind {
     pub const SUBSCRIBE: u8 = 0x03;
     pub const UNSUBSCRIBE: u8 = 0x04;
     pub const PING: u8 = 0x05;
+    pub const DECLARE: u8 = 0x06;
+    pub const PUBLISH_RUN: u8 = 0x07;
     /// Server to client.
     pub const ACK: u8 = 0x81;
     pub const EVENT: u8 = 0x82;
@@ -25,10 +29,14 @@ pub mod kind {
     pub const UNSUBSCRIBED: u8 = 0x84;
     pub const PONG: u8 = 0x85;
     pub const ERROR: u8 = 0x86;
+    pub const EVENT_RUN: u8 = 0x87;
 }
 
-/// PUBLISH / PUBLISH_BATCH flag: answer with an ACK frame once sequenced.
+/// PUBLISH / PUBLISH_BATCH / PUBLISH_RUN flag: answer with an ACK frame once sequenced
+/// (DECLARE: once the handle is bound).
 pub const FLAG_ACK: u8 = 0x01;
+/// SUBSCRIBE flag: deliver this subscription's events in EVENT_RUN frames.
+pub const FLAG_RUNS: u8 = 0x02;
 /// ERROR flag: the server closes the connection after this frame.
 pub const FLAG_CLOSING: u8 = 0x01;
 
@@ -66,6 +74,10 @@ pub enum ErrorCode {
     NotAllowed = 14,
     /// The door has its `native.max_connections` open: this connection is refused (closing).
     TooManyConnections = 15,
+    /// DECLARE of a handle that is 0, over `limits.max_topic_handles`, or already bound.
+    InvalidHandle = 16,
+    /// PUBLISH_RUN with a handle this connection has not declared.
+    UnknownHandle = 17,
 }
 
 impl ErrorCode {
@@ -88,6 +100,8 @@ impl ErrorCode {
             ShuttingDown,
             NotAllowed,
             TooManyConnections,
+            InvalidHandle,
+            UnknownHandle,
         ]
         .into_iter()
         .find(|c| *c as u16 == v)
@@ -242,12 +256,30 @@ pub enum ClientFrame<'a> {
         sub_id: u32,
         min_priority: u8,
         pattern: &'a [u8],
+        /// FLAG_RUNS: events come in EVENT_RUN frames.
+        runs: bool,
     },
     Unsubscribe {
         sub_id: u32,
     },
     Ping {
         token: u64,
+    },
+    /// Binds `handle` to `topic` for this connection's PUBLISH_RUN frames.
+    Declare {
+        request_id: u64,
+        ack: bool,
+        handle: u32,
+        topic: &'a [u8],
+    },
+    /// `count` events of the topic bound to `handle`, in run records
+    /// ([`run::split_records`]).
+    PublishRun {
+        request_id: u64,
+        ack: bool,
+        handle: u32,
+        count: u32,
+        records: &'a [u8],
     },
 }
 
@@ -326,7 +358,13 @@ impl<'a> ClientFrame<'a> {
         // Errors name the request they are about whenever the body is long enough to say.
         let body = frame.body;
         let reference = match frame.kind {
-            kind::PUBLISH | kind::PUBLISH_BATCH | kind::PING if body.len() >= 8 => {
+            kind::PUBLISH
+            | kind::PUBLISH_BATCH
+            | kind::PING
+            | kind::DECLARE
+            | kind::PUBLISH_RUN
+                if body.len() >= 8 =>
+            {
                 u64::from_le_bytes(body[..8].try_into().expect("8 bytes"))
             }
             kind::SUBSCRIBE | kind::UNSUBSCRIBE if body.len() >= 4 => {
@@ -384,6 +422,43 @@ impl<'a> ClientFrame<'a> {
                     sub_id,
                     min_priority,
                     pattern,
+                    runs: frame.flags & FLAG_RUNS != 0,
+                }
+            }
+            kind::DECLARE => {
+                let request_id = r.u64("request id")?;
+                let handle = r.u32("handle")?;
+                let topic = r.str16("topic")?;
+                r.end("the topic")?;
+                ClientFrame::Declare {
+                    request_id,
+                    ack,
+                    handle,
+                    topic,
+                }
+            }
+            kind::PUBLISH_RUN => {
+                let request_id = r.u64("request id")?;
+                let handle = r.u32("handle")?;
+                let count = r.u32("event count")?;
+                if count as usize > max_batch {
+                    return Err(BodyError::new(
+                        ErrorCode::BatchTooLarge,
+                        format!("run of {count} events, over the limit of {max_batch}"),
+                    ));
+                }
+                let (records, rest) = run::split_records(r.body, count).map_err(|e| BodyError {
+                    index: Some(e.index),
+                    ..BodyError::malformed(format!("event {}: truncated {}", e.index, e.what))
+                })?;
+                r.body = rest;
+                r.end("the last event")?;
+                ClientFrame::PublishRun {
+                    request_id,
+                    ack,
+                    handle,
+                    count,
+                    records,
                 }
             }
             kind::UNSUBSCRIBE => {
@@ -442,6 +517,11 @@ pub enum ServerFrame {
         sub_id: u32,
         sequence: u64,
         event: RawEvent,
+    },
+    /// An EVENT_RUN, its events owned: (sequence, event) in order.
+    EventRun {
+        sub_id: u32,
+        events: Vec<(u64, RawEvent)>,
     },
     Subscribed {
         sub_id: u32,
@@ -522,6 +602,14 @@ impl ServerFrame {
                     sub_id: e.sub_id,
                     sequence: e.sequence,
                     event: e.event.to_raw(buffer),
+                });
+            }
+            kind::EVENT_RUN => {
+                let run = EventRunFrame::parse_body(frame.body)?;
+                let events = run.events().map(|e| (e.sequence, e.to_raw(buffer)));
+                return Ok(ServerFrame::EventRun {
+                    sub_id: run.sub_id,
+                    events: events.collect(),
                 });
             }
             kind::SUBSCRIBED => ServerFrame::Subscribed {
@@ -681,6 +769,85 @@ pub fn put_subscribe(out: &mut BytesMut, sub_id: u32, min_priority: u8, pattern:
     });
 }
 
+/// Client: SUBSCRIBE with FLAG_RUNS (events come in EVENT_RUN frames).
+pub fn put_subscribe_runs(out: &mut BytesMut, sub_id: u32, min_priority: u8, pattern: &[u8]) {
+    frame(out, kind::SUBSCRIBE, FLAG_RUNS, |out| {
+        out.put_u32_le(sub_id);
+        out.put_u8(min_priority);
+        put_str16(out, pattern);
+    });
+}
+
+/// Client: DECLARE, binding `handle` to `topic` on this connection.
+pub fn put_declare(out: &mut BytesMut, request_id: u64, ack: bool, handle: u32, topic: &[u8]) {
+    frame(out, kind::DECLARE, if ack { FLAG_ACK } else { 0 }, |out| {
+        out.put_u64_le(request_id);
+        out.put_u32_le(handle);
+        put_str16(out, topic);
+    });
+}
+
+/// Client: a PUBLISH_RUN being written, event by event, into a buffer: begun by
+/// [`RunWriter::begin`], each event appended by [`push`](RunWriter::push), and its count
+/// and length filled in by [`finish`](RunWriter::finish). A client that sends the same shape
+/// of run again can keep the finished frame and patch payloads in place
+/// ([`RunWriter::payload_offsets`] says where they are).
+pub struct RunWriter {
+    start: usize,
+    count: u32,
+}
+
+/// Bytes of a PUBLISH_RUN before its first record: frame header, request id, handle, count.
+pub const RUN_PREFIX_BYTES: usize = HEADER_LEN + 8 + 4 + 4;
+
+impl RunWriter {
+    /// Starts a PUBLISH_RUN at the end of `out`.
+    pub fn begin(out: &mut BytesMut, request_id: u64, ack: bool, handle: u32) -> RunWriter {
+        let start = out.len();
+        out.put_u32_le(0);
+        out.put_u8(kind::PUBLISH_RUN);
+        out.put_u8(if ack { FLAG_ACK } else { 0 });
+        out.put_u64_le(request_id);
+        out.put_u32_le(handle);
+        out.put_u32_le(0);
+        RunWriter { start, count: 0 }
+    }
+
+    /// Appends one event.
+    pub fn push(&mut self, out: &mut BytesMut, priority: u8, timestamp_ns: i64, payload: &[u8]) {
+        out.put_u8(priority);
+        out.put_i64_le(timestamp_ns);
+        out.put_u32_le(payload.len() as u32);
+        out.put_slice(payload);
+        self.count += 1;
+    }
+
+    /// Events appended so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Fills in the frame's length and count.
+    pub fn finish(self, out: &mut BytesMut) {
+        let length = (out.len() - self.start - 4) as u32;
+        out[self.start..self.start + 4].copy_from_slice(&length.to_le_bytes());
+        let count_at = self.start + RUN_PREFIX_BYTES - 4;
+        out[count_at..count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+    }
+
+    /// Where each payload starts in a finished PUBLISH_RUN `frame` (for patching in place).
+    pub fn payload_offsets(frame: &[u8]) -> Vec<usize> {
+        let records = &frame[RUN_PREFIX_BYTES..];
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        for event in run::events(records) {
+            offsets.push(RUN_PREFIX_BYTES + at + run::RECORD_HEADER_BYTES);
+            at += run::RECORD_HEADER_BYTES + event.payload.len();
+        }
+        offsets
+    }
+}
+
 /// Client: UNSUBSCRIBE.
 pub fn put_unsubscribe(out: &mut BytesMut, sub_id: u32) {
     frame(out, kind::UNSUBSCRIBE, 0, |out| out.put_u32_le(sub_id));
@@ -711,7 +878,7 @@ pub fn put_event(out: &mut BytesMut, sub_id: u32, event: &EventView<'_>) {
             event.priority as u8,
             event.timestamp_ns,
             event.topic,
-            event.id,
+            event.id.text(&mut IdText::default()),
             (event.metadata_count, event.metadata),
             event.payload,
         );
@@ -789,7 +956,7 @@ pub fn put_error(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::event::{Event, EventId, IdText, Priority};
+    use crate::engine::event::{Event, EventId, Priority};
     use crate::engine::topic::Topic;
     use proptest::prelude::*;
 
@@ -837,12 +1004,28 @@ mod tests {
             sub_id: u32,
             min_priority: u8,
             pattern: Bytes,
+            runs: bool,
         },
         Unsubscribe {
             sub_id: u32,
         },
         Ping {
             token: u64,
+        },
+        Declare {
+            request_id: u64,
+            ack: bool,
+            handle: u32,
+            topic: Bytes,
+        },
+        PublishRun {
+            request_id: u64,
+            ack: bool,
+            handle: u32,
+            /// (priority, timestamp, payload)
+            events: Vec<(u8, i64, Vec<u8>)>,
+            /// The records as encoded (what the parse must point at).
+            records: Bytes,
         },
     }
 
@@ -871,13 +1054,39 @@ mod tests {
                     sub_id,
                     min_priority,
                     pattern,
+                    runs,
                 } => ClientFrame::Subscribe {
                     sub_id: *sub_id,
                     min_priority: *min_priority,
                     pattern,
+                    runs: *runs,
                 },
                 Sent::Unsubscribe { sub_id } => ClientFrame::Unsubscribe { sub_id: *sub_id },
                 Sent::Ping { token } => ClientFrame::Ping { token: *token },
+                Sent::Declare {
+                    request_id,
+                    ack,
+                    handle,
+                    topic,
+                } => ClientFrame::Declare {
+                    request_id: *request_id,
+                    ack: *ack,
+                    handle: *handle,
+                    topic,
+                },
+                Sent::PublishRun {
+                    request_id,
+                    ack,
+                    handle,
+                    events,
+                    records,
+                } => ClientFrame::PublishRun {
+                    request_id: *request_id,
+                    ack: *ack,
+                    handle: *handle,
+                    count: events.len() as u32,
+                    records,
+                },
             }
         }
     }
@@ -911,15 +1120,53 @@ mod tests {
                     ack,
                     events
                 }),
-            (any::<u32>(), any::<u8>(), "[a-z/*]{0,30}").prop_map(|(sub_id, min_priority, p)| {
-                Sent::Subscribe {
+            (any::<u32>(), any::<u8>(), "[a-z/*]{0,30}", any::<bool>()).prop_map(
+                |(sub_id, min_priority, p, runs)| Sent::Subscribe {
                     sub_id,
                     min_priority,
                     pattern: Bytes::from(p),
+                    runs,
                 }
-            }),
+            ),
             any::<u32>().prop_map(|sub_id| Sent::Unsubscribe { sub_id }),
             any::<u64>().prop_map(|token| Sent::Ping { token }),
+            (any::<u64>(), any::<bool>(), any::<u32>(), "[a-z/]{0,30}").prop_map(
+                |(request_id, ack, handle, topic)| Sent::Declare {
+                    request_id,
+                    ack,
+                    handle,
+                    topic: Bytes::from(topic),
+                }
+            ),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>(),
+                prop::collection::vec(
+                    (
+                        any::<u8>(),
+                        any::<i64>(),
+                        prop::collection::vec(any::<u8>(), 0..60)
+                    ),
+                    0..6
+                )
+            )
+                .prop_map(|(request_id, ack, handle, events)| {
+                    let mut records = BytesMut::new();
+                    for (priority, ts, payload) in &events {
+                        records.put_u8(*priority);
+                        records.put_i64_le(*ts);
+                        records.put_u32_le(payload.len() as u32);
+                        records.put_slice(payload);
+                    }
+                    Sent::PublishRun {
+                        request_id,
+                        ack,
+                        handle,
+                        events,
+                        records: records.freeze(),
+                    }
+                }),
         ]
     }
 
@@ -939,9 +1186,35 @@ mod tests {
                 sub_id,
                 min_priority,
                 pattern,
+                runs: false,
             } => put_subscribe(out, *sub_id, *min_priority, pattern),
+            Sent::Subscribe {
+                sub_id,
+                min_priority,
+                pattern,
+                runs: true,
+            } => put_subscribe_runs(out, *sub_id, *min_priority, pattern),
             Sent::Unsubscribe { sub_id } => put_unsubscribe(out, *sub_id),
             Sent::Ping { token } => put_ping(out, *token),
+            Sent::Declare {
+                request_id,
+                ack,
+                handle,
+                topic,
+            } => put_declare(out, *request_id, *ack, *handle, topic),
+            Sent::PublishRun {
+                request_id,
+                ack,
+                handle,
+                events,
+                ..
+            } => {
+                let mut run = RunWriter::begin(out, *request_id, *ack, *handle);
+                for (priority, ts, payload) in events {
+                    run.push(out, *priority, *ts, payload);
+                }
+                run.finish(out);
+            }
         }
     }
 
@@ -1058,6 +1331,84 @@ mod tests {
         assert_eq!(err.code, ErrorCode::BatchTooLarge);
     }
 
+    fn hex(text: &str) -> Vec<u8> {
+        let bytes = text.split_whitespace();
+        bytes.map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+    }
+
+    /// The worked example of docs/PROTOCOL.md, "13. Worked example: the fast path", byte for
+    /// byte: DECLARE then PUBLISH_RUN.
+    #[test]
+    fn the_documented_fast_path_frames_are_what_the_codec_writes_and_reads() {
+        let mut out = BytesMut::new();
+        put_declare(&mut out, 1, true, 1, b"sensors/t1");
+        let declare = "1a 00 00 00 06 01 01 00 00 00 00 00 00 00 01 00 00 00 \
+                       0a 00 73 65 6e 73 6f 72 73 2f 74 31";
+        assert_eq!(out[..], hex(&declare.replace('\\', ""))[..]);
+        let frame = frame_at(&out, MAX).unwrap().unwrap();
+        let parsed = ClientFrame::parse(frame, 10_000).unwrap();
+        let want = ClientFrame::Declare {
+            request_id: 1,
+            ack: true,
+            handle: 1,
+            topic: b"sensors/t1",
+        };
+        assert_eq!(parsed, want);
+
+        let mut out = BytesMut::new();
+        let mut run = RunWriter::begin(&mut out, 2, true, 1);
+        run.push(&mut out, 2, 0, b"hi");
+        run.push(&mut out, 3, 0, b"yo");
+        run.finish(&mut out);
+        let publish_run = "30 00 00 00 07 01 02 00 00 00 00 00 00 00 01 00 00 00 02 00 00 00 \
+                           02 00 00 00 00 00 00 00 00 02 00 00 00 68 69 \
+                           03 00 00 00 00 00 00 00 00 02 00 00 00 79 6f";
+        assert_eq!(out[..], hex(&publish_run.replace('\\', ""))[..]);
+        assert_eq!(RunWriter::payload_offsets(&out), [35, 50]);
+        let frame = frame_at(&out, MAX).unwrap().unwrap();
+        let ClientFrame::PublishRun {
+            request_id: 2,
+            ack: true,
+            handle: 1,
+            count: 2,
+            records,
+        } = ClientFrame::parse(frame, 10_000).unwrap()
+        else {
+            panic!("not the documented run")
+        };
+        let events: Vec<_> = run::events(records)
+            .map(|e| (e.priority, e.payload))
+            .collect();
+        assert_eq!(events, [(2, &b"hi"[..]), (3, &b"yo"[..])]);
+    }
+
+    #[test]
+    fn a_run_s_count_is_checked_before_its_records_and_a_short_record_is_named() {
+        let mut buf = BytesMut::new();
+        frame(&mut buf, kind::PUBLISH_RUN, 0, |out| {
+            out.put_u64_le(9);
+            out.put_u32_le(1);
+            out.put_u32_le(u32::MAX);
+        });
+        let frame_ref = frame_at(&buf, MAX).unwrap().unwrap();
+        let err = ClientFrame::parse(frame_ref, 10_000).unwrap_err();
+        assert_eq!((err.code, err.reference), (ErrorCode::BatchTooLarge, 9));
+
+        let mut buf = BytesMut::new();
+        let mut run = RunWriter::begin(&mut buf, 9, false, 1);
+        run.push(&mut buf, 2, 0, b"whole");
+        run.push(&mut buf, 2, 0, b"cut");
+        run.finish(&mut buf);
+        buf.truncate(buf.len() - 1);
+        let length = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&length.to_le_bytes());
+        let frame_ref = frame_at(&buf, MAX).unwrap().unwrap();
+        let err = ClientFrame::parse(frame_ref, 10_000).unwrap_err();
+        assert_eq!((err.code, err.reference), (ErrorCode::Malformed, 9));
+        assert_eq!(err.index, Some(1));
+        assert_eq!(err.message, "event 1: truncated payload");
+    }
+
     #[test]
     fn batch_errors_name_the_event_index() {
         let good = RawEvent {
@@ -1129,7 +1480,7 @@ mod tests {
         };
         let mut buf = BytesMut::new();
         put_ack(&mut buf, 1, 2, 3, 4);
-        put_event(&mut buf, 7, &event.view(&mut IdText::default()));
+        put_event(&mut buf, 7, &event.view());
         put_subscribed(&mut buf, 8);
         put_unsubscribed(&mut buf, 8, 10, 2);
         put_pong(&mut buf, &pong);

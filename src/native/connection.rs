@@ -14,14 +14,14 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, FrameRef, Pong};
-use super::error_code;
+use super::{error_code, event_run};
 use crate::accept::{self, Admission, ConnectionLimit, Connections, Half, SocketOptions};
 use crate::busy_poll::BusyPoll;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Pattern, Priority, PublishError, RecentTopic, Reply,
-    Shard, SinkId, SubState, Subscriber, NATIVE_DOOR,
+    AckOutcome, AckRequest, AckSink, Consumer, EventError, Pattern, Priority, PublishError,
+    RecentTopic, Reply, Shard, SinkId, SubState, Subscriber, Topic, NATIVE_DOOR,
 };
 use crate::tls::Transport;
 
@@ -109,8 +109,8 @@ impl Drop for Release {
     fn drop(&mut self) {
         let conn = &self.0;
         conn.closed.set(true);
-        let subs: Vec<Rc<Subscriber>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
-        for sub in subs {
+        let subs: Vec<Subscription> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+        for Subscription { sub, .. } in subs {
             conn.shard.unsubscribe(&sub);
         }
         if let Some(sink) = conn.sink.take() {
@@ -126,10 +126,19 @@ enum Waiting<'a> {
         sub_id: u32,
         min_priority: u8,
         pattern: &'a [u8],
+        runs: bool,
     },
     Ping {
         token: u64,
     },
+}
+
+/// A confirmed subscription of this connection.
+struct Subscription {
+    sub: Rc<Subscriber>,
+    /// Its events are queued as EVENT_RUN records (SUBSCRIBE with FLAG_RUNS), framed when
+    /// they are written.
+    runs: bool,
 }
 
 struct Connection {
@@ -138,7 +147,10 @@ struct Connection {
     /// Encoded acks, errors and replies, written before any event.
     control: RefCell<BytesMut>,
     /// Confirmed subscriptions by the client's id. Only these get events written.
-    subs: RefCell<HashMap<u32, Rc<Subscriber>>>,
+    subs: RefCell<HashMap<u32, Subscription>>,
+    /// Declared topic handles (DECLARE): the topic bound to handle `h` is at index `h`. Grows
+    /// to the highest handle declared, at most `limits.max_topic_handles` + 1 entries.
+    handles: RefCell<Vec<Option<Topic>>>,
     /// The reader is done: the writer flushes what is left and stops.
     closed: Cell<bool>,
     /// Woken after every socket write (the reader may be waiting for room).
@@ -201,6 +213,7 @@ impl Connection {
             })),
             control: RefCell::new(BytesMut::new()),
             subs: RefCell::default(),
+            handles: RefCell::default(),
             closed: Cell::new(false),
             written: Notify::default(),
             broken: Cell::new(false),
@@ -315,7 +328,7 @@ impl Connection {
 
     /// The server is stopping: every subscription hears it, then the connection closes.
     fn shut_down(&self) {
-        for (&sub_id, sub) in self.subs.borrow().iter() {
+        for (&sub_id, Subscription { sub, .. }) in self.subs.borrow().iter() {
             self.shard.unsubscribe(sub);
             let msg = "the server is shutting down";
             self.error(ErrorCode::ShuttingDown, false, u64::from(sub_id), None, msg);
@@ -384,18 +397,47 @@ impl Connection {
                 sub_id,
                 min_priority,
                 pattern,
+                runs,
             } => {
                 return Some(Waiting::Subscribe {
                     sub_id,
                     min_priority,
                     pattern,
+                    runs,
                 })
+            }
+            ClientFrame::Declare {
+                request_id,
+                ack,
+                handle,
+                topic,
+            } => self.declare(request_id, ack, handle, topic),
+            ClientFrame::PublishRun {
+                request_id,
+                ack,
+                handle,
+                count,
+                records,
+            } => {
+                let handles = self.handles.borrow();
+                let Some(topic) = handles.get(handle as usize).and_then(Option::as_ref) else {
+                    let msg = format!("topic handle {handle} is not declared on this connection");
+                    self.error(ErrorCode::UnknownHandle, false, request_id, None, &msg);
+                    return None;
+                };
+                let reply = self.reply(ack, request_id);
+                let published =
+                    (self.shard).publish_run(topic, records, count, frames, received_ns, reply);
+                if let Err((i, e)) = published {
+                    let msg = format!("event {i}: {e}");
+                    self.error(error_code(&e), false, request_id, Some(i), &msg);
+                }
             }
             ClientFrame::Ping { token } => return Some(Waiting::Ping { token }),
             ClientFrame::Unsubscribe { sub_id } => {
                 let sub = self.subs.borrow_mut().remove(&sub_id);
                 match sub {
-                    Some(sub) => {
+                    Some(Subscription { sub, .. }) => {
                         self.shard.unsubscribe(&sub);
                         let stats = sub.stats();
                         let shed = stats.shed.iter().sum();
@@ -431,7 +473,8 @@ impl Connection {
                 sub_id,
                 min_priority,
                 pattern,
-            } => self.subscribe(sub_id, min_priority, pattern).await,
+                runs,
+            } => self.subscribe(sub_id, min_priority, pattern, runs).await,
             Waiting::Ping { token } => {
                 let totals = self.shard.ping_all().await;
                 let pong = Pong {
@@ -473,7 +516,48 @@ impl Connection {
         }
     }
 
-    async fn subscribe(self: &Rc<Self>, sub_id: u32, min_priority: u8, pattern: &[u8]) {
+    /// Binds a topic handle for PUBLISH_RUN (§5.6 of docs/PROTOCOL.md): the topic is checked
+    /// once here, never again per event.
+    fn declare(&self, request_id: u64, ack: bool, handle: u32, topic: &[u8]) {
+        let max = self.shard.limits().max_topic_handles;
+        let at = handle as usize;
+        if handle == 0 || at > max {
+            let msg =
+                format!("topic handle {handle} is not in 1..={max} (limits.max_topic_handles)");
+            return self.error(ErrorCode::InvalidHandle, false, request_id, None, &msg);
+        }
+        if let Some(Some(bound)) = self.handles.borrow().get(at) {
+            let msg = format!(
+                "topic handle {handle} is already declared on this connection (as {:?})",
+                bound.as_str()
+            );
+            return self.error(ErrorCode::InvalidHandle, false, request_id, None, &msg);
+        }
+        let checked = Topic::parse(Bytes::copy_from_slice(topic))
+            .map_err(EventError::from)
+            .and_then(|t| match t.is_reserved() {
+                true => Err(EventError::ReservedTopic(t.as_str().to_owned())),
+                false => Ok(t),
+            });
+        let topic = match checked {
+            Ok(topic) => topic,
+            Err(e) => {
+                let msg = e.to_string();
+                return self.error(error_code(&e), false, request_id, None, &msg);
+            }
+        };
+        let mut handles = self.handles.borrow_mut();
+        if handles.len() <= at {
+            handles.resize(at + 1, None);
+        }
+        handles[at] = Some(topic);
+        if ack {
+            codec::put_ack(&mut self.control.borrow_mut(), request_id, 0, 0, 0);
+            self.consumer.notify.notify();
+        }
+    }
+
+    async fn subscribe(self: &Rc<Self>, sub_id: u32, min_priority: u8, pattern: &[u8], runs: bool) {
         let reference = u64::from(sub_id);
         let Some(min_priority) = Priority::from_u8(min_priority) else {
             let msg = format!("min priority {min_priority} is not one of 0..=4");
@@ -507,12 +591,19 @@ impl Connection {
                 return self.error(ErrorCode::InvalidPattern, false, reference, None, &msg);
             }
         };
-        let sub = self
-            .shard
-            .subscribe(pattern, min_priority, &self.consumer, reference)
+        let encode = match runs {
+            true => event_run::put_record,
+            false => self.consumer.encode(),
+        };
+        let sub = (self.shard)
+            .subscribe_as(pattern, min_priority, &self.consumer, reference, encode)
             .await;
         codec::put_subscribed(&mut self.control.borrow_mut(), sub_id);
-        self.subs.borrow_mut().insert(sub_id, sub.clone());
+        let subscription = Subscription {
+            sub: sub.clone(),
+            runs,
+        };
+        self.subs.borrow_mut().insert(sub_id, subscription);
         // Events may have queued while the other shards confirmed: now they may be written.
         sub.requeue();
     }
@@ -562,16 +653,21 @@ impl Connection {
     /// Writes what `sub` has queued (within the budget), and its cut notice once empty.
     fn drain_into(&self, sub: &Rc<Subscriber>, out: &mut BytesMut) {
         let sub_id = sub.tag as u32;
-        let current = self
-            .subs
-            .borrow()
-            .get(&sub_id)
-            .is_some_and(|s| Rc::ptr_eq(s, sub));
-        if !current || sub.state() == SubState::Closed {
-            return; // not confirmed yet (it will be requeued), or gone
+        let runs = match self.subs.borrow().get(&sub_id) {
+            Some(s) if Rc::ptr_eq(&s.sub, sub) => s.runs,
+            _ => return, // not confirmed yet (it will be requeued), or gone
+        };
+        if sub.state() == SubState::Closed {
+            return;
         }
         let budget = WRITE_BUDGET.saturating_sub(out.len());
-        sub.drain(budget, |events| out.extend_from_slice(events));
+        sub.drain(budget, |events, count| {
+            if runs {
+                let count = u32::try_from(count).expect("a drain hands far fewer events");
+                event_run::put_frame_header(out, sub_id, count, events.len());
+            }
+            out.extend_from_slice(events)
+        });
         if sub.queued() > 0 {
             sub.requeue();
         } else if sub.state() == SubState::Cut {

@@ -1,13 +1,14 @@
 //! The native door: the binary protocol of `docs/PROTOCOL.md` on TCP (request/response and
 //! pushed events) and UDP (fire-and-forget publishes), plus the Rust client that speaks it.
 //!
-//! [`codec`] is the protocol with no I/O; [`connection`] runs one TCP client on a shard;
+//! [`codec`] is the protocol with no I/O, [`event_run`] its delivery runs; [`connection`] runs one TCP client on a shard;
 //! [`datagram`] handles the UDP socket; [`client`] is the blocking client library.
 
 pub mod client;
 pub mod codec;
 pub mod connection;
 pub mod datagram;
+pub mod event_run;
 
 use crate::engine::EventError;
 use codec::ErrorCode;

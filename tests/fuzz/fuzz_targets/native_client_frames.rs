@@ -1,9 +1,10 @@
 //! What a native TCP connection reads: bytes cut into frames as the server does
 //! (`whole_frames`, `frame_at`), each parsed in place (`ClientFrame::parse`). Whatever the
-//! bytes, framing and parsing return an error or a frame; they never panic, and every frame
-//! found lies within the whole frames announced.
+//! bytes, framing and parsing return an error or a frame; they never panic, every frame
+//! found lies within the whole frames announced, and a run's records are exactly its count.
 #![no_main]
 
+use eventstream::engine::run;
 use eventstream::native::codec::{self, ClientFrame};
 use libfuzzer_sys::fuzz_target;
 
@@ -16,11 +17,16 @@ fuzz_target!(|data: &[u8]| {
     while let Ok(Some(frame)) = codec::frame_at(&data[at..whole], MAX_FRAME) {
         at += frame.wire_len;
         assert!(at <= whole, "a frame past the whole frames");
-        if let Ok(ClientFrame::PublishBatch { events, .. }) = ClientFrame::parse(frame, 64) {
-            assert!(
+        match ClientFrame::parse(frame, 64) {
+            Ok(ClientFrame::PublishBatch { events, .. }) => assert!(
                 events.len() <= 64,
                 "the batch limit holds before anything is kept"
-            );
+            ),
+            Ok(ClientFrame::PublishRun { count, records, .. }) => {
+                assert!(count <= 64, "the batch limit holds for runs too");
+                assert_eq!(run::events(records).count(), count as usize);
+            }
+            _ => {}
         }
     }
     assert_eq!(at, whole, "the whole frames are exactly the frames found");
