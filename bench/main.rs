@@ -6,18 +6,21 @@
 //!
 //! Rows: the native rows of [`native`] (`native-tcp`: pipelined publishes received by one
 //! subscriber, latency from a send timestamp carried in the payload; `native-publish`,
-//! `native-udp`, `fanout`, `growth-topics`, `growth-wildcards`), the gRPC rows of [`grpc`]
-//! (`grpc-unary`, `grpc-stream`, `grpc-batch`), the host's ceilings of [`ceiling`], and the
-//! [`memory`] row. `--spawn` starts a server inside this process, its shards pinned to
+//! `native-udp`, `fanout`, the `-legacy` rows of today's frames, `growth-topics`,
+//! `growth-wildcards`), the gRPC rows of [`grpc`] (`grpc-unary`, `grpc-stream`,
+//! `grpc-batch`), the host's ceilings of [`ceiling`], and the [`memory`] row. Each row
+//! reports the CPU the server and the load used ([`cpu`]). `--spawn` starts a server inside this process, its shards pinned to
 //! `--cores`, the load on the other CPUs.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use delivery::Form;
 use hdrhistogram::Histogram;
 
 mod ceiling;
 mod channels;
+mod cpu;
 mod delivery;
 mod grpc;
 mod memory;
@@ -49,7 +52,9 @@ struct Args {
     shards: usize,
     /// soak: measure a server already running, this process (with --server, --grpc and
     /// --metrics-addr), instead of starting one.
-    #[arg(long, requires = "metrics_addr")]
+    /// Rows: the process of the server measured (not started by --spawn), whose CPU use each
+    /// row reports.
+    #[arg(long)]
     server_pid: Option<u32>,
     /// soak: the metrics address of the server named by --server-pid.
     #[arg(long)]
@@ -103,8 +108,9 @@ struct Args {
     /// Rows to run, comma-separated.
     #[arg(
         long,
-        default_value = "native-tcp,native-publish,native-latency,fanout,growth-topics,\
-                         growth-wildcards,grpc-unary,grpc-stream,grpc-batch,ceiling",
+        default_value = "native-tcp,native-tcp-legacy,native-publish,native-publish-legacy,\
+                         native-latency,fanout,fanout-legacy,growth-topics,growth-wildcards,grpc-unary,\
+                         grpc-stream,grpc-batch,ceiling",
         value_delimiter = ','
     )]
     rows: Vec<String>,
@@ -175,11 +181,13 @@ impl Row {
         )
     }
 
-    fn print_json(&self) {
+    fn print_json(&self, cpu: &cpu::Usage) {
         println!(
             "{}",
             serde_json::json!({
                 "row": self.name,
+                "server_cpu_pct": cpu.server_pct,
+                "load_cpu_pct": cpu.load_pct,
                 "events": self.events,
                 "seconds": self.seconds,
                 "events_per_s": self.events_per_s(),
@@ -403,6 +411,11 @@ fn run_rows(args: &Args) -> ExitCode {
     }
     let (server_cpus, load_cpus) = &args.cpus;
     let shared_cpu = server_cpus.iter().any(|c| load_cpus.contains(c));
+    let threads = match (args.spawn, args.server_pid) {
+        (true, _) => cpu::ServerThreads::Spawned,
+        (false, Some(pid)) => cpu::ServerThreads::Process(pid),
+        (false, None) => cpu::ServerThreads::Unknown,
+    };
     for name in queue {
         if shared_cpu && name.starts_with("ceiling") {
             // Both ends of a busy-polling ping-pong on one CPU take turns by time slices.
@@ -412,16 +425,20 @@ fn run_rows(args: &Args) -> ExitCode {
             );
             continue;
         }
+        let before = threads.sample();
         let result = match name {
             "ceiling-sink"
             | "ceiling-relay"
             | "ceiling-pingpong-block"
             | "ceiling-pingpong-spin"
             | "ceiling-relay-latency" => ceiling_row(args, name),
-            "native-tcp" => native::tcp(args),
-            "native-publish" => native::publish(args),
+            "native-tcp" => native::tcp(args, Form::Runs),
+            "native-tcp-legacy" => native::tcp(args, Form::Frames),
+            "native-publish" => native::publish(args, Form::Runs),
+            "native-publish-legacy" => native::publish(args, Form::Frames),
             "native-udp" => native::udp(args),
-            "fanout" => native::fanout(args),
+            "fanout" => native::fanout(args, Form::Runs),
+            "fanout-legacy" => native::fanout(args, Form::Frames),
             "native-latency" => native::latency(args),
             "growth-topics" => native::growth_topics(args),
             "growth-wildcards" => native::growth_wildcards(args),
@@ -437,17 +454,19 @@ fn run_rows(args: &Args) -> ExitCode {
                 Err(e) => Err(e),
             },
             other => Err(format!(
-                "unknown row {other:?} (known: native-tcp, native-publish, native-latency, native-udp, fanout, \
+                "unknown row {other:?} (known: native-tcp, native-tcp-legacy, native-publish, \
+                 native-publish-legacy, native-latency, native-udp, fanout, fanout-legacy, \
                  growth-topics, growth-wildcards, grpc-unary, grpc-stream, grpc-batch, ceiling, \
                  memory, channels)"
             )),
         };
+        let usage = threads.usage(&before, &threads.sample());
         match result {
             Ok(row) => {
                 if args.json {
-                    row.print_json();
+                    row.print_json(&usage);
                 }
-                rows.push(row);
+                rows.push((row, usage));
             }
             Err(e) => {
                 eprintln!("eventstream-bench: {name}: FAILED: {e}");
@@ -496,24 +515,29 @@ fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
 
 /// The seed's table, then each eventstream row as a fraction of the host's ceiling when both
 /// were measured in this run.
-fn print_table(rows: &[Row], spawned: bool) {
+/// The CPU columns: each side's share of one CPU while the row ran (the server's only when
+/// it was spawned or `--server-pid` names it). A side near 100% is what bounds the row.
+fn print_table(measured: &[(Row, cpu::Usage)], spawned: bool) {
     let cell = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     println!(
-        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14}",
-        "path", "P50 µs", "P99 µs", "P99.9 µs", "max µs", "events/s"
+        "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14} {:>9} {:>9}",
+        "path", "P50 µs", "P99 µs", "P99.9 µs", "max µs", "events/s", "srv CPU%", "load CPU%"
     );
-    for r in rows {
+    for (r, cpu) in measured {
         println!(
-            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14.0}",
+            "{:<24} {:>10} {:>10} {:>10} {:>10} {:>14.0} {:>9} {:>9}",
             r.name,
             cell(r.us(0.5)),
             cell(r.us(0.99)),
             cell(r.us(0.999)),
             cell(r.us(1.0)),
-            r.events_per_s()
+            r.events_per_s(),
+            cell(cpu.server_pct),
+            cell(Some(cpu.load_pct)),
         );
     }
-    for r in rows {
+    let rows: Vec<&Row> = measured.iter().map(|(r, _)| r).collect();
+    for r in &rows {
         if let Some(before) = r.baseline {
             let compared = match (r.name, spawned) {
                 ("growth-wildcards", _) => "measured without them, runs alternating",
@@ -528,7 +552,7 @@ fn print_table(rows: &[Row], spawned: bool) {
             );
         }
     }
-    let find = |name: &str| rows.iter().find(|r| r.name == name);
+    let find = |name: &str| rows.iter().copied().find(|r| r.name == name);
     if let (Some(row), Some(sink)) = (find("native-publish"), find("ceiling-sink")) {
         println!(
             "native-publish: {:.1}% of the sink ceiling",

@@ -1,15 +1,104 @@
 //! The native-protocol rows: pipelined publishes over TCP (to one subscriber, to many on a
 //! wildcard, to none), UDP datagrams, and the growth rows, which measure how publishing
 //! holds up once the server carries a million topics or a thousand wildcard subscriptions.
+//!
+//! The rows `native-tcp`, `native-publish`, `fanout` and `native-latency` take the fastest
+//! documented path (docs/PROTOCOL.md, "The fast path": topic handles, runs, delivery runs);
+//! `native-tcp-legacy`, `native-publish-legacy` and `fanout-legacy` keep measuring one frame
+//! per event, as do the growth rows (they measure how the per-event path scales).
 
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::delivery::{self, Watcher};
+use bytes::BytesMut;
+
+use super::delivery::{self, Form, Watcher};
 use super::{Args, Row};
 use eventstream::engine::Priority;
-use eventstream::native::client::{Client, ClientError};
-use eventstream::native::codec::Pong;
+use eventstream::native::client::{Client, ClientError, TopicHandle};
+use eventstream::native::codec::{Pong, RunWriter};
+
+/// Events the fast-path publishers write at once (about 116 KiB of 100-byte events), as runs
+/// of `RUN_EVENTS`: large writes, as the loopback ceilings make, and runs the server handles
+/// within one read.
+const EVENTS_PER_WRITE: u64 = 1024;
+/// Events per PUBLISH_RUN frame.
+const RUN_EVENTS: u64 = 64;
+/// The request id of the fast-path publishers' frames: they ask for no ACK, and no request of
+/// the client's own counter comes near it.
+const RUN_REQUEST_ID: u64 = 1 << 62;
+
+/// PUBLISH_RUN frames for `events` events of `size` bytes, encoded once and sent again and
+/// again with new stamps: the load writes each event's send time and index into its payload
+/// where it lies, and nothing else per event.
+struct Runs {
+    frames: BytesMut,
+    /// Where each event's payload starts in `frames`.
+    payloads: Vec<usize>,
+}
+
+impl Runs {
+    fn new(handle: TopicHandle, events: u64, size: usize) -> Runs {
+        let mut frames = BytesMut::new();
+        let mut payloads = Vec::new();
+        let payload = vec![0u8; size];
+        let mut left = events;
+        while left > 0 {
+            let start = frames.len();
+            let n = left.min(RUN_EVENTS);
+            let mut run = RunWriter::begin(&mut frames, RUN_REQUEST_ID, false, handle.id());
+            for _ in 0..n {
+                run.push(&mut frames, Priority::Medium as u8, 0, &payload);
+            }
+            run.finish(&mut frames);
+            let offsets = RunWriter::payload_offsets(&frames[start..]);
+            payloads.extend(offsets.into_iter().map(|at| start + at));
+            left -= n;
+        }
+        Runs { frames, payloads }
+    }
+
+    fn events(&self) -> u64 {
+        self.payloads.len() as u64
+    }
+
+    /// Stamps the events `first..` with `sent_ns` and sends them.
+    fn send(&mut self, client: &mut Client, sent_ns: u64, first: u64) -> Result<(), String> {
+        for (i, &at) in self.payloads.iter().enumerate() {
+            let payload = &mut self.frames[at..at + 16];
+            delivery::stamp(payload, sent_ns, first + i as u64);
+        }
+        client.send_encoded(&self.frames).map_err(|e| e.to_string())
+    }
+}
+
+/// Sends `count` events to `handle` in writes of `EVENTS_PER_WRITE`, stamped with the send
+/// time read before each write; `before_write(i)` runs before the write starting at event `i`
+/// (flow control).
+fn send_runs(
+    client: &mut Client,
+    handle: TopicHandle,
+    count: u64,
+    size: usize,
+    clock: &Instant,
+    mut before_write: impl FnMut(&mut Client, u64) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut full = Runs::new(handle, EVENTS_PER_WRITE.min(count), size);
+    let mut sent = 0;
+    while sent < count {
+        before_write(client, sent)?;
+        let now = clock.elapsed().as_nanos() as u64;
+        if count - sent >= full.events() {
+            full.send(client, now, sent)?;
+            sent += full.events();
+        } else {
+            let mut tail = Runs::new(handle, count - sent, size);
+            tail.send(client, now, sent)?;
+            sent = count;
+        }
+    }
+    Ok(())
+}
 
 /// Events sent as UDP datagrams (`UDP_BATCH` publishes per datagram), received by one TCP
 /// subscriber: latency from the send time in the payload, every event checked for order and
@@ -28,6 +117,7 @@ pub fn udp(args: &Args) -> Result<Row, String> {
         clock,
         wait,
         " (datagrams lost?)",
+        Form::Frames,
     )?;
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     socket.connect(&args.udp).map_err(|e| e.to_string())?;
@@ -38,7 +128,7 @@ pub fn udp(args: &Args) -> Result<Row, String> {
     let first = clock.elapsed().as_nanos() as u64;
     for i in 0..count {
         while i.saturating_sub(watcher.received()) > window && !watcher.is_finished() {
-            thread::yield_now();
+            thread::park_timeout(Duration::from_millis(1));
         }
         if watcher.is_finished() {
             break; // it failed: its error is reported below
@@ -69,13 +159,13 @@ pub fn udp(args: &Args) -> Result<Row, String> {
 /// Pipelined publishes on one connection and no subscriber: how fast the server takes events
 /// in. Timed from the first publish to the answer of a PING sent after the last, which the
 /// server gives once it has routed every event before it; the server's `received` counter
-/// must have grown by the count.
-pub fn publish(args: &Args) -> Result<Row, String> {
-    publish_to(args, &args.server)
+/// must have grown by the count. `form`: runs to a topic handle, or a PUBLISH per event.
+pub fn publish(args: &Args, form: Form) -> Result<Row, String> {
+    publish_to(args, &args.server, form)
 }
 
 /// The `native-publish` measurement against the server at native address `server`.
-fn publish_to(args: &Args, server: &str) -> Result<Row, String> {
+fn publish_to(args: &Args, server: &str, form: Form) -> Result<Row, String> {
     let topic = unique_topic("native-publish");
     let mut publisher = Client::connect(server).map_err(|e| e.to_string())?;
     publisher
@@ -83,11 +173,28 @@ fn publish_to(args: &Args, server: &str) -> Result<Row, String> {
         .map_err(|e| e.to_string())?;
     let before = publisher.ping().map_err(|e| e.to_string())?;
     let payload = vec![0x5au8; args.size];
+    let clock = Instant::now();
     let start = Instant::now();
-    for _ in 0..args.count {
-        publisher
-            .publish_nowait_simple(&topic, Priority::Medium, &payload)
-            .map_err(|e| e.to_string())?;
+    match form {
+        Form::Runs => {
+            let handle = publisher.topic(&topic).map_err(|e| e.to_string())?;
+            let no_wait = |_: &mut Client, _| Ok(());
+            send_runs(
+                &mut publisher,
+                handle,
+                args.count,
+                args.size,
+                &clock,
+                no_wait,
+            )?;
+        }
+        Form::Frames => {
+            for _ in 0..args.count {
+                publisher
+                    .publish_nowait_simple(&topic, Priority::Medium, &payload)
+                    .map_err(|e| e.to_string())?;
+            }
+        }
     }
     publisher.flush().map_err(|e| e.to_string())?;
     let after = publisher.ping().map_err(|e| e.to_string())?;
@@ -100,7 +207,10 @@ fn publish_to(args: &Args, server: &str) -> Result<Row, String> {
         "events received",
     )?;
     Ok(Row {
-        name: "native-publish",
+        name: match form {
+            Form::Runs => "native-publish",
+            Form::Frames => "native-publish-legacy",
+        },
         events: args.count,
         seconds,
         latency: None,
@@ -157,19 +267,27 @@ const STAMP_EVERY: u64 = 32;
 
 /// Pipelined publishes on one connection, one subscriber on another; both threads of this
 /// process, so the send timestamp in the payload and the receive time share one clock.
-pub fn tcp(args: &Args) -> Result<Row, String> {
+pub fn tcp(args: &Args, form: Form) -> Result<Row, String> {
     let topic = unique_topic("native-tcp");
-    pipelined(args, "native-tcp", &topic, &[&topic])
+    let name = match form {
+        Form::Runs => "native-tcp",
+        Form::Frames => "native-tcp-legacy",
+    };
+    pipelined(args, name, &topic, &[&topic], form)
 }
 
 /// Pipelined publishes to one topic, each delivered to `--fanout` subscribers that share one
 /// wildcard pattern (each on its own connection). Counts deliveries: events/s is events
 /// times subscribers per second, every subscriber checked for every event in order.
-pub fn fanout(args: &Args) -> Result<Row, String> {
+pub fn fanout(args: &Args, form: Form) -> Result<Row, String> {
     let prefix = unique_topic("fanout");
     let pattern = format!("{prefix}/*");
     let patterns = vec![pattern.as_str(); args.fanout];
-    pipelined(args, "fanout", &format!("{prefix}/x"), &patterns)
+    let name = match form {
+        Form::Runs => "fanout",
+        Form::Frames => "fanout-legacy",
+    };
+    pipelined(args, name, &format!("{prefix}/x"), &patterns, form)
 }
 
 /// Publishes `--count` events to `topic` on one connection, pipelined, while a subscriber per
@@ -181,13 +299,14 @@ fn pipelined(
     name: &'static str,
     topic: &str,
     patterns: &[&str],
+    form: Form,
 ) -> Result<Row, String> {
     let count = args.count;
     let clock = Instant::now();
     let wait = Duration::from_secs(10);
     let watchers = patterns
         .iter()
-        .map(|p| Watcher::start(&args.server, p, count, clock, wait, ""))
+        .map(|p| Watcher::start(&args.server, p, count, clock, wait, "", form))
         .collect::<Result<Vec<_>, _>>()?;
     let slowest = || {
         watchers
@@ -205,16 +324,42 @@ fn pipelined(
     let mut payload = vec![0u8; args.size];
     let first = clock.elapsed().as_nanos() as u64;
     let mut sent = first;
-    for i in 0..count {
+    let handle = match form {
+        Form::Runs => Some(publisher.topic(topic).map_err(|e| e.to_string())?),
+        Form::Frames => None,
+    };
+    // Closed loop on the fast path: pre-encoded runs, large writes.
+    let runs = handle.filter(|_| args.rate.is_none());
+    if let Some(handle) = runs {
+        let window = |publisher: &mut Client, i: u64| {
+            while i.saturating_sub(slowest()) > args.window {
+                publisher.flush().map_err(|e| e.to_string())?;
+                if failed() {
+                    break; // a subscriber stopped early: its error is reported below
+                }
+                // Until a subscriber reports progress (its Watcher unparks this thread): a
+                // waiting publisher takes no CPU from the subscribers that share its CPU.
+                thread::park_timeout(Duration::from_millis(1));
+            }
+            Ok(())
+        };
+        send_runs(&mut publisher, handle, count, args.size, &clock, window)?;
+    }
+    // Otherwise event by event: open loop on either path, or closed loop on today's frames.
+    for i in (0..count).filter(|_| runs.is_none()) {
         if let Some(rate) = args.rate {
             // Open loop: event i is due at its slot; late events go at once, stamped with
             // the slot, so their latency includes the wait the schedule did not get.
             let due = first + i * 1_000_000_000 / rate;
             wait_until(&clock, due);
             delivery::stamp(&mut payload, due, i);
-            publisher
-                .publish_nowait_simple(topic, Priority::Medium, &payload)
-                .map_err(|e| e.to_string())?;
+            match handle {
+                Some(handle) => {
+                    publisher.publish_run_nowait(handle, &[(Priority::Medium, &payload)])
+                }
+                None => publisher.publish_nowait_simple(topic, Priority::Medium, &payload),
+            }
+            .map_err(|e| e.to_string())?;
             publisher.flush().map_err(|e| e.to_string())?;
             continue;
         }
@@ -224,7 +369,9 @@ fn pipelined(
                 if failed() {
                     break; // a subscriber stopped early: its error is reported below
                 }
-                thread::yield_now();
+                // Until a subscriber reports progress (its Watcher unparks this thread): a
+                // waiting publisher takes no CPU from the subscribers that share its CPU.
+                thread::park_timeout(Duration::from_millis(1));
             }
         }
         // One clock reading per STAMP_EVERY events: the later ones of a group are stamped a
@@ -278,37 +425,40 @@ pub fn latency(args: &Args) -> Result<Row, String> {
     let (rate, count) = latency_schedule(args);
     let topic = unique_topic("native-latency");
     let mut sub = Client::connect(&args.server).map_err(|e| e.to_string())?;
-    sub.subscribe(&topic, Priority::Batch)
+    sub.subscribe_runs(&topic, Priority::Batch)
         .map_err(|e| e.to_string())?;
     sub.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
     publisher
         .set_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    let handle = publisher.topic(&topic).map_err(|e| e.to_string())?;
+    // One event per write, encoded once: a one-record run to the topic's handle.
+    let mut one = Runs::new(handle, 1, args.size);
 
     let clock = Instant::now();
     let mut latency = delivery::histogram();
     let mut received = 0;
-    let mut payload = vec![0u8; args.size];
-    let send = |due: u64, i: u64| -> Result<(), String> {
-        delivery::stamp(&mut payload, due, i);
-        publisher
-            .publish_nowait_simple(&topic, Priority::Medium, &payload)
-            .map_err(|e| e.to_string())?;
-        publisher.flush().map_err(|e| e.to_string())
-    };
+    let send = |due: u64, i: u64| -> Result<(), String> { one.send(&mut publisher, due, i) };
     // Takes whatever has arrived; never waits.
     let poll = || -> Result<u64, String> {
         loop {
-            match sub.next_event() {
-                Ok(d) => {
-                    let now = clock.elapsed().as_nanos() as u64;
-                    let due = delivery::check(received + 1, d.sequence, &d.event.payload)?;
-                    latency
-                        .record(now.saturating_sub(due).max(1))
-                        .map_err(|e| e.to_string())?;
-                    received += 1;
+            let mut failed = None;
+            let read = sub.next_events_with(|_, d| {
+                let now = clock.elapsed().as_nanos() as u64;
+                match delivery::check(received + 1, d.sequence, d.payload) {
+                    Ok(due) => {
+                        let _ = latency.record(now.saturating_sub(due).max(1));
+                        received += 1;
+                    }
+                    Err(e) => failed = failed.take().or(Some(e)),
                 }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            match read {
+                Ok(_) => {}
                 Err(ClientError::Timeout(_)) => return Ok(received),
                 Err(e) => return Err(format!("after {received} events: {e}")),
             }
@@ -346,8 +496,8 @@ pub fn growth_topics(args: &Args) -> Result<Row, String> {
         let alternating = grow_topics(args).and_then(|()| {
             let mut runs = (Vec::new(), Vec::new());
             for _ in 0..GROWTH_RUNS {
-                runs.0.push(publish_to(args, &fresh)?);
-                runs.1.push(publish(args)?);
+                runs.0.push(publish_to(args, &fresh, Form::Frames)?);
+                runs.1.push(publish(args, Form::Frames)?);
             }
             Ok(runs)
         });
@@ -399,9 +549,9 @@ pub fn growth_wildcards(args: &Args) -> Result<Row, String> {
     let (mut without, mut with) = (Vec::new(), Vec::new());
     for _ in 0..GROWTH_RUNS {
         let base = probe.ping().map_err(|e| e.to_string())?.subscriptions;
-        without.push(publish(args)?);
+        without.push(publish(args, Form::Frames)?);
         let holder = subscribe_wildcards(args, &mut probe, base)?;
-        with.push(publish(args)?);
+        with.push(publish(args, Form::Frames)?);
         drop(holder); // its subscriptions go with its connection
         let deadline = Instant::now() + Duration::from_secs(5);
         while probe.ping().map_err(|e| e.to_string())?.subscriptions > base {
@@ -443,7 +593,9 @@ fn subscribe_wildcards(args: &Args, probe: &mut Client, base: u64) -> Result<Cli
 
 /// `GROWTH_RUNS` runs of the `native-publish` measurement.
 fn publish_runs(args: &Args) -> Result<Vec<Row>, String> {
-    (0..GROWTH_RUNS).map(|_| publish(args)).collect()
+    (0..GROWTH_RUNS)
+        .map(|_| publish(args, Form::Frames))
+        .collect()
 }
 
 /// The run with the median rate.

@@ -26,7 +26,7 @@ use self::ledger::{Flow, Ledger};
 use self::publishers::NativeKind;
 use self::server::{Probe, Server};
 use self::subscribers::{NativeSubscriber, Report};
-use super::delivery::{self, Watcher};
+use super::delivery::{self, Form, Watcher};
 use super::Args;
 use eventstream::engine::Priority;
 use eventstream::native::client::Client;
@@ -483,6 +483,7 @@ fn burst(server: &str, prefix: &str) -> Result<f64, String> {
                 clock,
                 Duration::from_secs(30),
                 "",
+                Form::Frames,
             )
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -682,15 +682,23 @@ pub struct IdRange {
 }
 
 impl IdRange {
-    /// The id of the run's `index`-th event.
+    /// The id of the run's `index`-th event: a UUIDv7 of the run's millisecond whose 74 bits
+    /// after the version and variant are the mixed counter then the seed's low 16 bits (what
+    /// `uuid::Builder::from_unix_timestamp_millis` makes of those bytes). Computed as two
+    /// words, not byte by byte: copying a UUID assembled from single-byte stores stalled the
+    /// run's delivery loop (a tenth of the server's time in `native-tcp`).
     #[inline]
     pub fn id(&self, index: u32) -> uuid::Uuid {
         let counter = self.first.wrapping_add(u64::from(index));
-        let mixed = splitmix64(self.seed ^ counter);
-        let mut tail = [0u8; 10];
-        tail[..8].copy_from_slice(&mixed.to_le_bytes());
-        tail[8..].copy_from_slice(&(self.seed as u16).to_le_bytes());
-        uuid::Builder::from_unix_timestamp_millis(self.millis, &tail).into_uuid()
+        let r = splitmix64(self.seed ^ counter).to_le_bytes();
+        let seed = (self.seed as u16).to_le_bytes();
+        let high = (self.millis & 0xFFFF_FFFF_FFFF) << 16
+            | 0x7000
+            | u64::from(r[0] & 0x0F) << 8
+            | u64::from(r[1]);
+        let variant = (r[2] & 0x3F) | 0x80;
+        let low = u64::from_be_bytes([variant, r[3], r[4], r[5], r[6], r[7], seed[0], seed[1]]);
+        uuid::Uuid::from_u64_pair(high, low)
     }
 }
 
@@ -836,6 +844,26 @@ mod tests {
             assert_eq!(range.id(i), one_by_one.next(7_000_000));
         }
         assert_eq!(ranged.next(7_000_000), one_by_one.next(7_000_000));
+    }
+
+    #[test]
+    fn ids_are_the_uuid_crate_s_v7_of_the_same_bytes() {
+        for (seed, millis) in [
+            (1u64, 1_700_000_000_123u64),
+            (u64::MAX, 0),
+            (0x1234, 9_000_000_000_000),
+        ] {
+            let range = IdGenerator::new(seed).range(3, (millis * 1_000_000) as i64);
+            for i in 0..3 {
+                let counter = 1 + u64::from(i);
+                let mut tail = [0u8; 10];
+                tail[..8].copy_from_slice(&splitmix64(seed ^ counter).to_le_bytes());
+                tail[8..].copy_from_slice(&(seed as u16).to_le_bytes());
+                let want = uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid();
+                assert_eq!(range.id(i), want);
+                assert_eq!(want.get_version_num(), 7);
+            }
+        }
     }
 
     #[test]

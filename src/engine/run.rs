@@ -124,29 +124,40 @@ pub struct Numbering {
 }
 
 impl Run {
-    /// The events as subscribers receive them, numbered by `numbering`.
-    pub fn views<'r>(&'r self, numbering: &'r Numbering) -> impl Iterator<Item = EventView<'r>> {
+    /// Hands `deliver` each event of at least `min` priority as subscribers receive it,
+    /// numbered by `numbering`, until it returns false. One view on the stack, made in place
+    /// for each event (events below `min` are skipped before any of it is made).
+    #[inline]
+    pub fn for_each_view(
+        &self,
+        numbering: &Numbering,
+        min: Priority,
+        mut deliver: impl FnMut(&EventView<'_>) -> bool,
+    ) {
         debug_assert_eq!(events(&self.records).count(), self.count as usize);
-        let received_ns = self.received_ns;
-        (0..self.count)
-            .zip(events(&self.records))
-            .map(move |(i, e)| {
-                let priority = Priority::from_u8(e.priority).expect("checked by run::check");
-                EventView {
-                    topic: self.topic.bytes(),
-                    id: IdView::Generated(numbering.ids.id(i)),
-                    payload: e.payload,
-                    metadata_count: 0,
-                    metadata: &[],
-                    priority,
-                    timestamp_ns: if e.timestamp_ns == 0 {
-                        received_ns
-                    } else {
-                        e.timestamp_ns
-                    },
-                    sequence: numbering.first_sequence + u64::from(i),
-                }
-            })
+        for (i, e) in events(&self.records).enumerate() {
+            if e.priority < min as u8 {
+                continue;
+            }
+            let i = i as u32;
+            let view = EventView {
+                topic: self.topic.bytes(),
+                id: IdView::Generated(numbering.ids.id(i)),
+                payload: e.payload,
+                metadata_count: 0,
+                metadata: &[],
+                priority: Priority::from_u8(e.priority).expect("checked by run::check"),
+                timestamp_ns: if e.timestamp_ns == 0 {
+                    self.received_ns
+                } else {
+                    e.timestamp_ns
+                },
+                sequence: numbering.first_sequence + u64::from(i),
+            };
+            if !deliver(&view) {
+                return;
+            }
+        }
     }
 }
 
@@ -216,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn views_number_the_events_and_fill_the_receive_time() {
+    fn views_number_the_events_fill_the_receive_time_and_skip_below_min() {
         let body = records(&[(2, 0, b"x"), (3, 42, b"y")]);
         let run = Run {
             topic: Topic::parse(Bytes::from_static(b"a/b")).unwrap(),
@@ -230,12 +241,31 @@ mod tests {
             first_sequence: 5,
             ids,
         };
-        let views: Vec<_> = run.views(&numbering).collect();
+        let mut views = Vec::new();
+        run.for_each_view(&numbering, Priority::Batch, |v| {
+            let IdView::Generated(id) = v.id else {
+                panic!("a run's ids are generated")
+            };
+            views.push((v.sequence, v.timestamp_ns, id, v.topic.to_vec()));
+            true
+        });
         assert_eq!(views.len(), 2);
-        assert_eq!((views[0].sequence, views[0].timestamp_ns), (5, 9_000_000));
-        assert_eq!((views[1].sequence, views[1].timestamp_ns), (6, 42));
-        assert_eq!(views[1].id, IdView::Generated(ids.id(1)));
-        assert_eq!(views[0].topic, b"a/b");
+        assert_eq!((views[0].0, views[0].1), (5, 9_000_000));
+        assert_eq!((views[1].0, views[1].1), (6, 42));
+        assert_eq!(views[1].2, ids.id(1));
+        assert_eq!(views[0].3, b"a/b");
+        let mut high = Vec::new();
+        run.for_each_view(&numbering, Priority::High, |v| {
+            high.push(v.sequence);
+            true
+        });
+        assert_eq!(high, [6], "min skips the MEDIUM event");
+        let mut first = Vec::new();
+        run.for_each_view(&numbering, Priority::Batch, |v| {
+            first.push(v.sequence);
+            false
+        });
+        assert_eq!(first, [5], "false stops the run");
     }
 
     proptest::proptest! {

@@ -713,7 +713,7 @@ impl Shard {
                 continue;
             }
             let mut stats = self.stats.borrow_mut();
-            sub.offer_run(run.views(numbering), |offer, priority| match offer {
+            sub.offer_run(run, numbering, |offer, priority| match offer {
                 Offer::Queued => {}
                 Offer::QueuedShedding(shed) => stats.shed[shed as usize] += 1,
                 Offer::Shed => stats.shed[priority as usize] += 1,

@@ -12,6 +12,7 @@ use super::event::{EventView, Priority};
 use super::index::SubKey;
 use super::notify::Notify;
 use super::queue::{Offer, QueueStats, SubscriberQueue};
+use super::run::{Numbering, Run};
 use super::topic::Pattern;
 
 /// Where a subscription stands.
@@ -170,23 +171,22 @@ impl Subscriber {
     /// each by the shedding rules, telling `seen` each outcome and priority; stops at a
     /// [`Offer::Cut`] (the subscription then takes nothing more). The queue is borrowed and
     /// the consumer woken once for the whole run.
-    pub(crate) fn offer_run<'e>(
+    pub(crate) fn offer_run(
         self: &Rc<Self>,
-        events: impl Iterator<Item = EventView<'e>>,
+        run: &Run,
+        numbering: &Numbering,
         mut seen: impl FnMut(Offer, Priority),
     ) {
         debug_assert_eq!(self.state.get(), SubState::Active);
-        let (encode, tag, min) = (self.encode, self.tag, self.min_priority);
+        let (encode, tag) = (self.encode, self.tag);
         let mut queue = self.queue.borrow_mut();
         let mut queued = false;
-        for event in events.filter(|e| e.priority >= min) {
-            let outcome = queue.offer(event.priority, |out| encode(out, &event, tag));
+        run.for_each_view(numbering, self.min_priority, |event| {
+            let outcome = queue.offer(event.priority, |out| encode(out, event, tag));
             queued |= matches!(outcome, Offer::Queued | Offer::QueuedShedding(_));
             seen(outcome, event.priority);
-            if outcome == Offer::Cut {
-                break;
-            }
-        }
+            outcome != Offer::Cut
+        });
         drop(queue);
         if queued {
             self.consumer.mark_ready(self);

@@ -18,6 +18,9 @@ use crate::engine::{IdView, Priority, RawEvent};
 
 /// Largest frame the client accepts from a server.
 const MAX_FRAME: usize = 64 << 20;
+/// Largest and smallest socket reads.
+const MAX_READ: usize = 256 * 1024;
+const MIN_READ: usize = 4096;
 
 /// What can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +141,7 @@ impl Client {
             inbox: VecDeque::new(),
             next_request: 1,
             next_handle: 1,
-            read_size: 4096,
+            read_size: MIN_READ,
         }
     }
 
@@ -614,7 +617,15 @@ impl Client {
             if n == 0 {
                 return Err(ClientError::Closed);
             }
-            self.read_size = (n * 2).clamp(4096, 256 * 1024);
+            // The next read is sized to this one, with a quarter to spare, and doubles while
+            // reads come back full: each read zeroes what it offers the socket, so offering
+            // twice what arrives was a memset as large as the data (a tenth of a subscriber's
+            // time at millions of events/s).
+            self.read_size = if n == self.read_size {
+                (n * 2).min(MAX_READ)
+            } else {
+                (n + n / 4).clamp(MIN_READ, MAX_READ)
+            };
         }
     }
 }

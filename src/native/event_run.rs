@@ -105,46 +105,63 @@ pub struct EventRunFrame<'a> {
     records: &'a [u8],
 }
 
-/// Reads one record off the front of `rest` (whose structure may be anything): the event and
-/// what follows it, or what is wrong.
-fn split_record(rest: &[u8]) -> Result<(Delivered<'_>, &[u8]), &'static str> {
+/// The variable fields' lengths in a record header: topic, id, metadata, payload.
+#[inline]
+fn lengths(h: &[u8; RECORD_HEADER_BYTES]) -> [usize; 4] {
+    let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4")) as usize;
+    let topic = usize::from(u16::from_le_bytes([h[18], h[19]]));
+    [topic, usize::from(h[17]), u32_at(22), u32_at(26)]
+}
+
+/// Checks the record at the front of `rest` (whose structure may be anything) and returns what
+/// follows it, or what is wrong.
+fn check_record(rest: &[u8]) -> Result<&[u8], &'static str> {
     let (h, rest) = rest
         .split_first_chunk::<RECORD_HEADER_BYTES>()
         .ok_or("truncated record header")?;
-    let u16_at = |at: usize| usize::from(u16::from_le_bytes([h[at], h[at + 1]]));
-    let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4")) as usize;
-    let priority = Priority::from_u8(h[16]).ok_or("priority out of range")?;
-    let id_len = usize::from(h[17]);
-    let (topic_len, metadata_count) = (u16_at(18), u16_at(20));
-    let (metadata_len, payload_len) = (u32_at(22), u32_at(26));
-    let size = topic_len + id_len + metadata_len + payload_len;
+    Priority::from_u8(h[16]).ok_or("priority out of range")?;
+    let [topic, id, metadata_len, payload] = lengths(h);
+    let size = topic + id + metadata_len + payload;
     if rest.len() < size {
         return Err("truncated record");
     }
+    let metadata = &rest[topic + id..topic + id + metadata_len];
+    let metadata_count = u16::from_le_bytes([h[20], h[21]]);
+    if metadata_count > 0 || !metadata.is_empty() {
+        Metadata::check_wire(metadata_count, metadata).map_err(|_| "bad metadata")?;
+    }
+    Ok(&rest[size..])
+}
+
+/// Reads the record at the front of `rest`, which [`check_record`] accepted: the event where
+/// it lies, and what follows it. No check is repeated: this runs for every event a client
+/// reads.
+#[inline]
+fn read_record(rest: &[u8]) -> (Delivered<'_>, &[u8]) {
+    let (h, rest) = rest
+        .split_first_chunk::<RECORD_HEADER_BYTES>()
+        .expect("checked by check_record");
+    let [topic_len, id_len, metadata_len, payload_len] = lengths(h);
     let (topic, rest) = rest.split_at(topic_len);
     let (id, rest) = rest.split_at(id_len);
     let (metadata, rest) = rest.split_at(metadata_len);
     let (payload, rest) = rest.split_at(payload_len);
-    if metadata_count > 0 || !metadata.is_empty() {
-        Metadata::check_wire(metadata_count as u16, metadata).map_err(|_| "bad metadata")?;
-    }
-    let uuid: [u8; 16] = h[30..46].try_into().expect("16 bytes");
     let id = if id_len == 0 {
-        IdView::Generated(uuid::Uuid::from_bytes(uuid))
+        IdView::Generated(uuid::Uuid::from_bytes(h[30..46].try_into().expect("16")))
     } else {
         IdView::Given(id)
     };
     let event = Delivered {
         sequence: u64::from_le_bytes(h[0..8].try_into().expect("8")),
         timestamp_ns: i64::from_le_bytes(h[8..16].try_into().expect("8")),
-        priority,
+        priority: Priority::ALL[usize::from(h[16])],
         id,
         topic,
-        metadata_count: metadata_count as u16,
+        metadata_count: u16::from_le_bytes([h[20], h[21]]),
         metadata,
         payload,
     };
-    Ok((event, rest))
+    (event, rest)
 }
 
 impl<'a> EventRunFrame<'a> {
@@ -171,8 +188,8 @@ impl<'a> EventRunFrame<'a> {
         let count = u32::from_le_bytes(prefix[4..].try_into().expect("4"));
         let mut rest = records;
         for i in 0..count {
-            rest = match split_record(rest) {
-                Ok((_, rest)) => rest,
+            rest = match check_record(rest) {
+                Ok(rest) => rest,
                 Err(what) => return Err(malformed(format!("record {i}: {what}"))),
             };
         }
@@ -194,7 +211,7 @@ impl<'a> EventRunFrame<'a> {
             if rest.is_empty() {
                 return None;
             }
-            let (event, tail) = split_record(rest).expect("checked by parse");
+            let (event, tail) = read_record(rest);
             rest = tail;
             Some(event)
         })
