@@ -225,11 +225,16 @@ pub fn pingpong(
 /// before the next and so times one round trip per stall of the host, an open-loop run counts
 /// every record a stall delays: what the host's own interruptions cost a schedule like
 /// `native-latency`'s.
+///
+/// With `block`, the relay thread sleeps in `read` until a record arrives instead of
+/// busy-polling (`ceiling-relay-latency-block`): the floor for a server that sleeps between
+/// events, as eventstream does outside low-latency mode, paying one wake-up per record.
 pub fn relay_latency(
     server_cpus: &[usize],
     rate: u64,
     count: u64,
     size: usize,
+    block: bool,
 ) -> Result<Ceiling, String> {
     assert!(size >= 8, "records carry an 8-byte stamp");
     let (l, addr) = listener()?;
@@ -237,7 +242,7 @@ pub fn relay_latency(
         let (mut from, _) = l.accept().map_err(|e| e.to_string())?;
         let (mut to, _) = l.accept().map_err(|e| e.to_string())?;
         to.set_nodelay(true).map_err(|e| e.to_string())?;
-        from.set_nonblocking(true).map_err(|e| e.to_string())?;
+        from.set_nonblocking(!block).map_err(|e| e.to_string())?;
         let mut buf = vec![0u8; CHUNK];
         loop {
             match from.read(&mut buf) {
@@ -287,7 +292,11 @@ pub fn relay_latency(
     drop(publisher);
     join(server)?;
     Ok(Ceiling {
-        name: "ceiling-relay-latency",
+        name: if block {
+            "ceiling-relay-latency-block"
+        } else {
+            "ceiling-relay-latency"
+        },
         events: count,
         seconds,
         latency: Some(hist),

@@ -431,7 +431,8 @@ fn run_rows(args: &Args) -> ExitCode {
             | "ceiling-relay"
             | "ceiling-pingpong-block"
             | "ceiling-pingpong-spin"
-            | "ceiling-relay-latency" => ceiling_row(args, name),
+            | "ceiling-relay-latency"
+            | "ceiling-relay-latency-block" => ceiling_row(args, name),
             "native-tcp" => native::tcp(args, Form::Runs),
             "native-tcp-legacy" => native::tcp(args, Form::Frames),
             "native-publish" => native::publish(args, Form::Runs),
@@ -481,12 +482,13 @@ fn run_rows(args: &Args) -> ExitCode {
 }
 
 /// The ceiling rows, in the order `ceiling` runs them.
-const CEILING_ROWS: [&str; 5] = [
+const CEILING_ROWS: [&str; 6] = [
     "ceiling-sink",
     "ceiling-relay",
     "ceiling-pingpong-block",
     "ceiling-pingpong-spin",
     "ceiling-relay-latency",
+    "ceiling-relay-latency-block",
 ];
 
 fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
@@ -501,7 +503,8 @@ fn ceiling_row(args: &Args, name: &str) -> Result<Row, String> {
         "ceiling-pingpong-spin" => ceiling::pingpong(server_cpus, round_trips, args.size, true),
         _ => {
             let (rate, count) = native::latency_schedule(args);
-            ceiling::relay_latency(server_cpus, rate, count, args.size)
+            let block = name == "ceiling-relay-latency-block";
+            ceiling::relay_latency(server_cpus, rate, count, args.size, block)
         }
     }?;
     Ok(Row {

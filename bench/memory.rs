@@ -21,15 +21,16 @@ pub fn run(args: &Args) -> Result<(), String> {
         .metrics
         .as_deref()
         .ok_or("the memory row measures a server in this process: use --spawn")?;
-    // The server holds one descriptor per native connection: as many connections as this
-    // process's descriptor limit allows, up to 10,000.
-    let limit = raise_fd_limit(MEMORY_ITEMS + 1_000)?;
-    let connections = MEMORY_ITEMS.min(limit.saturating_sub(1_000));
+    // The server holds one descriptor per native connection, and by default takes at most
+    // half of what this process's descriptor limit leaves after a reserve for its native
+    // door (README, "Connection limits"): as many connections as that allows, up to 10,000.
+    let wanted = 2 * MEMORY_ITEMS + 1_000;
+    let limit = raise_fd_limit(wanted)?;
+    let connections = MEMORY_ITEMS.min(limit.saturating_sub(1_000) / 2);
     if connections < MEMORY_ITEMS {
         eprintln!(
             "note: {connections} connections, not {MEMORY_ITEMS}: the descriptor limit is \
-             {limit} (ulimit -n {} to measure all)",
-            MEMORY_ITEMS + 1_000
+             {limit} (ulimit -n {wanted} to measure all)"
         );
     }
     let rss0 = rss_bytes()?;
