@@ -281,6 +281,20 @@ impl Half {
         let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
     }
 
+    /// Sends as much of `bufs` as the socket takes at once, without waiting (one `sendmsg`
+    /// of them all): what a writer tries before it falls back to waiting writes. 0 when the
+    /// socket takes nothing now.
+    pub fn try_send_vectored(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let stream = self.stream.borrow();
+        // SAFETY: the descriptor stays open for the borrow: `stream` owns it.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+        match SockRef::from(&fd).send_vectored_with_flags(bufs, flags) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            sent => sent,
+        }
+    }
+
     /// Reads what the socket has into `buf`, waiting until it has something; 0 at the end of
     /// the stream. In low-latency mode the socket is polled first (see [`BusyPoll`]).
     pub fn read<'a>(&'a mut self, buf: &'a mut [u8]) -> Read<'a> {

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::event::Priority;
 
@@ -54,23 +54,31 @@ const KEEP_BYTES: usize = 1 << 20;
 const KEEP_ENTRIES: usize = 16 * 1024;
 
 impl Lane {
-    /// Drops the `run` oldest events, `bytes` long together; true when that emptied the lane,
-    /// whose allocations are then kept unless a backlog made them large.
-    fn drop_run(&mut self, run: usize, bytes: usize) -> bool {
-        self.bytes.advance(bytes);
+    /// Forgets the entries of the `run` oldest events, whose bytes were already taken from the
+    /// front of `bytes`; true when that emptied the lane, whose allocations are then kept
+    /// unless a backlog made them large.
+    fn forget_run(&mut self, run: usize) -> bool {
         self.entries.drain(..run);
         if !self.entries.is_empty() {
             return false;
         }
         debug_assert!(self.bytes.is_empty(), "the entries account for every byte");
-        // (Reclaiming an empty buffer moves nothing: it only rewinds to the allocation's start.)
+        self.trim();
+        true
+    }
+
+    /// Gives back a backlog's allocations, once the lane is empty. (Reclaiming an empty
+    /// buffer moves nothing: it only rewinds to the allocation's start. A buffer that runs
+    /// handed out by [`SubscriberQueue::drain_shared`] still share cannot be reclaimed: its
+    /// writer trims again once it let go of them.)
+    fn trim(&mut self) {
+        debug_assert!(self.entries.is_empty());
         if self.bytes.try_reclaim(KEEP_BYTES + 1) {
             self.bytes = BytesMut::new();
         }
         if self.entries.capacity() > KEEP_ENTRIES {
             self.entries = VecDeque::new();
         }
-        true
     }
 }
 
@@ -155,7 +163,8 @@ impl SubscriberQueue {
             }
             let victim = below.trailing_zeros() as usize;
             let (_, shed) = self.lanes_mut()[victim].entries[0];
-            self.drop_run(victim, 1, shed as usize);
+            self.lanes_mut()[victim].bytes.advance(shed as usize);
+            self.forget_run(victim, 1);
             self.bytes -= shed as usize;
             self.len -= 1;
             self.stats.shed[victim] += 1;
@@ -188,10 +197,10 @@ impl SubscriberQueue {
             .expect("lanes are made by the first event")
     }
 
-    /// Drops the `run` oldest events of a busy lane, `bytes` long together, keeping `busy`
-    /// true to the lanes (shedding drops one, a drain a run).
-    fn drop_run(&mut self, lane: usize, run: usize, bytes: usize) {
-        if self.lanes_mut()[lane].drop_run(run, bytes) {
+    /// Forgets the `run` oldest events of a busy lane (their bytes already taken), keeping
+    /// `busy` true to the lanes (shedding drops one, a drain a run).
+    fn forget_run(&mut self, lane: usize, run: usize) {
+        if self.lanes_mut()[lane].forget_run(run) {
             self.busy &= !(1 << lane);
         }
     }
@@ -200,6 +209,39 @@ impl SubscriberQueue {
     /// `budget` bytes were handed (so at least one event when any is queued); the number of
     /// events handed. A run of events from one lane is handed as one slice, with its count.
     pub fn drain(&mut self, budget: usize, mut write: impl FnMut(&[u8], usize)) -> usize {
+        self.drain_runs(budget, |bytes, len, events| {
+            write(&bytes[..len], events);
+            bytes.advance(len);
+        })
+    }
+
+    /// As [`drain`](Self::drain), handing each run as `Bytes` cut from the lane without a
+    /// copy: a writer can send them where they lie, after the lane moved on (its further
+    /// events go after them, or, while they are still held, into a fresh buffer).
+    pub fn drain_shared(&mut self, budget: usize, mut write: impl FnMut(Bytes, usize)) -> usize {
+        self.drain_runs(budget, |bytes, len, events| {
+            write(bytes.split_to(len).freeze(), events)
+        })
+    }
+
+    /// Gives back what a backlog left allocated in the empty lanes: for a writer to call once
+    /// it dropped the runs [`drain_shared`](Self::drain_shared) handed it.
+    pub fn trim(&mut self) {
+        let Some(lanes) = self.lanes.as_mut() else {
+            return;
+        };
+        for lane in lanes.iter_mut().filter(|l| l.entries.is_empty()) {
+            lane.trim();
+        }
+    }
+
+    /// The drain itself: `take(lane_bytes, len, events)` must remove the run's `len` bytes
+    /// from the front of its lane's buffer.
+    fn drain_runs(
+        &mut self,
+        budget: usize,
+        mut take: impl FnMut(&mut BytesMut, usize, usize),
+    ) -> usize {
         debug_assert_eq!(
             self.busy == 0,
             self.len == 0,
@@ -237,8 +279,10 @@ impl SubscriberQueue {
                 bytes += len as usize;
             }
             debug_assert!(run > 0, "the oldest front is always handed");
-            write(&lane_ref.bytes[..bytes], run);
-            self.drop_run(lane, run, bytes);
+            let before = lane_ref.bytes.len();
+            take(&mut lane_ref.bytes, bytes, run);
+            debug_assert_eq!(lane_ref.bytes.len() + bytes, before, "take removed the run");
+            self.forget_run(lane, run);
             handed += bytes;
             events += run;
         }
@@ -281,14 +325,30 @@ mod tests {
         seqs
     }
 
-    /// Drains what `budget` allows; the sequence numbers handed.
+    /// Drains what `budget` allows; the sequence numbers handed. An even budget drains with
+    /// [`SubscriberQueue::drain_shared`], whose runs are held until the next shared drain
+    /// (in `HELD`), so the lanes go on while earlier runs still share their buffers.
     fn drain_within(q: &mut SubscriberQueue, budget: usize) -> Vec<u64> {
+        thread_local! {
+            static HELD: std::cell::RefCell<Vec<Bytes>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let mut bytes = Vec::new();
         let mut counted = 0;
-        let events = q.drain(budget, |run, n| {
-            bytes.extend_from_slice(run);
-            counted += n;
-        });
+        let events = if budget % 2 == 0 {
+            HELD.with_borrow_mut(|held| {
+                held.clear();
+                q.drain_shared(budget, |run, n| {
+                    bytes.extend_from_slice(&run);
+                    held.push(run);
+                    counted += n;
+                })
+            })
+        } else {
+            q.drain(budget, |run, n| {
+                bytes.extend_from_slice(run);
+                counted += n;
+            })
+        };
         assert_eq!(counted, events, "the runs' counts add up");
         let seqs = sequences(&bytes);
         assert_eq!(seqs.len(), events);
@@ -445,6 +505,40 @@ mod tests {
         );
         assert_eq!(offer(&mut q, 1, Priority::Medium), Offer::Queued);
         assert_eq!(drain(&mut q), vec![1], "and the lane still works");
+    }
+
+    #[test]
+    fn runs_drained_shared_leave_a_working_lane_and_a_backlog_is_given_back_after_them() {
+        let mut q = SubscriberQueue::new(1 << 16, 64 << 20);
+        let lane = Priority::Medium as usize;
+        for seq in 0..3_000 {
+            offer_sized(&mut q, seq, Priority::Medium, 1000);
+        }
+        let mut held = Vec::new();
+        let handed = q.drain_shared(usize::MAX, |run, _| held.push(run));
+        assert_eq!(handed, 3_000);
+        // The lane goes on while the runs still share its buffer.
+        offer(&mut q, 9, Priority::Medium);
+        let mut bytes = held.concat();
+        let mut more = Vec::new();
+        q.drain_shared(usize::MAX, |run, _| more.push(run));
+        bytes.extend(more.concat());
+        assert_eq!(sequences(&bytes), (0..3_000).chain([9]).collect::<Vec<_>>());
+        drop((held, more));
+        // A backlog drained at once, its runs let go, the queue trimmed: whichever way the
+        // lane parted with the runs' buffer, it does not keep one of a backlog's size.
+        for seq in 0..3_000 {
+            offer_sized(&mut q, seq, Priority::Medium, 1000);
+        }
+        let mut held = Vec::new();
+        q.drain_shared(usize::MAX, |run, _| held.push(run));
+        drop(held);
+        q.trim();
+        let lanes = q.lanes.as_mut().unwrap();
+        assert!(
+            !lanes[lane].bytes.try_reclaim(KEEP_BYTES),
+            "trimmed: the lane holds no buffer of a backlog's size"
+        );
     }
 
     /// The rules of §4 written as plainly as possible, over one list in arrival order: what

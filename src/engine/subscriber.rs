@@ -202,6 +202,20 @@ impl Subscriber {
         events
     }
 
+    /// As [`drain`](Self::drain), handing runs as `Bytes` cut from the queue without a copy
+    /// ([`SubscriberQueue::drain_shared`]); call [`trim`](Self::trim) once they are let go.
+    pub fn drain_shared(&self, budget: usize, write: impl FnMut(bytes::Bytes, usize)) -> usize {
+        let events = self.queue.borrow_mut().drain_shared(budget, write);
+        self.delivered.set(self.delivered.get() + events as u64);
+        events
+    }
+
+    /// Gives back what a backlog left allocated in the queue, once the runs a shared drain
+    /// handed out were let go ([`SubscriberQueue::trim`]).
+    pub fn trim(&self) {
+        self.queue.borrow_mut().trim();
+    }
+
     /// Events still queued.
     pub fn queued(&self) -> usize {
         self.queue.borrow().len()

@@ -14,6 +14,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::codec::{self, ClientFrame, ErrorCode, FrameRef, Pong};
+use super::gather::Gather;
 use super::{error_code, event_run};
 use crate::accept::{self, Admission, ConnectionLimit, Connections, Half, SocketOptions};
 use crate::busy_poll::BusyPoll;
@@ -609,29 +610,45 @@ impl Connection {
     }
 
     async fn write_loop(&self, mut stream: Half) {
-        let mut out = BytesMut::new();
+        // Plaintext: queued events are sent where they lie (`Gather`); TLS seals a copy.
+        let mut batch = Gather::default();
+        let zero_copy = !self.transport.is_tls();
+        let mut drained: Vec<Rc<Subscriber>> = Vec::new();
         let mut wire = Vec::new();
         loop {
             let woken = self.consumer.notify.wait();
             {
                 let mut control = self.control.borrow_mut();
-                out.extend_from_slice(&control);
+                batch.out.extend_from_slice(&control);
                 control.clear();
             }
-            while out.len() < WRITE_BUDGET {
+            while batch.len() < WRITE_BUDGET {
                 let Some(sub) = self.consumer.next_ready() else {
                     break;
                 };
-                self.drain_into(&sub, &mut out);
+                if self.drain_into(&sub, &mut batch, zero_copy) {
+                    drained.push(sub);
+                }
             }
-            if out.is_empty() && !self.transport.wants_write() {
+            if batch.is_empty() && !self.transport.wants_write() {
                 if self.closed.get() {
                     break;
                 }
                 woken.await;
                 continue;
             }
-            let wrote = self.transport.write(&mut stream, &out, &mut wire).await;
+            let wrote = if zero_copy {
+                batch.send(&mut stream).await
+            } else {
+                self.transport
+                    .write(&mut stream, &batch.out, &mut wire)
+                    .await
+            };
+            batch.clear();
+            // The runs sent are let go: backlogs' buffers can be given back.
+            for sub in drained.drain(..) {
+                sub.trim();
+            }
             if let Err(e) = wrote {
                 if e.kind() == io::ErrorKind::TimedOut {
                     // The write deadline passed (or the kernel gave up on unacknowledged
@@ -644,30 +661,42 @@ impl Connection {
                 self.written.notify();
                 break;
             }
-            out.clear();
             self.written.notify();
         }
         let _ = stream.close().await;
     }
 
-    /// Writes what `sub` has queued (within the budget), and its cut notice once empty.
-    fn drain_into(&self, sub: &Rc<Subscriber>, out: &mut BytesMut) {
+    /// Adds what `sub` has queued (within the budget) to `batch`, and its cut notice once
+    /// empty: the queued runs themselves when `zero_copy`, else copies. True when it drained
+    /// anything.
+    fn drain_into(&self, sub: &Rc<Subscriber>, batch: &mut Gather, zero_copy: bool) -> bool {
         let sub_id = sub.tag as u32;
         let runs = match self.subs.borrow().get(&sub_id) {
             Some(s) if Rc::ptr_eq(&s.sub, sub) => s.runs,
-            _ => return, // not confirmed yet (it will be requeued), or gone
+            _ => return false, // not confirmed yet (it will be requeued), or gone
         };
         if sub.state() == SubState::Closed {
-            return;
+            return false;
         }
-        let budget = WRITE_BUDGET.saturating_sub(out.len());
-        sub.drain(budget, |events, count| {
+        let budget = WRITE_BUDGET.saturating_sub(batch.len());
+        let header = |out: &mut BytesMut, count: usize, len: usize| {
             if runs {
                 let count = u32::try_from(count).expect("a drain hands far fewer events");
-                event_run::put_frame_header(out, sub_id, count, events.len());
+                event_run::put_frame_header(out, sub_id, count, len);
             }
-            out.extend_from_slice(events)
-        });
+        };
+        let drained = if zero_copy {
+            sub.drain_shared(budget, |events, count| {
+                header(&mut batch.out, count, events.len());
+                batch.push_run(events);
+            })
+        } else {
+            sub.drain(budget, |events, count| {
+                header(&mut batch.out, count, events.len());
+                batch.out.extend_from_slice(events)
+            })
+        };
+        let out = &mut batch.out;
         if sub.queued() > 0 {
             sub.requeue();
         } else if sub.state() == SubState::Cut {
@@ -682,5 +711,6 @@ impl Connection {
                 msg,
             );
         }
+        drained > 0
     }
 }

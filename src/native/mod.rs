@@ -1,7 +1,8 @@
 //! The native door: the binary protocol of `docs/PROTOCOL.md` on TCP (request/response and
 //! pushed events) and UDP (fire-and-forget publishes), plus the Rust client that speaks it.
 //!
-//! [`codec`] is the protocol with no I/O, [`event_run`] its delivery runs; [`connection`] runs one TCP client on a shard;
+//! [`codec`] is the protocol with no I/O, [`event_run`] its delivery runs; [`gather`] a
+//! connection's writes of queued events without copying them; [`connection`] runs one TCP client on a shard;
 //! [`datagram`] handles the UDP socket; [`client`] is the blocking client library.
 
 pub mod client;
@@ -9,6 +10,7 @@ pub mod codec;
 pub mod connection;
 pub mod datagram;
 pub mod event_run;
+pub mod gather;
 
 use crate::engine::EventError;
 use codec::ErrorCode;
