@@ -329,3 +329,81 @@ fn a_run_larger_than_the_batch_limit_is_refused_before_its_records_are_read() {
     let eight: Vec<(Priority, &[u8])> = vec![(Priority::Low, b"x"); 8];
     assert_eq!(c.publish_run(handle, &eight).unwrap().sequence, 8);
 }
+
+#[test]
+fn a_batch_s_plain_events_of_one_topic_travel_as_runs_and_keep_every_guarantee() {
+    let server = start();
+    let topic = topic_owned_by("fast/batch", 1);
+    let mut legacy = server.client_on(2);
+    legacy.subscribe(&topic, Priority::Batch).unwrap();
+    let mut runs = server.client_on(3);
+    runs.subscribe_runs(&topic, Priority::Batch).unwrap();
+    let mut publisher = server.client_on(0);
+    let mut events: Vec<_> = (0..10u8)
+        .map(|i| event(&topic, &[b'e', i], Priority::Low))
+        .collect();
+    events[4].id = bytes::Bytes::from_static(b"given");
+    events[7].metadata = eventstream::engine::Metadata::from_pairs([("k", "v")]).unwrap();
+    let ack = publisher.publish_batch(&events).unwrap();
+    assert_eq!((ack.count, ack.sequence), (10, 10));
+    for (n, sent) in events.iter().enumerate() {
+        let d = legacy.next_event().unwrap();
+        assert_eq!(
+            (d.sequence, &d.event.payload),
+            (n as u64 + 1, &sent.payload)
+        );
+        match n {
+            4 => assert_eq!(&d.event.id[..], b"given"),
+            _ => assert_eq!(d.event.id.len(), 36, "a generated UUIDv7's text"),
+        }
+        assert_eq!(d.event.metadata, sent.metadata);
+    }
+    let got = receive(&mut runs, 10);
+    let sequences: Vec<u64> = got.iter().map(|g| g.1).collect();
+    assert_eq!(sequences, (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_refused_run_is_reported_once_per_event_without_an_ack_and_once_with_one() {
+    let mut config = test_config();
+    config.limits.max_topics_per_shard = 1;
+    let server = start_with(config);
+    let full = topic_owned_by("fast/refused/a", 2);
+    let refused = topic_owned_by("fast/refused/b", 2);
+    let mut c = server.client_on(0);
+    c.publish(&event(&full, b"fills shard 2", Priority::Low))
+        .unwrap();
+    let before = c.ping().unwrap().refused;
+
+    // A batch of three plain events (one run), no ACK: three PublishFailed, its request id.
+    let events: Vec<_> = (0..3)
+        .map(|_| event(&refused, b"x", Priority::Low))
+        .collect();
+    let mut frame = BytesMut::new();
+    eventstream::native::codec::put_publish_batch(&mut frame, 4_000_000, false, &events);
+    c.send_encoded(&frame).unwrap();
+    for _ in 0..3 {
+        let (code, reference, _) = server_error(c.next_event());
+        assert_eq!((code, reference), (ErrorCode::PublishFailed, 4_000_000));
+    }
+    // A PUBLISH_RUN of four, no ACK: four; with an ACK: one, in place of the ACK.
+    let handle = c.topic(&refused).unwrap();
+    let mut frame = BytesMut::new();
+    let mut run = RunWriter::begin(&mut frame, 5_000_000, false, handle.id());
+    for _ in 0..4 {
+        run.push(&mut frame, 1, 0, b"y");
+    }
+    run.finish(&mut frame);
+    c.send_encoded(&frame).unwrap();
+    for _ in 0..4 {
+        let (code, reference, _) = server_error(c.next_event());
+        assert_eq!((code, reference), (ErrorCode::PublishFailed, 5_000_000));
+    }
+    let two: Vec<(Priority, &[u8])> = vec![(Priority::Low, b"z"); 2];
+    assert_eq!(
+        server_error(c.publish_run(handle, &two)).0,
+        ErrorCode::PublishFailed
+    );
+    let after = c.ping().unwrap().refused;
+    assert_eq!(after - before, 3 + 4 + 2, "every refused event is counted");
+}

@@ -8,6 +8,7 @@
 
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -371,10 +372,36 @@ impl Shard {
         if let Some(last) = topics.last() {
             recent.remember(last);
         }
-        let accepted = events.iter().zip(&checked).map(|(raw, &(at, priority))| {
-            Accepted::checked(&topics[at], priority, *raw, buffer, received_ns)
-        });
-        self.publish(accepted, reply);
+        let runs = plan_runs(events, &checked);
+        if runs.iter().all(|r| r.len() == 1) {
+            let accepted = events.iter().zip(&checked).map(|(raw, &(at, priority))| {
+                Accepted::checked(&topics[at], priority, *raw, buffer, received_ns)
+            });
+            self.publish(accepted, reply);
+            return Ok(());
+        }
+        // Events of one topic in a row, with no id or metadata of their own, go as runs: one
+        // owner lookup, one range of sequence numbers and one message between shards each.
+        let count = u32::try_from(events.len()).expect("batch sizes are limited far below u32");
+        self.stats.borrow_mut().received += u64::from(count);
+        let (route, now) = self.route(reply, runs.len() as u32, count);
+        for span in runs {
+            let (at, _) = checked[span.start];
+            if span.len() == 1 {
+                let (raw, priority) = (events[span.start], checked[span.start].1);
+                let event = Accepted::checked(&topics[at], priority, raw, buffer, received_ns);
+                self.publish_routed(event, route, now);
+                continue;
+            }
+            let run = as_run(
+                &topics[at],
+                &events[span.clone()],
+                &checked[span],
+                received_ns,
+            );
+            self.route_run(run, route, now);
+        }
+        self.process_cuts();
         Ok(())
     }
 
@@ -391,17 +418,23 @@ impl Shard {
         self.stats.borrow_mut().received += u64::from(count);
         let (route, now) = self.route(reply, count, count);
         for event in events {
-            let home = owner(event.topic().route(), self.count);
-            if home == self.id {
-                let outcome = self.sequence(event);
-                self.answer(self.id, route, outcome, now);
-            } else {
-                let generated = event.new_id(&mut self.ids.borrow_mut());
-                let event = event.into_event(generated, 0); // the owner sequences it
-                self.push(home, ShardMsg::Publish { event, route });
-            }
+            self.publish_routed(event, route, now);
         }
         self.process_cuts();
+    }
+
+    /// Sends one validated event to its topic's owner (or sequences it here), to be
+    /// answered as `route` says.
+    fn publish_routed(&self, event: impl Incoming, route: Route, now: Option<Instant>) {
+        let home = owner(event.topic().route(), self.count);
+        if home == self.id {
+            let outcome = self.sequence(event);
+            self.answer(self.id, route, outcome, now, 1);
+        } else {
+            let generated = event.new_id(&mut self.ids.borrow_mut());
+            let event = event.into_event(generated, 0); // the owner sequences it
+            self.push(home, ShardMsg::Publish { event, route });
+        }
     }
 
     /// How the owners of a request's events answer it: `answers` owner answers complete the
@@ -458,28 +491,38 @@ impl Shard {
             received_ns,
             top_priority,
         };
-        let home = owner(topic.route(), self.count);
+        self.route_run(run, route, now);
+        self.process_cuts();
+        Ok(())
+    }
+
+    /// Sends a checked run to its topic's owner (or sequences it here, if this shard owns
+    /// it), to be answered as `route` says.
+    fn route_run(&self, run: Run, route: Route, now: Option<Instant>) {
+        let home = owner(run.topic.route(), self.count);
         if home == self.id {
+            let count = run.count;
             let outcome = self.sequence_run(run);
-            self.answer(self.id, route, outcome, now);
-            self.process_cuts();
+            self.answer(self.id, route, outcome, now, count);
         } else {
             self.push(home, ShardMsg::PublishRun { run, route });
         }
-        Ok(())
     }
 
     /// As the owner: tells the publishing shard `from` what became of one event.
     /// `at`: when the event was sequenced; read only for acknowledged routes.
+    /// `events`: how many events the answer is about (one, or a run's), each of which a
+    /// refusal refuses and, without an ACK, reports (§5.2, §5.7 of docs/PROTOCOL.md).
     fn answer(
         &self,
         from: usize,
         route: Route,
         outcome: Result<u64, PublishError>,
         at: Option<Instant>,
+        events: u32,
     ) {
         if outcome.is_err() {
-            self.stats.borrow_mut().refused += 1;
+            self.stats.borrow_mut().refused += u64::from(events);
         }
         match (route, outcome) {
             (Route::Ack(token), outcome) => {
@@ -491,17 +534,20 @@ impl Shard {
                 }
             }
             (Route::Refusal { sink, request_id }, Err(error)) if from == self.id => {
-                self.on_refused(sink, request_id, error)
+                for _ in 0..events {
+                    self.on_refused(sink, request_id, error.clone())
+                }
             }
             (Route::Refusal { sink, request_id }, Err(error)) => {
-                self.push(
-                    from,
-                    ShardMsg::Refused {
+                for _ in 0..events {
+                    let error = error.clone();
+                    let refused = ShardMsg::Refused {
                         sink,
                         request_id,
                         error,
-                    },
-                );
+                    };
+                    self.push(from, refused);
+                }
             }
             (Route::Refusal { .. } | Route::Nobody, _) => {}
         }
@@ -1005,11 +1051,12 @@ impl Shard {
             match msg {
                 ShardMsg::Publish { event, route } => {
                     let outcome = self.sequence(event);
-                    self.answer(from, route, outcome, Some(now));
+                    self.answer(from, route, outcome, Some(now), 1);
                 }
                 ShardMsg::PublishRun { run, route } => {
+                    let count = run.count;
                     let outcome = self.sequence_run(run);
-                    self.answer(from, route, outcome, Some(now));
+                    self.answer(from, route, outcome, Some(now), count);
                 }
                 ShardMsg::DeliverRun {
                     run,
@@ -1072,6 +1119,58 @@ impl Shard {
             }
         }
         self.process_cuts();
+    }
+}
+
+/// The runs of a validated batch (`checked`: each event's topic index and priority): spans of
+/// consecutive events of one topic that have no id or metadata of their own (their ids are
+/// the server's to make, as a run's are). Every other event is a span of one.
+fn plan_runs(events: &[EventRef<'_>], checked: &[(usize, Priority)]) -> Vec<Range<usize>> {
+    let plain = |i: usize| events[i].id.is_empty() && events[i].metadata_count == 0;
+    let mut spans: Vec<Range<usize>> = Vec::new();
+    for i in 0..events.len() {
+        match spans.last_mut() {
+            Some(span)
+                if plain(i) && plain(span.start) && checked[span.start].0 == checked[i].0 =>
+            {
+                span.end = i + 1
+            }
+            _ => spans.push(i..i + 1),
+        }
+    }
+    spans
+}
+
+/// Events of one topic, checked, copied into a run's records (the PUBLISH_RUN form:
+/// priority, timestamp, payload): the one copy a batch's run makes of them.
+fn as_run(
+    topic: &Topic,
+    events: &[EventRef<'_>],
+    checked: &[(usize, Priority)],
+    received_ns: i64,
+) -> Run {
+    use bytes::BufMut;
+    let size = events
+        .iter()
+        .map(|e| run::RECORD_HEADER_BYTES + e.payload.len());
+    let mut records = bytes::BytesMut::with_capacity(size.sum());
+    for event in events {
+        records.put_u8(event.priority);
+        records.put_i64_le(event.timestamp_ns);
+        records.put_u32_le(event.payload.len() as u32);
+        records.put_slice(event.payload);
+    }
+    let top_priority = checked
+        .iter()
+        .map(|c| c.1)
+        .max()
+        .expect("a run of two or more");
+    Run {
+        topic: topic.clone(),
+        records: records.freeze(),
+        count: events.len() as u32,
+        received_ns,
+        top_priority,
     }
 }
 
