@@ -407,3 +407,70 @@ fn a_refused_run_is_reported_once_per_event_without_an_ack_and_once_with_one() {
     let after = c.ping().unwrap().refused;
     assert_eq!(after - before, 3 + 4 + 2, "every refused event is counted");
 }
+
+/// `count` unacknowledged PUBLISH frames to `topic`, request ids `first..`, in one buffer
+/// (one write, so the server reads them together); priority 9 where `bad` says.
+fn publishes(topic: &str, first: u64, count: u64, bad: impl Fn(u64) -> bool) -> BytesMut {
+    let mut frames = BytesMut::new();
+    for n in 0..count {
+        let priority = if bad(n) { 9 } else { Priority::Low as u8 };
+        let payload = n.to_le_bytes();
+        eventstream::native::codec::put_publish_simple(
+            &mut frames,
+            first + n,
+            topic.as_bytes(),
+            priority,
+            &payload,
+        );
+    }
+    frames
+}
+
+#[test]
+fn consecutive_publish_frames_of_one_topic_go_as_a_run_and_each_keeps_its_own_answer() {
+    let server = start();
+    let topic = topic_owned_by("fast/frames", 2);
+    let mut sub = server.client_on(3);
+    sub.subscribe_runs(&topic, Priority::Batch).unwrap();
+    let mut c = server.client_on(0);
+    // Frames 10 and 20 break a rule: each gets its own ERROR; the rest are published in order.
+    c.send_encoded(&publishes(&topic, 6_000_000, 30, |n| n == 10 || n == 20))
+        .unwrap();
+    for n in [10, 20] {
+        let (code, reference, _) = server_error(c.next_event());
+        assert_eq!((code, reference), (ErrorCode::InvalidEvent, 6_000_000 + n));
+    }
+    let got = receive(&mut sub, 28);
+    let sequences: Vec<u64> = got.iter().map(|g| g.1).collect();
+    assert_eq!(sequences, (1..=28).collect::<Vec<_>>());
+    let sent: Vec<u64> = got
+        .iter()
+        .map(|g| u64::from_le_bytes(g.3[..8].try_into().unwrap()))
+        .collect();
+    let want: Vec<u64> = (0..30).filter(|n| *n != 10 && *n != 20).collect();
+    assert_eq!(sent, want, "in the order they were sent");
+}
+
+#[test]
+fn a_refused_run_of_publish_frames_answers_each_frame_under_its_own_request_id() {
+    let mut config = test_config();
+    config.limits.max_topics_per_shard = 1;
+    let server = start_with(config);
+    let full = topic_owned_by("fast/frames-refused/a", 1);
+    let refused = topic_owned_by("fast/frames-refused/b", 1);
+    let mut c = server.client_on(0);
+    c.publish(&event(&full, b"fills shard 1", Priority::Low))
+        .unwrap();
+    c.send_encoded(&publishes(&refused, 7_000_000, 5, |_| false))
+        .unwrap();
+    let mut references: Vec<u64> = (0..5)
+        .map(|_| {
+            let (code, reference, _) = server_error(c.next_event());
+            assert_eq!(code, ErrorCode::PublishFailed);
+            reference
+        })
+        .collect();
+    references.sort_unstable();
+    assert_eq!(references, (7_000_000..7_000_005).collect::<Vec<_>>());
+    assert_eq!(c.ping().unwrap().refused, 5);
+}

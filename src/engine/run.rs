@@ -16,6 +16,16 @@ use super::topic::Topic;
 /// Bytes before each record's payload: priority (u8), timestamp_ns (i64), payload length (u32).
 pub const RECORD_HEADER_BYTES: usize = 1 + 8 + 4;
 
+/// Appends one record in the PUBLISH_RUN form (how a batch's or a read's events become a
+/// run on the server).
+pub fn put_record(out: &mut bytes::BytesMut, priority: u8, timestamp_ns: i64, payload: &[u8]) {
+    use bytes::BufMut;
+    out.put_u8(priority);
+    out.put_i64_le(timestamp_ns);
+    out.put_u32_le(payload.len() as u32);
+    out.put_slice(payload);
+}
+
 /// One event of a run, read in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunEvent<'a> {

@@ -101,6 +101,12 @@ enum Pending {
         last_sequence: u64,
         error: Option<PublishError>,
     },
+    /// A run made of separate unacknowledged PUBLISH frames: a refusal is reported under
+    /// each frame's own request id.
+    Frames {
+        sink: Rc<dyn AckSink>,
+        request_ids: Vec<u64>,
+    },
     Subscribe(Rc<Countdown>),
     Ping(Rc<PingGather>),
 }
@@ -341,6 +347,86 @@ impl Shard {
             recent.remember(&topic);
         }
         Ok(())
+    }
+
+    /// Publishes consecutive unacknowledged PUBLISH frames of one topic that one read brought
+    /// (`frames`: request id and event, in place in `buffer`; no id or metadata of their own)
+    /// as one run: their topic is checked once (reusing the connection's `recent` one), each
+    /// event's fields on their own. Each frame stays its own request: one that breaks a rule
+    /// is left out and returned with why (for its ERROR); if the owner refuses the run, `sink`
+    /// hears of it under each frame's request id.
+    pub fn publish_frames(
+        &self,
+        frames: &[(u64, EventRef<'_>)],
+        buffer: &Bytes,
+        recent: &RecentTopic,
+        received_ns: i64,
+        sink: Rc<dyn AckSink>,
+    ) -> Vec<(u64, EventError)> {
+        let Some((_, first)) = frames.first() else {
+            return Vec::new();
+        };
+        debug_assert!(frames.iter().all(|(_, e)| e.topic == first.topic));
+        debug_assert!(frames
+            .iter()
+            .all(|(_, e)| e.id.is_empty() && e.metadata_count == 0));
+        let known = recent
+            .get()
+            .clone()
+            .filter(|t| t.bytes()[..] == *first.topic);
+        let topic = match known.map_or_else(|| Topic::parse(share(buffer, first.topic)), Ok) {
+            Ok(topic) => topic,
+            Err(e) => {
+                let refused = frames
+                    .iter()
+                    .map(|(id, _)| (*id, EventError::from(e.clone())));
+                return refused.collect();
+            }
+        };
+        let mut refused = Vec::new();
+        let mut request_ids = Vec::with_capacity(frames.len());
+        let size = frames
+            .iter()
+            .map(|(_, e)| run::RECORD_HEADER_BYTES + e.payload.len());
+        let mut records = bytes::BytesMut::with_capacity(size.sum());
+        let mut top_priority = Priority::Batch;
+        for (request_id, event) in frames {
+            match check_fields(&topic, event, &self.limits) {
+                Ok(priority) => {
+                    run::put_record(
+                        &mut records,
+                        event.priority,
+                        event.timestamp_ns,
+                        event.payload,
+                    );
+                    request_ids.push(*request_id);
+                    top_priority = top_priority.max(priority);
+                }
+                Err(e) => refused.push((*request_id, e)),
+            }
+        }
+        if request_ids.is_empty() {
+            return refused;
+        }
+        recent.remember(&topic);
+        let count = request_ids.len() as u32;
+        self.stats.borrow_mut().received += u64::from(count);
+        let token = self
+            .pending
+            .borrow_mut()
+            .insert(Pending::Frames { sink, request_ids });
+        let token =
+            u32::try_from(token).expect("pending requests are bounded by what connections read");
+        let run = Run {
+            topic,
+            records: records.freeze(),
+            count,
+            received_ns,
+            top_priority,
+        };
+        self.route_run(run, Route::Ack(token), Some(Instant::now()));
+        self.process_cuts();
+        refused
     }
 
     /// Validates a whole batch decoded in place (`events`, borrowing `buffer`), then publishes
@@ -803,6 +889,24 @@ impl Shard {
 
     fn on_sequenced(&self, token: u32, outcome: Result<u64, PublishError>, at: Instant) {
         let token = token as usize;
+        let frames = matches!(
+            self.pending.borrow().get(token),
+            Some(Pending::Frames { .. })
+        );
+        if !frames {
+            return self.on_ack_sequenced(token, outcome, at);
+        }
+        let Pending::Frames { sink, request_ids } = self.pending.borrow_mut().remove(token) else {
+            unreachable!("a Frames entry, checked above");
+        };
+        if let Err(error) = outcome {
+            for request_id in request_ids {
+                sink.refused(request_id, error.clone());
+            }
+        }
+    }
+
+    fn on_ack_sequenced(&self, token: usize, outcome: Result<u64, PublishError>, at: Instant) {
         let done = match self.pending.borrow_mut().get_mut(token) {
             Some(Pending::Ack {
                 remaining,
@@ -1149,16 +1253,17 @@ fn as_run(
     checked: &[(usize, Priority)],
     received_ns: i64,
 ) -> Run {
-    use bytes::BufMut;
     let size = events
         .iter()
         .map(|e| run::RECORD_HEADER_BYTES + e.payload.len());
     let mut records = bytes::BytesMut::with_capacity(size.sum());
     for event in events {
-        records.put_u8(event.priority);
-        records.put_i64_le(event.timestamp_ns);
-        records.put_u32_le(event.payload.len() as u32);
-        records.put_slice(event.payload);
+        run::put_record(
+            &mut records,
+            event.priority,
+            event.timestamp_ns,
+            event.payload,
+        );
     }
     let top_priority = checked
         .iter()

@@ -482,6 +482,22 @@ impl<'a> ClientFrame<'a> {
     }
 }
 
+/// The request id and event of `frame` when it is a PUBLISH that can travel in a run with
+/// its neighbours: no FLAG_ACK, no id or metadata of its own, and a body that parses. Any
+/// other frame (or one that does not parse: its ERROR comes from [`ClientFrame::parse`])
+/// is `None`.
+pub fn plain_publish(frame: FrameRef<'_>) -> Option<(u64, EventRef<'_>)> {
+    if frame.kind != kind::PUBLISH || frame.flags & FLAG_ACK != 0 {
+        return None;
+    }
+    match ClientFrame::parse(frame, 0) {
+        Ok(ClientFrame::Publish {
+            request_id, event, ..
+        }) if event.id.is_empty() && event.metadata_count == 0 => Some((request_id, event)),
+        _ => None,
+    }
+}
+
 /// Server counters carried by PONG.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pong {
@@ -1380,6 +1396,43 @@ mod tests {
             .map(|e| (e.priority, e.payload))
             .collect();
         assert_eq!(events, [(2, &b"hi"[..]), (3, &b"yo"[..])]);
+    }
+
+    #[test]
+    fn only_unacknowledged_publishes_without_id_or_metadata_are_plain() {
+        let plain = RawEvent {
+            topic: Bytes::from_static(b"a/b"),
+            payload: Bytes::from_static(b"x"),
+            priority: 2,
+            ..RawEvent::default()
+        };
+        let with_id = RawEvent {
+            id: Bytes::from_static(b"mine"),
+            ..plain.clone()
+        };
+        let with_metadata = RawEvent {
+            metadata: Metadata::from_pairs([("k", "v")]).unwrap(),
+            ..plain.clone()
+        };
+        let cases = [
+            (plain.clone(), false, true),
+            (plain, true, false),
+            (with_id, false, false),
+            (with_metadata, false, false),
+        ];
+        for (event, ack, want) in cases {
+            let mut buf = BytesMut::new();
+            put_publish(&mut buf, 7, ack, &event);
+            let frame = frame_at(&buf, MAX).unwrap().unwrap();
+            let got = plain_publish(frame);
+            assert_eq!(got.is_some(), want, "{event:?} ack {ack}");
+            if let Some((id, e)) = got {
+                assert_eq!((id, e.payload), (7, &b"x"[..]));
+            }
+        }
+        let mut buf = BytesMut::new();
+        put_ping(&mut buf, 1);
+        assert_eq!(plain_publish(frame_at(&buf, MAX).unwrap().unwrap()), None);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use crate::busy_poll::BusyPoll;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, EventError, Pattern, Priority, PublishError,
-    RecentTopic, Reply, Shard, SinkId, SubState, Subscriber, Topic, NATIVE_DOOR,
+    AckOutcome, AckRequest, AckSink, Consumer, EventError, EventRef, Pattern, Priority,
+    PublishError, RecentTopic, Reply, Shard, SinkId, SubState, Subscriber, Topic, NATIVE_DOOR,
 };
 use crate::tls::Transport;
 
@@ -311,13 +311,27 @@ impl Connection {
             if whole > 0 {
                 let frames = buf.split_to(whole).freeze();
                 let mut at = 0;
+                // Consecutive plain PUBLISH frames to one topic, published as one run.
+                let mut span: Vec<(u64, EventRef<'_>)> = Vec::new();
+                let max_span = self.shard.limits().max_batch_events;
                 while let Ok(Some(frame)) = codec::frame_at(&frames[at..], max_frame) {
                     at += frame.wire_len;
+                    let plain = codec::plain_publish(frame);
+                    if let Some((request_id, event)) = plain {
+                        let joins = span.first().is_none_or(|(_, e)| e.topic == event.topic);
+                        if !joins || span.len() == max_span {
+                            self.publish_span(&mut span, &frames, received_ns);
+                        }
+                        span.push((request_id, event));
+                        continue;
+                    }
+                    self.publish_span(&mut span, &frames, received_ns);
                     // Most requests are served at once, with no future to build and poll.
                     if let Some(waiting) = self.handle(frame, &frames, received_ns) {
                         self.handle_waiting(waiting).await;
                     }
                 }
+                self.publish_span(&mut span, &frames, received_ns);
                 debug_assert_eq!(at, whole, "every whole frame was handled");
             }
             if let Some(e) = framing {
@@ -325,6 +339,38 @@ impl Connection {
                 return;
             }
         }
+    }
+
+    /// Publishes the plain PUBLISH frames gathered from one read (all to one topic), then
+    /// forgets them: one alone as it came, several as one run
+    /// ([`Shard::publish_frames`]); each frame that breaks a rule gets its own ERROR.
+    fn publish_span(
+        self: &Rc<Self>,
+        span: &mut Vec<(u64, EventRef<'_>)>,
+        frames: &Bytes,
+        received_ns: i64,
+    ) {
+        let refused = match span.as_slice() {
+            [] => return,
+            [(request_id, event)] => {
+                let reply = self.reply(false, *request_id);
+                let published =
+                    (self.shard).publish_in_place(*event, frames, &self.recent, received_ns, reply);
+                published
+                    .err()
+                    .map(|e| (*request_id, e))
+                    .into_iter()
+                    .collect()
+            }
+            several => {
+                let sink: Rc<dyn AckSink> = self.clone();
+                (self.shard).publish_frames(several, frames, &self.recent, received_ns, sink)
+            }
+        };
+        for (request_id, e) in refused {
+            self.error(error_code(&e), false, request_id, None, &e.to_string());
+        }
+        span.clear();
     }
 
     /// The server is stopping: every subscription hears it, then the connection closes.
