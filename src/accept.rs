@@ -290,7 +290,14 @@ impl Half {
         let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
         let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
         match SockRef::from(&fd).send_vectored_with_flags(bufs, flags) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
             sent => sent,
         }
     }

@@ -474,3 +474,34 @@ fn a_refused_run_of_publish_frames_answers_each_frame_under_its_own_request_id()
     assert_eq!(references, (7_000_000..7_000_005).collect::<Vec<_>>());
     assert_eq!(c.ping().unwrap().refused, 5);
 }
+
+#[test]
+fn thousands_of_one_event_runs_in_one_write_all_arrive() {
+    // Events alternating between two priorities queue in two lanes, so one write turn drains
+    // thousands of one-event runs (it once offered the kernel more slices than one sendmsg
+    // takes, and the connection was dropped).
+    let server = start();
+    let topic = topic_owned_by("fast/alternating", 1);
+    let mut sub = server.client_on(1);
+    sub.subscribe_runs(&topic, Priority::Batch).unwrap();
+    let mut legacy = server.client_on(1);
+    legacy.subscribe(&topic, Priority::Batch).unwrap();
+    let mut publisher = server.client_on(1);
+    let events: Vec<_> = (0..3_000u32)
+        .map(|i| {
+            let priority = if i % 2 == 0 {
+                Priority::Medium
+            } else {
+                Priority::High
+            };
+            event(&topic, &i.to_le_bytes(), priority)
+        })
+        .collect();
+    assert_eq!(publisher.publish_batch(&events).unwrap().sequence, 3_000);
+    let got = receive(&mut sub, 3_000);
+    let sequences: Vec<u64> = got.iter().map(|g| g.1).collect();
+    assert_eq!(sequences, (1..=3_000).collect::<Vec<_>>());
+    for n in 1..=3_000 {
+        assert_eq!(legacy.next_event().unwrap().sequence, n);
+    }
+}

@@ -104,7 +104,7 @@ enum Pending {
     /// A run made of separate unacknowledged PUBLISH frames: a refusal is reported under
     /// each frame's own request id.
     Frames {
-        sink: Rc<dyn AckSink>,
+        sink: SinkId,
         request_ids: Vec<u64>,
     },
     Subscribe(Rc<Countdown>),
@@ -353,15 +353,15 @@ impl Shard {
     /// (`frames`: request id and event, in place in `buffer`; no id or metadata of their own)
     /// as one run: their topic is checked once (reusing the connection's `recent` one), each
     /// event's fields on their own. Each frame stays its own request: one that breaks a rule
-    /// is left out and returned with why (for its ERROR); if the owner refuses the run, `sink`
-    /// hears of it under each frame's request id.
+    /// is left out and returned with why (for its ERROR); if the owner refuses the run, the
+    /// sink registered as `sink` hears of it under each frame's request id (unless it is gone).
     pub fn publish_frames(
         &self,
         frames: &[(u64, EventRef<'_>)],
         buffer: &Bytes,
         recent: &RecentTopic,
         received_ns: i64,
-        sink: Rc<dyn AckSink>,
+        sink: SinkId,
     ) -> Vec<(u64, EventError)> {
         let Some((_, first)) = frames.first() else {
             return Vec::new();
@@ -901,7 +901,7 @@ impl Shard {
         };
         if let Err(error) = outcome {
             for request_id in request_ids {
-                sink.refused(request_id, error.clone());
+                self.on_refused(sink, request_id, error.clone());
             }
         }
     }

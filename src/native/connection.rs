@@ -363,7 +363,7 @@ impl Connection {
                     .collect()
             }
             several => {
-                let sink: Rc<dyn AckSink> = self.clone();
+                let sink = self.sink.get().expect("registered before reading");
                 (self.shard).publish_frames(several, frames, &self.recent, received_ns, sink)
             }
         };

@@ -128,7 +128,11 @@ fn check_record(rest: &[u8]) -> Result<&[u8], &'static str> {
         .ok_or("truncated record header")?;
     Priority::from_u8(h[16]).ok_or("priority out of range")?;
     let [topic, id, metadata_len, payload] = lengths(h);
-    let size = topic + id + metadata_len + payload;
+    // Checked: on a 32-bit client two u32 lengths could overflow.
+    let size = [id, metadata_len, payload]
+        .into_iter()
+        .try_fold(topic, usize::checked_add)
+        .ok_or("record lengths overflow")?;
     if rest.len() < size {
         return Err("truncated record");
     }

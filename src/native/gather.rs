@@ -16,6 +16,14 @@ use futures_lite::AsyncWriteExt;
 
 use crate::accept::Half;
 
+/// Runs shorter than this are copied into the connection's own bytes instead of becoming
+/// pieces of their own: a turn that drains many small runs (one event each, when a
+/// subscriber's events alternate between priorities) stays a few pieces, and a fallback
+/// write is not one system call per event.
+const COPY_BELOW_BYTES: usize = 4096;
+/// Most slices one `sendmsg` takes (Linux's UIO_MAXIOV; more is refused with EMSGSIZE).
+const MAX_IOVECS: usize = 1024;
+
 /// One part of a gathered write, in order.
 #[derive(Debug)]
 enum Piece {
@@ -49,6 +57,10 @@ impl Gather {
 
     /// Appends a run of queued events after everything gathered so far.
     pub fn push_run(&mut self, run: Bytes) {
+        if run.len() < COPY_BELOW_BYTES {
+            self.out.extend_from_slice(&run);
+            return;
+        }
         self.seal_own();
         self.runs_bytes += run.len();
         self.pieces.push(Piece::Run(run));
@@ -62,18 +74,23 @@ impl Gather {
         }
     }
 
-    /// The pieces as slices, in order.
+    /// The first pieces as slices, in order, as many as one `sendmsg` takes.
     fn slices(&self) -> Vec<IoSlice<'_>> {
-        let slices = self.pieces.iter().map(|piece| match piece {
-            Piece::Own(range) => IoSlice::new(&self.out[range.clone()]),
-            Piece::Run(run) => IoSlice::new(run),
-        });
+        let slices = self
+            .pieces
+            .iter()
+            .take(MAX_IOVECS)
+            .map(|piece| match piece {
+                Piece::Own(range) => IoSlice::new(&self.out[range.clone()]),
+                Piece::Run(run) => IoSlice::new(run),
+            });
         slices.collect()
     }
 
     /// Sends everything gathered, then empties itself (keeping `out`'s allocation): first
-    /// with one vectored send the socket takes without waiting, then, for what it did not
-    /// take, with waiting writes through the reactor (and its write deadline).
+    /// with one vectored send the socket takes without waiting (of the first `MAX_IOVECS`
+    /// pieces), then, for what it did not take, with waiting writes through the reactor (and
+    /// its write deadline).
     pub async fn send(&mut self, stream: &mut Half) -> io::Result<()> {
         self.seal_own();
         let sent = {
@@ -113,21 +130,48 @@ mod tests {
 
     /// The bytes a gather sends, in order.
     fn flat(g: &Gather) -> Vec<u8> {
-        g.slices().iter().flat_map(|s| s.to_vec()).collect()
+        let pieces = g.pieces.iter().map(|piece| match piece {
+            Piece::Own(range) => g.out[range.clone()].to_vec(),
+            Piece::Run(run) => run.to_vec(),
+        });
+        pieces.flatten().collect()
+    }
+
+    fn run_of(byte: u8, len: usize) -> Bytes {
+        Bytes::from(vec![byte; len])
     }
 
     #[test]
     fn own_bytes_and_runs_go_out_in_the_order_they_were_gathered() {
         let mut g = Gather::default();
         g.out.put_slice(b"ack;");
-        g.push_run(Bytes::from_static(b"run1;"));
+        g.push_run(run_of(b'1', COPY_BELOW_BYTES));
         g.out.put_slice(b"header;");
-        g.push_run(Bytes::from_static(b"run2;"));
+        g.push_run(run_of(b'2', COPY_BELOW_BYTES));
+        g.push_run(Bytes::from_static(b"small"));
         g.out.put_slice(b"error");
         g.seal_own();
-        assert_eq!(flat(&g), b"ack;run1;header;run2;error");
-        assert_eq!(g.len(), 26);
+        let mut want = b"ack;".to_vec();
+        want.extend(vec![b'1'; COPY_BELOW_BYTES]);
+        want.extend(b"header;");
+        want.extend(vec![b'2'; COPY_BELOW_BYTES]);
+        want.extend(b"smallerror");
+        assert_eq!(flat(&g), want);
+        assert_eq!(g.len(), want.len());
+        assert_eq!(g.pieces.len(), 5, "the small run went into the own bytes");
         g.clear();
         assert!(g.is_empty() && flat(&g).is_empty());
+    }
+
+    #[test]
+    fn one_send_is_offered_at_most_the_slices_the_kernel_takes() {
+        let mut g = Gather::default();
+        for i in 0..(MAX_IOVECS + 10) {
+            g.out.put_u8(i as u8);
+            g.push_run(run_of(i as u8, COPY_BELOW_BYTES));
+        }
+        g.seal_own();
+        assert!(g.pieces.len() > MAX_IOVECS);
+        assert_eq!(g.slices().len(), MAX_IOVECS);
     }
 }
