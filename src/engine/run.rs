@@ -9,22 +9,12 @@
 
 use bytes::Bytes;
 
-use super::event::{EventError, EventView, IdRange, IdView, Priority};
+use super::event::{EventError, EventRef, EventView, IdRange, IdView, Priority};
 use super::limits::Limits;
 use super::topic::Topic;
 
 /// Bytes before each record's payload: priority (u8), timestamp_ns (i64), payload length (u32).
 pub const RECORD_HEADER_BYTES: usize = 1 + 8 + 4;
-
-/// Appends one record in the PUBLISH_RUN form (how a batch's or a read's events become a
-/// run on the server).
-pub fn put_record(out: &mut bytes::BytesMut, priority: u8, timestamp_ns: i64, payload: &[u8]) {
-    use bytes::BufMut;
-    out.put_u8(priority);
-    out.put_i64_le(timestamp_ns);
-    out.put_u32_le(payload.len() as u32);
-    out.put_slice(payload);
-}
 
 /// One event of a run, read in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +124,38 @@ pub struct Numbering {
 }
 
 impl Run {
+    /// Events of one topic that passed §3's checks (each with its priority), decoded in place
+    /// from other frames (a batch, consecutive PUBLISH frames), copied into a run's records:
+    /// the one copy such a run makes of them. Needs at least one event.
+    pub fn copied<'a, 'e: 'a>(
+        topic: Topic,
+        events: impl Iterator<Item = (&'a EventRef<'e>, Priority)> + Clone,
+        received_ns: i64,
+    ) -> Run {
+        use bytes::BufMut;
+        let size = events
+            .clone()
+            .map(|(e, _)| RECORD_HEADER_BYTES + e.payload.len());
+        let mut records = bytes::BytesMut::with_capacity(size.sum());
+        let (mut count, mut top_priority) = (0, Priority::Batch);
+        for (event, priority) in events {
+            records.put_u8(event.priority);
+            records.put_i64_le(event.timestamp_ns);
+            records.put_u32_le(event.payload.len() as u32);
+            records.put_slice(event.payload);
+            count += 1;
+            top_priority = top_priority.max(priority);
+        }
+        debug_assert!(count > 0, "a run holds an event");
+        Run {
+            topic,
+            records: records.freeze(),
+            count,
+            received_ns,
+            top_priority,
+        }
+    }
+
     /// Hands `deliver` each event of at least `min` priority as subscribers receive it,
     /// numbered by `numbering`, until it returns false. One view on the stack, made in place
     /// for each event (events below `min` are skipped before any of it is made).

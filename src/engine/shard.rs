@@ -384,46 +384,26 @@ impl Shard {
             }
         };
         let mut refused = Vec::new();
-        let mut request_ids = Vec::with_capacity(frames.len());
-        let size = frames
-            .iter()
-            .map(|(_, e)| run::RECORD_HEADER_BYTES + e.payload.len());
-        let mut records = bytes::BytesMut::with_capacity(size.sum());
-        let mut top_priority = Priority::Batch;
+        let mut accepted = Vec::with_capacity(frames.len());
         for (request_id, event) in frames {
             match check_fields(&topic, event, &self.limits) {
-                Ok(priority) => {
-                    run::put_record(
-                        &mut records,
-                        event.priority,
-                        event.timestamp_ns,
-                        event.payload,
-                    );
-                    request_ids.push(*request_id);
-                    top_priority = top_priority.max(priority);
-                }
+                Ok(priority) => accepted.push((*request_id, event, priority)),
                 Err(e) => refused.push((*request_id, e)),
             }
         }
-        if request_ids.is_empty() {
+        if accepted.is_empty() {
             return refused;
         }
         recent.remember(&topic);
-        let count = request_ids.len() as u32;
-        self.stats.borrow_mut().received += u64::from(count);
+        let run = Run::copied(topic, accepted.iter().map(|a| (a.1, a.2)), received_ns);
+        self.stats.borrow_mut().received += u64::from(run.count);
+        let request_ids = accepted.iter().map(|a| a.0).collect();
         let token = self
             .pending
             .borrow_mut()
             .insert(Pending::Frames { sink, request_ids });
         let token =
             u32::try_from(token).expect("pending requests are bounded by what connections read");
-        let run = Run {
-            topic,
-            records: records.freeze(),
-            count,
-            received_ns,
-            top_priority,
-        };
         self.route_run(run, Route::Ack(token), Some(Instant::now()));
         self.process_cuts();
         refused
@@ -479,12 +459,8 @@ impl Shard {
                 self.publish_routed(event, route, now);
                 continue;
             }
-            let run = as_run(
-                &topics[at],
-                &events[span.clone()],
-                &checked[span],
-                received_ns,
-            );
+            let span = events[span.clone()].iter().zip(&checked[span]);
+            let run = Run::copied(topics[at].clone(), span.map(|(e, c)| (e, c.1)), received_ns);
             self.route_run(run, route, now);
         }
         self.process_cuts();
@@ -1243,40 +1219,6 @@ fn plan_runs(events: &[EventRef<'_>], checked: &[(usize, Priority)]) -> Vec<Rang
         }
     }
     spans
-}
-
-/// Events of one topic, checked, copied into a run's records (the PUBLISH_RUN form:
-/// priority, timestamp, payload): the one copy a batch's run makes of them.
-fn as_run(
-    topic: &Topic,
-    events: &[EventRef<'_>],
-    checked: &[(usize, Priority)],
-    received_ns: i64,
-) -> Run {
-    let size = events
-        .iter()
-        .map(|e| run::RECORD_HEADER_BYTES + e.payload.len());
-    let mut records = bytes::BytesMut::with_capacity(size.sum());
-    for event in events {
-        run::put_record(
-            &mut records,
-            event.priority,
-            event.timestamp_ns,
-            event.payload,
-        );
-    }
-    let top_priority = checked
-        .iter()
-        .map(|c| c.1)
-        .max()
-        .expect("a run of two or more");
-    Run {
-        topic: topic.clone(),
-        records: records.freeze(),
-        count: events.len() as u32,
-        received_ns,
-        top_priority,
-    }
 }
 
 struct UnsubscribeOnDrop(Option<(Rc<Shard>, Rc<Subscriber>)>);

@@ -14,7 +14,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::codec::{self, ErrorCode, EventFrame, FrameRef, Pong, RunWriter, ServerFrame};
 use super::event_run::{Delivered, EventRunFrame};
-use crate::engine::{IdView, Priority, RawEvent};
+use crate::engine::{EventRef, IdView, Priority, RawEvent};
 
 /// Largest frame the client accepts from a server.
 const MAX_FRAME: usize = 64 << 20;
@@ -290,22 +290,7 @@ impl Client {
     /// Subscribes and waits until the server confirmed; returns the subscription id that
     /// events for it carry.
     pub fn subscribe(&mut self, pattern: &str, min_priority: Priority) -> Result<u32, ClientError> {
-        // Drawn from the request counter, so that an ERROR's reference is never ambiguous.
-        let sub_id = u32::try_from(self.request_id()).map_err(|_| {
-            ClientError::Protocol("subscription ids exhausted on this connection".into())
-        })?;
-        codec::put_subscribe(
-            &mut self.wbuf,
-            sub_id,
-            min_priority as u8,
-            pattern.as_bytes(),
-        );
-        self.flush()?;
-        self.wait_for(u64::from(sub_id), |f| match f {
-            ServerFrame::Subscribed { sub_id: s } if *s == sub_id => Some(()),
-            _ => None,
-        })?;
-        Ok(sub_id)
+        self.subscribe_as(pattern, min_priority, codec::put_subscribe)
     }
 
     /// As [`subscribe`](Self::subscribe), with the subscription's events delivered many to a
@@ -316,10 +301,21 @@ impl Client {
         pattern: &str,
         min_priority: Priority,
     ) -> Result<u32, ClientError> {
+        self.subscribe_as(pattern, min_priority, codec::put_subscribe_runs)
+    }
+
+    /// Sends the SUBSCRIBE `put` encodes and waits for its SUBSCRIBED.
+    fn subscribe_as(
+        &mut self,
+        pattern: &str,
+        min_priority: Priority,
+        put: fn(&mut BytesMut, u32, u8, &[u8]),
+    ) -> Result<u32, ClientError> {
+        // Drawn from the request counter, so that an ERROR's reference is never ambiguous.
         let sub_id = u32::try_from(self.request_id()).map_err(|_| {
             ClientError::Protocol("subscription ids exhausted on this connection".into())
         })?;
-        codec::put_subscribe_runs(
+        put(
             &mut self.wbuf,
             sub_id,
             min_priority as u8,
@@ -440,7 +436,7 @@ impl Client {
         loop {
             match self.inbox.pop_front() {
                 Some(Inbound::Event(d)) => {
-                    each(d.sub_id, &delivered(&d));
+                    each(d.sub_id, &delivered(d.sequence, &d.event.as_ref())?);
                     return Ok(1);
                 }
                 Some(Inbound::Error(e)) => return Err(e),
@@ -460,20 +456,7 @@ impl Client {
             }
             let single = EventFrame::parse(frame).map_err(|e| ClientError::Protocol(e.message))?;
             if let Some(e) = single {
-                let Some(priority) = Priority::from_u8(e.event.priority) else {
-                    return Err(ClientError::Protocol("priority out of range".into()));
-                };
-                let event = Delivered {
-                    sequence: e.sequence,
-                    timestamp_ns: e.event.timestamp_ns,
-                    priority,
-                    id: IdView::Given(e.event.id),
-                    topic: e.event.topic,
-                    metadata_count: e.event.metadata_count,
-                    metadata: e.event.metadata,
-                    payload: e.event.payload,
-                };
-                each(e.sub_id, &event);
+                each(e.sub_id, &delivered(e.sequence, &e.event)?);
                 self.frames.advance(frame.wire_len);
                 return Ok(1);
             }
@@ -630,18 +613,21 @@ impl Client {
     }
 }
 
-/// A kept event lent as [`Client::next_events_with`] lends events in place.
-fn delivered(d: &Delivery) -> Delivered<'_> {
-    Delivered {
-        sequence: d.sequence,
-        timestamp_ns: d.event.timestamp_ns,
-        priority: Priority::from_u8(d.event.priority).unwrap_or(Priority::Batch),
-        id: IdView::Given(&d.event.id),
-        topic: &d.event.topic,
-        metadata_count: d.event.metadata.len() as u16,
-        metadata: d.event.metadata.wire(),
-        payload: &d.event.payload,
-    }
+/// An EVENT frame's event (read in place, or kept while the client waited) as
+/// [`Client::next_events_with`] lends events: its id as the text it came as.
+fn delivered<'a>(sequence: u64, e: &EventRef<'a>) -> Result<Delivered<'a>, ClientError> {
+    let priority = Priority::from_u8(e.priority)
+        .ok_or_else(|| ClientError::Protocol(format!("priority {} out of range", e.priority)))?;
+    Ok(Delivered {
+        sequence,
+        timestamp_ns: e.timestamp_ns,
+        priority,
+        id: IdView::Given(e.id),
+        topic: e.topic,
+        metadata_count: e.metadata_count,
+        metadata: e.metadata,
+        payload: e.payload,
+    })
 }
 
 fn into_error(frame: ServerFrame) -> ClientError {

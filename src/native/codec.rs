@@ -778,18 +778,18 @@ pub fn put_publish_batch(out: &mut BytesMut, request_id: u64, ack: bool, events:
 
 /// Client: SUBSCRIBE.
 pub fn put_subscribe(out: &mut BytesMut, sub_id: u32, min_priority: u8, pattern: &[u8]) {
-    frame(out, kind::SUBSCRIBE, 0, |out| {
-        out.put_u32_le(sub_id);
-        out.put_u8(min_priority);
-        put_str16(out, pattern);
-    });
+    put_subscribe_flagged(out, 0, sub_id, min_priority, pattern);
 }
 
 /// Client: SUBSCRIBE with FLAG_RUNS (events come in EVENT_RUN frames).
 pub fn put_subscribe_runs(out: &mut BytesMut, sub_id: u32, min_priority: u8, pattern: &[u8]) {
-    frame(out, kind::SUBSCRIBE, FLAG_RUNS, |out| {
+    put_subscribe_flagged(out, FLAG_RUNS, sub_id, min_priority, pattern);
+}
+
+fn put_subscribe_flagged(out: &mut BytesMut, flags: u8, sub_id: u32, priority: u8, pattern: &[u8]) {
+    frame(out, kind::SUBSCRIBE, flags, |out| {
         out.put_u32_le(sub_id);
-        out.put_u8(min_priority);
+        out.put_u8(priority);
         put_str16(out, pattern);
     });
 }
