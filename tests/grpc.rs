@@ -515,6 +515,48 @@ fn a_publish_only_stream_with_an_invalid_event_ends_naming_its_position() {
 }
 
 #[test]
+fn an_invalid_event_inside_a_read_of_one_topic_ends_the_call_after_the_valid_ones_before_it() {
+    // One DATA frame of one topic: the engine takes its valid events as one run, and the
+    // invalid one (an id over the length limit, found only when the engine checks the
+    // stretch) must leave them published, itself and what follows not.
+    let server = start();
+    let topic = "ingest/run";
+    let mut sub = server.client();
+    sub.subscribe(topic, Priority::Batch).unwrap();
+    runtime().block_on(async {
+        let mut sender = connect(&server).await;
+        let mut frame = BytesMut::new();
+        for payload in ["0", "1", "2"] {
+            frame.extend_from_slice(&framed(&event(topic, payload.as_bytes(), Priority::Low)));
+        }
+        let mut bad = event(topic, b"bad", Priority::Low);
+        bad.id = "i".repeat(1000);
+        frame.extend_from_slice(&framed(&bad));
+        frame.extend_from_slice(&framed(&event(topic, b"3", Priority::Low)));
+        let o = publish_only_stream(&mut sender, vec![frame.freeze()]).await;
+        assert_eq!(o.status, 3, "INVALID_ARGUMENT: {o:?}");
+        assert!(o.message.contains("inbound event 3"), "{}", o.message);
+        let marker = proto::PublishRequest {
+            event: Some(event(topic, b"marker", Priority::Low)),
+        };
+        let o = unary(&mut sender, "Publish", framed(&marker)).await;
+        assert_eq!(o.status, 0, "{o:?}");
+    });
+    let got: Vec<(Bytes, u64)> = (0..4)
+        .map(|_| {
+            let e = sub.next_event().unwrap();
+            (e.event.payload, e.sequence)
+        })
+        .collect();
+    let want = [("0", 1), ("1", 2), ("2", 3), ("marker", 4)];
+    let want: Vec<(Bytes, u64)> = want
+        .iter()
+        .map(|(p, s)| (Bytes::from_static(p.as_bytes()), *s))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
 fn a_publish_only_stream_the_client_never_half_closes_ends_at_its_deadline() {
     let server = start();
     runtime().block_on(async {
