@@ -181,6 +181,72 @@ fn min_priority_picks_events_out_of_a_run() {
     );
 }
 
+#[test]
+fn run_subscribers_of_one_shard_share_a_run_s_records_and_each_gets_exactly_its_own() {
+    // On one shard: two run subscriptions on one connection (all priorities, and HIGH up),
+    // one on another connection, and one reading today's EVENT frames. Runs of one priority
+    // are encoded once there for the three run subscriptions; a mixed run goes event by event.
+    let server = start();
+    let topic = topic_owned_by("fast/shared", 1);
+    let mut first = server.client_on(2);
+    let all = first.subscribe_runs(&topic, Priority::Batch).unwrap();
+    let high_up = first.subscribe_runs(&topic, Priority::High).unwrap();
+    let mut second = server.client_on(2);
+    second.subscribe_runs(&topic, Priority::Batch).unwrap();
+    let mut legacy = server.client_on(2);
+    legacy.subscribe(&topic, Priority::Batch).unwrap();
+
+    let mut publisher = server.client_on(0);
+    let handle = publisher.topic(&topic).unwrap();
+    let runs: [&[Priority]; 4] = [
+        &[Priority::Low; 30],
+        &[Priority::High; 20],
+        &[Priority::Medium, Priority::Critical, Priority::Low],
+        &[Priority::Critical; 10],
+    ];
+    let mut sent = Vec::new();
+    for (r, priorities) in runs.iter().enumerate() {
+        let payloads: Vec<Vec<u8>> = (0..priorities.len() as u8)
+            .map(|i| vec![r as u8, i])
+            .collect();
+        let events: Vec<(Priority, &[u8])> = priorities
+            .iter()
+            .zip(&payloads)
+            .map(|(p, b)| (*p, &b[..]))
+            .collect();
+        publisher.publish_run(handle, &events).unwrap();
+        sent.extend(priorities.iter().copied().zip(payloads));
+    }
+    let numbered: Vec<(u64, Priority, Vec<u8>)> = sent
+        .into_iter()
+        .enumerate()
+        .map(|(i, (p, b))| (i as u64 + 1, p, b))
+        .collect();
+    let high: Vec<_> = numbered
+        .iter()
+        .filter(|e| e.1 >= Priority::High)
+        .cloned()
+        .collect();
+
+    let got = receive(&mut first, numbered.len() + high.len());
+    let of = |sub: u32| -> Vec<(u64, Priority, Vec<u8>)> {
+        let mine = got.iter().filter(|g| g.0 == sub);
+        mine.map(|g| (g.1, g.2, g.3.clone())).collect()
+    };
+    assert_eq!(of(all), numbered);
+    assert_eq!(of(high_up), high);
+    let got = receive(&mut second, numbered.len());
+    let seen: Vec<_> = got.into_iter().map(|g| (g.1, g.2, g.3)).collect();
+    assert_eq!(seen, numbered);
+    for (sequence, priority, payload) in &numbered {
+        let d = legacy.next_event().unwrap();
+        assert_eq!(
+            (d.sequence, d.event.priority, &d.event.payload[..]),
+            (*sequence, *priority as u8, &payload[..])
+        );
+    }
+}
+
 /// A client whose socket holds little, so that the server's queue for it fills quickly.
 fn stalled_client(server: &TestServer) -> Client {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();

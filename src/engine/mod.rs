@@ -28,5 +28,5 @@ pub use messages::{
     NATIVE_DOOR,
 };
 pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
-pub use subscriber::{Consumer, EncodeEvent, SubState, Subscriber};
+pub use subscriber::{Consumer, EncodeEvent, Encoding, SubState, Subscriber};
 pub use topic::{Pattern, RecentTopic, Topic, TopicError};

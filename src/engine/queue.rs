@@ -8,8 +8,13 @@
 //! arrival order, while shedding "the oldest event of the lowest priority present" drops the
 //! front of one FIFO. A bit mask says which FIFOs hold anything, so the usual subscriber, whose
 //! events share one priority, takes from its one busy FIFO without comparing fronts.
+//!
+//! A run of one priority that a shard encoded once for all its subscriptions of one form
+//! ([`SharedRecords`]) is queued by each as one entry that shares the bytes: its events still
+//! count one by one (limits, shedding, arrival order), but nothing is copied per subscription.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -37,12 +42,94 @@ pub struct QueueStats {
     pub shed: [u64; 5],
 }
 
-/// The events of one priority: their encoded bytes back to back, and for each its arrival
-/// number and length.
+/// Events of one priority encoded once, back to back, for every subscription of a shard that
+/// queues them in the same form (EVENT_RUN records do not name their subscription): each such
+/// queue holds them as one entry sharing these bytes.
+#[derive(Debug)]
+pub struct SharedRecords {
+    bytes: Bytes,
+    /// Where each event ends in `bytes`.
+    ends: Vec<u32>,
+    priority: Priority,
+}
+
+impl SharedRecords {
+    /// Encodes `count` events of `priority` into one buffer (of `capacity_bytes` to begin
+    /// with): `encode` appends each with the writer it is given. At least one event.
+    pub fn encode(
+        priority: Priority,
+        count: usize,
+        capacity_bytes: usize,
+        encode: impl FnOnce(&mut SharedRecordsWriter),
+    ) -> SharedRecords {
+        let mut writer = SharedRecordsWriter {
+            bytes: BytesMut::with_capacity(capacity_bytes),
+            ends: Vec::with_capacity(count),
+        };
+        encode(&mut writer);
+        assert!(!writer.ends.is_empty(), "shared records hold an event");
+        SharedRecords {
+            bytes: writer.bytes.freeze(),
+            ends: writer.ends,
+            priority,
+        }
+    }
+
+    /// Events held.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Never true: built with at least one event.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Where the `i`-th event begins.
+    fn start(&self, i: usize) -> usize {
+        if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize
+        }
+    }
+}
+
+/// Appends the events of a [`SharedRecords`] being made, marking where each ends.
+pub struct SharedRecordsWriter {
+    bytes: BytesMut,
+    ends: Vec<u32>,
+}
+
+impl SharedRecordsWriter {
+    /// Appends one event, which `encode` writes.
+    pub fn push(&mut self, encode: impl FnOnce(&mut BytesMut)) {
+        encode(&mut self.bytes);
+        let end = u32::try_from(self.bytes.len()).expect("a run is far smaller than 4 GiB");
+        debug_assert!(self.ends.last().is_none_or(|&last| last <= end));
+        self.ends.push(end);
+    }
+}
+
+/// The `len` field of a lane entry that stands for the front of the lane's `shared` list
+/// rather than one event in its `bytes`.
+const SHARED_ENTRY: u32 = u32::MAX;
+
+/// A queue's hold on shared records: the events from `first` on are still queued.
+struct SharedCursor {
+    records: Rc<SharedRecords>,
+    first: usize,
+}
+
+/// The events of one priority, in arrival order: each entry is its arrival number and either
+/// the length of one event encoded in `bytes` (back to back, oldest first), or
+/// [`SHARED_ENTRY`], for the remaining events of the front of `shared` (whose arrival numbers
+/// follow on from the entry's).
 #[derive(Default)]
 struct Lane {
     entries: VecDeque<(u64, u32)>,
     bytes: BytesMut,
+    shared: VecDeque<SharedCursor>,
 }
 
 /// A lane that empties with more than this allocated for its bytes gives the allocation back:
@@ -58,11 +145,47 @@ impl Lane {
     /// front of `bytes`; true when that emptied the lane, whose allocations are then kept
     /// unless a backlog made them large.
     fn forget_run(&mut self, run: usize) -> bool {
+        debug_assert!(self.entries.iter().take(run).all(|e| e.1 != SHARED_ENTRY));
         self.entries.drain(..run);
+        self.emptied()
+    }
+
+    /// Takes the `taken` oldest events of the shared records at the front (an entry of its
+    /// own), forgetting the entry once they are all taken: their bytes, shared, and true when
+    /// that emptied the lane.
+    fn take_shared(&mut self, taken: usize) -> (Bytes, bool) {
+        debug_assert_eq!(self.entries.front().map(|e| e.1), Some(SHARED_ENTRY));
+        let cursor = self
+            .shared
+            .front_mut()
+            .expect("a shared entry has its records");
+        let records = &cursor.records;
+        let end = cursor.first + taken;
+        debug_assert!(taken > 0 && end <= records.len());
+        let bytes = records
+            .bytes
+            .slice(records.start(cursor.first)..records.start(end));
+        cursor.first = end;
+        if end < records.len() {
+            self.entries[0].0 += taken as u64;
+            return (bytes, false);
+        }
+        self.shared.pop_front();
+        self.entries.pop_front();
+        (bytes, self.emptied())
+    }
+
+    /// True when the lane holds nothing now (its allocations then kept unless a backlog made
+    /// them large).
+    fn emptied(&mut self) -> bool {
         if !self.entries.is_empty() {
             return false;
         }
         debug_assert!(self.bytes.is_empty(), "the entries account for every byte");
+        debug_assert!(
+            self.shared.is_empty(),
+            "the entries account for every shared run"
+        );
         self.trim();
         true
     }
@@ -162,10 +285,8 @@ impl SubscriberQueue {
                 return self.refuse(priority);
             }
             let victim = below.trailing_zeros() as usize;
-            let (_, shed) = self.lanes_mut()[victim].entries[0];
-            self.lanes_mut()[victim].bytes.advance(shed as usize);
-            self.forget_run(victim, 1);
-            self.bytes -= shed as usize;
+            let shed = self.shed_front(victim);
+            self.bytes -= shed;
             self.len -= 1;
             self.stats.shed[victim] += 1;
             outcome = Offer::QueuedShedding(Priority::ALL[victim]);
@@ -180,6 +301,49 @@ impl SubscriberQueue {
         self.lanes_mut()[lane].entries.push_back((arrival, size));
         debug_assert!(self.len <= self.max_events && self.bytes <= self.max_bytes);
         outcome
+    }
+
+    /// Queues shared records whole, as one entry, if they fit without shedding anything;
+    /// false leaves the queue as it was, for the caller to offer their events one by one
+    /// (whose shedding then follows §4 exactly, as a whole run never could).
+    pub fn offer_shared(&mut self, records: &Rc<SharedRecords>) -> bool {
+        let (count, size) = (records.len(), records.bytes.len());
+        if self.len + count > self.max_events || self.bytes + size > self.max_bytes {
+            return false;
+        }
+        let lane = records.priority as usize;
+        let first_arrival = self.arrivals + 1;
+        let cursor = SharedCursor {
+            records: records.clone(),
+            first: 0,
+        };
+        let lanes = self.lanes.get_or_insert_with(Box::default);
+        lanes[lane].entries.push_back((first_arrival, SHARED_ENTRY));
+        lanes[lane].shared.push_back(cursor);
+        self.arrivals += count as u64;
+        self.len += count;
+        self.bytes += size;
+        self.stats.queued += count as u64;
+        self.busy |= 1 << lane;
+        debug_assert!(self.len <= self.max_events && self.bytes <= self.max_bytes);
+        true
+    }
+
+    /// Sheds the oldest event of a busy lane: its size.
+    fn shed_front(&mut self, lane: usize) -> usize {
+        let lane_ref = &mut self.lanes_mut()[lane];
+        let (_, len) = lane_ref.entries[0];
+        let (size, emptied) = if len == SHARED_ENTRY {
+            let (bytes, emptied) = lane_ref.take_shared(1);
+            (bytes.len(), emptied)
+        } else {
+            lane_ref.bytes.advance(len as usize);
+            (len as usize, lane_ref.forget_run(1))
+        };
+        if emptied {
+            self.busy &= !(1 << lane);
+        }
+        size
     }
 
     fn refuse(&mut self, priority: Priority) -> Offer {
@@ -197,21 +361,16 @@ impl SubscriberQueue {
             .expect("lanes are made by the first event")
     }
 
-    /// Forgets the `run` oldest events of a busy lane (their bytes already taken), keeping
-    /// `busy` true to the lanes (shedding drops one, a drain a run).
-    fn forget_run(&mut self, lane: usize, run: usize) {
-        if self.lanes_mut()[lane].forget_run(run) {
-            self.busy &= !(1 << lane);
-        }
-    }
-
     /// Hands the queued events, oldest arrival first, to `write`, for as long as fewer than
     /// `budget` bytes were handed (so at least one event when any is queued); the number of
     /// events handed. A run of events from one lane is handed as one slice, with its count.
     pub fn drain(&mut self, budget: usize, mut write: impl FnMut(&[u8], usize)) -> usize {
-        self.drain_runs(budget, |bytes, len, events| {
-            write(&bytes[..len], events);
-            bytes.advance(len);
+        self.drain_runs(budget, |run, events| match run {
+            Taken::Own(bytes, len) => {
+                write(&bytes[..len], events);
+                bytes.advance(len);
+            }
+            Taken::Shared(bytes) => write(&bytes, events),
         })
     }
 
@@ -219,8 +378,9 @@ impl SubscriberQueue {
     /// copy: a writer can send them where they lie, after the lane moved on (its further
     /// events go after them, or, while they are still held, into a fresh buffer).
     pub fn drain_shared(&mut self, budget: usize, mut write: impl FnMut(Bytes, usize)) -> usize {
-        self.drain_runs(budget, |bytes, len, events| {
-            write(bytes.split_to(len).freeze(), events)
+        self.drain_runs(budget, |run, events| match run {
+            Taken::Own(bytes, len) => write(bytes.split_to(len).freeze(), events),
+            Taken::Shared(bytes) => write(bytes, events),
         })
     }
 
@@ -235,13 +395,9 @@ impl SubscriberQueue {
         }
     }
 
-    /// The drain itself: `take(lane_bytes, len, events)` must remove the run's `len` bytes
-    /// from the front of its lane's buffer.
-    fn drain_runs(
-        &mut self,
-        budget: usize,
-        mut take: impl FnMut(&mut BytesMut, usize, usize),
-    ) -> usize {
+    /// The drain itself: `take(run, events)` gets each run in turn; an own run must be
+    /// removed (its `len` bytes) from the front of its lane's buffer.
+    fn drain_runs(&mut self, budget: usize, mut take: impl FnMut(Taken<'_>, usize)) -> usize {
         debug_assert_eq!(
             self.busy == 0,
             self.len == 0,
@@ -269,20 +425,45 @@ impl SubscriberQueue {
                 (lane, next)
             };
             let lane_ref = &mut self.lanes_mut()[lane];
-            let mut run = 0;
-            let mut bytes = 0;
-            for &(arrival, len) in &lane_ref.entries {
-                if handed + bytes >= budget || arrival > run_limit {
-                    break;
+            let (run, bytes, emptied) = if lane_ref.entries[0].1 == SHARED_ENTRY {
+                // Shared records arrived all at once: no other lane's front falls among them.
+                let cursor = lane_ref
+                    .shared
+                    .front()
+                    .expect("a shared entry has its records");
+                let (records, first) = (&cursor.records, cursor.first);
+                debug_assert!(
+                    lane_ref.entries[0].0 + (records.len() - first) as u64 <= run_limit,
+                    "shared records' arrival numbers are consecutive"
+                );
+                let base = records.start(first);
+                let left = budget - handed;
+                // As for own events: each is handed while fewer than `budget` bytes were.
+                let later = &records.ends[first..records.len() - 1];
+                let run = 1 + later.partition_point(|&end| (end as usize - base) < left);
+                let (shared, emptied) = lane_ref.take_shared(run);
+                let bytes = shared.len();
+                take(Taken::Shared(shared), run);
+                (run, bytes, emptied)
+            } else {
+                let mut run = 0;
+                let mut bytes = 0;
+                for &(arrival, len) in &lane_ref.entries {
+                    if len == SHARED_ENTRY || handed + bytes >= budget || arrival > run_limit {
+                        break;
+                    }
+                    run += 1;
+                    bytes += len as usize;
                 }
-                run += 1;
-                bytes += len as usize;
+                debug_assert!(run > 0, "the oldest front is always handed");
+                let before = lane_ref.bytes.len();
+                take(Taken::Own(&mut lane_ref.bytes, bytes), run);
+                debug_assert_eq!(lane_ref.bytes.len() + bytes, before, "take removed the run");
+                (run, bytes, lane_ref.forget_run(run))
+            };
+            if emptied {
+                self.busy &= !(1 << lane);
             }
-            debug_assert!(run > 0, "the oldest front is always handed");
-            let before = lane_ref.bytes.len();
-            take(&mut lane_ref.bytes, bytes, run);
-            debug_assert_eq!(lane_ref.bytes.len() + bytes, before, "take removed the run");
-            self.forget_run(lane, run);
             handed += bytes;
             events += run;
         }
@@ -291,6 +472,14 @@ impl SubscriberQueue {
         self.stats.delivered += events as u64;
         events
     }
+}
+
+/// A run of one lane's events as a drain hands it on.
+enum Taken<'a> {
+    /// `len` bytes at the front of the lane's own buffer, to be removed by the taker.
+    Own(&'a mut BytesMut, usize),
+    /// Shared records' bytes.
+    Shared(Bytes),
 }
 
 #[cfg(test)]
@@ -312,6 +501,20 @@ mod tests {
 
     fn offer(q: &mut SubscriberQueue, seq: u64, priority: Priority) -> Offer {
         offer_sized(q, seq, priority, SIZE)
+    }
+
+    /// Shared records holding `events` (sequence, priority, size), encoded as the tests'
+    /// events are.
+    fn shared(priority: Priority, events: &[(u64, Priority, usize)]) -> SharedRecords {
+        SharedRecords::encode(priority, events.len(), 0, |writer| {
+            for &(seq, _, size) in events {
+                writer.push(|out| {
+                    out.put_u32_le(size as u32);
+                    out.put_u64_le(seq);
+                    out.put_bytes(0, size - SIZE);
+                });
+            }
+        })
     }
 
     /// The sequence numbers of the events `bytes` holds, in order.
@@ -604,24 +807,50 @@ mod tests {
 
         #[test]
         fn the_lanes_follow_the_plain_rules(
-            ops in proptest::collection::vec((0u8..5, 0usize..40, 0usize..80, proptest::bool::ANY), 1..300),
+            ops in proptest::collection::vec((0u8..5, 0usize..40, 0usize..80, 0u8..3, 1u64..6), 1..300),
             max_events in 1usize..12,
             max_bytes in 10usize..400,
         ) {
             let mut q = SubscriberQueue::new(max_events, max_bytes);
             let mut model = Model::default();
-            for (seq, (priority, padding, budget, drain)) in ops.into_iter().enumerate() {
-                if drain {
-                    proptest::prop_assert_eq!(drain_within(&mut q, budget), model.drain(budget));
-                } else {
-                    let (seq, priority) = (seq as u64, Priority::from_u8(priority).unwrap());
-                    let got = offer_sized(&mut q, seq, priority, SIZE + padding);
-                    let expected = model.offer((seq, priority, SIZE + padding), max_events, max_bytes);
-                    proptest::prop_assert_eq!(got, expected);
+            for (op, (priority, padding, budget, kind, count)) in ops.into_iter().enumerate() {
+                // Sequence numbers: room for the events of one shared op between ops.
+                let (seq, priority) = (op as u64 * 8, Priority::from_u8(priority).unwrap());
+                match kind {
+                    0 => {
+                        proptest::prop_assert_eq!(drain_within(&mut q, budget), model.drain(budget));
+                    }
+                    1 => {
+                        let got = offer_sized(&mut q, seq, priority, SIZE + padding);
+                        let expected = model.offer((seq, priority, SIZE + padding), max_events, max_bytes);
+                        proptest::prop_assert_eq!(got, expected);
+                    }
+                    _ => {
+                        // `count` events sharing records, sized apart; queued whole only when
+                        // they all fit without shedding, else offered one by one.
+                        let events: Vec<(u64, Priority, usize)> = (0..count)
+                            .map(|i| (seq + i, priority, SIZE + (padding + i as usize * 7) % 40))
+                            .collect();
+                        let records = Rc::new(shared(priority, &events));
+                        let size: usize = events.iter().map(|e| e.2).sum();
+                        let fits = model.queued.len() + events.len() <= max_events
+                            && model.bytes() + size <= max_bytes;
+                        proptest::prop_assert_eq!(q.offer_shared(&records), fits);
+                        for &event in &events {
+                            if fits {
+                                model.queued.push(event);
+                            } else {
+                                let got = offer_sized(&mut q, event.0, priority, event.2);
+                                let expected = model.offer(event, max_events, max_bytes);
+                                proptest::prop_assert_eq!(got, expected);
+                            }
+                        }
+                    }
                 }
                 proptest::prop_assert_eq!(q.len(), model.queued.len());
                 proptest::prop_assert_eq!(q.bytes(), model.bytes());
             }
+            proptest::prop_assert_eq!(drain(&mut q), model.drain(usize::MAX));
         }
     }
 }

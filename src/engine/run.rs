@@ -82,11 +82,38 @@ pub fn events(records: &[u8]) -> impl Iterator<Item = RunEvent<'_>> {
     })
 }
 
+/// The lowest and highest priority among a run's events: which subscriptions may want any of
+/// it (`top`), and whether it is all of one priority (`low == top`), which lets a shard
+/// encode it once for every subscription that takes it whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Priorities {
+    pub low: Priority,
+    pub top: Priority,
+}
+
+impl Priorities {
+    /// None of a run yet: the first event sets both.
+    const EMPTY: Priorities = Priorities {
+        low: Priority::Critical,
+        top: Priority::Batch,
+    };
+
+    fn include(&mut self, priority: Priority) {
+        self.low = self.low.min(priority);
+        self.top = self.top.max(priority);
+    }
+
+    /// The one priority of every event, if they share one.
+    pub fn single(&self) -> Option<Priority> {
+        (self.low == self.top).then_some(self.top)
+    }
+}
+
 /// Checks every event of a run against §3's per-event rules and the limits (a run's topic
-/// was checked when it was declared): on success the highest priority in the run (which
-/// subscriptions may want any of it), else the 0-based index of the first refused event.
-pub fn check(records: &[u8], limits: &Limits) -> Result<Priority, (u32, EventError)> {
-    let mut top = Priority::Batch;
+/// was checked when it was declared): on success the run's [`Priorities`], else the 0-based
+/// index of the first refused event.
+pub fn check(records: &[u8], limits: &Limits) -> Result<Priorities, (u32, EventError)> {
+    let mut priorities = Priorities::EMPTY;
     for (index, event) in events(records).enumerate() {
         let index = index as u32;
         let priority = Priority::from_u8(event.priority)
@@ -95,9 +122,9 @@ pub fn check(records: &[u8], limits: &Limits) -> Result<Priority, (u32, EventErr
             let (size, max) = (event.payload.len(), limits.max_message_bytes);
             return Err((index, EventError::TooLarge { size, max }));
         }
-        top = top.max(priority);
+        priorities.include(priority);
     }
-    Ok(top)
+    Ok(priorities)
 }
 
 /// A run checked by [`check`], on its way to its topic's owner and then to subscribers' home
@@ -111,8 +138,8 @@ pub struct Run {
     /// When the bytes carrying the run were read (Unix ns): the timestamp of events that
     /// left theirs 0, and the time in their generated ids.
     pub received_ns: i64,
-    /// The highest priority among the events ([`check`]).
-    pub top_priority: Priority,
+    /// The lowest and highest priority among the events ([`check`]).
+    pub priorities: Priorities,
 }
 
 /// A run after its owner sequenced it: the `i`-th event is number `first_sequence + i` of
@@ -137,14 +164,14 @@ impl Run {
             .clone()
             .map(|(e, _)| RECORD_HEADER_BYTES + e.payload.len());
         let mut records = bytes::BytesMut::with_capacity(size.sum());
-        let (mut count, mut top_priority) = (0, Priority::Batch);
+        let (mut count, mut priorities) = (0, Priorities::EMPTY);
         for (event, priority) in events {
             records.put_u8(event.priority);
             records.put_i64_le(event.timestamp_ns);
             records.put_u32_le(event.payload.len() as u32);
             records.put_slice(event.payload);
             count += 1;
-            top_priority = top_priority.max(priority);
+            priorities.include(priority);
         }
         debug_assert!(count > 0, "a run holds an event");
         Run {
@@ -152,7 +179,7 @@ impl Run {
             records: records.freeze(),
             count,
             received_ns,
-            top_priority,
+            priorities,
         }
     }
 
@@ -244,13 +271,20 @@ mod tests {
     }
 
     #[test]
-    fn check_refuses_the_first_bad_event_and_finds_the_top_priority() {
+    fn check_refuses_the_first_bad_event_and_finds_the_priorities() {
         let limits = Limits {
             max_message_bytes: 3,
             ..Limits::default()
         };
         let good = records(&[(1, 0, b"a"), (3, 0, b"abc"), (0, 0, b"")]);
-        assert_eq!(check(&good, &limits), Ok(Priority::High));
+        let priorities = check(&good, &limits).unwrap();
+        assert_eq!(
+            (priorities.low, priorities.top),
+            (Priority::Batch, Priority::High)
+        );
+        assert_eq!(priorities.single(), None);
+        let one = check(&records(&[(2, 0, b"a"), (2, 0, b"")]), &limits).unwrap();
+        assert_eq!(one.single(), Some(Priority::Medium));
         let bad = records(&[(1, 0, b"a"), (5, 0, b""), (2, 0, b"abcd")]);
         assert_eq!(check(&bad, &limits), Err((1, EventError::Priority(5))));
         let big = records(&[(1, 0, b"a"), (2, 0, b"abcd")]);
@@ -266,7 +300,10 @@ mod tests {
             records: body.freeze(),
             count: 2,
             received_ns: 9_000_000,
-            top_priority: Priority::High,
+            priorities: Priorities {
+                low: Priority::Medium,
+                top: Priority::High,
+            },
         };
         let ids = super::super::event::IdGenerator::new(1).range(2, 9_000_000);
         let numbering = Numbering {

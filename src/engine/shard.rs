@@ -26,10 +26,10 @@ use super::index::{SubEntry, SubKey, SubscriptionIndex};
 use super::limits::Limits;
 use super::messages::{Batch, PublishError, ShardMsg, ShardStats};
 use super::notify::{Countdown, Notify};
-use super::queue::{Offer, SubscriberQueue};
+use super::queue::{Offer, SharedRecords, SubscriberQueue};
 use super::routing::{owner, owner_of, table_hash};
 use super::run::{self, Numbering, Run};
-use super::subscriber::{Consumer, EncodeEvent, SubState, Subscriber};
+use super::subscriber::{Consumer, EncodeEvent, Encoding, SubState, Subscriber};
 use super::topic::{Pattern, RecentTopic, Topic};
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
@@ -539,7 +539,7 @@ impl Shard {
         received_ns: i64,
         reply: Reply,
     ) -> Result<(), (u32, EventError)> {
-        let top_priority = run::check(records, &self.limits)?;
+        let priorities = run::check(records, &self.limits)?;
         self.stats.borrow_mut().received += u64::from(count);
         let answers = u32::from(count > 0);
         let (route, now) = self.route(reply, answers, count);
@@ -551,7 +551,7 @@ impl Shard {
             records: share(buffer, records),
             count,
             received_ns,
-            top_priority,
+            priorities,
         };
         self.route_run(run, route, now);
         self.process_cuts();
@@ -672,7 +672,7 @@ impl Shard {
         self.stats.borrow_mut().sequenced += u64::from(run.count);
 
         let matches = &state.matches;
-        let (locals, remotes) = self.recipients(matches, run.top_priority);
+        let (locals, remotes) = self.recipients(matches, run.priorities.top);
         if locals + remotes == 0 {
             return Ok(last);
         }
@@ -684,13 +684,13 @@ impl Shard {
         if locals > 0 {
             let wanted = matches
                 .iter()
-                .filter(|e| e.min_priority <= run.top_priority);
+                .filter(|e| e.min_priority <= run.priorities.top);
             let here = wanted.filter(|e| usize::from(e.key.shard) == self.id);
             self.deliver_run_local(here.map(|e| e.key.local), &run, &numbering);
         }
         if remotes > 0 {
             let mut run = Handout::new(run, remotes);
-            let top = run.peek().top_priority;
+            let top = run.peek().priorities.top;
             self.hand_out(matches, top, |start, len| ShardMsg::DeliverRun {
                 run: run.next(),
                 numbering,
@@ -813,12 +813,29 @@ impl Shard {
         numbering: &Numbering,
     ) {
         let subs = self.local.borrow();
+        // A run of one priority is encoded once for the subscriptions that share their form.
+        let mut shared: Option<(EncodeEvent, Rc<SharedRecords>)> = None;
         for local in locals {
             let Some(sub) = subs.get(&local) else {
                 continue; // unsubscribed while the run was in flight
             };
-            if sub.state() != SubState::Active || sub.min_priority > run.top_priority {
+            if sub.state() != SubState::Active || sub.min_priority > run.priorities.top {
                 continue;
+            }
+            if let (Encoding::Shared(encode), Some(priority)) =
+                (sub.encoding(), run.priorities.single())
+            {
+                let records = match &shared {
+                    Some((made_by, records)) if sub.encoding().shares_with(*made_by) => records,
+                    _ => {
+                        &shared
+                            .insert((encode, encode_shared(run, numbering, priority, encode)))
+                            .1
+                    }
+                };
+                if sub.offer_shared(records) {
+                    continue;
+                }
             }
             let mut stats = self.stats.borrow_mut();
             sub.offer_run(run, numbering, |offer, priority| match offer {
@@ -955,20 +972,20 @@ impl Shard {
         consumer: &Rc<Consumer>,
         tag: u64,
     ) -> Rc<Subscriber> {
-        let encode = consumer.encode();
-        (self.subscribe_as(pattern, min_priority, consumer, tag, encode)).await
+        let encoding = consumer.encoding();
+        (self.subscribe_as(pattern, min_priority, consumer, tag, encoding)).await
     }
 
-    /// As [`subscribe`](Self::subscribe), for a subscription whose events are queued as
-    /// `encode` writes them rather than in its consumer's usual form (a native subscription
-    /// that asked for delivery runs).
+    /// As [`subscribe`](Self::subscribe), for a subscription whose events are queued in
+    /// `encoding` rather than in its consumer's usual form (a native subscription that asked
+    /// for delivery runs).
     pub async fn subscribe_as(
         self: &Rc<Self>,
         pattern: Pattern,
         min_priority: Priority,
         consumer: &Rc<Consumer>,
         tag: u64,
-        encode: EncodeEvent,
+        encoding: Encoding,
     ) -> Rc<Subscriber> {
         let local = self.next_local.get();
         self.next_local.set(local + 1);
@@ -979,7 +996,7 @@ impl Shard {
         let pattern = Arc::new(pattern);
         let sub = Rc::new(Subscriber::new(
             key,
-            (tag, encode),
+            (tag, encoding),
             pattern.clone(),
             min_priority,
             SubscriberQueue::new(
@@ -1200,6 +1217,32 @@ impl Shard {
         }
         self.process_cuts();
     }
+}
+
+/// Bytes an encoder adds to an event besides its topic and payload, at most, as far as
+/// sizing a buffer goes (EVENT_RUN's record header is 46; more only costs a regrowth).
+const ENCODED_HEADER_BYTES_MAX: usize = 64;
+
+/// A run of one priority, numbered, encoded by `encode` once for every subscription of this
+/// shard that queues events in that shared form.
+fn encode_shared(
+    run: &Run,
+    numbering: &Numbering,
+    priority: Priority,
+    encode: EncodeEvent,
+) -> Rc<SharedRecords> {
+    // Room for the records as they came plus a header and the topic for each: enough for
+    // any encoding of an event without metadata or id text, so the buffer grows rarely.
+    let per_event_bytes = ENCODED_HEADER_BYTES_MAX + run.topic.bytes().len();
+    let capacity_bytes = run.records.len() + run.count as usize * per_event_bytes;
+    let records = SharedRecords::encode(priority, run.count as usize, capacity_bytes, |writer| {
+        run.for_each_view(numbering, priority, |event| {
+            writer.push(|out| encode(out, event, 0));
+            true
+        })
+    });
+    debug_assert_eq!(records.len(), run.count as usize);
+    Rc::new(records)
 }
 
 /// The runs of a validated batch (`checked`: each event's topic index and priority): spans of

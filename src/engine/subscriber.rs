@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use super::event::{EventView, Priority};
 use super::index::SubKey;
 use super::notify::Notify;
-use super::queue::{Offer, QueueStats, SubscriberQueue};
+use super::queue::{Offer, QueueStats, SharedRecords, SubscriberQueue};
 use super::run::{Numbering, Run};
 use super::topic::Pattern;
 
@@ -29,6 +29,31 @@ pub enum SubState {
 /// that door), as its connection will send it. Events are queued in this form.
 pub type EncodeEvent = fn(out: &mut BytesMut, event: &EventView<'_>, tag: u64);
 
+/// The form a subscription's events are queued in.
+#[derive(Clone, Copy, Debug)]
+pub enum Encoding {
+    /// Written for this subscription: the encoder puts its tag in every event.
+    Tagged(EncodeEvent),
+    /// Written alike for every subscription (the encoder ignores the tag): a shard encodes a
+    /// run of one priority once, and every such subscription queues those bytes shared
+    /// ([`SharedRecords`]).
+    Shared(EncodeEvent),
+}
+
+impl Encoding {
+    /// The function that writes each event.
+    pub fn encoder(self) -> EncodeEvent {
+        match self {
+            Encoding::Tagged(encode) | Encoding::Shared(encode) => encode,
+        }
+    }
+
+    /// Whether `other` writes events exactly as this shared encoding does.
+    pub fn shares_with(self, other: EncodeEvent) -> bool {
+        matches!(self, Encoding::Shared(encode) if std::ptr::fn_addr_eq(encode, other))
+    }
+}
+
 /// One client's door-side view of its subscriptions: whichever of them have events (or news)
 /// wait in `ready`, and `notify` wakes the task that writes to the client's socket.
 /// Subscriptions whose client cannot take more for now (an HTTP/2 window is closed) wait in
@@ -39,7 +64,7 @@ pub struct Consumer {
     /// Woken whenever a subscription of this consumer becomes ready.
     pub notify: Notify,
     /// How its subscriptions queue events unless one asks for another form.
-    encode: EncodeEvent,
+    encoding: Encoding,
 }
 
 impl Consumer {
@@ -50,7 +75,7 @@ impl Consumer {
             ready: RefCell::default(),
             held: RefCell::default(),
             notify: Notify::default(),
-            encode,
+            encoding: Encoding::Tagged(encode),
         }
     }
 
@@ -62,8 +87,8 @@ impl Consumer {
     }
 
     /// The form its subscriptions queue events in by default.
-    pub fn encode(&self) -> EncodeEvent {
-        self.encode
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 
     /// Puts `sub` on the ready list (once) and wakes the writer.
@@ -107,7 +132,7 @@ pub struct Subscriber {
     pub pattern: Arc<Pattern>,
     pub min_priority: Priority,
     /// How events are queued for it: the form its door writes them in.
-    encode: EncodeEvent,
+    encoding: Encoding,
     queue: RefCell<SubscriberQueue>,
     consumer: Rc<Consumer>,
     /// The home shard's count of events taken from its subscription queues to be written:
@@ -119,10 +144,10 @@ pub struct Subscriber {
 }
 
 impl Subscriber {
-    /// `(tag, encode)`: how its door names it and writes its events.
+    /// `(tag, encoding)`: how its door names it and writes its events.
     pub(crate) fn new(
         key: SubKey,
-        (tag, encode): (u64, EncodeEvent),
+        (tag, encoding): (u64, Encoding),
         pattern: Arc<Pattern>,
         min_priority: Priority,
         queue: SubscriberQueue,
@@ -134,7 +159,7 @@ impl Subscriber {
             tag,
             pattern,
             min_priority,
-            encode,
+            encoding,
             queue: RefCell::new(queue),
             consumer,
             delivered,
@@ -158,7 +183,7 @@ impl Subscriber {
     /// consumer if anything changed.
     pub(crate) fn offer(self: &Rc<Self>, event: &EventView<'_>) -> Offer {
         debug_assert_eq!(self.state.get(), SubState::Active);
-        let (encode, tag) = (self.encode, self.tag);
+        let (encode, tag) = (self.encoding.encoder(), self.tag);
         let outcome =
             (self.queue.borrow_mut()).offer(event.priority, |out| encode(out, event, tag));
         if matches!(outcome, Offer::Queued | Offer::QueuedShedding(_)) {
@@ -178,7 +203,7 @@ impl Subscriber {
         mut seen: impl FnMut(Offer, Priority),
     ) {
         debug_assert_eq!(self.state.get(), SubState::Active);
-        let (encode, tag) = (self.encode, self.tag);
+        let (encode, tag) = (self.encoding.encoder(), self.tag);
         let mut queue = self.queue.borrow_mut();
         let mut queued = false;
         run.for_each_view(numbering, self.min_priority, |event| {
@@ -191,6 +216,24 @@ impl Subscriber {
         if queued {
             self.consumer.mark_ready(self);
         }
+    }
+
+    /// The form its events are queued in.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Queues shared records whole (they are in this subscription's form) if they fit
+    /// without shedding anything, waking the consumer; false leaves the queue as it was,
+    /// for the caller to offer the events one by one ([`SubscriberQueue::offer_shared`]).
+    pub(crate) fn offer_shared(self: &Rc<Self>, records: &Rc<SharedRecords>) -> bool {
+        debug_assert_eq!(self.state.get(), SubState::Active);
+        debug_assert!(matches!(self.encoding, Encoding::Shared(_)));
+        let queued = self.queue.borrow_mut().offer_shared(records);
+        if queued {
+            self.consumer.mark_ready(self);
+        }
+        queued
     }
 
     /// Hands the queued events, encoded, oldest first, to `write` while fewer than `budget`
@@ -239,7 +282,7 @@ mod tests {
     fn subscriber(consumer: &Rc<Consumer>) -> Rc<Subscriber> {
         Rc::new(Subscriber::new(
             SubKey { shard: 0, local: 1 },
-            (1, |_, _, _| {}),
+            (1, Encoding::Tagged(|_, _, _| {})),
             Arc::new(Pattern::parse(b"a/*").unwrap()),
             Priority::Batch,
             SubscriberQueue::new(16, 1 << 20),

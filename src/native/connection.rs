@@ -21,7 +21,7 @@ use crate::busy_poll::BusyPoll;
 use crate::engine::event::unix_now_ns;
 use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, EventError, EventRef, Pattern, Priority,
+    AckOutcome, AckRequest, AckSink, Consumer, Encoding, EventError, EventRef, Pattern, Priority,
     PublishError, RecentTopic, Reply, Shard, SinkId, SubState, Subscriber, Topic, NATIVE_DOOR,
 };
 use crate::tls::Transport;
@@ -638,12 +638,14 @@ impl Connection {
                 return self.error(ErrorCode::InvalidPattern, false, reference, None, &msg);
             }
         };
-        let encode = match runs {
-            true => event_run::put_record,
-            false => self.consumer.encode(),
+        // EVENT_RUN records do not name their subscription: a shard encodes a run once for
+        // all of them.
+        let encoding = match runs {
+            true => Encoding::Shared(event_run::put_record),
+            false => self.consumer.encoding(),
         };
         let sub = (self.shard)
-            .subscribe_as(pattern, min_priority, &self.consumer, reference, encode)
+            .subscribe_as(pattern, min_priority, &self.consumer, reference, encoding)
             .await;
         codec::put_subscribed(&mut self.control.borrow_mut(), sub_id);
         let subscription = Subscription {
