@@ -1,7 +1,8 @@
 //! `eventstream doctor`: checks the host the server is about to run on and prints each finding
 //! with the command that fixes it (tuning/README.md explains the why of each).
 //!
-//! Gathering ([`HostFacts::read`]) only reads /proc and /sys and asks the kernel for an io_uring;
+//! Gathering ([`HostFacts::read`]) only reads /proc and /sys and asks the kernel for an io_uring
+//! ([`crate::io_uring_probe`]);
 //! judging ([`assess`]) is a pure function of those facts, tested without a host.
 
 use std::fs;
@@ -14,6 +15,10 @@ pub struct HostFacts {
     /// Soft RLIMIT_MEMLOCK in bytes (None: unlimited) and whether CAP_IPC_LOCK is held.
     pub memlock: Option<u64>,
     pub ipc_lock: bool,
+    /// The container this process runs in, if it can tell ([`Container::detect`]).
+    pub container: Option<Container>,
+    /// Whether a seccomp filter applies to this process (/proc/self/status `Seccomp: 2`).
+    pub seccomp_filter: bool,
     /// CPUs this process may use.
     pub cpus: Vec<usize>,
     /// scaling_governor per CPU (absent when the kernel exposes no cpufreq).
@@ -29,6 +34,59 @@ pub struct HostFacts {
     pub busy_poll: Option<u64>,
     /// The selected mode of transparent huge pages ("always", "madvise", "never").
     pub thp: Option<String>,
+}
+
+/// Where a containerised server runs: the fixes for io_uring and locked memory are set there,
+/// not on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// A Kubernetes pod (the kubelet sets `KUBERNETES_SERVICE_HOST` in every container).
+    Kubernetes,
+    /// Docker (`/.dockerenv`).
+    Docker,
+    /// Podman or another OCI runtime that writes `/run/.containerenv`.
+    Podman,
+}
+
+impl Container {
+    /// Recognises the container from what its runtime leaves in every container.
+    pub fn detect(kubernetes_env: bool, exists: impl Fn(&str) -> bool) -> Option<Container> {
+        if kubernetes_env {
+            Some(Container::Kubernetes)
+        } else if exists("/.dockerenv") {
+            Some(Container::Docker)
+        } else if exists("/run/.containerenv") {
+            Some(Container::Podman)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Container::Kubernetes => "a Kubernetes pod",
+            Container::Docker => "a Docker container",
+            Container::Podman => "a Podman container",
+        }
+    }
+
+    /// How to let io_uring through the container's seccomp filter.
+    fn io_uring_fix(self) -> &'static str {
+        match self {
+            Container::Kubernetes => "securityContext.seccompProfile: {type: Localhost, localhostProfile: eventstream.json}, the profile tuning/kubernetes/seccomp/eventstream.json copied to each node's /var/lib/kubelet/seccomp/ (see tuning/kubernetes/README.md)",
+            Container::Docker => "docker run --security-opt seccomp=tuning/kubernetes/seccomp/eventstream.json ...",
+            Container::Podman => "podman run --security-opt seccomp=tuning/kubernetes/seccomp/eventstream.json ...",
+        }
+    }
+
+    /// How to raise locked memory for the container.
+    fn memlock_fix(self) -> &'static str {
+        match self {
+            Container::Kubernetes => "securityContext.capabilities.add: [IPC_LOCK], and at least 512 KiB from the container runtime: LimitMEMLOCK= in its systemd unit (see tuning/kubernetes/README.md)",
+            Container::Docker => "docker run --cap-add IPC_LOCK --ulimit memlock=-1 ...",
+            Container::Podman => "podman run --cap-add IPC_LOCK --ulimit memlock=-1 ...",
+        }
+    }
 }
 
 /// How serious a finding is.
@@ -64,39 +122,51 @@ const MIN_SOCKET_BUFFER: u64 = 4 << 20;
 pub fn assess(facts: &HostFacts, shards: usize) -> Vec<Finding> {
     use Level::{Advice, Blocker, Ok};
     let mut out = Vec::new();
-    out.push(match &facts.io_uring {
-        Result::Ok(()) => finding(Ok, "io_uring: available".into(), None),
-        Err(why) => finding(
+    out.push(match (&facts.io_uring, facts.container) {
+        (Result::Ok(()), _) => finding(Ok, "io_uring: available".into(), None),
+        // Container runtimes' default seccomp profiles refuse io_uring_setup with EPERM.
+        (Err(why), Some(container)) if facts.seccomp_filter => finding(
+            Blocker,
+            format!(
+                "io_uring: blocked in {} by its seccomp filter ({why})",
+                container.name()
+            ),
+            Some(container.io_uring_fix()),
+        ),
+        (Err(why), _) => finding(
             Blocker,
             format!("io_uring: unavailable ({why})"),
-            Some("sysctl -w kernel.io_uring_disabled=0  # and a kernel >= 5.8; in containers, allow io_uring_* syscalls in the seccomp profile"),
+            Some("sysctl -w kernel.io_uring_disabled=0  # and a kernel >= 5.8; in containers, allow io_uring_* syscalls in the seccomp profile (tuning/kubernetes/seccomp/eventstream.json)"),
         ),
     });
-    let need = crate::server::memlock_needed(shards);
+    let need = crate::server::memlock_needed(shards, facts.ipc_lock);
+    let why_needed = if facts.ipc_lock {
+        "glommio's floor (CAP_IPC_LOCK exempts the rings' registrations)".to_owned()
+    } else {
+        format!("{shards} shards need")
+    };
+    let measured = |limit: u64| {
+        format!(
+            "RLIMIT_MEMLOCK: {} KiB, {why_needed} {} KiB",
+            limit / 1024,
+            need / 1024
+        )
+    };
     out.push(match facts.memlock {
         None => finding(Ok, "RLIMIT_MEMLOCK: unlimited".into(), None),
-        Some(_) if facts.ipc_lock => finding(
-            Ok,
-            "RLIMIT_MEMLOCK: not binding (CAP_IPC_LOCK)".into(),
-            None,
-        ),
-        Some(limit) if limit >= need => finding(
-            Ok,
-            format!(
-                "RLIMIT_MEMLOCK: {} KiB, {shards} shards need {} KiB",
-                limit / 1024,
-                need / 1024
-            ),
-            None,
-        ),
+        Some(limit) if limit >= need => finding(Ok, measured(limit), None),
         Some(limit) => finding(
             Blocker,
-            format!(
-                "RLIMIT_MEMLOCK: {} KiB, {shards} shards need {} KiB",
-                limit / 1024,
-                need / 1024
-            ),
-            Some("ulimit -l unlimited  # systemd: LimitMEMLOCK=infinity; see tuning/README.md"),
+            match facts.container {
+                Some(container) => format!("{} in {}", measured(limit), container.name()),
+                None => measured(limit),
+            },
+            Some(match facts.container {
+                Some(container) => container.memlock_fix(),
+                None => {
+                    "ulimit -l unlimited  # systemd: LimitMEMLOCK=infinity; see tuning/README.md"
+                }
+            }),
         ),
     });
     let slow: Vec<String> = facts
@@ -224,10 +294,14 @@ impl HostFacts {
             let end = s[start..].find(']')? + start;
             Some(s[start..end].to_owned())
         });
+        let kubernetes_env = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
         HostFacts {
-            io_uring: probe_io_uring(),
+            io_uring: crate::io_uring_probe::probe(),
             memlock,
             ipc_lock: crate::server::has_ipc_lock(),
+            container: Container::detect(kubernetes_env, |p| std::path::Path::new(p).exists()),
+            seccomp_filter: seccomp_mode(&status) == Some(SECCOMP_MODE_FILTER),
             cpus,
             governors,
             isolated: read_trimmed("/sys/devices/system/cpu/isolated").unwrap_or_default(),
@@ -241,15 +315,13 @@ impl HostFacts {
     }
 }
 
-/// Asks the kernel for a small io_uring (and closes it): what glommio does at start.
-fn probe_io_uring() -> Result<(), String> {
-    let ring = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 * 1024)
-        .make();
-    match ring {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
-    }
+/// `Seccomp:` of /proc/self/status when a BPF filter applies (0: none, 1: strict).
+const SECCOMP_MODE_FILTER: u8 = 2;
+
+/// The `Seccomp:` mode of a /proc/PID/status text.
+fn seccomp_mode(status: &str) -> Option<u8> {
+    let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:"))?;
+    mode.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -261,6 +333,8 @@ mod tests {
             io_uring: Ok(()),
             memlock: None,
             ipc_lock: false,
+            container: None,
+            seccomp_filter: false,
             cpus: vec![0, 1],
             governors: vec![(0, "performance".into()), (1, "performance".into())],
             isolated: "1".into(),
@@ -321,12 +395,78 @@ mod tests {
     }
 
     #[test]
-    fn cap_ipc_lock_makes_memlock_irrelevant() {
+    fn cap_ipc_lock_leaves_only_glommio_s_floor() {
         let facts = HostFacts {
-            memlock: Some(0),
+            memlock: Some(512 * 1024),
             ipc_lock: true,
             ..tuned()
         };
         assert!(assess(&facts, 64).iter().all(|f| f.level == Level::Ok));
+        let facts = HostFacts {
+            memlock: Some(64 * 1024),
+            ..facts
+        };
+        let memlock = &assess(&facts, 64)[1];
+        assert_eq!(memlock.level, Level::Blocker, "{memlock:?}");
+        assert!(memlock.what.contains("glommio's floor"), "{memlock:?}");
+    }
+
+    #[test]
+    fn in_a_container_the_fixes_are_the_container_s() {
+        let facts = HostFacts {
+            io_uring: Err("Operation not permitted (os error 1)".into()),
+            memlock: Some(64 * 1024),
+            container: Some(Container::Kubernetes),
+            seccomp_filter: true,
+            ..tuned()
+        };
+        let findings = assess(&facts, 2);
+        let (io_uring, memlock) = (&findings[0], &findings[1]);
+        assert!(io_uring
+            .what
+            .contains("blocked in a Kubernetes pod by its seccomp filter"));
+        assert!(io_uring.fix.as_ref().unwrap().contains("seccompProfile"));
+        assert!(memlock.what.ends_with("in a Kubernetes pod"), "{memlock:?}");
+        assert!(memlock.fix.as_ref().unwrap().contains("IPC_LOCK"));
+        let docker = HostFacts {
+            container: Some(Container::Docker),
+            ..facts.clone()
+        };
+        let fixes: Vec<String> = assess(&docker, 2)
+            .into_iter()
+            .take(2)
+            .map(|f| f.fix.unwrap())
+            .collect();
+        assert!(fixes[0].contains("--security-opt seccomp="), "{fixes:?}");
+        assert!(fixes[1].contains("--ulimit memlock=-1"), "{fixes:?}");
+        // Without a seccomp filter, io_uring is off for another reason: the host's fix.
+        let unfiltered = HostFacts {
+            seccomp_filter: false,
+            ..facts
+        };
+        assert!(assess(&unfiltered, 2)[0]
+            .what
+            .starts_with("io_uring: unavailable"));
+    }
+
+    #[test]
+    fn containers_and_seccomp_are_recognised() {
+        assert_eq!(
+            Container::detect(true, |_| false),
+            Some(Container::Kubernetes)
+        );
+        assert_eq!(
+            Container::detect(false, |p| p == "/.dockerenv"),
+            Some(Container::Docker)
+        );
+        assert_eq!(
+            Container::detect(false, |p| p == "/run/.containerenv"),
+            Some(Container::Podman)
+        );
+        assert_eq!(Container::detect(false, |_| false), None);
+        let status = "Name:\teventstream\nSeccomp:\t2\nSeccomp_filters:\t1\n";
+        assert_eq!(seccomp_mode(status), Some(SECCOMP_MODE_FILTER));
+        assert_eq!(seccomp_mode("Seccomp:\t0\n"), Some(0));
+        assert_eq!(seccomp_mode("Name:\tx\n"), None);
     }
 }

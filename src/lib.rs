@@ -21,6 +21,7 @@ pub mod config;
 pub mod doctor;
 pub mod engine;
 pub mod grpc;
+pub mod io_uring_probe;
 pub mod metrics;
 pub mod native;
 pub mod refusal;

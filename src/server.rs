@@ -56,6 +56,12 @@ pub enum StartError {
         need: u64,
         shards: usize,
     },
+    #[error(
+        "io_uring is unavailable ({why}); eventstream needs it: a kernel of 5.8 or later, \
+         kernel.io_uring_disabled=0, and in a container a seccomp profile that allows io_uring \
+         (`eventstream doctor` names the fix; see tuning/README.md and tuning/kubernetes/README.md)"
+    )]
+    IoUring { why: String },
     #[error("shard {shard} failed to start: {reason}")]
     Shard { shard: usize, reason: String },
 }
@@ -142,6 +148,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         .map(|c| c.id)
         .collect();
     let cpus = config.shard_cpus(&available)?;
+    crate::io_uring_probe::probe().map_err(|why| StartError::IoUring { why })?;
     check_memlock(cpus.len())?;
     fix_mmap_threshold();
     let (native_max, grpc_max) = connection_limits(config, cpus.len(), raise_nofile())?;
@@ -565,14 +572,19 @@ pub fn connection_limits(
     }
 }
 
-/// Fails early, with the fix, when io_uring could not register its memory.
-/// Locked memory (bytes) `shards` shards register with io_uring; tuning/README.md explains it.
-pub fn memlock_needed(shards: usize) -> u64 {
+/// The soft RLIMIT_MEMLOCK (bytes) `shards` shards need: what they register with io_uring,
+/// unless CAP_IPC_LOCK (`ipc_lock`) exempts the process from that charge, and glommio's own
+/// floor either way (it checks the soft limit itself); tuning/README.md explains it.
+pub fn memlock_needed(shards: usize, ipc_lock: bool) -> u64 {
+    if ipc_lock {
+        return GLOMMIO_MIN_MEMLOCK;
+    }
     ((shards * IO_MEMORY * IO_MEMORY_RINGS) as u64).max(GLOMMIO_MIN_MEMLOCK)
 }
 
+/// Fails early, with the fix, when io_uring could not register its memory.
 fn check_memlock(shards: usize) -> Result<(), StartError> {
-    let need = memlock_needed(shards);
+    let need = memlock_needed(shards, has_ipc_lock());
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -594,18 +606,13 @@ fn check_memlock(shards: usize) -> Result<(), StartError> {
         }
     }
     let limit = (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur);
-    memlock_verdict(limit, need, has_ipc_lock(), shards)
+    memlock_verdict(limit, need, shards)
 }
 
-/// `limit`: the soft RLIMIT_MEMLOCK (None: unlimited).
-fn memlock_verdict(
-    limit: Option<u64>,
-    need: u64,
-    ipc_lock: bool,
-    shards: usize,
-) -> Result<(), StartError> {
+/// `limit`: the soft RLIMIT_MEMLOCK (None: unlimited); `need`: [`memlock_needed`].
+fn memlock_verdict(limit: Option<u64>, need: u64, shards: usize) -> Result<(), StartError> {
     match limit {
-        Some(limit) if limit < need && !ipc_lock => Err(StartError::Memlock {
+        Some(limit) if limit < need => Err(StartError::Memlock {
             limit,
             need,
             shards,
@@ -647,22 +654,26 @@ mod tests {
 
     #[test]
     fn memlock_too_low_fails_with_the_fix_unless_exempt() {
-        let err = memlock_verdict(Some(65_536), 393_216, false, 2)
+        let need = memlock_needed(4, false);
+        assert_eq!(need, 786_432, "4 shards x 192 KiB");
+        let err = memlock_verdict(Some(65_536), need, 4)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("65536") && err.contains("393216") && err.contains("tuning/README.md"),
+            err.contains("65536") && err.contains("786432") && err.contains("tuning/README.md"),
             "{err}"
         );
+        let exempt = memlock_needed(64, true);
         assert!(
-            memlock_verdict(Some(65_536), 393_216, true, 2).is_ok(),
-            "CAP_IPC_LOCK exempts"
+            memlock_verdict(Some(512 * 1024), exempt, 64).is_ok(),
+            "CAP_IPC_LOCK exempts from the registrations' charge"
         );
         assert!(
-            memlock_verdict(None, 393_216, false, 2).is_ok(),
-            "unlimited"
+            memlock_verdict(Some(65_536), exempt, 64).is_err(),
+            "but not from glommio's own 512 KiB floor"
         );
-        assert!(memlock_verdict(Some(8 << 20), 393_216, false, 2).is_ok());
+        assert!(memlock_verdict(None, need, 4).is_ok(), "unlimited");
+        assert!(memlock_verdict(Some(8 << 20), need, 4).is_ok());
     }
 
     #[test]
