@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The system calls eventstream makes over a whole life, traced with strace: `doctor`, then a
+# server started on 4 unpinned shards and in low-latency mode, loaded through every door by
+# the bench (native TCP publish/subscribe/fan-out/latency, UDP, gRPC unary/Stream/batch),
+# asked for its health and metrics, and stopped with SIGINT; then a server on one pinned
+# shard, started and stopped.
+#
+#   tuning/kubernetes/seccomp/trace.sh BIN_DIR            # prints the calls, one per line
+#   tuning/kubernetes/seccomp/trace.sh --check BIN_DIR    # fails if eventstream.json misses one
+#
+# BIN_DIR holds `eventstream` and `eventstream-bench` (target/debug or target/release).
+# Needs strace and curl. Ports 39200-39203 on 127.0.0.1.
+set -euo pipefail
+check=false
+if [ "${1:-}" = --check ]; then check=true; shift; fi
+bin=${1:?usage: trace.sh [--check] BIN_DIR}
+here=$(cd "$(dirname "$0")" && pwd)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+strace -f -qq -o "$out/doctor" "$bin/eventstream" doctor >/dev/null || true
+strace -f -qq -o "$out/serve" "$bin/eventstream" serve --bind 127.0.0.1 --shards 4 --no-pin \
+    --spin-us 50 --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203 \
+    >"$out/serve.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+    "$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null 2>&1 && break
+    sleep 0.2
+done
+"$bin/eventstream-bench" --server 127.0.0.1:39201 --grpc 127.0.0.1:39200 --udp 127.0.0.1:39202 \
+    --count 20k --rows native-tcp,native-tcp-legacy,native-publish,native-latency,fanout,native-udp,grpc-unary,grpc-stream,grpc-batch \
+    >"$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; exit 1; }
+"$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null
+"$bin/eventstream" health --grpc --server 127.0.0.1:39200 >/dev/null
+curl -sf http://127.0.0.1:39203/metrics >/dev/null
+# strace's pid: the server is its child; SIGINT goes to the server.
+kill -INT "$(pgrep -P "$server")"
+wait "$server" || true
+# Pinned shards (the default) set their threads' affinity: one more life, with one shard.
+strace -f -qq -o "$out/pinned" "$bin/eventstream" serve --bind 127.0.0.1 --shards 1 \
+    --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203 \
+    >"$out/pinned.log" 2>&1 &
+server=$!
+for _ in $(seq 1 100); do
+    "$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null 2>&1 && break
+    sleep 0.2
+done
+kill -INT "$(pgrep -P "$server")"
+wait "$server" || true
+
+# Each line of strace: "PID name(args) = result", or "<... name resumed>" for a call begun
+# in another line, or "+++ exited +++" / "--- SIG ---".
+calls=$(cat "$out/doctor" "$out/serve" "$out/pinned" | sed -nE 's/^[0-9]+ +([a-z0-9_]+)\(.*/\1/p' | sort -u)
+if ! $check; then
+    echo "$calls"
+    exit 0
+fi
+allowed=$(python3 -c 'import json, sys; print("\n".join(sorted({n for s in json.load(open(sys.argv[1]))["syscalls"] if s["action"] == "SCMP_ACT_ALLOW" for n in s["names"]})))' "$here/eventstream.json")
+missing=$(comm -23 <(echo "$calls") <(echo "$allowed"))
+if [ -n "$missing" ]; then
+    echo "seccomp: eventstream made calls its profile does not allow:" >&2
+    echo "$missing" >&2
+    exit 1
+fi
+echo "seccomp: all $(echo "$calls" | wc -l) calls eventstream made are in tuning/kubernetes/seccomp/eventstream.json"
