@@ -82,9 +82,9 @@ impl Container {
     /// How to raise locked memory for the container.
     fn memlock_fix(self) -> &'static str {
         match self {
-            Container::Kubernetes => "securityContext.capabilities.add: [IPC_LOCK], and at least 512 KiB from the container runtime: LimitMEMLOCK= in its systemd unit (see tuning/kubernetes/README.md)",
-            Container::Docker => "docker run --cap-add IPC_LOCK --ulimit memlock=-1 ...",
-            Container::Podman => "podman run --cap-add IPC_LOCK --ulimit memlock=-1 ...",
+            Container::Kubernetes => "securityContext.capabilities.add: [IPC_LOCK] with the capability set on the binary (setcap cap_ipc_lock+ep, as tuning/kubernetes/Dockerfile does), and at least 512 KiB from the container runtime: LimitMEMLOCK= in its systemd unit (see tuning/kubernetes/README.md)",
+            Container::Docker => "docker run --ulimit memlock=-1 ...",
+            Container::Podman => "podman run --ulimit memlock=-1 ...",
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Asks the kernel for an io_uring the way glommio will, before glommio does: glommio panics
 //! when it cannot make one (in a lazily made static that every later shard finds poisoned),
 //! where the server must fail with the reason and its fix. A container runtime's default
-//! seccomp profile, `kernel.io_uring_disabled` and kernels older than 5.8 each refuse one of
-//! the three calls below.
+//! seccomp profile and `kernel.io_uring_disabled` refuse one of the three calls below; a
+//! kernel older than 5.6 lacks one of them, and 5.6 and 5.7 have them all but not every
+//! operation glommio needs, so the kernel's release is checked first.
 
 use std::io;
 
@@ -13,6 +14,10 @@ const PROBE_RING_ENTRIES: u32 = 1;
 const IO_URING_PARAMS_WORDS: usize = 30;
 /// `IORING_REGISTER_PROBE`: what glommio registers first, to learn the supported operations.
 const IORING_REGISTER_PROBE: libc::c_long = 8;
+/// The oldest kernel glommio runs on (major, minor).
+const KERNEL_RELEASE_MIN: (u32, u32) = (5, 8);
+/// Where the running kernel's release is ("6.1.0-18-amd64").
+const OSRELEASE_PATH: &str = "/proc/sys/kernel/osrelease";
 /// Operations a probe asks about (the kernel fills in at most this many).
 const PROBE_OPS: usize = 256;
 /// `struct io_uring_probe` in 8-byte words: a 16-byte header, then 8 bytes per operation.
@@ -34,7 +39,24 @@ pub fn probe() -> Result<(), String> {
         .unwrap_or_else(|_| Err("the io_uring probe panicked".into()))
 }
 
+/// The major and minor numbers of a kernel release ("6.1.0-18-amd64" is (6, 1)).
+fn kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release.trim().split(['.', '-']);
+    let major = numbers.next()?.parse().ok()?;
+    let minor = numbers.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 fn probe_here() -> Result<(), String> {
+    // Unreadable or unparsable: left to the calls below.
+    let release = std::fs::read_to_string(OSRELEASE_PATH).unwrap_or_default();
+    if let Some(found) = kernel_release(&release).filter(|r| *r < KERNEL_RELEASE_MIN) {
+        let (major, minor) = KERNEL_RELEASE_MIN;
+        return Err(format!(
+            "kernel {}.{} is older than {major}.{minor}, the oldest glommio runs on",
+            found.0, found.1
+        ));
+    }
     let refused = |call: &str| format!("{call}: {}", io::Error::last_os_error());
     let mut params = [0u32; IO_URING_PARAMS_WORDS];
     // SAFETY: io_uring_setup writes at most a `struct io_uring_params` into `params`.
@@ -90,6 +112,19 @@ fn probe_here() -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_are_read_as_major_and_minor() {
+        assert_eq!(kernel_release("6.1.0-18-amd64\n"), Some((6, 1)));
+        assert_eq!(kernel_release("5.8"), Some((5, 8)));
+        assert_eq!(kernel_release("5.15.0-1051-azure"), Some((5, 15)));
+        assert!(kernel_release("5.7.19").unwrap() < KERNEL_RELEASE_MIN);
+        assert!(kernel_release("5.15.0").unwrap() >= KERNEL_RELEASE_MIN);
+        assert_eq!(kernel_release("six"), None);
+        assert_eq!(kernel_release(""), None);
+    }
+
     #[test]
     fn this_host_gives_the_server_an_io_uring() {
         // The machines the tests run on serve io_uring (the server's own tests need it): a

@@ -809,12 +809,14 @@ impl GrpcConnection {
                 next += events.len();
                 self.publish_stretch(&events, source, now_ns, reply, &mut published)
             };
+            // A refusal first: the valid events before an invalid one were published, and
+            // their owner (this shard) may have refused them and ended the call already.
+            if self.refusals.get() != refusals && !self.is_bidi(stream) {
+                return; // refused meanwhile: the call has ended
+            }
             if let Err(e) = result {
                 let e = GrpcError::InvalidArgument(format!("inbound event {published}: {e}"));
                 return self.end_call_with(stream, &e);
-            }
-            if self.refusals.get() != refusals && !self.is_bidi(stream) {
-                return; // refused meanwhile: the call has ended
             }
         }
         debug_assert!(self.is_bidi(stream), "the call outlives its messages");

@@ -25,7 +25,9 @@ echo "kubernetes: eventstream.yaml valid for 1.37 and 1.29"
 "$here/seccomp/trace.sh" --check "$bin"
 
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+server=
+# A failed step must not leave a server holding the ports.
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
 ports=(--bind 127.0.0.1 --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203)
 "${confined[@]}" "$profile" -- "$bin/eventstream" serve "${ports[@]}" --shards 2 --no-pin \
     >"$out/serve.log" 2>&1 &
@@ -39,7 +41,10 @@ done
     >"$out/bench.log" 2>&1 || { cat "$out/serve.log" "$out/bench.log" >&2; exit 1; }
 "$bin/eventstream" health --grpc --server 127.0.0.1:39200 >/dev/null
 kill -INT "$server"
-wait "$server" || { cat "$out/serve.log" >&2; echo "seccomp: the confined server did not stop cleanly" >&2; exit 1; }
+stopped=0
+wait "$server" || stopped=$?
+server=
+[ "$stopped" -eq 0 ] || { cat "$out/serve.log" >&2; echo "seccomp: the confined server did not stop cleanly" >&2; exit 1; }
 echo "seccomp: a server under eventstream.json served every door and stopped cleanly"
 
 no_uring=io_uring_setup,io_uring_enter,io_uring_register

@@ -11,12 +11,16 @@
 # BIN_DIR holds `eventstream` and `eventstream-bench` (target/debug or target/release).
 # Needs strace and curl. Ports 39200-39203 on 127.0.0.1.
 set -euo pipefail
+# One byte order for sort, comm and the profile's sorted lists.
+export LC_ALL=C
 check=false
 if [ "${1:-}" = --check ]; then check=true; shift; fi
 bin=${1:?usage: trace.sh [--check] BIN_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+server=
+# A failed step must not leave a server (strace's child) holding the ports.
+trap '[ -n "$server" ] && { pkill -P "$server"; kill "$server"; } 2>/dev/null; rm -rf "$out"' EXIT
 
 strace -f -qq -o "$out/doctor" "$bin/eventstream" doctor >/dev/null || true
 strace -f -qq -o "$out/serve" "$bin/eventstream" serve --bind 127.0.0.1 --shards 4 --no-pin \
@@ -36,6 +40,7 @@ curl -sf http://127.0.0.1:39203/metrics >/dev/null
 # strace's pid: the server is its child; SIGINT goes to the server.
 kill -INT "$(pgrep -P "$server")"
 wait "$server" || true
+server=
 # Pinned shards (the default) set their threads' affinity: one more life, with one shard.
 strace -f -qq -o "$out/pinned" "$bin/eventstream" serve --bind 127.0.0.1 --shards 1 \
     --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203 \
@@ -47,6 +52,7 @@ for _ in $(seq 1 100); do
 done
 kill -INT "$(pgrep -P "$server")"
 wait "$server" || true
+server=
 
 # Each line of strace: "PID name(args) = result", or "<... name resumed>" for a call begun
 # in another line, or "+++ exited +++" / "--- SIG ---".
