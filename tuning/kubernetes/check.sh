@@ -28,17 +28,13 @@ out=$(mktemp -d)
 server=
 # A failed step must not leave a server holding the ports.
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$out"' EXIT
-ports=(--bind 127.0.0.1 --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203)
-"${confined[@]}" "$profile" -- "$bin/eventstream" serve "${ports[@]}" --shards 2 --no-pin \
+source "$here/lib.sh"
+"${confined[@]}" "$profile" -- "$bin/eventstream" serve "${SERVE_PORTS[@]}" --shards 2 --no-pin \
     >"$out/serve.log" 2>&1 &
 server=$!
-for _ in $(seq 1 100); do
-    "$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null 2>&1 && break
-    sleep 0.2
-done
-"$bin/eventstream-bench" --server 127.0.0.1:39201 --grpc 127.0.0.1:39200 --udp 127.0.0.1:39202 \
-    --count 5k --rows native-tcp,native-tcp-legacy,native-udp,grpc-unary,grpc-stream,grpc-batch \
-    >"$out/bench.log" 2>&1 || { cat "$out/serve.log" "$out/bench.log" >&2; exit 1; }
+wait_healthy "$bin"
+bench_doors "$bin" 5k native-tcp,native-tcp-legacy,native-udp,grpc-unary,grpc-stream,grpc-batch \
+    "$out/bench.log" "$out/serve.log"
 "$bin/eventstream" health --grpc --server 127.0.0.1:39200 >/dev/null
 kill -INT "$server"
 stopped=0
@@ -53,7 +49,7 @@ KUBERNETES_SERVICE_HOST=10.0.0.1 "${confined[@]}" "$profile" --without "$no_urin
 grep -q "io_uring: blocked in a Kubernetes pod by its seccomp filter" "$out/doctor.txt" \
     || { cat "$out/doctor.txt" >&2; echo "seccomp: doctor did not name the blocked io_uring" >&2; exit 1; }
 grep -q "seccompProfile" "$out/doctor.txt"
-if "${confined[@]}" "$profile" --without "$no_uring" -- "$bin/eventstream" serve "${ports[@]}" \
+if "${confined[@]}" "$profile" --without "$no_uring" -- "$bin/eventstream" serve "${SERVE_PORTS[@]}" \
     >"$out/refused.log" 2>&1; then
     echo "seccomp: serve started without io_uring" >&2
     exit 1

@@ -19,40 +19,41 @@ bin=${1:?usage: trace.sh [--check] BIN_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mktemp -d)
 server=
-# A failed step must not leave a server (strace's child) holding the ports.
-trap '[ -n "$server" ] && { pkill -P "$server"; kill "$server"; } 2>/dev/null; rm -rf "$out"' EXIT
+# A failed step must not leave a server (strace's child) holding the ports: SIGKILL, as strace
+# intercepts other signals to it and, killed meanwhile, may leave it running.
+trap '[ -n "$server" ] && { pkill -KILL -P "$server"; kill "$server"; } 2>/dev/null; rm -rf "$out"' EXIT
+
+source "$here/../lib.sh"
+
+# One traced server life: `serve` with arguments $2..., its trace in $out/$1.
+start_traced() {
+    local name=$1
+    shift
+    strace -f -qq -o "$out/$name" "$bin/eventstream" serve "${SERVE_PORTS[@]}" "$@" \
+        >"$out/$name.log" 2>&1 &
+    server=$!
+    wait_healthy "$bin"
+}
+
+# Stops the traced server with SIGINT (strace's pid is $server; the server is its child).
+stop_traced() {
+    kill -INT "$(pgrep -P "$server")"
+    wait "$server" || true
+    server=
+}
 
 strace -f -qq -o "$out/doctor" "$bin/eventstream" doctor >/dev/null || true
-strace -f -qq -o "$out/serve" "$bin/eventstream" serve --bind 127.0.0.1 --shards 4 --no-pin \
-    --spin-us 50 --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203 \
-    >"$out/serve.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-    "$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null 2>&1 && break
-    sleep 0.2
-done
-"$bin/eventstream-bench" --server 127.0.0.1:39201 --grpc 127.0.0.1:39200 --udp 127.0.0.1:39202 \
-    --count 20k --rows native-tcp,native-tcp-legacy,native-publish,native-latency,fanout,native-udp,grpc-unary,grpc-stream,grpc-batch \
-    >"$out/bench.log" 2>&1 || { cat "$out/bench.log" >&2; exit 1; }
+start_traced serve --shards 4 --no-pin --spin-us 50
+bench_doors "$bin" 20k \
+    native-tcp,native-tcp-legacy,native-publish,native-latency,fanout,native-udp,grpc-unary,grpc-stream,grpc-batch \
+    "$out/bench.log"
 "$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null
 "$bin/eventstream" health --grpc --server 127.0.0.1:39200 >/dev/null
 curl -sf http://127.0.0.1:39203/metrics >/dev/null
-# strace's pid: the server is its child; SIGINT goes to the server.
-kill -INT "$(pgrep -P "$server")"
-wait "$server" || true
-server=
+stop_traced
 # Pinned shards (the default) set their threads' affinity: one more life, with one shard.
-strace -f -qq -o "$out/pinned" "$bin/eventstream" serve --bind 127.0.0.1 --shards 1 \
-    --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203 \
-    >"$out/pinned.log" 2>&1 &
-server=$!
-for _ in $(seq 1 100); do
-    "$bin/eventstream" health --server 127.0.0.1:39201 >/dev/null 2>&1 && break
-    sleep 0.2
-done
-kill -INT "$(pgrep -P "$server")"
-wait "$server" || true
-server=
+start_traced pinned --shards 1
+stop_traced
 
 # Each line of strace: "PID name(args) = result", or "<... name resumed>" for a call begun
 # in another line, or "+++ exited +++" / "--- SIG ---".

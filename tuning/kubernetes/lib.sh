@@ -1,0 +1,22 @@
+# What check.sh and seccomp/trace.sh share (sourced, not run): the ports a server under test
+# serves on, waiting for it, and loading every door of it with the bench.
+
+# Every door on 127.0.0.1, on fixed ports the scripts' other commands name.
+SERVE_PORTS=(--bind 127.0.0.1 --grpc-port 39200 --tcp-port 39201 --udp-port 39202 --metrics-port 39203)
+
+# Waits up to 20 s for the server with binaries in $1 to answer its health check.
+wait_healthy() {
+    for _ in $(seq 1 100); do
+        "$1/eventstream" health --server 127.0.0.1:39201 >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "the server on 127.0.0.1:39201 never answered its health check" >&2
+    return 1
+}
+
+# Loads the server through the doors with the bench in $1: $2 events per row of the rows in
+# $3, its output in $4 (shown, with $5 if given, when a row fails).
+bench_doors() {
+    "$1/eventstream-bench" --server 127.0.0.1:39201 --grpc 127.0.0.1:39200 --udp 127.0.0.1:39202 \
+        --count "$2" --rows "$3" >"$4" 2>&1 || { cat ${5:+"$5"} "$4" >&2; return 1; }
+}
