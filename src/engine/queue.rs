@@ -258,8 +258,22 @@ impl SubscriberQueue {
         self.stats
     }
 
-    fn fits(&self, size: usize) -> bool {
-        self.len < self.max_events && self.bytes + size <= self.max_bytes
+    /// Whether `count` more events of `size` bytes together fit without shedding.
+    fn fits(&self, count: usize, size: usize) -> bool {
+        self.len + count <= self.max_events && self.bytes + size <= self.max_bytes
+    }
+
+    /// Counts `count` events of `size` bytes in, queued in `lane` (whose entry the caller
+    /// pushes): the first arrival number they take.
+    fn admit(&mut self, lane: usize, count: usize, size: usize) -> u64 {
+        let first_arrival = self.arrivals + 1;
+        self.arrivals += count as u64;
+        self.len += count;
+        self.bytes += size;
+        self.stats.queued += count as u64;
+        self.busy |= 1 << lane;
+        debug_assert!(self.len <= self.max_events && self.bytes <= self.max_bytes);
+        first_arrival
     }
 
     /// Offers an arriving event of `priority`, which `encode` appends to the buffer it is
@@ -276,7 +290,7 @@ impl SubscriberQueue {
             return self.refuse(priority);
         }
         let mut outcome = Offer::Queued;
-        while !self.fits(size) {
+        while !self.fits(1, size) {
             // The lowest priority below the arriving one that has anything queued (never the
             // arriving event's own lane, where its bytes now are).
             let below = self.busy & ((1u8 << lane) - 1);
@@ -291,15 +305,9 @@ impl SubscriberQueue {
             self.stats.shed[victim] += 1;
             outcome = Offer::QueuedShedding(Priority::ALL[victim]);
         }
-        self.arrivals += 1;
-        self.len += 1;
-        self.bytes += size;
-        self.stats.queued += 1;
-        self.busy |= 1 << lane;
+        let arrival = self.admit(lane, 1, size);
         let size = u32::try_from(size).expect("an event is far smaller than 4 GiB");
-        let arrival = self.arrivals;
         self.lanes_mut()[lane].entries.push_back((arrival, size));
-        debug_assert!(self.len <= self.max_events && self.bytes <= self.max_bytes);
         outcome
     }
 
@@ -308,24 +316,18 @@ impl SubscriberQueue {
     /// (whose shedding then follows §4 exactly, as a whole run never could).
     pub fn offer_shared(&mut self, records: &Rc<SharedRecords>) -> bool {
         let (count, size) = (records.len(), records.bytes.len());
-        if self.len + count > self.max_events || self.bytes + size > self.max_bytes {
+        if !self.fits(count, size) {
             return false;
         }
         let lane = records.priority as usize;
-        let first_arrival = self.arrivals + 1;
+        let first_arrival = self.admit(lane, count, size);
         let cursor = SharedCursor {
             records: records.clone(),
             first: 0,
         };
-        let lanes = self.lanes.get_or_insert_with(Box::default);
-        lanes[lane].entries.push_back((first_arrival, SHARED_ENTRY));
-        lanes[lane].shared.push_back(cursor);
-        self.arrivals += count as u64;
-        self.len += count;
-        self.bytes += size;
-        self.stats.queued += count as u64;
-        self.busy |= 1 << lane;
-        debug_assert!(self.len <= self.max_events && self.bytes <= self.max_bytes);
+        let lane = &mut self.lanes.get_or_insert_with(Box::default)[lane];
+        lane.entries.push_back((first_arrival, SHARED_ENTRY));
+        lane.shared.push_back(cursor);
         true
     }
 
