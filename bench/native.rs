@@ -3,7 +3,8 @@
 //! holds up once the server carries a million topics or a thousand wildcard subscriptions.
 //!
 //! The rows `native-tcp`, `native-publish`, `fanout` and `native-latency` take the fastest
-//! documented path (docs/PROTOCOL.md, "The fast path": topic handles, runs, delivery runs);
+//! documented path (topic handles, runs, delivery runs: PROTOCOL.md §5.6, PROTOCOL.md §5.7,
+//! PROTOCOL.md §6.7);
 //! `native-tcp-legacy`, `native-publish-legacy` and `fanout-legacy` keep measuring one frame
 //! per event, as do the growth rows (they measure how the per-event path scales).
 

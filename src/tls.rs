@@ -36,11 +36,11 @@ impl Transport {
         matches!(self, Transport::Tls(_))
     }
 
-    /// One socket read, appending the plaintext it carried to `plain` (reading at most about
-    /// `size` bytes). `wire` is the connection's read buffer, zeroed once and reused: reading
-    /// straight into `plain` would need its spare capacity zeroed for every read (64 KiB of
-    /// memset per wake-up, 7% of the gRPC door's instructions), where copying out costs only
-    /// the bytes that came. Ok(false): the peer closed.
+    /// One socket read, appending the plaintext it carried to `plain` (reading at most about `size`
+    /// bytes). `wire` is the connection's read buffer, zeroed once and reused: reading straight
+    /// into `plain` would need its spare capacity zeroed for every read (64 KiB of memset per
+    /// wake-up, a measurable part of the gRPC door's instructions: docs/PERFORMANCE.md), where
+    /// copying out costs only the bytes that came. Ok(false): the peer closed.
     pub async fn read(
         &self,
         stream: &mut Half,

@@ -1,5 +1,5 @@
-//! SPEC §3: bad input always gets a clear answer, never takes a shard down and never disturbs
-//! other clients.
+//! README.md, "Behaviour you can rely on": bad input always gets a clear answer, never takes a
+//! shard down and never disturbs other clients.
 
 mod common;
 
@@ -340,7 +340,8 @@ fn refused_topics_between_good_ones_leave_the_repeated_topic_intact() {
 
 #[test]
 fn a_star_is_refused_in_a_topic_and_inside_a_pattern_segment() {
-    // §3: `a*b` is no topic, and `sensors/t*` is no pattern (it would silently match nothing).
+    // PROTOCOL.md §4: `a*b` is no topic, and `sensors/t*` is no pattern (it would silently match
+    // nothing).
     let server = start();
     let mut c = server.client();
     // The connection's last good topic is reused for the next publish: that path too.

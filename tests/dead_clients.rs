@@ -1,7 +1,7 @@
-//! SPEC §6 dead clients and connection limits, on both TCP doors, with real sockets: a client
-//! over a door's `max_connections` gets a clear refusal and is counted while the others keep
-//! working; a client that stops reading, or stops answering, is cut and counted, and what it
-//! held in the engine is released.
+//! Dead clients and connection limits (docs/ARCHITECTURE.md, "Dead clients and connection limits"),
+//! on both TCP doors, with real sockets: a client over a door's `max_connections` gets a clear
+//! refusal and is counted while the others keep working; a client that stops reading, or stops
+//! answering, is cut and counted, and what it held in the engine is released.
 
 mod common;
 

@@ -1,5 +1,5 @@
-//! Delivery guarantees of SPEC §4 across shards: routing by owner, wildcard fan-out,
-//! min_priority, sequence numbers, ordering.
+//! Delivery guarantees (README.md, "Behaviour you can rely on") across shards: routing by owner,
+//! wildcard fan-out, min_priority, sequence numbers, ordering.
 
 mod common;
 

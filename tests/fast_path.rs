@@ -1,6 +1,6 @@
-//! The native fast path end to end (docs/PROTOCOL.md §5.6, §5.7, §6.7) on four unpinned
-//! shards: topic handles, runs crossing shards, runs and today's frames on one topic, delivery
-//! runs with `min_priority` and shedding, and the errors of bad handles and bad runs.
+//! The native fast path end to end (PROTOCOL.md §5.6, PROTOCOL.md §5.7, PROTOCOL.md §6.7) on four
+//! unpinned shards: topic handles, runs crossing shards, runs and today's frames on one topic,
+//! delivery runs with `min_priority` and shedding, and the errors of bad handles and bad runs.
 
 mod common;
 

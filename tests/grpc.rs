@@ -1,5 +1,5 @@
-//! The gRPC door through an independent HTTP/2 client (the `h2` crate): SPEC §2 methods,
-//! statuses, and the same engine as the native door.
+//! The gRPC door through an independent HTTP/2 client (the `h2` crate): the methods
+//! and statuses of README.md, "What this version serves", and the same engine as the native door.
 
 mod common;
 
@@ -1007,7 +1007,8 @@ fn partial_messages_cannot_hold_unbounded_memory() {
 
 #[test]
 fn a_star_is_refused_in_a_topic_and_inside_a_pattern_segment() {
-    // §3 on the gRPC door: INVALID_ARGUMENT with a message that states the rule.
+    // The topic and pattern rules (PROTOCOL.md §4) on the gRPC door: INVALID_ARGUMENT with a
+    // message that states the rule.
     let server = start();
     runtime().block_on(async {
         let mut sender = connect(&server).await;

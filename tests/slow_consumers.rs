@@ -1,5 +1,5 @@
-//! SPEC §4 slow consumers: a stalled subscriber sheds lowest priority first, counts it, sees
-//! gaps in `sequence`, and is cut on a CRITICAL event it cannot queue, while a healthy
+//! Slow consumers (PROTOCOL.md §6.2): a stalled subscriber sheds lowest priority first, counts it,
+//! sees gaps in `sequence`, and is cut on a CRITICAL event it cannot queue, while a healthy
 //! subscriber of the same topic loses nothing and the publisher is not held up.
 
 mod common;

@@ -1,5 +1,6 @@
-//! TLS and mTLS on the TCP doors (SPEC §6): the seed's configuration shape, client
-//! certificates required, plaintext and certificate-less clients refused cleanly, UDP off.
+//! TLS and mTLS on the TCP doors (README.md, "TLS in two minutes";
+//! docs/ARCHITECTURE.md, "TLS"): the seed's configuration shape, client certificates
+//! required, plaintext and certificate-less clients refused cleanly, UDP off.
 
 mod common;
 

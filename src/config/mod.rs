@@ -270,7 +270,7 @@ impl Config {
     }
 
     /// Whether the UDP door runs: on, unless a TCP door requires client certificates and UDP
-    /// was not explicitly allowed anyway (§6).
+    /// was not explicitly allowed anyway (README.md, "What this version serves").
     pub fn udp_enabled(&self) -> bool {
         let mtls = self.grpc.tls.requires_client_certificates()
             || self.native.tls.requires_client_certificates();

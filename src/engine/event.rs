@@ -10,8 +10,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::limits::Limits;
 use super::topic::{Topic, TopicError};
 
-/// How much an event matters when a subscriber falls behind (§4: lower priorities are shed
-/// first, CRITICAL is never shed silently). The numbers are the protobuf enum's.
+/// How much an event matters when a subscriber falls behind (PROTOCOL.md §6.2: lower priorities are
+/// shed first, CRITICAL is never shed silently). The numbers are the protobuf enum's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(u8)]
 pub enum Priority {
@@ -235,7 +235,8 @@ fn split_str16(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((body, &buf[2 + len..]))
 }
 
-/// An event as a door decoded it, before the engine checked it against the rules of §3.
+/// An event as a door decoded it, before the engine checked it against the rules of PROTOCOL.md §4
+/// and PROTOCOL.md §5.1.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RawEvent {
     pub topic: Bytes,
@@ -325,7 +326,8 @@ pub struct Event {
     pub sequence: u64,
 }
 
-/// Why the engine refuses an event (§3). Doors map it to INVALID_ARGUMENT or an ERROR frame.
+/// Why the engine refuses an event (PROTOCOL.md §4, PROTOCOL.md §5.1). Doors map it to
+/// INVALID_ARGUMENT or an ERROR frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
     #[error("invalid topic: {0}")]
@@ -347,12 +349,12 @@ pub enum EventError {
 }
 
 impl Event {
-    /// Checks a decoded event against §3 and the configured limits, and fills the id and the
-    /// timestamp when the client left them empty. When its topic is byte for byte `previous`
-    /// (an already validated topic: the same connection's last one, see
-    /// [`Shard::validate_recent`](super::Shard::validate_recent)), that topic is reused
-    /// instead of checked again (publishers usually repeat one topic; the check was 17% of a
-    /// batch's instructions and a quarter of a native publish's).
+    /// Checks a decoded event against PROTOCOL.md §5.1 and the configured limits, and fills the id
+    /// and the timestamp when the client left them empty. When its topic is byte for byte
+    /// `previous` (an already validated topic: the same connection's last one, see
+    /// [`Shard::validate_recent`](super::Shard::validate_recent)), that topic is reused instead of
+    /// checked again (publishers usually repeat one topic; the check was a large part of a batch's
+    /// instructions and of a native publish's: docs/PERFORMANCE.md).
     pub fn validate_after(
         mut raw: RawEvent,
         previous: Option<&Topic>,
@@ -395,7 +397,8 @@ impl Event {
     }
 }
 
-/// §3's rules besides the topic's shape, and the configured limits; the priority on success.
+/// The rules of PROTOCOL.md §5.1 besides the topic's shape, and the configured limits; the priority
+/// on success.
 pub(super) fn check_fields(
     topic: &Topic,
     raw: &EventRef<'_>,
@@ -434,11 +437,12 @@ pub(super) fn check_fields(
     Ok(priority)
 }
 
-/// An event decoded in place that passed §3's checks ([`Shard::publish_in_place`](super::Shard::publish_in_place),
-/// [`Shard::publish_batch_in_place`](super::Shard::publish_batch_in_place)), still in the door's buffer: what sequencing needs
-/// (topic, priority) without the owned [`Event`], which only another shard needs: subscribers
-/// on this shard receive an [`EventView`] of it. An event published to a topic with no
-/// subscriber elsewhere is never copied out as a whole.
+/// An event decoded in place that passed the checks of PROTOCOL.md §5.1
+/// ([`Shard::publish_in_place`](super::Shard::publish_in_place),
+/// [`Shard::publish_batch_in_place`](super::Shard::publish_batch_in_place)), still in the door's
+/// buffer: what sequencing needs (topic, priority) without the owned [`Event`], which only another
+/// shard needs: subscribers on this shard receive an [`EventView`] of it. An event published to a
+/// topic with no subscriber elsewhere is never copied out as a whole.
 pub struct Accepted<'a> {
     topic: &'a Topic,
     priority: Priority,
@@ -686,7 +690,7 @@ impl IdRange {
     /// after the version and variant are the mixed counter then the seed's low 16 bits (what
     /// `uuid::Builder::from_unix_timestamp_millis` makes of those bytes). Computed as two
     /// words, not byte by byte: copying a UUID assembled from single-byte stores stalled the
-    /// run's delivery loop (a tenth of the server's time in `native-tcp`).
+    /// run's delivery loop (measured in `native-tcp`: docs/PERFORMANCE.md).
     #[inline]
     pub fn id(&self, index: u32) -> uuid::Uuid {
         let counter = self.first.wrapping_add(u64::from(index));

@@ -105,9 +105,9 @@ impl SubscriptionIndex {
     }
 }
 
-/// Pushes the first entry of a list without the spare room `Vec::push` reserves (most patterns
-/// are alone at their node, and that room was a tenth of a subscription's memory); later
-/// pushes grow the list as usual.
+/// Pushes the first entry of a list without the spare room `Vec::push` reserves (most patterns are
+/// alone at their node, and that room was a measurable part of a subscription's memory:
+/// docs/PERFORMANCE.md); later pushes grow the list as usual.
 fn push_exact(list: &mut Vec<SubEntry>, entry: SubEntry) {
     if list.capacity() == 0 {
         list.reserve_exact(1);

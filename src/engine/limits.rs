@@ -1,4 +1,4 @@
-//! The explicit bounds of §3 and §4, in one place, so that every door enforces the same ones.
+//! The explicit bounds of PROTOCOL.md §11, in one place, so that every door enforces the same ones.
 
 use serde::Deserialize;
 

@@ -1,5 +1,5 @@
-//! A subscriber's bounded queue and the shedding rules of §4. Pure data structure: no I/O, no
-//! clock, tested on its own.
+//! A subscriber's bounded queue and the shedding rules of PROTOCOL.md §6.2. Pure data structure: no
+//! I/O, no clock, tested on its own.
 //!
 //! Events are queued already encoded for the subscriber's door (the bytes its connection will
 //! write), so an event delivered here holds nothing of its publisher's buffers and the writer
@@ -277,7 +277,7 @@ impl SubscriberQueue {
     }
 
     /// Offers an arriving event of `priority`, which `encode` appends to the buffer it is
-    /// given, shedding by the rules of §4 when the queue is full.
+    /// given, shedding by the rules of PROTOCOL.md §6.2 when the queue is full.
     pub fn offer(&mut self, priority: Priority, encode: impl FnOnce(&mut BytesMut)) -> Offer {
         let lane = priority as usize;
         let bytes = &mut self.lanes.get_or_insert_with(Box::default)[lane].bytes;
@@ -313,7 +313,7 @@ impl SubscriberQueue {
 
     /// Queues shared records whole, as one entry, if they fit without shedding anything;
     /// false leaves the queue as it was, for the caller to offer their events one by one
-    /// (whose shedding then follows §4 exactly, as a whole run never could).
+    /// (whose shedding then follows PROTOCOL.md §6.2 exactly, as a whole run never could).
     pub fn offer_shared(&mut self, records: &Rc<SharedRecords>) -> bool {
         let (count, size) = (records.len(), records.bytes.len());
         if !self.fits(count, size) {
@@ -746,8 +746,8 @@ mod tests {
         );
     }
 
-    /// The rules of §4 written as plainly as possible, over one list in arrival order: what
-    /// the lanes and the mask must agree with. Entries: (sequence, priority, size).
+    /// The rules of PROTOCOL.md §6.2 written as plainly as possible, over one list in arrival
+    /// order: what the lanes and the mask must agree with. Entries: (sequence, priority, size).
     #[derive(Default)]
     struct Model {
         queued: Vec<(u64, Priority, usize)>,

@@ -3,9 +3,8 @@
 //! range of sequence numbers and one range of ids, and it crosses between shards as one
 //! message, whatever its length: per event there is only its fixed-width record to read.
 //!
-//! The records stay in the native protocol's PUBLISH_RUN form (docs/PROTOCOL.md, "5.7
-//! PUBLISH_RUN"), in the buffer the door read them into, until a subscriber's queue copies
-//! each event once.
+//! The records stay in the native protocol's PUBLISH_RUN form (PROTOCOL.md §5.7), in the
+//! buffer the door read them into, until a subscriber's queue copies each event once.
 
 use bytes::Bytes;
 
@@ -109,9 +108,9 @@ impl Priorities {
     }
 }
 
-/// Checks every event of a run against §3's per-event rules and the limits (a run's topic
-/// was checked when it was declared): on success the run's [`Priorities`], else the 0-based
-/// index of the first refused event.
+/// Checks every event of a run against the per-event rules of PROTOCOL.md §5.7 and the limits (a
+/// run's topic was checked when it was declared): on success the run's [`Priorities`], else the
+/// 0-based index of the first refused event.
 pub fn check(records: &[u8], limits: &Limits) -> Result<Priorities, (u32, EventError)> {
     let mut priorities = Priorities::EMPTY;
     for (index, event) in events(records).enumerate() {
@@ -151,9 +150,9 @@ pub struct Numbering {
 }
 
 impl Run {
-    /// Events of one topic that passed §3's checks (each with its priority), decoded in place
-    /// from other frames (a batch, consecutive PUBLISH frames), copied into a run's records:
-    /// the one copy such a run makes of them. Needs at least one event.
+    /// Events of one topic that passed the checks of PROTOCOL.md §5.1 (each with its priority),
+    /// decoded in place from other frames (a batch, consecutive PUBLISH frames), copied into a
+    /// run's records: the one copy such a run makes of them. Needs at least one event.
     pub fn copied<'a, 'e: 'a>(
         topic: Topic,
         events: impl Iterator<Item = (&'a EventRef<'e>, Priority)> + Clone,

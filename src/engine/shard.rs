@@ -33,7 +33,7 @@ use super::subscriber::{Consumer, EncodeEvent, Encoding, SubState, Subscriber};
 use super::topic::{Pattern, RecentTopic, Topic};
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
-/// sockets: the engine is saturated and publishers must slow down (§4).
+/// sockets: the engine is saturated and publishers must slow down (PROTOCOL.md §8.2).
 const MAX_BACKLOG: usize = 64 * 1024;
 
 /// Receives the answers to a client's publishes. Doors implement it to write them to their
@@ -142,8 +142,9 @@ pub struct Shard {
     /// of events on one topic hashes its name once, when it is parsed.
     topics: RefCell<HashTable<(Bytes, TopicState)>>,
     index: RefCell<SubscriptionIndex>,
-    /// Subscriptions whose connection lives on this shard, by their shard-local key; looked
-    /// up once per delivered event (foldhash: SipHash here was 5% of a delivery's cost).
+    /// Subscriptions whose connection lives on this shard, by their shard-local key; looked up once
+    /// per delivered event (foldhash: SipHash here was a measurable part of a delivery's cost,
+    /// docs/PERFORMANCE.md).
     local: RefCell<HashMap<u64, Rc<Subscriber>>>,
     next_local: Cell<u64>,
     pending: RefCell<Slab<Pending>>,
@@ -283,11 +284,10 @@ impl Shard {
         }
     }
 
-    /// Checks a decoded event against §3 and this shard's limits and fills id and timestamp
-    /// (`received_ns`: when the bytes carrying it were read, Unix ns). `recent` is the
-    /// publishing connection's last topic: an event repeating it reuses it instead of checking
-    /// the name again ([`Event::validate_after`]), and the event's topic is remembered for the
-    /// next.
+    /// Checks a decoded event against PROTOCOL.md §5.1 and this shard's limits and fills id and
+    /// timestamp (`received_ns`: when the bytes carrying it were read, Unix ns). `recent` is the
+    /// publishing connection's last topic: an event repeating it reuses it instead of checking the
+    /// name again ([`Event::validate_after`]), and the event's topic is remembered for the next.
     #[inline]
     pub fn validate_recent(
         &self,
@@ -503,7 +503,7 @@ impl Shard {
     /// request (one per event, or one per run), and an ACK reports `count` events. With it,
     /// the one clock reading of the call, taken only when an ack will report it: it
     /// timestamps when the events were sequenced (a reading per unacknowledged native publish
-    /// was 4% of its server time).
+    /// was a measurable part of its server time: docs/PERFORMANCE.md).
     fn route(&self, reply: Reply, answers: u32, count: u32) -> (Route, Option<Instant>) {
         match reply {
             Reply::Ack(request) => {
@@ -574,7 +574,7 @@ impl Shard {
     /// As the owner: tells the publishing shard `from` what became of one event.
     /// `at`: when the event was sequenced; read only for acknowledged routes.
     /// `events`: how many events the answer is about (one, or a run's), each of which a
-    /// refusal refuses and, without an ACK, reports (§5.2, §5.7 of docs/PROTOCOL.md).
+    /// refusal refuses and, without an ACK, reports (PROTOCOL.md §5.2, PROTOCOL.md §5.7).
     fn answer(
         &self,
         from: usize,
@@ -963,8 +963,9 @@ impl Shard {
         }
     }
 
-    /// Registers a subscription on every shard that may own a matching topic and returns once
-    /// all of them confirmed: from then on, every event sequenced anywhere reaches it (§4).
+    /// Registers a subscription on every shard that may own a matching topic and returns once all
+    /// of them confirmed: from then on, every event sequenced anywhere reaches it
+    /// (PROTOCOL.md §5.3).
     pub async fn subscribe(
         self: &Rc<Self>,
         pattern: Pattern,

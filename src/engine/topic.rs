@@ -1,5 +1,5 @@
-//! Topic names and subscription patterns (§3): validation and matching, with no I/O and no
-//! allocation on the matching path.
+//! Topic names and subscription patterns (PROTOCOL.md §4): validation and matching, with no I/O and
+//! no allocation on the matching path.
 
 use bytes::Bytes;
 use std::fmt;
@@ -82,14 +82,14 @@ fn check_shape(bytes: &[u8], star_allowed: bool) -> Result<&str, TopicError> {
     Ok(text)
 }
 
-/// A topic that passed §3: UTF-8, 1..=255 bytes, non-empty `/`-separated segments, no
+/// A topic that passed PROTOCOL.md §4: UTF-8, 1..=255 bytes, non-empty `/`-separated segments, no
 /// whitespace or control characters, and no `*` anywhere (so no name can be mistaken for a
 /// pattern's wildcard).
 ///
 /// It carries its [`route_hash`] and its [`table_hash`], computed once at parse: a publisher
 /// repeating one topic reuses the parsed topic, so routing each of its events costs a
-/// division and finding its owner's entry one probe, not passes over the name (the route's
-/// pass was a tenth of a native publish's server time, the table's 3-6%).
+/// division and finding its owner's entry one probe, not passes over the name (both
+/// passes were a measurable part of a native publish's server time: docs/PERFORMANCE.md).
 #[derive(Clone)]
 pub struct Topic {
     bytes: Bytes,
@@ -164,8 +164,8 @@ impl Topic {
 /// usually repeat one topic: [`Shard::publish_in_place`](super::Shard::publish_in_place),
 /// [`Shard::publish_batch_in_place`](super::Shard::publish_batch_in_place) and
 /// [`Shard::validate_recent`](super::Shard::validate_recent) then reuse it instead of checking
-/// and hashing the name again (a tenth of a native publish's
-/// server time, and a quarter before the route hash was cached).
+/// and hashing the name again (a measurable part of a native
+/// publish's server time, more before the route hash was cached: docs/PERFORMANCE.md).
 #[derive(Default)]
 pub struct RecentTopic(std::cell::RefCell<Option<Topic>>);
 
@@ -516,8 +516,8 @@ mod tests {
             }
         }
 
-        /// Where `*` may appear (§3), against the rule written the obvious way: never in a
-        /// topic; in a pattern only as a whole segment `*`, or `**` as the last segment.
+        /// Where `*` may appear (PROTOCOL.md §4), against the rule written the obvious way: never
+        /// in a topic; in a pattern only as a whole segment `*`, or `**` as the last segment.
         #[test]
         fn stars_follow_the_rule(text in "[ab*/]{1,12}") {
             let segments: Vec<&str> = text.split('/').collect();

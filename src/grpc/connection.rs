@@ -862,8 +862,9 @@ impl GrpcConnection {
     }
 
     /// Ends a Stream call the client has half-closed with OK and `x-published-count` once
-    /// every event it published is sequenced (publish success, SPEC §4): until then a
-    /// refusal, the deadline, a cancel or shutdown may still end it otherwise.
+    /// every event it published is sequenced (a publish succeeds once sequenced:
+    /// README.md, "Behaviour you can rely on"): until then a refusal, the deadline, a cancel or
+    /// shutdown may still end it otherwise.
     fn finish_bidi_when_sequenced(self: &Rc<Self>, stream: u32) {
         let conn = self.clone();
         glommio::spawn_local(async move {

@@ -61,8 +61,8 @@ impl MessageReader {
 
     /// [`push`](Self::push) without a `Bytes` per message: the messages now complete are
     /// `bodies` (appended, in order) of the returned bytes. A stream call's run of small
-    /// messages is read this way: a reference-counted handle per message was 3% of a
-    /// Stream event's server time.
+    /// messages is read this way: a reference-counted handle per message was a measurable
+    /// part of a Stream event's server time (docs/PERFORMANCE.md).
     pub fn push_ranges(
         &mut self,
         data: Bytes,

@@ -602,8 +602,8 @@ impl Client {
             }
             // The next read is sized to this one, with a quarter to spare, and doubles while
             // reads come back full: each read zeroes what it offers the socket, so offering
-            // twice what arrives was a memset as large as the data (a tenth of a subscriber's
-            // time at millions of events/s).
+            // twice what arrives was a memset as large as the data (a measurable part of a
+            // subscriber's time at millions of events/s: docs/PERFORMANCE.md).
             self.read_size = if n == self.read_size {
                 (n * 2).min(MAX_READ)
             } else {

@@ -50,11 +50,11 @@ pub enum ErrorCode {
     BadLength = 2,
     /// Unknown frame kind; the frame was skipped.
     UnknownKind = 3,
-    /// An event's topic breaks §3.
+    /// An event's topic breaks PROTOCOL.md §4.
     InvalidTopic = 4,
     /// An event breaks another rule (priority, id, sizes, reserved topic).
     InvalidEvent = 5,
-    /// A subscription pattern breaks §3.
+    /// A subscription pattern breaks PROTOCOL.md §4.
     InvalidPattern = 6,
     /// A batch holds more events than allowed.
     BatchTooLarge = 7,
@@ -64,7 +64,7 @@ pub enum ErrorCode {
     DuplicateSubscription = 9,
     /// No subscription with that id on this connection.
     UnknownSubscription = 10,
-    /// The subscription was cut: a CRITICAL event could not be queued (§4).
+    /// The subscription was cut: a CRITICAL event could not be queued (PROTOCOL.md §6.2).
     SlowConsumer = 11,
     /// The owner shard could not sequence an event (e.g. topic limit reached).
     PublishFailed = 12,

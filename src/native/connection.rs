@@ -93,8 +93,8 @@ impl Door {
     }
 }
 
-/// What a connection over the door's limit reads before the door closes it (§7 of
-/// docs/PROTOCOL.md): one closing ERROR TooManyConnections.
+/// What a connection over the door's limit reads before the door closes it (PROTOCOL.md §7,
+/// PROTOCOL.md §8.4): one closing ERROR TooManyConnections.
 fn refusal(max: usize) -> Bytes {
     let mut out = BytesMut::new();
     let msg = format!("the native door has native.max_connections ({max}) connections open");
@@ -563,7 +563,7 @@ impl Connection {
         }
     }
 
-    /// Binds a topic handle for PUBLISH_RUN (§5.6 of docs/PROTOCOL.md): the topic is checked
+    /// Binds a topic handle for PUBLISH_RUN (PROTOCOL.md §5.6): the topic is checked
     /// once here, never again per event.
     fn declare(&self, request_id: u64, ack: bool, handle: u32, topic: &[u8]) {
         let max = self.shard.limits().max_topic_handles;

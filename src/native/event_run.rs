@@ -1,4 +1,4 @@
-//! EVENT_RUN (docs/PROTOCOL.md, "6.7 EVENT_RUN"): how a subscription that asked for delivery
+//! EVENT_RUN (PROTOCOL.md §6.7): how a subscription that asked for delivery
 //! runs receives its events, many to a frame. Each event is a record with a fixed-width
 //! header, so the server writes it into the subscription's queue with one copy of each field
 //! (the server-assigned sequence, timestamp and id are plain fixed-width fields), and a client
@@ -24,7 +24,8 @@ pub const FRAME_PREFIX_BYTES: usize = HEADER_LEN + 4 + 4;
 /// the subscription's id goes in the frame header, written when runs of records are sent).
 pub fn put_record(out: &mut BytesMut, e: &EventView<'_>, _sub_id: u64) {
     // The id as two words: a generated one was just written as two (IdRange::id), and reading
-    // it back as one 16-byte value stalled store forwarding (a third of this function's time).
+    // it back as one 16-byte value stalled store forwarding (a large part of this function's time:
+    // docs/PERFORMANCE.md).
     let (id_len, (id_high, id_low), id_text): (u8, (u64, u64), &[u8]) = match e.id {
         IdView::Generated(id) => (0, id.as_u64_pair(), &[]),
         IdView::Given(text) => {
@@ -268,7 +269,7 @@ mod tests {
         }
     }
 
-    /// The worked example of docs/PROTOCOL.md, "6.7 EVENT_RUN", byte for byte.
+    /// The worked example of PROTOCOL.md §6.7, byte for byte.
     #[test]
     fn the_documented_event_run_is_what_the_server_writes() {
         let uuid = uuid::Uuid::parse_str("0199b1c2-7e4a-7d3e-9f10-2a4b6c8d0e1f").unwrap();

@@ -3,8 +3,8 @@
 //! sent with one vectored `sendmsg` when the socket takes it all, which it does unless the
 //! client is behind. What it does not take is written through the reactor, in order.
 //!
-//! Copying every queued event into one buffer before the write was a tenth of the server's
-//! time when publishing to a subscriber (docs/PERFORMANCE.md, "The native fast path").
+//! Copying every queued event into one buffer before the write was a large part of the
+//! server's time when publishing to a subscriber (docs/PERFORMANCE.md, "The native fast path").
 //!
 //! [`Subscriber::drain_shared`]: crate::engine::Subscriber::drain_shared
 

@@ -174,7 +174,7 @@ pub struct Connection {
     /// other stream that ended is a connection error STREAM_CLOSED, so only resets are kept.
     reset_by_us: VecDeque<u32>,
     /// Stream ids the client skipped when it opened a higher one, as inclusive runs, newest
-    /// last: they were never opened, and a HEADERS on one is a PROTOCOL_ERROR (§5.1.1).
+    /// last: they were never opened, and a HEADERS on one is a PROTOCOL_ERROR (RFC 9113 §5.1.1).
     skipped: VecDeque<(u32, u32)>,
     block: Option<Block>,
     /// Client's SETTINGS.
@@ -1581,7 +1581,7 @@ mod tests {
     }
 
     /// A HEADERS on a stream that is over is answered by how it ended (RFC 9113 §5.1 and
-    /// §5.1.1), however many streams came since.
+    /// RFC 9113 §5.1.1), however many streams came since.
     #[test]
     fn headers_on_an_ended_stream_are_answered_by_how_it_ended() {
         let later_streams = |p: &mut Peer, from: u32| {

@@ -1,5 +1,5 @@
-//! HTTP/2 frames (RFC 9113 §4 and §6), both directions, with no I/O: bytes in, checked frames
-//! out, and frames back to bytes. Every rule a single frame can break on its own is checked
+//! HTTP/2 frames (RFC 9113 §4 and RFC 9113 §6), both directions, with no I/O: bytes in, checked
+//! frames out, and frames back to bytes. Every rule a single frame can break on its own is checked
 //! here and reported as the connection or stream error the RFC names; rules that need the
 //! connection's state (stream states, flow control, header blocks) live in the connection.
 

@@ -153,7 +153,8 @@ impl HeaderList {
 
     /// The fields in order, each with whether its bytes are known to pass [`field_error`]:
     /// a request's checks skip those (a client repeating its headers sends table indexes,
-    /// and scanning their bytes was a tenth of a unary call's instructions).
+    /// and scanning their bytes was a measurable part of a unary call's instructions:
+    /// docs/PERFORMANCE.md).
     pub fn iter_checked(&self) -> impl Iterator<Item = (&[u8], &[u8], bool)> + '_ {
         let mut start = 0;
         self.ends
@@ -396,7 +397,7 @@ impl Decoder {
         let mut fields_seen = false;
         while let Some(&first) = block.first() {
             if first & 0x80 != 0 {
-                // Indexed field (§6.1).
+                // Indexed field (RFC 7541 §6.1).
                 let index = integer(&mut block, 7)?;
                 let (name, value, well_formed) = lookup(&self.table, index)?;
                 list_size += name.len() + value.len() + ENTRY_OVERHEAD;
@@ -407,7 +408,7 @@ impl Decoder {
                 continue;
             }
             if first & 0xe0 == 0x20 {
-                // Dynamic table size update (§6.3): only before the block's first field.
+                // Dynamic table size update (RFC 7541 §6.3): only before the block's first field.
                 let size = integer(&mut block, 5)?;
                 if fields_seen || size > self.limit {
                     return Err(HpackError::BadSizeUpdate);
@@ -417,7 +418,8 @@ impl Decoder {
                 self.changes += 1;
                 continue;
             }
-            // A literal (§6.2): with incremental indexing (01), or without / never indexed.
+            // A literal (RFC 7541 §6.2): with incremental indexing (01), or without / never
+            // indexed.
             let (indexing, prefix) = if first & 0xc0 == 0x40 {
                 (true, 6)
             } else {
@@ -446,7 +448,7 @@ impl Decoder {
         Ok(list_size)
     }
 
-    /// Appends a string literal (§5.2) to `self.field`.
+    /// Appends a string literal (RFC 7541 §5.2) to `self.field`.
     fn string(&mut self, block: &mut &[u8]) -> Result<(), HpackError> {
         let huffman = block.first().ok_or(HpackError::Truncated)? & 0x80 != 0;
         let len = integer(block, 7)?;
@@ -463,7 +465,8 @@ impl Decoder {
         }
     }
 
-    /// Adds `self.field` (name of `name_len` bytes, then value) as the newest entry (§4.4).
+    /// Adds `self.field` (name of `name_len` bytes, then value) as the newest entry
+    /// (RFC 7541 §4.4).
     fn insert(&mut self, name_len: usize) {
         self.changes += 1;
         let size = self.field.len() + ENTRY_OVERHEAD;
@@ -511,7 +514,7 @@ fn lookup(table: &VecDeque<Entry>, index: usize) -> Result<(&[u8], &[u8], bool),
     }
 }
 
-/// Reads an integer with an N-bit prefix (§5.1) from the front of `block`.
+/// Reads an integer with an N-bit prefix (RFC 7541 §5.1) from the front of `block`.
 fn integer(block: &mut &[u8], prefix_bits: u32) -> Result<usize, HpackError> {
     let (&first, rest) = block.split_first().ok_or(HpackError::Truncated)?;
     *block = rest;
@@ -552,8 +555,8 @@ fn put_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u32, mut value: usize)
     out.push(value as u8);
 }
 
-/// A dynamic table size update to 0 (§6.3): the first byte of the first header block one of
-/// our clients sends, since [`put_field`] never adds to the server's table.
+/// A dynamic table size update to 0 (RFC 7541 §6.3): the first byte of the first header block one
+/// of our clients sends, since [`put_field`] never adds to the server's table.
 pub const TABLE_SIZE_ZERO: u8 = 0x20;
 
 /// Where the static table has a field: the whole field, or only its name (the first entry
@@ -577,7 +580,7 @@ fn static_lookup(name: &[u8], value: &[u8]) -> (Option<usize>, usize) {
     (None, name_index)
 }
 
-/// Writes a literal field (§6.2): `flags` and `prefix_bits` choose the representation, and
+/// Writes a literal field (RFC 7541 §6.2): `flags` and `prefix_bits` choose the representation, and
 /// `name_index` a table entry's name (0: the name follows as a string).
 fn put_literal(
     out: &mut Vec<u8>,
@@ -595,13 +598,13 @@ fn put_literal(
     out.extend_from_slice(value);
 }
 
-/// Literal with incremental indexing (§6.2.1): the decoder adds the field to its table.
+/// Literal with incremental indexing (RFC 7541 §6.2.1): the decoder adds the field to its table.
 const WITH_INDEXING: (u8, u32) = (0x40, 6);
-/// Literal without indexing (§6.2.2): the decoder's table is left alone.
+/// Literal without indexing (RFC 7541 §6.2.2): the decoder's table is left alone.
 const WITHOUT_INDEXING: (u8, u32) = (0x00, 4);
 
 /// Appends one field: an indexed field when the static table holds it whole, otherwise a
-/// literal without indexing (§6.2.2), naming a static entry's name where there is one.
+/// literal without indexing (RFC 7541 §6.2.2), naming a static entry's name where there is one.
 /// Strings go out raw: response heads are short, and Huffman would cost more CPU than the
 /// bytes it saves on loopback and LAN links. It neither reads nor changes the dynamic table,
 /// so a block of these fields may be sent in any order relative to other blocks.
@@ -626,12 +629,12 @@ pub const DEFAULT_TABLE_SIZE: usize = 4096;
 pub struct Encoder {
     /// Newest entry first, as in the client's decoder: dynamic index 62 is `table[0]`.
     table: VecDeque<(Vec<u8>, Vec<u8>)>,
-    /// Sum of the entries' sizes (§4.1).
+    /// Sum of the entries' sizes (RFC 7541 §4.1).
     size: usize,
     /// The table size in force for the client, after any update owed.
     max_size: usize,
-    /// Size updates the next block must open with (§4.2): the smallest limit the client set
-    /// since the last block, then its latest.
+    /// Size updates the next block must open with (RFC 7541 §4.2): the smallest limit the client
+    /// set since the last block, then its latest.
     owed: Option<(usize, usize)>,
     /// Counts the changes to the table (insertions, evictions, limits): a remembered block
     /// holds only while this is where it was when the block was made.
@@ -773,7 +776,7 @@ impl Encoder {
         debug_assert!(self.size <= self.max_size, "the table outgrew the client's");
     }
 
-    /// Drops the oldest entries until the table holds at most `size` bytes (§4.4).
+    /// Drops the oldest entries until the table holds at most `size` bytes (RFC 7541 §4.4).
     fn evict_to(&mut self, size: usize) {
         while self.size > size {
             let (name, value) = self
@@ -1133,7 +1136,7 @@ mod tests {
         let ok: [(&[u8], &[u8]); 1] = [(b"grpc-status", b"0")];
         let mut block = Vec::new();
         encoder.encode(&ok, &mut block);
-        // 0, then back up to 100 between two blocks: both updates, smallest first (§4.2).
+        // 0, then back up to 100 between two blocks: both updates, smallest first (RFC 7541 §4.2).
         encoder.set_limit(0);
         encoder.set_limit(100);
         block.clear();
