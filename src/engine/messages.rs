@@ -6,18 +6,9 @@ use std::time::Instant;
 
 use super::event::Event;
 use super::index::{SubEntry, SubKey};
+use super::reply::{PublishError, Route, SinkId};
 use super::run::{Numbering, Run};
-use super::shard::{Route, SinkId};
 use super::topic::Pattern;
-
-/// A shard's answer to a publish: the sequence number, or why it could not be sequenced.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PublishError {
-    #[error("shard {shard} tracks {max} topics already (limits.max_topics_per_shard)")]
-    TooManyTopics { shard: usize, max: usize },
-    #[error("the server is shutting down")]
-    ShuttingDown,
-}
 
 /// A point-in-time copy of one shard's counters, carried by pings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod limits;
 pub mod messages;
 pub mod notify;
 pub mod queue;
+pub mod reply;
 pub mod routing;
 pub mod run;
 pub mod shard;
@@ -24,9 +25,9 @@ pub use event::{
 };
 pub use limits::Limits;
 pub use messages::{
-    Batch, PublishError, ShardStats, ACK_LATENCY_BUCKETS, DOORS, GRPC_DOOR, METRICS_DOOR,
-    NATIVE_DOOR,
+    Batch, ShardStats, ACK_LATENCY_BUCKETS, DOORS, GRPC_DOOR, METRICS_DOOR, NATIVE_DOOR,
 };
-pub use shard::{AckOutcome, AckRequest, AckSink, Reply, Shard, SinkId};
+pub use reply::{AckOutcome, AckRequest, AckSink, PublishError, Reply, SinkId};
+pub use shard::Shard;
 pub use subscriber::{Consumer, EncodeEvent, Encoding, SubState, Subscriber};
 pub use topic::{Pattern, RecentTopic, Topic, TopicError};
