@@ -17,7 +17,8 @@ use crate::accept::{ConnectionLimit, SocketOptions};
 use crate::busy_poll::BusyPoll;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Batch, Shard};
-use crate::grpc::connection::{Door as GrpcDoor, DoorSettings as GrpcSettings, Liveness};
+use crate::grpc::calls::Liveness;
+use crate::grpc::connection::{Door as GrpcDoor, DoorSettings as GrpcSettings};
 use crate::native::connection::Door;
 use crate::native::datagram;
 

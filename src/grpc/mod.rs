@@ -3,6 +3,7 @@
 //! ([`service`]), server reflection ([`reflection`]), and the per-connection driver on a shard
 //! ([`connection`]).
 
+pub mod calls;
 pub mod client;
 pub mod connection;
 pub mod framing;

@@ -4,3 +4,5 @@
 pub mod connection;
 pub mod frame;
 pub mod hpack;
+#[cfg(test)]
+pub mod test_peer;
