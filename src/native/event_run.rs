@@ -5,11 +5,12 @@
 //! reads every field in place, allocating nothing per event. A generated id travels as its 16
 //! bytes; it becomes text only for a client that wants text.
 //!
-//! No I/O here: the server's queue encoder and frame header, and the client's parser.
+//! No I/O here: the server's queue encoder and frame header, and the client's parser. Only
+//! the framing ([`frame`](super::frame)) is shared with the other frames' bodies.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::codec::{kind, BodyError, FrameRef, HEADER_LEN};
+use super::frame::{kind, BodyError, FrameRef, FRAME_HEADER_BYTES, KIND_AND_FLAGS_BYTES};
 use crate::engine::event::{share, EventView, IdText, IdView, Metadata, Priority, RawEvent};
 
 /// Bytes of a record before its variable fields: sequence (u64), timestamp_ns (i64),
@@ -17,8 +18,11 @@ use crate::engine::event::{share, EventView, IdText, IdView, Metadata, Priority,
 /// payload_len (u32), uuid (16 bytes).
 pub const RECORD_HEADER_BYTES: usize = 8 + 8 + 1 + 1 + 2 + 2 + 4 + 4 + 16;
 
+/// Bytes of an EVENT_RUN's body before its first record: sub_id (u32), count (u32).
+pub const BODY_PREFIX_BYTES: usize = 4 + 4;
+
 /// Bytes of an EVENT_RUN before its first record: frame header, sub_id (u32), count (u32).
-pub const FRAME_PREFIX_BYTES: usize = HEADER_LEN + 4 + 4;
+pub const FRAME_PREFIX_BYTES: usize = FRAME_HEADER_BYTES + BODY_PREFIX_BYTES;
 
 /// Queues one event as an EVENT_RUN record (an [`EncodeEvent`](crate::engine::EncodeEvent):
 /// the subscription's id goes in the frame header, written when runs of records are sent).
@@ -61,7 +65,8 @@ pub fn put_record(out: &mut BytesMut, e: &EventView<'_>, _sub_id: u64) {
 /// Writes the header of an EVENT_RUN for subscription `sub_id` whose `count` records,
 /// `records_len` bytes together, follow it.
 pub fn put_frame_header(out: &mut BytesMut, sub_id: u32, count: u32, records_len: usize) {
-    let length = u32::try_from(2 + 8 + records_len).expect("a run is far smaller than 4 GiB");
+    let length = KIND_AND_FLAGS_BYTES + BODY_PREFIX_BYTES + records_len;
+    let length = u32::try_from(length).expect("a run is far smaller than 4 GiB");
     out.put_u32_le(length);
     out.put_u8(kind::EVENT_RUN);
     out.put_u8(0);
@@ -72,14 +77,21 @@ pub fn put_frame_header(out: &mut BytesMut, sub_id: u32, count: u32, records_len
 /// One event of an EVENT_RUN, read in place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Delivered<'a> {
+    /// The event's sequence number in its topic.
     pub sequence: u64,
+    /// When it was published (nanoseconds since the Unix epoch).
     pub timestamp_ns: i64,
+    /// Its priority.
     pub priority: Priority,
+    /// Its id: 16 bytes when the server generated it, the publisher's text otherwise.
     pub id: IdView<'a>,
+    /// Its topic.
     pub topic: &'a [u8],
+    /// Entries in `metadata`.
     pub metadata_count: u16,
     /// The metadata entries in the native protocol's form (checked well formed).
     pub metadata: &'a [u8],
+    /// Its payload.
     pub payload: &'a [u8],
 }
 
@@ -108,7 +120,9 @@ impl Delivered<'_> {
 /// was parsed, so iterating them cannot fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventRunFrame<'a> {
+    /// The subscription the events are delivered to.
     pub sub_id: u32,
+    /// Records in the run.
     pub count: u32,
     records: &'a [u8],
 }
@@ -187,27 +201,23 @@ impl<'a> EventRunFrame<'a> {
 
     /// Parses an EVENT_RUN's body, checking every record.
     pub fn parse_body(body: &'a [u8]) -> Result<EventRunFrame<'a>, BodyError> {
-        let malformed = |message: String| BodyError {
-            code: super::codec::ErrorCode::Malformed,
-            message,
-            reference: 0,
-            index: None,
-        };
         let (prefix, records) = body
-            .split_first_chunk::<8>()
-            .ok_or_else(|| malformed("truncated EVENT_RUN header".into()))?;
+            .split_first_chunk::<BODY_PREFIX_BYTES>()
+            .ok_or_else(|| BodyError::malformed("truncated EVENT_RUN header"))?;
         let sub_id = u32::from_le_bytes(prefix[..4].try_into().expect("4"));
         let count = u32::from_le_bytes(prefix[4..].try_into().expect("4"));
         let mut rest = records;
         for i in 0..count {
             rest = match check_record(rest) {
                 Ok(rest) => rest,
-                Err(what) => return Err(malformed(format!("record {i}: {what}"))),
+                Err(what) => return Err(BodyError::malformed(format!("record {i}: {what}"))),
             };
         }
         if !rest.is_empty() {
             let extra = rest.len();
-            return Err(malformed(format!("{extra} bytes after the last record")));
+            return Err(BodyError::malformed(format!(
+                "{extra} bytes after the last record"
+            )));
         }
         Ok(EventRunFrame {
             sub_id,
@@ -232,9 +242,14 @@ impl<'a> EventRunFrame<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::frame::{frame_at, LENGTH_PREFIX_BYTES};
     use super::*;
     use crate::engine::Metadata;
     use proptest::prelude::*;
+
+    /// The frame limit of these tests: far over any run they build, so framing never refuses
+    /// one.
+    const FRAME_BYTES_MAX: usize = 1 << 30;
 
     /// An EVENT_RUN of `views` for subscription `sub_id`, as the server's writer frames it.
     fn frame_of(sub_id: u32, views: &[EventView<'_>]) -> BytesMut {
@@ -249,9 +264,7 @@ mod tests {
     }
 
     fn parse(bytes: &[u8]) -> Result<EventRunFrame<'_>, BodyError> {
-        let frame = super::super::codec::frame_at(bytes, 1 << 30)
-            .unwrap()
-            .unwrap();
+        let frame = frame_at(bytes, FRAME_BYTES_MAX).unwrap().unwrap();
         assert_eq!(frame.wire_len, bytes.len());
         Ok(EventRunFrame::parse(frame)?.expect("an EVENT_RUN"))
     }
@@ -359,10 +372,11 @@ mod tests {
             // Every truncation is an error, never a panic.
             for cut in 0..bytes.len() {
                 let mut short = bytes[..cut].to_vec();
-                if short.len() >= 4 {
-                    short[..4].copy_from_slice(&((cut - 4) as u32).to_le_bytes());
-                    if cut >= 6 {
-                        let frame = super::super::codec::frame_at(&short, 1 << 30).unwrap().unwrap();
+                if short.len() >= LENGTH_PREFIX_BYTES {
+                    let length = (cut - LENGTH_PREFIX_BYTES) as u32;
+                    short[..LENGTH_PREFIX_BYTES].copy_from_slice(&length.to_le_bytes());
+                    if cut >= FRAME_HEADER_BYTES {
+                        let frame = frame_at(&short, FRAME_BYTES_MAX).unwrap().unwrap();
                         if !views.is_empty() || cut < bytes.len() {
                             prop_assert!(EventRunFrame::parse(frame).is_err());
                         }
