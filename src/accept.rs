@@ -23,7 +23,7 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::busy_poll::{BusyPoll, Polling};
 use crate::config::ConnectionsConfig;
 use crate::engine::notify::Notify;
-use crate::engine::Shard;
+use crate::engine::{DoorKind, Shard};
 use crate::refusal::{refuse, Refusal};
 
 /// The connections a door is serving, so that shutdown can wait for them.
@@ -133,8 +133,8 @@ impl SocketOptions {
 
 /// What a door applies to every connection it accepts.
 pub struct Admission {
-    /// The door's place in [`crate::engine::DOORS`] (its counters and its name in logs).
-    pub door: usize,
+    /// Which door (its counters and its name in logs).
+    pub door: DoorKind,
     pub limit: Arc<ConnectionLimit>,
     /// What a connection over the limit is sent before it is closed.
     pub refusal: Rc<Refusal>,
@@ -142,10 +142,10 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// The admission of door `door` (its place in [`crate::engine::DOORS`]): over `limit`, a
+    /// The admission of door `door`: over `limit`, a
     /// connection is sent `refusal` (after a TLS handshake when `tls` is set) and closed.
     pub fn new(
-        door: usize,
+        door: DoorKind,
         limit: Arc<ConnectionLimit>,
         refusal: Bytes,
         tls: Option<Arc<rustls::ServerConfig>>,
@@ -177,7 +177,7 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(TcpStream) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
-    let door = crate::engine::DOORS[admission.door];
+    let door = admission.door.name();
     loop {
         let stopped = shard.shutdown.wait();
         if shard.is_closing() {

@@ -19,6 +19,7 @@ pub mod accept;
 pub mod busy_poll;
 pub mod config;
 pub mod doctor;
+pub mod door;
 pub mod engine;
 pub mod grpc;
 pub mod io_uring_probe;

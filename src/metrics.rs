@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::accept::{self, Admission, ConnectionLimit, Connections, SocketOptions};
-use crate::engine::{Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS, DOORS, METRICS_DOOR};
+use crate::accept::{ConnectionLimit, SocketOptions};
+use crate::door::{Doorway, DoorwaySettings};
+use crate::engine::{DoorKind, Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS};
 
 /// A request head larger than this is refused (a scrape is one short line and a few headers).
 const MAX_REQUEST: usize = 8 * 1024;
@@ -23,10 +24,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The metrics door of one shard.
 pub struct Door {
-    shard: Rc<Shard>,
+    doorway: Doorway,
     started: Instant,
-    connections: Rc<Connections>,
-    admission: Rc<Admission>,
 }
 
 impl Door {
@@ -38,31 +37,28 @@ impl Door {
         limit: Arc<ConnectionLimit>,
         sockets: SocketOptions,
     ) -> Rc<Door> {
-        let refusal = refusal(limit.max()).into();
-        let admission = Admission::new(METRICS_DOOR, limit, refusal, None, sockets);
+        let doorway = DoorwaySettings {
+            door: DoorKind::Metrics,
+            refusal: refusal(limit.max()).into(),
+            limit,
+            tls: None,
+            busy_poll: None,
+            sockets,
+        };
         Rc::new(Door {
-            shard,
+            doorway: Doorway::new(shard, doorway),
             started,
-            connections: Rc::default(),
-            admission,
         })
     }
 
     /// Accepts scrapes until the shard shuts down.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
-        let shard = self.shard.clone();
-        let connections = self.connections.clone();
-        accept::accept_loop(
-            shard,
-            listener,
-            connections,
-            self.admission.clone(),
-            move |stream| {
-                let door = self.clone();
-                async move { door.serve(stream).await }
-            },
-        )
-        .await;
+        let door = self.clone();
+        let serve = move |stream| {
+            let door = door.clone();
+            async move { door.serve(stream).await }
+        };
+        self.doorway.accept_loop(listener, serve).await;
     }
 
     async fn serve(&self, mut stream: TcpStream) {
@@ -86,9 +82,10 @@ impl Door {
         if method != "GET" {
             return response(405, "Method Not Allowed", "text/plain", "use GET\n");
         }
-        let gathered =
-            glommio::timer::timeout(TIMEOUT, async { Ok(self.shard.stats_per_shard().await) })
-                .await;
+        let gathered = glommio::timer::timeout(TIMEOUT, async {
+            Ok(self.doorway.shard().stats_per_shard().await)
+        })
+        .await;
         match gathered {
             Ok(per_shard) => {
                 let body = render(&per_shard, self.started.elapsed());
@@ -136,8 +133,8 @@ fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
     )
 }
 
-/// Reads one per-door counter out of a shard's counters ([`DOORS`] order).
-type PerDoor = fn(&ShardStats) -> [u64; DOORS.len()];
+/// Reads one per-door counter out of a shard's counters (in [`DoorKind::ALL`] order).
+type PerDoor = fn(&ShardStats) -> [u64; DoorKind::COUNT];
 
 /// The Prometheus text exposition of every shard's counters.
 pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
@@ -230,8 +227,8 @@ pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
          # TYPE eventstream_connections gauge"
     );
     for (shard, stats) in per_shard.iter().enumerate() {
-        for (door, live) in DOORS.iter().zip(stats.connections) {
-            let door = door.to_ascii_lowercase();
+        for (door, live) in DoorKind::ALL.iter().zip(stats.connections) {
+            let door = door.label();
             let _ = writeln!(
                 out,
                 "eventstream_connections{{shard=\"{shard}\",door=\"{door}\"}} {live}"
@@ -255,8 +252,8 @@ pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
     for (name, help, value) in per_door {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (shard, stats) in per_shard.iter().enumerate() {
-            for (door, count) in DOORS.iter().zip(value(stats)) {
-                let door = door.to_ascii_lowercase();
+            for (door, count) in DoorKind::ALL.iter().zip(value(stats)) {
+                let door = door.label();
                 let _ = writeln!(out, "{name}{{shard=\"{shard}\",door=\"{door}\"}} {count}");
             }
         }

@@ -35,13 +35,13 @@ pub struct ShardStats {
     /// Batches and messages sent to other shards.
     pub batches_out: u64,
     pub messages_out: u64,
-    /// Open client connections on this shard, per TCP door ([`DOORS`] order).
-    pub connections: [u64; DOORS.len()],
+    /// Open client connections on this shard, per TCP door ([`DoorKind::index`]).
+    pub connections: [u64; DoorKind::COUNT],
     /// Connections refused because their door had its `max_connections`, per TCP door.
-    pub connections_refused: [u64; DOORS.len()],
+    pub connections_refused: [u64; DoorKind::COUNT],
     /// Connections cut as dead (keepalive, unacknowledged data, write deadline, or no answer to
     /// a PING), per TCP door.
-    pub connections_cut: [u64; DOORS.len()],
+    pub connections_cut: [u64; DoorKind::COUNT],
     /// Acknowledged publish requests by the time from decoding to the last event sequenced:
     /// bucket `i` counts those under `2^i` µs (the last bucket: everything slower).
     pub ack_latency: [u64; ACK_LATENCY_BUCKETS],
@@ -49,15 +49,48 @@ pub struct ShardStats {
     pub ack_latency_sum_ns: u64,
 }
 
-/// The TCP doors whose connections are counted, in [`ShardStats::connections`] order.
-pub const DOORS: [&str; 3] = ["native", "gRPC", "metrics"];
-/// The native TCP door's place in [`DOORS`].
-pub const NATIVE_DOOR: usize = 0;
-/// The gRPC door's place in [`DOORS`].
-pub const GRPC_DOOR: usize = 1;
-/// The metrics door's place in [`DOORS`] (it cuts no connection as dead: a scrape that does
-/// not finish in time is answered 408 and closed).
-pub const METRICS_DOOR: usize = 2;
+/// The TCP doors whose connections are counted: each door's counters are found by it, and its
+/// name in logs and metrics comes from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoorKind {
+    /// The native binary protocol.
+    Native,
+    /// gRPC over HTTP/2.
+    Grpc,
+    /// Prometheus metrics (it cuts no connection as dead: a scrape that does not finish in
+    /// time is answered 408 and closed).
+    Metrics,
+}
+
+impl DoorKind {
+    /// Every door, in the order of the per-door counters of [`ShardStats`].
+    pub const ALL: [DoorKind; 3] = [DoorKind::Native, DoorKind::Grpc, DoorKind::Metrics];
+    /// How many doors there are: the length of each per-door counter.
+    pub const COUNT: usize = DoorKind::ALL.len();
+
+    /// Its place in the per-door counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name in log lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            DoorKind::Native => "native",
+            DoorKind::Grpc => "gRPC",
+            DoorKind::Metrics => "metrics",
+        }
+    }
+
+    /// Its `door` label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DoorKind::Native => "native",
+            DoorKind::Grpc => "grpc",
+            DoorKind::Metrics => "metrics",
+        }
+    }
+}
 
 /// Buckets of [`ShardStats::ack_latency`]: 1 µs to about 1 s, doubling.
 pub const ACK_LATENCY_BUCKETS: usize = 21;

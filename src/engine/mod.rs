@@ -24,9 +24,7 @@ pub use event::{
     Metadata, Priority, RawEvent,
 };
 pub use limits::Limits;
-pub use messages::{
-    Batch, ShardStats, ACK_LATENCY_BUCKETS, DOORS, GRPC_DOOR, METRICS_DOOR, NATIVE_DOOR,
-};
+pub use messages::{Batch, DoorKind, ShardStats, ACK_LATENCY_BUCKETS};
 pub use reply::{AckOutcome, AckRequest, AckSink, PublishError, Reply, SinkId};
 pub use shard::Shard;
 pub use subscriber::{Consumer, EncodeEvent, Encoding, SubState, Subscriber};

@@ -3,8 +3,6 @@
 //! wake-up produced (responses, subscription events) in one socket write, and a timer that
 //! wakes the session when it asked to be.
 
-use std::cell::Cell;
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +13,10 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::calls::{Liveness, Session, SessionSettings, TimerVerdict};
 use super::h2::frame::{self, Reason};
-use crate::accept::{self, Admission, ConnectionLimit, Connections, Half, SocketOptions};
+use crate::accept::{ConnectionLimit, Half, SocketOptions};
 use crate::busy_poll::BusyPoll;
-use crate::engine::notify::Notify;
-use crate::engine::{Shard, GRPC_DOOR};
-use crate::tls::Transport;
+use crate::door::{Doorway, DoorwaySettings, Lifeline, ReadSize, ReadTurn, Reader};
+use crate::engine::{DoorKind, Shard};
 
 /// The largest read: a read the socket fills doubles the next one, up to this.
 const READ_BYTES_MAX: usize = 64 * 1024;
@@ -31,13 +28,8 @@ const UNSENT_BYTES_MAX: usize = 4 << 20;
 
 /// The gRPC door of one shard.
 pub struct Door {
-    shard: Rc<Shard>,
+    doorway: Doorway,
     session: SessionSettings,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    connections: Rc<Connections>,
-    /// Low-latency mode's socket polling, shared with the shard's other TCP door.
-    busy_poll: Option<Rc<BusyPoll>>,
-    admission: Rc<Admission>,
 }
 
 /// Everything the gRPC door of a shard is made with, besides the shard.
@@ -59,43 +51,37 @@ pub struct DoorSettings {
 impl Door {
     /// The gRPC door of `shard`.
     pub fn new(shard: Rc<Shard>, settings: DoorSettings) -> Rc<Door> {
-        let admission = Admission::new(
-            GRPC_DOOR,
-            settings.limit,
-            refusal(),
-            settings.tls.clone(),
-            settings.sockets,
-        );
+        let doorway = DoorwaySettings {
+            door: DoorKind::Grpc,
+            limit: settings.limit,
+            refusal: refusal(),
+            tls: settings.tls,
+            busy_poll: settings.busy_poll,
+            sockets: settings.sockets,
+        };
         Rc::new(Door {
-            shard,
+            doorway: Doorway::new(shard, doorway),
             session: SessionSettings {
                 max_message_bytes: settings.max_message,
                 idle_timeout: settings.idle_timeout,
                 liveness: settings.liveness,
             },
-            tls: settings.tls,
-            connections: Rc::default(),
-            busy_poll: settings.busy_poll,
-            admission,
         })
     }
 
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
-        let (shard, connections) = (self.shard.clone(), self.connections.clone());
-        let admission = self.admission.clone();
-        crate::accept::accept_loop(shard, listener, connections, admission, {
-            move |stream| {
-                let door = self.clone();
-                async move { GrpcConnection::serve(&door, stream).await }
-            }
-        })
-        .await;
+        let door = self.clone();
+        let serve = move |stream| {
+            let door = door.clone();
+            async move { GrpcConnection::serve(&door, stream).await }
+        };
+        self.doorway.accept_loop(listener, serve).await;
     }
 
     /// Completes once every connection of this door has closed.
     pub async fn drained(&self) {
-        self.connections.drained().await;
+        self.doorway.drained().await;
     }
 }
 
@@ -120,48 +106,28 @@ impl Drop for Release {
     }
 }
 
-/// A connection's socket side: its session and what its three tasks tell each other.
+/// A connection's socket side: its session, and the lifeline its reader, writer and timer
+/// share.
 struct GrpcConnection {
     session: Rc<Session>,
     shard: Rc<Shard>,
-    transport: Transport,
-    /// Woken after every socket write (the reader may be waiting for room).
-    written: Notify,
-    /// The connection must stop: the writer failed or panicked, or the session closed it.
-    broken: Cell<bool>,
-    stop: Notify,
-    /// The connection was found dead (no answer to a PING, or a socket timed out:
-    /// keepalive, unacknowledged data, the write deadline); counted once when it ends.
-    dead: Cell<bool>,
+    lifeline: Rc<Lifeline>,
 }
 
 impl GrpcConnection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
-        let (stream, write_half) = match accept::split(stream, door.busy_poll.clone()) {
-            Ok(halves) => halves,
-            Err(e) => return crate::log_line!("shard {}: {e}", door.shard.id()),
-        };
-        let Ok(transport) = Transport::new(door.tls.as_ref()) else {
+        let Some((read_half, write_half, lifeline)) = door.doorway.open(stream) else {
             return;
         };
+        let shard = door.doorway.shard().clone();
         let conn = Rc::new(GrpcConnection {
-            session: Session::new(door.shard.clone(), door.session),
-            shard: door.shard.clone(),
-            transport,
-            written: Notify::default(),
-            broken: Cell::new(false),
-            stop: Notify::default(),
-            dead: Cell::new(false),
+            session: Session::new(shard.clone(), door.session),
+            shard,
+            lifeline,
         });
         let writer = {
-            let (writing, stopping) = (conn.clone(), conn.clone());
-            let work = async move { writing.write_loop(write_half).await };
-            // A panic in the writer is contained to this connection: its reader stops too.
-            accept::spawn_contained(work, move |panicked| {
-                if panicked {
-                    stopping.stop_reading();
-                }
-            })
+            let writing = conn.clone();
+            (conn.lifeline).spawn_writer(async move { writing.write_loop(write_half).await })
         };
         let timer = glommio::spawn_local({
             let conn = conn.clone();
@@ -170,64 +136,35 @@ impl GrpcConnection {
         let consumer = conn.session.consumer().clone();
         consumer.notify.notify(); // our SETTINGS go out first
         let release = Release(conn.session.clone());
-        conn.read_loop(stream).await;
+        conn.read_loop(read_half).await;
         drop(release);
         writer.await;
         timer.await;
         consumer.release_held();
         while consumer.next_ready().is_some() {}
-        if conn.dead.get() {
-            conn.shard.count_cut_connection(GRPC_DOOR);
-        }
+        conn.lifeline.count_if_dead(&conn.shard);
     }
 
-    /// Stops the reader; the writer still sends what the session queued (a GOAWAY).
-    fn stop_reading(&self) {
-        self.broken.set(true);
-        self.stop.notify();
-    }
-
-    async fn read_loop(&self, mut stream: Half) {
-        let mut buf = BytesMut::with_capacity(READ_BYTES_MIN);
-        let mut wire = Vec::new();
+    async fn read_loop(&self, stream: Half) {
+        let buf = BytesMut::with_capacity(READ_BYTES_MIN);
+        let mut reader = Reader::new(stream, buf, ReadSize::new(READ_BYTES_MIN, READ_BYTES_MAX));
         let mut events = Vec::new();
         let session = &self.session;
-        // Reads start small (an idle connection keeps little memory) and double while they
-        // come back full, up to READ_BYTES_MAX.
-        let mut read_size = READ_BYTES_MIN;
         loop {
-            futures_lite::future::yield_now().await;
-            self.shard.admit().await;
-            while session.output_len() > UNSENT_BYTES_MAX && !self.broken.get() {
-                self.written.wait().await;
+            let unsent = (|| session.output_len(), UNSENT_BYTES_MAX);
+            let writer = &session.consumer().notify;
+            match self
+                .lifeline
+                .read(&self.shard, &mut reader, unsent, writer)
+                .await
+            {
+                ReadTurn::Read => {}
+                ReadTurn::ShutDown => return session.shut_down(),
+                ReadTurn::End => return,
             }
-            let stopped = self.shard.shutdown.wait();
-            if self.shard.is_closing() {
-                return session.shut_down();
-            }
-            let broken = self.stop.wait();
-            let before = buf.len();
-            let reading = self
-                .transport
-                .read(&mut stream, &mut buf, read_size, &mut wire);
-            let read = accept::unless(reading, futures_lite::future::or(stopped, broken)).await;
-            if self.transport.wants_write() {
-                session.consumer().notify.notify(); // TLS handshake or alert to send
-            }
-            match read {
-                None if self.broken.get() => return,
-                None => return session.shut_down(),
-                Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    return self.dead.set(true); // keepalive or unacknowledged data
-                }
-                Some(Ok(false)) | Some(Err(_)) => return,
-                Some(Ok(true)) => {}
-            }
-            if buf.len() - before >= read_size {
-                read_size = (read_size * 2).min(READ_BYTES_MAX);
-            }
+            let now = Instant::now();
             if session
-                .receive(&mut buf, Instant::now(), &mut events)
+                .receive(&mut reader.buf, now, &mut events)
                 .await
                 .is_err()
             {
@@ -247,10 +184,10 @@ impl GrpcConnection {
             }
             match session.on_timer(Instant::now()) {
                 TimerVerdict::Dead => {
-                    self.dead.set(true);
-                    return self.stop_reading();
+                    self.lifeline.mark_dead();
+                    return self.lifeline.stop_reading();
                 }
-                TimerVerdict::Idle => return self.stop_reading(),
+                TimerVerdict::Idle => return self.lifeline.stop_reading(),
                 TimerVerdict::Next(None) => added.await,
                 TimerVerdict::Next(Some(at)) => {
                     let now = Instant::now();
@@ -265,7 +202,7 @@ impl GrpcConnection {
 
     async fn write_loop(&self, mut socket: Half) {
         let mut wire = Vec::new();
-        let session = &self.session;
+        let (session, transport) = (&self.session, self.lifeline.transport());
         // Kept across wake-ups with its capacity: `spare` takes the HTTP/2 layer's place as
         // its output while `out` is written (a fresh buffer there would grow by reallocating
         // and copying).
@@ -273,7 +210,7 @@ impl GrpcConnection {
         loop {
             let woken = session.consumer().notify.wait();
             let out = session.collect_output(std::mem::take(&mut spare));
-            if out.is_empty() && !self.transport.wants_write() {
+            if out.is_empty() && !transport.wants_write() {
                 spare = out;
                 if session.is_closed() {
                     break;
@@ -281,19 +218,11 @@ impl GrpcConnection {
                 woken.await;
                 continue;
             }
-            let wrote = self.transport.write(&mut socket, &out, &mut wire).await;
-            if let Err(e) = wrote {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    // The write deadline passed (or the kernel gave up on unacknowledged
-                    // data): what is unsent is dropped with the connection, at once.
-                    self.dead.set(true);
-                    socket.abort_on_close();
-                }
-                self.stop_reading();
-                self.written.notify();
+            if let Err(e) = transport.write(&mut socket, &out, &mut wire).await {
+                self.lifeline.write_failed(&e, &socket);
                 break;
             }
-            self.written.notify();
+            self.lifeline.wrote();
             let mut out = out;
             out.clear();
             spare = out;

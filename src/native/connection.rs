@@ -4,7 +4,6 @@
 
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,37 +15,31 @@ use glommio::net::{TcpListener, TcpStream};
 use super::codec::{self, ClientFrame, ErrorCode, FrameRef, Pong};
 use super::gather::Gather;
 use super::{error_code, event_run};
-use crate::accept::{self, Admission, ConnectionLimit, Connections, Half, SocketOptions};
+use crate::accept::{ConnectionLimit, Half, SocketOptions};
 use crate::busy_poll::BusyPoll;
+use crate::door::{Doorway, DoorwaySettings, Lifeline, ReadSize, ReadTurn, Reader};
 use crate::engine::event::unix_now_ns;
-use crate::engine::notify::Notify;
 use crate::engine::{
-    AckOutcome, AckRequest, AckSink, Consumer, Encoding, EventError, EventRef, Pattern, Priority,
-    PublishError, RecentTopic, Reply, Shard, SinkId, SubState, Subscriber, Topic, NATIVE_DOOR,
+    AckOutcome, AckRequest, AckSink, Consumer, DoorKind, Encoding, EventError, EventRef, Pattern,
+    Priority, PublishError, RecentTopic, Reply, Shard, SinkId, SubState, Subscriber, Topic,
 };
-use crate::tls::Transport;
 
 /// Bytes the writer gathers before it writes (and lets other subscriptions have a turn).
-const WRITE_BUDGET: usize = 256 * 1024;
+const WRITE_BUDGET_BYTES: usize = 256 * 1024;
 /// Unsent acks and errors after which the reader stops reading: a client that pipelines
 /// requests but never reads its answers slows itself down, nobody else.
-const MAX_UNSENT_CONTROL: usize = 4 << 20;
+const UNSENT_CONTROL_BYTES_MAX: usize = 4 << 20;
 /// Largest read; reads start small and grow while the socket keeps filling them.
-const MAX_READ: usize = 64 * 1024;
+const READ_BYTES_MAX: usize = 64 * 1024;
 /// Smallest read, and the first: the read buffer is all an idle connection holds besides its
 /// structures (the other buffers are allocated by their first use), and it doubles within a
 /// few reads for a client that sends a lot.
-const MIN_READ: usize = 1024;
+const READ_BYTES_MIN: usize = 1024;
 
 /// What the native TCP door of one shard shares between its connections.
 pub struct Door {
-    shard: Rc<Shard>,
+    doorway: Doorway,
     max_frame: usize,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    connections: Rc<Connections>,
-    /// Low-latency mode's socket polling, shared with the shard's other TCP door.
-    busy_poll: Option<Rc<BusyPoll>>,
-    admission: Rc<Admission>,
 }
 
 impl Door {
@@ -62,34 +55,33 @@ impl Door {
         limit: Arc<ConnectionLimit>,
         sockets: SocketOptions,
     ) -> Rc<Door> {
-        let refusal = refusal(limit.max());
-        let admission = Admission::new(NATIVE_DOOR, limit, refusal, tls.clone(), sockets);
-        Rc::new(Door {
-            shard,
-            max_frame,
+        let doorway = DoorwaySettings {
+            door: DoorKind::Native,
+            refusal: refusal(limit.max()),
+            limit,
             tls,
-            connections: Rc::default(),
             busy_poll,
-            admission,
+            sockets,
+        };
+        Rc::new(Door {
+            doorway: Doorway::new(shard, doorway),
+            max_frame,
         })
     }
 
     /// Accepts clients until shutdown, each served by its own task on this shard.
     pub async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
-        let (shard, connections) = (self.shard.clone(), self.connections.clone());
-        let admission = self.admission.clone();
-        crate::accept::accept_loop(shard, listener, connections, admission, {
-            move |stream| {
-                let door = self.clone();
-                async move { Connection::serve(&door, stream).await }
-            }
-        })
-        .await;
+        let door = self.clone();
+        let serve = move |stream| {
+            let door = door.clone();
+            async move { Connection::serve(&door, stream).await }
+        };
+        self.doorway.accept_loop(listener, serve).await;
     }
 
     /// Completes once every connection of this door has closed.
     pub async fn drained(&self) {
-        self.connections.drained().await;
+        self.doorway.drained().await;
     }
 }
 
@@ -154,19 +146,12 @@ struct Connection {
     handles: RefCell<Vec<Option<Topic>>>,
     /// The reader is done: the writer flushes what is left and stops.
     closed: Cell<bool>,
-    /// Woken after every socket write (the reader may be waiting for room).
-    written: Notify,
-    transport: Transport,
+    /// Its socket side, shared by its reader and its writer.
+    lifeline: Rc<Lifeline>,
     /// This connection's sink registration with its shard (for refusal reports).
     sink: Cell<Option<SinkId>>,
     /// The topic this client last published to ([`Shard::validate_recent`]).
     recent: RecentTopic,
-    /// Set, and `stop` woken, when a write failed: the reader stops too.
-    broken: Cell<bool>,
-    stop: Notify,
-    /// The connection was found dead (a socket timed out: keepalive, unacknowledged data, or
-    /// the write deadline); counted once when it ends.
-    dead: Cell<bool>,
 }
 
 impl AckSink for Connection {
@@ -200,15 +185,11 @@ impl AckSink for Connection {
 
 impl Connection {
     async fn serve(door: &Rc<Door>, stream: TcpStream) {
-        let (stream, write_half) = match accept::split(stream, door.busy_poll.clone()) {
-            Ok(halves) => halves,
-            Err(e) => return crate::log_line!("shard {}: {e}", door.shard.id()),
-        };
-        let Ok(transport) = Transport::new(door.tls.as_ref()) else {
+        let Some((read_half, write_half, lifeline)) = door.doorway.open(stream) else {
             return;
         };
         let conn = Rc::new(Connection {
-            shard: door.shard.clone(),
+            shard: door.doorway.shard().clone(),
             consumer: Rc::new(Consumer::new(|out, event, sub_id| {
                 codec::put_event(out, sub_id as u32, event)
             })),
@@ -216,35 +197,22 @@ impl Connection {
             subs: RefCell::default(),
             handles: RefCell::default(),
             closed: Cell::new(false),
-            written: Notify::default(),
-            broken: Cell::new(false),
-            stop: Notify::default(),
-            dead: Cell::new(false),
             sink: Cell::new(None),
             recent: RecentTopic::default(),
-            transport,
+            lifeline,
         });
         conn.sink.set(Some(conn.shard.register_sink(conn.clone())));
         let writer = {
-            let (writing, stopping) = (conn.clone(), conn.clone());
-            let work = async move { writing.write_loop(write_half).await };
-            // A panic in the writer is contained to this connection: its reader stops too.
-            accept::spawn_contained(work, move |panicked| {
-                if panicked {
-                    stopping.broken.set(true);
-                    stopping.stop.notify();
-                }
-            })
+            let writing = conn.clone();
+            (conn.lifeline).spawn_writer(async move { writing.write_loop(write_half).await })
         };
         let release = Release(conn.clone());
-        conn.read_loop(stream, door.max_frame).await;
+        conn.read_loop(read_half, door.max_frame).await;
         drop(release);
         writer.await;
         // Subscriptions on the ready list point back at the consumer: break the cycle.
         while conn.consumer.next_ready().is_some() {}
-        if conn.dead.get() {
-            conn.shard.count_cut_connection(NATIVE_DOOR);
-        }
+        conn.lifeline.count_if_dead(&conn.shard);
     }
 
     fn error(&self, code: ErrorCode, closing: bool, reference: u64, index: Option<u32>, msg: &str) {
@@ -259,55 +227,28 @@ impl Connection {
         self.consumer.notify.notify();
     }
 
-    async fn read_loop(self: &Rc<Self>, mut stream: Half, max_frame: usize) {
+    async fn read_loop(self: &Rc<Self>, stream: Half, max_frame: usize) {
         // Buffers start small or empty and grow with the traffic: an idle connection holds
         // little.
-        let mut buf = BytesMut::new();
-        let mut wire = Vec::new();
-        let mut read_size = MIN_READ;
+        let size = ReadSize::new(READ_BYTES_MIN, READ_BYTES_MAX);
+        let mut reader = Reader::new(stream, BytesMut::new(), size);
         loop {
-            // A socket that always has data would otherwise keep this task running forever.
-            futures_lite::future::yield_now().await;
-            self.shard.admit().await;
-            while self.control.borrow().len() > MAX_UNSENT_CONTROL && !self.broken.get() {
-                self.written.wait().await;
+            let unsent = (|| self.control.borrow().len(), UNSENT_CONTROL_BYTES_MAX);
+            let writer = &self.consumer.notify;
+            match self
+                .lifeline
+                .read(&self.shard, &mut reader, unsent, writer)
+                .await
+            {
+                ReadTurn::Read => {}
+                ReadTurn::ShutDown => return self.shut_down(),
+                ReadTurn::End => return,
             }
-            if self.broken.get() {
-                return;
-            }
-            // Reads are sized to recent ones.
-            let filled = buf.len();
-            let stopped = self.shard.shutdown.wait();
-            if self.shard.is_closing() {
-                return self.shut_down();
-            }
-            let broken = self.stop.wait();
-            let reading = self
-                .transport
-                .read(&mut stream, &mut buf, read_size, &mut wire);
-            let read = accept::unless(reading, futures_lite::future::or(stopped, broken)).await;
-            if self.transport.wants_write() {
-                self.consumer.notify.notify(); // TLS handshake or alert to send
-            }
-            match read {
-                None if self.broken.get() => return,
-                None => return self.shut_down(),
-                Some(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    return self.dead.set(true); // keepalive or unacknowledged data
-                }
-                Some(Ok(false)) | Some(Err(_)) => return,
-                Some(Ok(true)) => {}
-            }
-            let n = buf.len() - filled;
-            read_size = if n == read_size {
-                (read_size * 2).min(MAX_READ)
-            } else {
-                (n * 2).clamp(MIN_READ, MAX_READ)
-            };
+            let buf = &mut reader.buf;
             let received_ns = unix_now_ns();
             // The whole frames read so far, frozen once: frames and events are read in place,
             // and what is kept of them (events someone receives) shares this one buffer.
-            let (whole, framing) = codec::whole_frames(&buf, max_frame);
+            let (whole, framing) = codec::whole_frames(buf, max_frame);
             if whole > 0 {
                 let frames = buf.split_to(whole).freeze();
                 let mut at = 0;
@@ -660,7 +601,8 @@ impl Connection {
     async fn write_loop(&self, mut stream: Half) {
         // Plaintext: queued events are sent where they lie (`Gather`); TLS seals a copy.
         let mut batch = Gather::default();
-        let zero_copy = !self.transport.is_tls();
+        let transport = self.lifeline.transport();
+        let zero_copy = !transport.is_tls();
         let mut drained: Vec<Rc<Subscriber>> = Vec::new();
         let mut wire = Vec::new();
         loop {
@@ -670,7 +612,7 @@ impl Connection {
                 batch.out.extend_from_slice(&control);
                 control.clear();
             }
-            while batch.len() < WRITE_BUDGET {
+            while batch.len() < WRITE_BUDGET_BYTES {
                 let Some(sub) = self.consumer.next_ready() else {
                     break;
                 };
@@ -678,7 +620,7 @@ impl Connection {
                     drained.push(sub);
                 }
             }
-            if batch.is_empty() && !self.transport.wants_write() {
+            if batch.is_empty() && !transport.wants_write() {
                 if self.closed.get() {
                     break;
                 }
@@ -688,9 +630,7 @@ impl Connection {
             let wrote = if zero_copy {
                 batch.send(&mut stream).await
             } else {
-                self.transport
-                    .write(&mut stream, &batch.out, &mut wire)
-                    .await
+                transport.write(&mut stream, &batch.out, &mut wire).await
             };
             batch.clear();
             // The runs sent are let go: backlogs' buffers can be given back.
@@ -698,18 +638,10 @@ impl Connection {
                 sub.trim();
             }
             if let Err(e) = wrote {
-                if e.kind() == io::ErrorKind::TimedOut {
-                    // The write deadline passed (or the kernel gave up on unacknowledged
-                    // data): what is unsent is dropped with the connection, at once.
-                    self.dead.set(true);
-                    stream.abort_on_close();
-                }
-                self.broken.set(true);
-                self.stop.notify();
-                self.written.notify();
+                self.lifeline.write_failed(&e, &stream);
                 break;
             }
-            self.written.notify();
+            self.lifeline.wrote();
         }
         let _ = stream.close().await;
     }
@@ -726,7 +658,7 @@ impl Connection {
         if sub.state() == SubState::Closed {
             return false;
         }
-        let budget = WRITE_BUDGET.saturating_sub(batch.len());
+        let budget = WRITE_BUDGET_BYTES.saturating_sub(batch.len());
         let header = |out: &mut BytesMut, count: usize, len: usize| {
             if runs {
                 let count = u32::try_from(count).expect("a drain hands far fewer events");

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use super::pending::{Pending, PingGather};
 use super::Shard;
-use crate::engine::messages::{ShardMsg, ShardStats};
+use crate::engine::messages::{DoorKind, ShardMsg, ShardStats};
 use crate::engine::notify::Countdown;
 
 impl Shard {
@@ -14,11 +14,10 @@ impl Shard {
         self.stats.borrow_mut().datagrams_dropped += 1;
     }
 
-    /// A TCP door's connection opened or closed; `door` indexes
-    /// [`DOORS`](super::messages::DOORS).
-    pub fn count_connection(&self, door: usize, opened: bool) {
+    /// A TCP door's connection opened or closed.
+    pub fn count_connection(&self, door: DoorKind, opened: bool) {
         let mut stats = self.stats.borrow_mut();
-        let live = &mut stats.connections[door];
+        let live = &mut stats.connections[door.index()];
         debug_assert!(opened || *live > 0, "more connections closed than opened");
         *live = if opened {
             *live + 1
@@ -27,15 +26,14 @@ impl Shard {
         };
     }
 
-    /// A connection to door `door` ([`DOORS`](super::messages::DOORS)) was refused: the door
-    /// had its `max_connections`.
-    pub fn count_refused_connection(&self, door: usize) {
-        self.stats.borrow_mut().connections_refused[door] += 1;
+    /// A connection to door `door` was refused: the door had its `max_connections`.
+    pub fn count_refused_connection(&self, door: DoorKind) {
+        self.stats.borrow_mut().connections_refused[door.index()] += 1;
     }
 
     /// A connection to door `door` was cut as dead (its peer vanished or stopped answering).
-    pub fn count_cut_connection(&self, door: usize) {
-        self.stats.borrow_mut().connections_cut[door] += 1;
+    pub fn count_cut_connection(&self, door: DoorKind) {
+        self.stats.borrow_mut().connections_cut[door.index()] += 1;
     }
 
     /// This shard's counters now.
