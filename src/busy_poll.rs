@@ -156,20 +156,12 @@ mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
+    use crate::testing::on_shard;
+
     /// One read as `Half::read` does it, without the reactor's part.
     async fn read(busy: &Rc<BusyPoll>, fd: RawFd, buf: &mut [u8]) -> Option<io::Result<usize>> {
         let mut polling = busy.start()?;
         futures_lite::future::poll_fn(|cx| polling.poll_read(cx, fd, buf)).await
-    }
-
-    /// Runs `test` on a glommio executor of its own: turns need its reactor.
-    fn on_shard<F: Future<Output = ()> + 'static>(test: impl FnOnce() -> F + Send + 'static) {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(64 * 1024)
-            .spawn(test)
-            .expect("an executor")
-            .join()
-            .expect("the test ran");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! eventstream: a low-latency publish/subscribe event server for Linux.
 //!
-//! The crate is laid out like the data path: [`native`] (the binary TCP and UDP doors) decodes
-//! frames into events, the [`engine`] routes them to the shard that owns their topic, which
-//! sequences them and fans them out to subscriber queues, which the doors drain back into
-//! socket writes. [`server`] starts the shards and their doors from a [`config::Config`].
+//! The crate is laid out like the data path: the doors ([`native`] for the binary TCP and UDP
+//! protocol, [`grpc`] for gRPC), built on one connection skeleton ([`door`]), decode frames
+//! into events; the [`engine`] routes them to the shard that owns their topic, which sequences
+//! them and fans them out to subscriber queues, which the doors drain back into socket writes.
+//! [`server`] starts the shards and their doors from a [`config::Config`].
 
 /// Writes one line to standard error and never panics: a server must survive a closed
 /// stderr (the `eprintln!` macro panics on EPIPE).
@@ -28,6 +29,25 @@ pub mod native;
 pub mod refusal;
 pub mod server;
 pub mod tls;
+
+/// What unit tests of several modules share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::future::Future;
+
+    /// Runs `test` on a glommio executor of its own, for code that needs a shard's reactor
+    /// (its timers, its task queue, its sockets), with a little io memory: unit tests run many
+    /// at once within the locked-memory limit.
+    pub fn on_shard<F: Future<Output = ()> + 'static>(test: impl FnOnce() -> F + Send + 'static) {
+        const IO_MEMORY_BYTES: usize = 64 * 1024;
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(IO_MEMORY_BYTES)
+            .spawn(test)
+            .expect("an executor")
+            .join()
+            .expect("the test ran");
+    }
+}
 
 /// Types generated from `proto/eventstream.proto` (by build.rs, with protox).
 #[allow(clippy::all, missing_docs)]

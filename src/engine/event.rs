@@ -1,6 +1,18 @@
 //! The event as the engine carries it: every field is a cheap, shareable handle (`Bytes`), so
 //! fanning one event out to many subscribers on many shards clones reference counts, never
 //! payloads.
+//!
+//! An event takes six forms on its way from a socket to a subscriber; each exists so that the
+//! step that makes it copies nothing the next step does not need:
+//!
+//! | form | what it is | made by | consumed by |
+//! |---|---|---|---|
+//! | [`EventRef`] | fields borrowed from a read buffer | the native codec (TCP and UDP), the gRPC in-place decoder | [`Shard::publish_in_place`](super::Shard::publish_in_place) and the batch and frame forms of it |
+//! | [`RawEvent`] | fields owned, not yet checked | prost decoding (gRPC events the in-place decoder leaves), [`EventRef::to_raw`], clients | [`Event::validate_after`], via `Shard::validate_recent` |
+//! | [`Accepted`] | an [`EventRef`] that passed the checks, still in the buffer | admission (`engine/shard/admission.rs`) | sequencing on this shard, or [`Incoming::into_event`] for another |
+//! | [`Event`] | validated and owned (id, timestamp filled) | [`Event::validate_after`], [`Incoming::into_event`] | the owner shard's sequencing, `ShardMsg::Publish` and `ShardMsg::Deliver` between shards |
+//! | [`Run`](super::run::Run) | many events of one topic as one unit, records as the client sent them | PUBLISH_RUN, runs of PUBLISH frames or batch events | `Shard::publish_run`, sequenced as one range, `ShardMsg::DeliverRun` |
+//! | [`EventView`] | a sequenced event, every field borrowed from where it lies | [`Incoming::sequenced_view`], [`Event::view`], `Run::for_each_view` | a door's encoder, writing it into a subscriber's queue |
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};

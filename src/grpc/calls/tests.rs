@@ -1,7 +1,6 @@
 //! The call layer driven without a socket: a client's frames in ([`ClientPeer`]), the
 //! session's frames out, time passed in by hand.
 
-use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -15,17 +14,7 @@ use crate::grpc::h2::frame::{self, Frame};
 use crate::grpc::h2::test_peer::{ClientPeer, OwnedFields};
 use crate::grpc::service;
 use crate::proto;
-
-/// Runs `test` on a glommio executor of its own: health pings and Stream endings need its
-/// timers and its task queue.
-fn on_shard<F: Future<Output = ()> + 'static>(test: impl FnOnce() -> F + Send + 'static) {
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(64 * 1024)
-        .spawn(test)
-        .expect("an executor")
-        .join()
-        .expect("the test ran");
-}
+use crate::testing::on_shard;
 
 const SETTINGS: SessionSettings = SessionSettings {
     max_message_bytes: 4 * 1024 * 1024,
@@ -164,6 +153,14 @@ fn messages<M: Message + Default>(seen: &[Seen], stream: u32) -> Vec<M> {
     out
 }
 
+/// A Subscribe request for `pattern`, every priority.
+fn subscribe_to(pattern: &str) -> proto::SubscribeRequest {
+    proto::SubscribeRequest {
+        topic_pattern: pattern.into(),
+        min_priority: 0,
+    }
+}
+
 fn event(topic: &str, payload: &[u8]) -> proto::Event {
     proto::Event {
         topic: topic.into(),
@@ -235,11 +232,7 @@ fn a_subscription_receives_what_another_call_publishes_in_its_own_stream() {
     on_shard(|| async {
         let mut h = Harness::new(SETTINGS);
         h.call(1, "eventstream.EventService/Subscribe", &[], false);
-        let request = proto::SubscribeRequest {
-            topic_pattern: "a/*".into(),
-            min_priority: 0,
-        };
-        h.message(1, &request, true);
+        h.message(1, &subscribe_to("a/*"), true);
         h.deliver(Instant::now()).await.unwrap();
         h.written();
         for (stream, topic) in [(3, "a/b"), (5, "c/d")] {
@@ -269,11 +262,7 @@ fn a_call_past_its_grpc_timeout_ends_with_deadline_exceeded_when_the_timer_says(
             &[(b"grpc-timeout", b"100m")],
             false,
         );
-        let request = proto::SubscribeRequest {
-            topic_pattern: "a/*".into(),
-            min_priority: 0,
-        };
-        h.message(1, &request, true);
+        h.message(1, &subscribe_to("a/*"), true);
         h.deliver(start).await.unwrap();
         h.written();
         let TimerVerdict::Next(Some(at)) = h.session.on_timer(start) else {
@@ -445,11 +434,7 @@ fn release_ends_every_subscription_in_the_engine() {
     on_shard(|| async {
         let mut h = Harness::new(SETTINGS);
         h.call(1, "eventstream.EventService/Subscribe", &[], false);
-        let request = proto::SubscribeRequest {
-            topic_pattern: "a/*".into(),
-            min_priority: 0,
-        };
-        h.message(1, &request, true);
+        h.message(1, &subscribe_to("a/*"), true);
         h.deliver(Instant::now()).await.unwrap();
         assert_eq!(h.session.shard.stats().subscriptions, 1);
         h.session.release();
