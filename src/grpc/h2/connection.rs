@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::frame::{self, setting, Frame, H2Error, Reason, SettingParam, MAX_WINDOW, PREFACE};
+use super::frame::{
+    self, setting, Frame, H2Error, Reason, SettingParam, CONNECTION_STREAM_ID,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_WINDOW_BYTES, MAX_FRAME_BYTES_LIMIT, MAX_STREAM_ID,
+    MAX_WINDOW_BYTES, PREFACE,
+};
 use super::hpack::{self, HeaderList};
 
 /// What this server offers and tolerates on a connection.
@@ -39,18 +43,41 @@ pub struct Limits {
     pub empty_frames_per_second: u32,
 }
 
+/// Streams a client may have open at once: far above what one gRPC client multiplexes, and
+/// a bound on what one connection holds (RFC 9113 §5.1.2 recommends at least 100).
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Each stream's receive window, 1 MiB: enough that a large message is not stalled on
+/// WINDOW_UPDATE round trips (RFC 9113 §6.9.2).
+pub const DEFAULT_STREAM_WINDOW_BYTES: u32 = 1 << 20;
+/// The connection's receive window, 16 MiB: room for many streams' windows at once
+/// (RFC 9113 §6.9.1).
+pub const DEFAULT_CONNECTION_WINDOW_BYTES: u32 = 16 << 20;
+/// The decoded size (RFC 9113 §6.5.2) of the largest header list accepted, 16 KiB: gRPC request
+/// heads are a few hundred bytes.
+pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// RST_STREAMs a client may send per second before GOAWAY ENHANCE_YOUR_CALM: rapid reset
+/// (CVE-2023-44487; RFC 9113 §10.5).
+pub const DEFAULT_RESETS_PER_SECOND: u32 = 1000;
+/// PINGs a client may send per second (RFC 9113 §10.5).
+pub const DEFAULT_PINGS_PER_SECOND: u32 = 100;
+/// SETTINGS frames a client may send per second (RFC 9113 §10.5).
+pub const DEFAULT_SETTINGS_PER_SECOND: u32 = 100;
+/// DATA frames that are empty without ending their stream a client may send per second
+/// (RFC 9113 §10.5).
+pub const DEFAULT_EMPTY_FRAMES_PER_SECOND: u32 = 1000;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_concurrent_streams: 1024,
-            stream_window: 1 << 20,
-            connection_window: 16 << 20,
-            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
-            max_header_list_size: 16 << 10,
-            resets_per_second: 1000,
-            pings_per_second: 100,
-            settings_per_second: 100,
-            empty_frames_per_second: 1000,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            stream_window: DEFAULT_STREAM_WINDOW_BYTES,
+            connection_window: DEFAULT_CONNECTION_WINDOW_BYTES,
+            max_frame_size: DEFAULT_MAX_FRAME_BYTES,
+            max_header_list_size: DEFAULT_MAX_HEADER_LIST_BYTES,
+            resets_per_second: DEFAULT_RESETS_PER_SECOND,
+            pings_per_second: DEFAULT_PINGS_PER_SECOND,
+            settings_per_second: DEFAULT_SETTINGS_PER_SECOND,
+            empty_frames_per_second: DEFAULT_EMPTY_FRAMES_PER_SECOND,
         }
     }
 }
@@ -110,10 +137,28 @@ struct Stream {
     received: u64,
 }
 
-/// Streams we reset that are remembered (see `Connection::reset_by_us`).
-const RESETS_REMEMBERED: usize = 1024;
+/// Streams we reset that are remembered (see `Connection::reset_by_us`): as many as may be
+/// open at once by default, so a reset is not forgotten while the client may still be sending.
+const REMEMBERED_RESETS: usize = 1024;
 /// Runs of skipped stream ids remembered (see `Connection::skipped`).
-const SKIPS_REMEMBERED: usize = 64;
+const REMEMBERED_SKIP_RUNS: usize = 64;
+/// Where the output starts, so that a warm connection's writes rarely grow it.
+const OUTPUT_CAPACITY_BYTES: usize = 16 * 1024;
+/// Where encoded header blocks start: a response head or trailers fits.
+const ENCODED_BLOCK_CAPACITY_BYTES: usize = 256;
+/// A header block may be larger than the decoded list it carries only by a little (HPACK
+/// literals); this many times the list limit is a flood, not a request (RFC 9113 §10.5.1).
+const BLOCK_BYTES_PER_LIST_BYTE: usize = 4;
+/// Receive credit goes back once a window's 1/this has been consumed: few WINDOW_UPDATEs, and
+/// the peer never stalls on a window it could have had (RFC 9113 §6.9).
+const WINDOW_REFILL_DIVISOR: u32 = 2;
+/// The first stream id a client may open: client-initiated streams are odd (RFC 9113 §5.1.1).
+const FIRST_CLIENT_STREAM_ID: u32 = 1;
+/// Client-initiated stream ids are odd: the next one is this far above the last
+/// (RFC 9113 §5.1.1).
+const CLIENT_STREAM_ID_STEP: u32 = 2;
+/// The period of each per-second budget in [`Limits`].
+const BUDGET_PERIOD: Duration = Duration::from_secs(1);
 
 /// A partly received header block (HEADERS without END_HEADERS, then CONTINUATIONs).
 struct Block {
@@ -140,7 +185,7 @@ impl Budget {
     /// Spends one; false once more than `limit` were spent within one second.
     fn spend(&mut self, now: Instant) -> bool {
         match self.since {
-            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
+            Some(t) if now.duration_since(t) < BUDGET_PERIOD => {}
             _ => {
                 self.since = Some(now);
                 self.used = 0;
@@ -208,7 +253,10 @@ fn stream_err(stream: u32, reason: Reason, why: &'static str) -> H2Error {
 impl Connection {
     /// A connection that will announce `limits` in its first SETTINGS (already in the output).
     pub fn new(limits: Limits) -> Connection {
-        let mut out = BytesMut::with_capacity(16 * 1024);
+        assert!(limits.stream_window <= MAX_WINDOW_BYTES);
+        assert!(limits.connection_window <= MAX_WINDOW_BYTES);
+        assert!((DEFAULT_MAX_FRAME_BYTES..=MAX_FRAME_BYTES_LIMIT).contains(&limits.max_frame_size));
+        let mut out = BytesMut::with_capacity(OUTPUT_CAPACITY_BYTES);
         frame::put_settings(
             &mut out,
             &[
@@ -234,9 +282,11 @@ impl Connection {
                 },
             ],
         );
-        let extra = limits.connection_window.saturating_sub(65_535);
+        let extra = limits
+            .connection_window
+            .saturating_sub(DEFAULT_WINDOW_BYTES);
         if extra > 0 {
-            frame::put_window_update(&mut out, 0, extra);
+            frame::put_window_update(&mut out, CONNECTION_STREAM_ID, extra);
         }
         Connection {
             resets: Budget::new(limits.resets_per_second),
@@ -248,19 +298,19 @@ impl Connection {
             out,
             preface_seen: false,
             going_away: false,
-            decoder: hpack::Decoder::new(4096),
+            decoder: hpack::Decoder::new(hpack::DEFAULT_TABLE_BYTES),
             last_request_check: None,
             spare_headers: Vec::new(),
-            encoded: Vec::with_capacity(256),
+            encoded: Vec::with_capacity(ENCODED_BLOCK_CAPACITY_BYTES),
             encoder: hpack::Encoder::default(),
             streams: HashMap::new(),
             last_stream: 0,
             reset_by_us: VecDeque::new(),
             skipped: VecDeque::new(),
             block: None,
-            peer_initial_window: 65_535,
-            peer_max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
-            send_window: 65_535,
+            peer_initial_window: DEFAULT_WINDOW_BYTES,
+            peer_max_frame_size: DEFAULT_MAX_FRAME_BYTES,
+            send_window: i64::from(DEFAULT_WINDOW_BYTES),
             recv_unacked: 0,
             frames: 0,
             ping_acks: 0,
@@ -276,7 +326,7 @@ impl Connection {
 
     /// Sends a PING the client must acknowledge (RFC 9113 §6.7): every HTTP/2 client does so
     /// by itself, so a connection that stays silent after one has a dead or stuck peer.
-    pub fn ping(&mut self, data: [u8; 8]) {
+    pub fn ping(&mut self, data: [u8; frame::PING_PAYLOAD_BYTES]) {
         frame::put_ping(&mut self.out, false, data);
     }
 
@@ -413,16 +463,18 @@ impl Connection {
             }
             Frame::GoAway { .. } => self.going_away = true,
             Frame::WindowUpdate {
-                stream: 0,
+                stream: CONNECTION_STREAM_ID,
                 increment,
             } => {
                 self.send_window += i64::from(increment);
-                if self.send_window > i64::from(MAX_WINDOW) {
+                if self.send_window > i64::from(MAX_WINDOW_BYTES) {
                     return Err(conn_err(
                         Reason::FlowControlError,
                         "connection window above 2^31-1",
                     ));
                 }
+                // Sends leave it at 0 or more (`put_allowed`); checked against 2^31-1 above.
+                assert!((1..=i64::from(MAX_WINDOW_BYTES)).contains(&self.send_window));
                 self.flush_pending();
             }
             Frame::WindowUpdate { stream, increment } => {
@@ -434,13 +486,17 @@ impl Connection {
                 }
                 if let Some(s) = self.streams.get_mut(&stream) {
                     s.send_window += i64::from(increment);
-                    if s.send_window > i64::from(MAX_WINDOW) {
+                    if s.send_window > i64::from(MAX_WINDOW_BYTES) {
                         return Err(stream_err(
                             stream,
                             Reason::FlowControlError,
                             "stream window above 2^31-1",
                         ));
                     }
+                    // At least -(2^31-1) before (see `apply_settings`), and checked against
+                    // 2^31-1 above (RFC 9113 §6.9.2).
+                    let max = i64::from(MAX_WINDOW_BYTES);
+                    assert!((-max + 1..=max).contains(&s.send_window));
                     self.flush_pending();
                 }
             }
@@ -518,9 +574,7 @@ impl Connection {
     }
 
     fn check_block_size(&self, len: usize) -> Result<(), H2Error> {
-        // A block may be larger than the decoded list it carries only by a little (HPACK
-        // literals); four times the list limit is a flood, not a request.
-        if len > 4 * self.limits.max_header_list_size as usize {
+        if len > BLOCK_BYTES_PER_LIST_BYTE * self.limits.max_header_list_size as usize {
             return Err(conn_err(Reason::EnhanceYourCalm, "header block too large"));
         }
         Ok(())
@@ -530,19 +584,28 @@ impl Connection {
         for p in params {
             match p.id {
                 setting::INITIAL_WINDOW_SIZE => {
+                    // Checked with the frame (RFC 9113 §6.5.2).
+                    assert!(p.value <= MAX_WINDOW_BYTES);
                     let delta = i64::from(p.value) - i64::from(self.peer_initial_window);
                     self.peer_initial_window = p.value;
                     for s in self.streams.values_mut() {
                         s.send_window += delta;
-                        if s.send_window > i64::from(MAX_WINDOW) {
+                        if s.send_window > i64::from(MAX_WINDOW_BYTES) {
                             return Err(conn_err(
                                 Reason::FlowControlError,
                                 "stream window above 2^31-1",
                             ));
                         }
+                        // A send leaves a window at 0 or more, so a window is never below
+                        // the initial window minus 2^31-1 (RFC 9113 §6.9.2).
+                        assert!(s.send_window >= i64::from(p.value) - i64::from(MAX_WINDOW_BYTES));
                     }
                 }
-                setting::MAX_FRAME_SIZE => self.peer_max_frame_size = p.value,
+                setting::MAX_FRAME_SIZE => {
+                    // Checked with the frame (RFC 9113 §6.5.2).
+                    assert!((DEFAULT_MAX_FRAME_BYTES..=MAX_FRAME_BYTES_LIMIT).contains(&p.value));
+                    self.peer_max_frame_size = p.value;
+                }
                 setting::HEADER_TABLE_SIZE => self.encoder.set_limit(p.value as usize),
                 _ => {}
             }
@@ -638,7 +701,7 @@ impl Connection {
             events.push(Event::EndOfRequest { stream });
             return Ok(false);
         }
-        if stream % 2 == 0 {
+        if stream % CLIENT_STREAM_ID_STEP == 0 {
             return Err(conn_err(
                 Reason::ProtocolError,
                 "client opened an even stream id",
@@ -662,13 +725,17 @@ impl Connection {
             });
         }
         let next = if self.last_stream == 0 {
-            1
+            FIRST_CLIENT_STREAM_ID
         } else {
-            self.last_stream + 2
+            self.last_stream + CLIENT_STREAM_ID_STEP
         };
         if stream > next {
-            Self::remember(&mut self.skipped, (next, stream - 2), SKIPS_REMEMBERED);
+            let run = (next, stream - CLIENT_STREAM_ID_STEP);
+            Self::remember(&mut self.skipped, run, REMEMBERED_SKIP_RUNS);
         }
+        // Client-initiated stream ids are odd and strictly increase (RFC 9113 §5.1.1).
+        debug_assert!(stream > self.last_stream && stream <= MAX_STREAM_ID);
+        debug_assert_eq!(stream % CLIENT_STREAM_ID_STEP, FIRST_CLIENT_STREAM_ID);
         self.last_stream = stream;
         if self.going_away {
             return Err(stream_err(stream, Reason::RefusedStream, "shutting down"));
@@ -703,6 +770,8 @@ impl Connection {
                 ..Stream::default()
             },
         );
+        // Refused above when at the limit we advertised (RFC 9113 §5.1.2).
+        debug_assert!(self.streams.len() <= self.limits.max_concurrent_streams as usize);
         Ok(true)
     }
 
@@ -765,11 +834,18 @@ impl Connection {
         s.remote_closed = end_stream;
         // Credit goes back as data is handed over; the layer above bounds what it buffers.
         s.recv_unacked += flow_len;
-        if !end_stream && s.recv_unacked >= self.limits.stream_window / 2 {
+        if !end_stream && s.recv_unacked >= self.limits.stream_window / WINDOW_REFILL_DIVISOR {
             s.recv_window += i64::from(s.recv_unacked);
             frame::put_window_update(&mut self.out, stream, s.recv_unacked);
             s.recv_unacked = 0;
         }
+        // What the client may send plus what it sent and we have not granted back is the
+        // window we advertised, so the window never exceeds it (nor 2^31-1, RFC 9113 §6.9.1).
+        debug_assert!(s.recv_window >= 0);
+        debug_assert_eq!(
+            s.recv_window + i64::from(s.recv_unacked),
+            i64::from(self.limits.stream_window)
+        );
         events.push(Event::Data {
             stream,
             data,
@@ -780,11 +856,17 @@ impl Connection {
 
     fn grant_connection(&mut self, flow_len: u32) {
         self.recv_unacked += flow_len;
-        if self.recv_unacked >= self.limits.connection_window / 2 {
+        if self.recv_unacked >= self.limits.connection_window / WINDOW_REFILL_DIVISOR {
             self.recv_window += i64::from(self.recv_unacked);
-            frame::put_window_update(&mut self.out, 0, self.recv_unacked);
+            frame::put_window_update(&mut self.out, CONNECTION_STREAM_ID, self.recv_unacked);
             self.recv_unacked = 0;
         }
+        // As for a stream's window (see `on_data`): never above what we advertised.
+        debug_assert!(self.recv_window >= 0);
+        debug_assert_eq!(
+            self.recv_window + i64::from(self.recv_unacked),
+            i64::from(self.limits.connection_window)
+        );
     }
 
     /// Sends response headers (not flow-controlled). Ignored for a stream that is not open
@@ -876,7 +958,7 @@ impl Connection {
         frame::put_rst_stream(&mut self.out, stream, reason);
         self.streams.remove(&stream);
         if !self.reset_by_us.contains(&stream) {
-            Self::remember(&mut self.reset_by_us, stream, RESETS_REMEMBERED);
+            Self::remember(&mut self.reset_by_us, stream, REMEMBERED_RESETS);
         }
     }
 
@@ -960,6 +1042,8 @@ fn put_allowed(
         frame::put_data(out, stream, &data[sent..sent + n as usize], false);
         s.send_window -= n;
         *connection_window -= n;
+        // A send never exceeds either window (RFC 9113 §6.9).
+        debug_assert!(s.send_window >= 0 && *connection_window >= 0);
         sent += n as usize;
     }
     sent
@@ -1058,14 +1142,28 @@ fn check_request(
 mod tests {
     use super::*;
     use crate::grpc::h2::frame::{flag, kind};
+    use crate::grpc::h2::test_peer::ClientPeer;
 
-    /// The client side of the conversation, built from the frame codec and an HPACK encoder.
+    /// The server's state machine and a client talking to it ([`ClientPeer`]): the client's
+    /// frames go in with [`run`](Peer::run), the server's come out with
+    /// [`frames`](Peer::frames). It derefs to the client, so `p.headers(..)` sends a request.
     struct Peer {
         conn: Connection,
-        input: BytesMut,
-        encoder: loona_hpack::Encoder<'static>,
-        decoder: loona_hpack::Decoder<'static>,
+        client: ClientPeer,
         now: Instant,
+    }
+
+    impl std::ops::Deref for Peer {
+        type Target = ClientPeer;
+        fn deref(&self) -> &ClientPeer {
+            &self.client
+        }
+    }
+
+    impl std::ops::DerefMut for Peer {
+        fn deref_mut(&mut self) -> &mut ClientPeer {
+            &mut self.client
+        }
     }
 
     const REQUEST: &[(&[u8], &[u8])] = &[
@@ -1078,56 +1176,24 @@ mod tests {
 
     impl Peer {
         fn new(limits: Limits) -> Peer {
-            let mut p = Peer {
+            Peer {
                 conn: Connection::new(limits),
-                input: BytesMut::from(PREFACE),
-                encoder: loona_hpack::Encoder::new(),
-                decoder: loona_hpack::Decoder::new(),
+                client: ClientPeer::new(),
                 now: Instant::now(),
-            };
-            frame::put_settings(&mut p.input, &[]);
-            p
-        }
-
-        fn block(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
-            self.encoder.encode(fields.iter().copied())
-        }
-
-        fn headers(&mut self, stream: u32, fields: &[(&[u8], &[u8])], end_stream: bool) {
-            let block = self.block(fields);
-            frame::put_headers(&mut self.input, stream, &block, end_stream, 16_384);
-        }
-
-        fn raw(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-            self.input
-                .extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
-            self.input.extend_from_slice(&[kind, flags]);
-            self.input.extend_from_slice(&stream.to_be_bytes());
-            self.input.extend_from_slice(payload);
+            }
         }
 
         fn run(&mut self) -> (Vec<Event>, Result<(), Closed>) {
             let mut events = Vec::new();
-            let result = self.conn.receive(&mut self.input, self.now, &mut events);
+            let result = self
+                .conn
+                .receive(&mut self.client.input, self.now, &mut events);
             (events, result)
         }
 
-        /// Everything the server wrote, decoded (header blocks as field lists).
+        /// Everything the server wrote, decoded (header blocks still encoded).
         fn frames(&mut self) -> Vec<Frame> {
-            let mut out = std::mem::take(self.conn.output());
-            let mut frames = Vec::new();
-            while let Some(f) = frame::decode(&mut out, frame::MAX_MAX_FRAME_SIZE).unwrap() {
-                frames.push(f);
-            }
-            frames
-        }
-
-        fn fields(&mut self, block: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-            let mut out = Vec::new();
-            self.decoder
-                .decode_with_cb(block, |n, v| out.push((n.to_vec(), v.to_vec())))
-                .unwrap();
-            out
+            ClientPeer::frames(self.conn.output())
         }
     }
 

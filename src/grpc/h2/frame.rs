@@ -7,45 +7,107 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// What a client sends first, before any frame (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Frame header: 24-bit length, type, flags, reserved bit and 31-bit stream id.
-pub const HEADER_LEN: usize = 9;
-/// The smallest SETTINGS_MAX_FRAME_SIZE, and the default.
-pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16_384;
-/// The largest SETTINGS_MAX_FRAME_SIZE allowed.
-pub const MAX_MAX_FRAME_SIZE: u32 = (1 << 24) - 1;
-/// Largest flow-control window.
-pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
-/// Frame types.
+/// Frame header: 24-bit length, type, flags, reserved bit and 31-bit stream id (RFC 9113 §4.1).
+pub const FRAME_HEADER_BYTES: usize = 9;
+/// The frame header's length field: 24 bits, the header's first bytes (RFC 9113 §4.1).
+const FRAME_LENGTH_BYTES: usize = 3;
+/// Where the frame header's type byte is (RFC 9113 §4.1).
+const FRAME_KIND_OFFSET_BYTES: usize = FRAME_LENGTH_BYTES;
+/// Where the frame header's flags byte is (RFC 9113 §4.1).
+const FRAME_FLAGS_OFFSET_BYTES: usize = FRAME_KIND_OFFSET_BYTES + 1;
+/// Where the frame header's reserved bit and stream id start (RFC 9113 §4.1).
+const FRAME_STREAM_OFFSET_BYTES: usize = FRAME_FLAGS_OFFSET_BYTES + 1;
+/// The smallest SETTINGS_MAX_FRAME_SIZE, and its initial value (RFC 9113 §6.5.2).
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16_384;
+/// The largest SETTINGS_MAX_FRAME_SIZE allowed, 2^24-1 (RFC 9113 §6.5.2).
+pub const MAX_FRAME_BYTES_LIMIT: u32 = (1 << 24) - 1;
+/// The initial flow-control window of the connection and of every stream (RFC 9113 §6.9.2).
+pub const DEFAULT_WINDOW_BYTES: u32 = 65_535;
+/// Largest flow-control window, 2^31-1 (RFC 9113 §6.9.1).
+pub const MAX_WINDOW_BYTES: u32 = (1 << 31) - 1;
+/// Stream 0: frames on it are about the whole connection (RFC 9113 §5.1.1).
+pub const CONNECTION_STREAM_ID: u32 = 0;
+/// Largest stream id: 31 bits (RFC 9113 §5.1.1).
+pub const MAX_STREAM_ID: u32 = (1 << 31) - 1;
+/// The 31 bits of a stream id under the reserved bit, which is ignored (RFC 9113 §4.1).
+const STREAM_ID_MASK: u32 = MAX_STREAM_ID;
+/// The 31 bits of a WINDOW_UPDATE increment under its reserved bit (RFC 9113 §6.9).
+const WINDOW_INCREMENT_MASK: u32 = MAX_WINDOW_BYTES;
+/// The E bit of a stream dependency, above its 31-bit stream id (RFC 9113 §6.3).
+const PRIORITY_EXCLUSIVE_BIT: u32 = 1 << 31;
+/// A priority block: 32-bit stream dependency then 8-bit weight, in HEADERS with the PRIORITY
+/// flag (RFC 9113 §6.2) and as the whole PRIORITY payload (RFC 9113 §6.3).
+const PRIORITY_BYTES: usize = 5;
+/// RST_STREAM's payload: one 32-bit error code (RFC 9113 §6.4).
+const RST_STREAM_PAYLOAD_BYTES: usize = 4;
+/// One SETTINGS parameter: 16-bit identifier, 32-bit value (RFC 9113 §6.5.1).
+const SETTING_BYTES: usize = 6;
+/// PING's payload: 8 bytes of opaque data (RFC 9113 §6.7).
+pub const PING_PAYLOAD_BYTES: usize = 8;
+/// GOAWAY's fixed part: last stream id and error code, before any debug data (RFC 9113 §6.8).
+const GOAWAY_FIXED_BYTES: usize = 8;
+/// WINDOW_UPDATE's payload: one 31-bit increment (RFC 9113 §6.9).
+const WINDOW_UPDATE_PAYLOAD_BYTES: usize = 4;
+
+/// Former name of [`DEFAULT_MAX_FRAME_BYTES`].
+pub const DEFAULT_MAX_FRAME_SIZE: u32 = DEFAULT_MAX_FRAME_BYTES;
+/// Former name of [`MAX_FRAME_BYTES_LIMIT`].
+pub const MAX_MAX_FRAME_SIZE: u32 = MAX_FRAME_BYTES_LIMIT;
+/// Former name of [`MAX_WINDOW_BYTES`].
+pub const MAX_WINDOW: u32 = MAX_WINDOW_BYTES;
+
+/// Frame types (RFC 9113 §6).
 pub mod kind {
+    /// RFC 9113 §6.1.
     pub const DATA: u8 = 0x0;
+    /// RFC 9113 §6.2.
     pub const HEADERS: u8 = 0x1;
+    /// RFC 9113 §6.3.
     pub const PRIORITY: u8 = 0x2;
+    /// RFC 9113 §6.4.
     pub const RST_STREAM: u8 = 0x3;
+    /// RFC 9113 §6.5.
     pub const SETTINGS: u8 = 0x4;
+    /// RFC 9113 §6.6.
     pub const PUSH_PROMISE: u8 = 0x5;
+    /// RFC 9113 §6.7.
     pub const PING: u8 = 0x6;
+    /// RFC 9113 §6.8.
     pub const GOAWAY: u8 = 0x7;
+    /// RFC 9113 §6.9.
     pub const WINDOW_UPDATE: u8 = 0x8;
+    /// RFC 9113 §6.10.
     pub const CONTINUATION: u8 = 0x9;
 }
 
-/// Frame flags.
+/// Frame flags (RFC 9113 §6).
 pub mod flag {
+    /// DATA and HEADERS: the sender's last frame on the stream (RFC 9113 §6.1, §6.2).
     pub const END_STREAM: u8 = 0x1;
+    /// SETTINGS and PING: an acknowledgement (RFC 9113 §6.5, §6.7).
     pub const ACK: u8 = 0x1;
+    /// HEADERS and CONTINUATION: the header block is complete (RFC 9113 §6.2, §6.10).
     pub const END_HEADERS: u8 = 0x4;
+    /// DATA and HEADERS: a pad length byte opens the payload (RFC 9113 §6.1, §6.2).
     pub const PADDED: u8 = 0x8;
+    /// HEADERS: a priority block follows the pad length (RFC 9113 §6.2).
     pub const PRIORITY: u8 = 0x20;
 }
 
-/// SETTINGS parameters.
+/// SETTINGS parameters (RFC 9113 §6.5.2).
 pub mod setting {
+    /// SETTINGS_HEADER_TABLE_SIZE: the HPACK table size the sender's decoder allows.
     pub const HEADER_TABLE_SIZE: u16 = 0x1;
+    /// SETTINGS_ENABLE_PUSH: 0 or 1.
     pub const ENABLE_PUSH: u16 = 0x2;
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams the sender lets its peer open.
     pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    /// SETTINGS_INITIAL_WINDOW_SIZE: every stream's initial send window.
     pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    /// SETTINGS_MAX_FRAME_SIZE: the largest frame payload the sender accepts.
     pub const MAX_FRAME_SIZE: u16 = 0x5;
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest header list the sender accepts.
     pub const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 }
 
@@ -134,7 +196,7 @@ pub enum Frame {
     },
     Ping {
         ack: bool,
-        data: [u8; 8],
+        data: [u8; PING_PAYLOAD_BYTES],
     },
     GoAway {
         last_stream: u32,
@@ -161,9 +223,10 @@ pub enum Frame {
 /// than `max_frame_size` (our SETTINGS_MAX_FRAME_SIZE) is a connection error before its
 /// payload is even buffered. A client may not send PUSH_PROMISE (RFC 9113 §8.4).
 pub fn decode(buf: &mut BytesMut, max_frame_size: u32) -> Result<Option<Frame>, H2Error> {
-    if buf.len() < HEADER_LEN {
+    if buf.len() < FRAME_HEADER_BYTES {
         return Ok(None);
     }
+    debug_assert!(max_frame_size <= MAX_FRAME_BYTES_LIMIT);
     let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]);
     if len > max_frame_size {
         return Err(conn(
@@ -171,16 +234,18 @@ pub fn decode(buf: &mut BytesMut, max_frame_size: u32) -> Result<Option<Frame>, 
             "frame larger than SETTINGS_MAX_FRAME_SIZE",
         ));
     }
-    let total = HEADER_LEN + len as usize;
+    let total = FRAME_HEADER_BYTES + len as usize;
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
     let mut frame = buf.split_to(total);
-    let kind = frame[3];
-    let flags = frame[4];
-    let stream = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & MAX_WINDOW;
-    frame.advance(HEADER_LEN);
+    let kind = frame[FRAME_KIND_OFFSET_BYTES];
+    let flags = frame[FRAME_FLAGS_OFFSET_BYTES];
+    let mut stream_id = [0; size_of::<u32>()];
+    stream_id.copy_from_slice(&frame[FRAME_STREAM_OFFSET_BYTES..FRAME_HEADER_BYTES]);
+    let stream = u32::from_be_bytes(stream_id) & STREAM_ID_MASK;
+    frame.advance(FRAME_HEADER_BYTES);
     parse(kind, flags, stream, frame.freeze()).map(Some)
 }
 
@@ -205,22 +270,22 @@ fn strip_padding(flags: u8, mut payload: Bytes) -> Result<Bytes, H2Error> {
 fn priority_spec(payload: &mut Bytes) -> PrioritySpec {
     let word = payload.get_u32();
     PrioritySpec {
-        depends_on: word & MAX_WINDOW,
-        exclusive: word & !MAX_WINDOW != 0,
+        depends_on: word & STREAM_ID_MASK,
+        exclusive: word & PRIORITY_EXCLUSIVE_BIT != 0,
         weight: payload.get_u8(),
     }
 }
 
 fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, H2Error> {
     let needs_stream = |why| {
-        if stream == 0 {
+        if stream == CONNECTION_STREAM_ID {
             Err(conn(Reason::ProtocolError, why))
         } else {
             Ok(())
         }
     };
     let no_stream = |why| {
-        if stream != 0 {
+        if stream != CONNECTION_STREAM_ID {
             Err(conn(Reason::ProtocolError, why))
         } else {
             Ok(())
@@ -241,7 +306,7 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
             needs_stream("HEADERS on stream 0")?;
             let mut block = strip_padding(flags, payload)?;
             let priority = if flags & flag::PRIORITY != 0 {
-                if block.len() < 5 {
+                if block.len() < PRIORITY_BYTES {
                     return Err(conn(
                         Reason::FrameSizeError,
                         "HEADERS too short for its priority",
@@ -269,7 +334,7 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
         }
         kind::PRIORITY => {
             needs_stream("PRIORITY on stream 0")?;
-            if payload.len() != 5 {
+            if payload.len() != PRIORITY_BYTES {
                 return Err(H2Error::Stream {
                     stream,
                     reason: Reason::FrameSizeError,
@@ -288,7 +353,7 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
         }
         kind::RST_STREAM => {
             needs_stream("RST_STREAM on stream 0")?;
-            if payload.len() != 4 {
+            if payload.len() != RST_STREAM_PAYLOAD_BYTES {
                 return Err(conn(Reason::FrameSizeError, "RST_STREAM is not 4 bytes"));
             }
             Frame::RstStream {
@@ -302,13 +367,13 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
             if ack && !payload.is_empty() {
                 return Err(conn(Reason::FrameSizeError, "SETTINGS ack with a payload"));
             }
-            if payload.len() % 6 != 0 {
+            if payload.len() % SETTING_BYTES != 0 {
                 return Err(conn(
                     Reason::FrameSizeError,
                     "SETTINGS length not a multiple of 6",
                 ));
             }
-            let mut params = Vec::with_capacity(payload.len() / 6);
+            let mut params = Vec::with_capacity(payload.len() / SETTING_BYTES);
             while payload.has_remaining() {
                 let param = SettingParam {
                     id: payload.get_u16(),
@@ -322,10 +387,10 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
         kind::PUSH_PROMISE => return Err(conn(Reason::ProtocolError, "clients cannot push")),
         kind::PING => {
             no_stream("PING on a stream")?;
-            if payload.len() != 8 {
+            if payload.len() != PING_PAYLOAD_BYTES {
                 return Err(conn(Reason::FrameSizeError, "PING is not 8 bytes"));
             }
-            let mut data = [0u8; 8];
+            let mut data = [0u8; PING_PAYLOAD_BYTES];
             payload.copy_to_slice(&mut data);
             Frame::Ping {
                 ack: flags & flag::ACK != 0,
@@ -334,23 +399,23 @@ fn parse(kind: u8, flags: u8, stream: u32, mut payload: Bytes) -> Result<Frame, 
         }
         kind::GOAWAY => {
             no_stream("GOAWAY on a stream")?;
-            if payload.len() < 8 {
+            if payload.len() < GOAWAY_FIXED_BYTES {
                 return Err(conn(Reason::FrameSizeError, "GOAWAY shorter than 8 bytes"));
             }
             Frame::GoAway {
-                last_stream: payload.get_u32() & MAX_WINDOW,
+                last_stream: payload.get_u32() & STREAM_ID_MASK,
                 code: payload.get_u32(),
                 debug: payload,
             }
         }
         kind::WINDOW_UPDATE => {
-            if payload.len() != 4 {
+            if payload.len() != WINDOW_UPDATE_PAYLOAD_BYTES {
                 return Err(conn(Reason::FrameSizeError, "WINDOW_UPDATE is not 4 bytes"));
             }
-            let increment = payload.get_u32() & MAX_WINDOW;
+            let increment = payload.get_u32() & WINDOW_INCREMENT_MASK;
             if increment == 0 {
                 let why = "WINDOW_UPDATE of 0";
-                return Err(if stream == 0 {
+                return Err(if stream == CONNECTION_STREAM_ID {
                     conn(Reason::ProtocolError, why)
                 } else {
                     H2Error::Stream {
@@ -381,12 +446,12 @@ fn check_setting(p: SettingParam) -> Result<(), H2Error> {
             Reason::ProtocolError,
             "SETTINGS_ENABLE_PUSH not 0 or 1",
         )),
-        setting::INITIAL_WINDOW_SIZE if p.value > MAX_WINDOW => Err(conn(
+        setting::INITIAL_WINDOW_SIZE if p.value > MAX_WINDOW_BYTES => Err(conn(
             Reason::FlowControlError,
             "SETTINGS_INITIAL_WINDOW_SIZE above 2^31-1",
         )),
         setting::MAX_FRAME_SIZE
-            if !(DEFAULT_MAX_FRAME_SIZE..=MAX_MAX_FRAME_SIZE).contains(&p.value) =>
+            if !(DEFAULT_MAX_FRAME_BYTES..=MAX_FRAME_BYTES_LIMIT).contains(&p.value) =>
         {
             Err(conn(
                 Reason::ProtocolError,
@@ -398,9 +463,9 @@ fn check_setting(p: SettingParam) -> Result<(), H2Error> {
 }
 
 fn put_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
-    debug_assert!(len <= MAX_MAX_FRAME_SIZE as usize);
-    debug_assert!(stream <= MAX_WINDOW);
-    out.put_slice(&(len as u32).to_be_bytes()[1..]);
+    debug_assert!(len <= MAX_FRAME_BYTES_LIMIT as usize);
+    debug_assert!(stream <= MAX_STREAM_ID);
+    out.put_slice(&(len as u32).to_be_bytes()[size_of::<u32>() - FRAME_LENGTH_BYTES..]);
     out.put_u8(kind);
     out.put_u8(flags);
     out.put_u32(stream);
@@ -408,7 +473,13 @@ fn put_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) 
 
 /// SETTINGS with these parameters.
 pub fn put_settings(out: &mut BytesMut, params: &[SettingParam]) {
-    put_header(out, params.len() * 6, kind::SETTINGS, 0, 0);
+    put_header(
+        out,
+        params.len() * SETTING_BYTES,
+        kind::SETTINGS,
+        0,
+        CONNECTION_STREAM_ID,
+    );
     for p in params {
         out.put_u16(p.id);
         out.put_u32(p.value);
@@ -417,18 +488,31 @@ pub fn put_settings(out: &mut BytesMut, params: &[SettingParam]) {
 
 /// SETTINGS acknowledgement.
 pub fn put_settings_ack(out: &mut BytesMut) {
-    put_header(out, 0, kind::SETTINGS, flag::ACK, 0);
+    put_header(out, 0, kind::SETTINGS, flag::ACK, CONNECTION_STREAM_ID);
 }
 
 /// PING or its acknowledgement.
-pub fn put_ping(out: &mut BytesMut, ack: bool, data: [u8; 8]) {
-    put_header(out, 8, kind::PING, if ack { flag::ACK } else { 0 }, 0);
+pub fn put_ping(out: &mut BytesMut, ack: bool, data: [u8; PING_PAYLOAD_BYTES]) {
+    put_header(
+        out,
+        PING_PAYLOAD_BYTES,
+        kind::PING,
+        if ack { flag::ACK } else { 0 },
+        CONNECTION_STREAM_ID,
+    );
     out.put_slice(&data);
 }
 
 /// GOAWAY naming the last stream this side will process.
 pub fn put_goaway(out: &mut BytesMut, last_stream: u32, reason: Reason, debug: &[u8]) {
-    put_header(out, 8 + debug.len(), kind::GOAWAY, 0, 0);
+    debug_assert!(last_stream <= MAX_STREAM_ID);
+    put_header(
+        out,
+        GOAWAY_FIXED_BYTES + debug.len(),
+        kind::GOAWAY,
+        0,
+        CONNECTION_STREAM_ID,
+    );
     out.put_u32(last_stream);
     out.put_u32(reason as u32);
     out.put_slice(debug);
@@ -436,14 +520,20 @@ pub fn put_goaway(out: &mut BytesMut, last_stream: u32, reason: Reason, debug: &
 
 /// RST_STREAM.
 pub fn put_rst_stream(out: &mut BytesMut, stream: u32, reason: Reason) {
-    put_header(out, 4, kind::RST_STREAM, 0, stream);
+    put_header(out, RST_STREAM_PAYLOAD_BYTES, kind::RST_STREAM, 0, stream);
     out.put_u32(reason as u32);
 }
 
 /// WINDOW_UPDATE (stream 0: the connection's window).
 pub fn put_window_update(out: &mut BytesMut, stream: u32, increment: u32) {
-    debug_assert!(increment > 0 && increment <= MAX_WINDOW);
-    put_header(out, 4, kind::WINDOW_UPDATE, 0, stream);
+    debug_assert!(increment > 0 && increment <= MAX_WINDOW_BYTES);
+    put_header(
+        out,
+        WINDOW_UPDATE_PAYLOAD_BYTES,
+        kind::WINDOW_UPDATE,
+        0,
+        stream,
+    );
     out.put_u32(increment);
 }
 
@@ -455,6 +545,7 @@ pub fn put_headers(
     end_stream: bool,
     max_frame_size: u32,
 ) {
+    debug_assert!((DEFAULT_MAX_FRAME_BYTES..=MAX_FRAME_BYTES_LIMIT).contains(&max_frame_size));
     let max = max_frame_size as usize;
     let mut chunks = block.chunks(max).peekable();
     let first = chunks.next().unwrap_or(&[]);
@@ -501,7 +592,7 @@ mod tests {
 
     fn one(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Result<Frame, H2Error> {
         let mut b = raw(kind, flags, stream, payload);
-        let f = decode(&mut b, DEFAULT_MAX_FRAME_SIZE).map(|f| f.expect("whole frame"));
+        let f = decode(&mut b, DEFAULT_MAX_FRAME_BYTES).map(|f| f.expect("whole frame"));
         assert!(f.is_err() || b.is_empty());
         f
     }
@@ -529,7 +620,7 @@ mod tests {
         put_rst_stream(&mut b, 3, Reason::Cancel);
         put_window_update(&mut b, 0, 1000);
         put_data(&mut b, 5, b"hello", true);
-        let mut next = || decode(&mut b, DEFAULT_MAX_FRAME_SIZE).unwrap().unwrap();
+        let mut next = || decode(&mut b, DEFAULT_MAX_FRAME_BYTES).unwrap().unwrap();
         assert_eq!(
             next(),
             Frame::Settings {
@@ -583,10 +674,10 @@ mod tests {
     fn header_blocks_are_split_into_continuations() {
         let block: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let mut b = BytesMut::new();
-        put_headers(&mut b, 1, &block, true, DEFAULT_MAX_FRAME_SIZE);
+        put_headers(&mut b, 1, &block, true, DEFAULT_MAX_FRAME_BYTES);
         let mut got = Vec::new();
         let mut frames = 0;
-        while let Some(f) = decode(&mut b, DEFAULT_MAX_FRAME_SIZE).unwrap() {
+        while let Some(f) = decode(&mut b, DEFAULT_MAX_FRAME_BYTES).unwrap() {
             frames += 1;
             match f {
                 Frame::Headers {
@@ -807,13 +898,13 @@ mod tests {
         let mut b = BytesMut::new();
         put_header(
             &mut b,
-            DEFAULT_MAX_FRAME_SIZE as usize + 1,
+            DEFAULT_MAX_FRAME_BYTES as usize + 1,
             kind::DATA,
             0,
             1,
         );
         assert_eq!(
-            reason(decode(&mut b, DEFAULT_MAX_FRAME_SIZE).unwrap_err()),
+            reason(decode(&mut b, DEFAULT_MAX_FRAME_BYTES).unwrap_err()),
             (true, Reason::FrameSizeError)
         );
     }
@@ -823,7 +914,7 @@ mod tests {
         let mut b = raw(kind::RST_STREAM, 0, 1, &[0, 0, 0, 8]);
         b[5] |= 0x80;
         assert_eq!(
-            decode(&mut b, DEFAULT_MAX_FRAME_SIZE).unwrap(),
+            decode(&mut b, DEFAULT_MAX_FRAME_BYTES).unwrap(),
             Some(Frame::RstStream { stream: 1, code: 8 })
         );
     }
@@ -833,12 +924,12 @@ mod tests {
         #[test]
         fn garbage_and_truncation_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300), cut in any::<prop::sample::Index>()) {
             let mut b = BytesMut::from(&bytes[..]);
-            while let Ok(Some(_)) = decode(&mut b, DEFAULT_MAX_FRAME_SIZE) {}
+            while let Ok(Some(_)) = decode(&mut b, DEFAULT_MAX_FRAME_BYTES) {}
             let mut whole = BytesMut::new();
             put_data(&mut whole, 1, &bytes, false);
             let cut = cut.index(whole.len());
             let mut part = BytesMut::from(&whole[..cut]);
-            prop_assert_eq!(decode(&mut part, DEFAULT_MAX_FRAME_SIZE).unwrap(), None);
+            prop_assert_eq!(decode(&mut part, DEFAULT_MAX_FRAME_BYTES).unwrap(), None);
         }
     }
 }

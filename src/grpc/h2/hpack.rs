@@ -31,8 +31,13 @@ pub enum HpackError {
     BadSizeUpdate,
 }
 
+/// Entries in the static table (RFC 7541 Appendix A).
+pub const STATIC_TABLE_LEN: usize = 61;
+/// The dynamic table's indexes follow the static table's (RFC 7541 §2.3.3).
+const FIRST_DYNAMIC_INDEX: usize = STATIC_TABLE_LEN + 1;
+
 /// RFC 7541 Appendix A; index `i` is `STATIC_TABLE[i - 1]`.
-pub const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
+pub const STATIC_TABLE: [(&[u8], &[u8]); STATIC_TABLE_LEN] = [
     (b":authority", b""),
     (b":method", b"GET"),
     (b":method", b"POST"),
@@ -96,8 +101,48 @@ pub const STATIC_TABLE: [(&[u8], &[u8]); 61] = [
     (b"www-authenticate", b""),
 ];
 
-/// What RFC 7541 §4.1 adds to each entry's name and value lengths.
-const ENTRY_OVERHEAD: usize = 32;
+/// What each entry costs on top of its name and value lengths (RFC 7541 §4.1).
+const ENTRY_OVERHEAD_BYTES: usize = 32;
+
+/// How a representation's first byte starts (RFC 7541 §5.1, §6): (its pattern, the bits above
+/// the integer's prefix; the size of that prefix in bits).
+type Representation = (u8, u32);
+/// Indexed field, pattern 1 (RFC 7541 §6.1).
+const INDEXED: Representation = (0x80, 7);
+/// Dynamic table size update, pattern 001 (RFC 7541 §6.3).
+const SIZE_UPDATE: Representation = (0x20, 5);
+/// Literal with incremental indexing, pattern 01 (RFC 7541 §6.2.1): the decoder adds the
+/// field to its table.
+const WITH_INDEXING: Representation = (0x40, 6);
+/// Literal without indexing, pattern 0000 (RFC 7541 §6.2.2): the decoder's table is left
+/// alone. Never indexed (0001, RFC 7541 §6.2.3) has the same prefix.
+const WITHOUT_INDEXING: Representation = (0x00, 4);
+/// A string literal's H bit: the string is Huffman-coded (RFC 7541 §5.2).
+const HUFFMAN_BIT: u8 = 0x80;
+/// A raw string literal: the H bit clear, then the length with a 7-bit prefix (RFC 7541 §5.2).
+const RAW_STRING: Representation = (0x00, 7);
+/// An integer's continuation byte: this bit says another byte follows (RFC 7541 §5.1).
+const INTEGER_CONTINUATION_BIT: u8 = 0x80;
+/// An integer's continuation byte: the value bits under the continuation bit (RFC 7541 §5.1).
+const INTEGER_VALUE_MASK: u8 = !INTEGER_CONTINUATION_BIT;
+/// Value bits per continuation byte (RFC 7541 §5.1).
+const INTEGER_BITS_PER_BYTE: u32 = 7;
+/// Continuation bytes an integer may have: four reach 2^28, far above any size this server
+/// accepts (RFC 7541 §5.1 leaves the limit to the implementation).
+const MAX_INTEGER_CONTINUATION_BYTES: u32 = 4;
+/// The shift of an integer's last allowed continuation byte (RFC 7541 §5.1).
+const MAX_INTEGER_SHIFT_BITS: u32 = (MAX_INTEGER_CONTINUATION_BYTES - 1) * INTEGER_BITS_PER_BYTE;
+/// Huffman padding: at most 7 bits, the most significant bits of EOS (RFC 7541 §5.2).
+const MAX_HUFFMAN_PADDING_BITS: usize = 7;
+/// Bits in one byte of a Huffman-coded string (RFC 7541 §5.2).
+const BYTE_BITS: usize = u8::BITS as usize;
+/// ASCII DEL: it and every byte above it are invalid in a field name (RFC 9113 §8.2.1).
+const ASCII_DEL: u8 = 0x7f;
+
+/// The bits of a representation's first byte that hold its pattern (RFC 7541 §6).
+const fn pattern_mask((_, prefix_bits): Representation) -> u8 {
+    !(u8::MAX >> (u8::BITS - prefix_bits))
+}
 
 /// A decoded header list: names and values packed in one buffer, in the order they came.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -192,7 +237,7 @@ pub fn field_error(name: &[u8], value: &[u8]) -> Option<&'static str> {
     if bare.is_empty()
         || bare
             .iter()
-            .any(|&b| b <= 0x20 || b == b':' || b.is_ascii_uppercase() || b >= 0x7f)
+            .any(|&b| b <= b' ' || b == b':' || b.is_ascii_uppercase() || b >= ASCII_DEL)
     {
         return Some("header name empty, upper-case, or with a space, control or non-ASCII byte");
     }
@@ -223,7 +268,7 @@ impl Entry {
     }
 
     fn size(&self) -> usize {
-        self.bytes.len() + ENTRY_OVERHEAD
+        self.bytes.len() + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -235,13 +280,14 @@ struct HuffmanCache {
 }
 
 impl HuffmanCache {
+    /// Strings remembered: a client's few unindexed values (`:path`, `content-length`, ...).
     const ENTRIES: usize = 16;
     /// Longer strings are decoded every time: they are rarely repeated verbatim.
-    const MAX_ENCODED: usize = 96;
+    const MAX_ENCODED_BYTES: usize = 96;
 
     /// Appends the decoding of `encoded` to `dst`.
     fn decode(&mut self, encoded: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
-        if encoded.len() > Self::MAX_ENCODED {
+        if encoded.len() > Self::MAX_ENCODED_BYTES {
             return huffman_decode(encoded, dst);
         }
         if let Some((_, decoded)) = self.entries.iter().find(|(e, _)| e == encoded) {
@@ -276,12 +322,12 @@ fn huffman_decode(encoded: &[u8], dst: &mut Vec<u8>) -> Result<(), HpackError> {
         .iter()
         .map(|&b| usize::from(ENCODE_TABLE[usize::from(b)].0))
         .sum();
-    let padding = (encoded.len() * 8)
+    let padding = (encoded.len() * BYTE_BITS)
         .checked_sub(bits)
         .ok_or(HpackError::Huffman)?;
-    let ones = (1u16 << padding.min(8)) - 1;
+    let ones = (1u16 << padding.min(BYTE_BITS)) - 1;
     match encoded.last() {
-        _ if padding > 7 => Err(HpackError::Huffman),
+        _ if padding > MAX_HUFFMAN_PADDING_BITS => Err(HpackError::Huffman),
         Some(&last) if u16::from(last) & ones != ones => Err(HpackError::Huffman),
         _ => Ok(()),
     }
@@ -396,35 +442,38 @@ impl Decoder {
         let mut list_size = 0usize;
         let mut fields_seen = false;
         while let Some(&first) = block.first() {
-            if first & 0x80 != 0 {
+            if first & const { pattern_mask(INDEXED) } == INDEXED.0 {
                 // Indexed field (RFC 7541 §6.1).
-                let index = integer(&mut block, 7)?;
+                let index = integer(&mut block, INDEXED.1)?;
                 let (name, value, well_formed) = lookup(&self.table, index)?;
-                list_size += name.len() + value.len() + ENTRY_OVERHEAD;
+                list_size += name.len() + value.len() + ENTRY_OVERHEAD_BYTES;
                 if list_size <= max_list_size {
                     out.push_checked(name, value, well_formed);
                 }
                 fields_seen = true;
                 continue;
             }
-            if first & 0xe0 == 0x20 {
+            if first & const { pattern_mask(SIZE_UPDATE) } == SIZE_UPDATE.0 {
                 // Dynamic table size update (RFC 7541 §6.3): only before the block's first field.
-                let size = integer(&mut block, 5)?;
+                let size = integer(&mut block, SIZE_UPDATE.1)?;
                 if fields_seen || size > self.limit {
                     return Err(HpackError::BadSizeUpdate);
                 }
                 self.max_size = size;
                 self.evict_to(size);
+                // The table fits its new size, which is within what we announced (RFC 7541 §4.3).
+                debug_assert!(self.size <= self.max_size && self.max_size <= self.limit);
                 self.changes += 1;
                 continue;
             }
             // A literal (RFC 7541 §6.2): with incremental indexing (01), or without / never
             // indexed.
-            let (indexing, prefix) = if first & 0xc0 == 0x40 {
-                (true, 6)
-            } else {
-                (false, 4)
-            };
+            let (indexing, prefix) =
+                if first & const { pattern_mask(WITH_INDEXING) } == WITH_INDEXING.0 {
+                    (true, WITH_INDEXING.1)
+                } else {
+                    (false, WITHOUT_INDEXING.1)
+                };
             let name_index = integer(&mut block, prefix)?;
             self.field.clear();
             if name_index == 0 {
@@ -436,7 +485,7 @@ impl Decoder {
             let name_len = self.field.len();
             self.string(&mut block)?;
             let (name, value) = self.field.split_at(name_len);
-            list_size += name.len() + value.len() + ENTRY_OVERHEAD;
+            list_size += name.len() + value.len() + ENTRY_OVERHEAD_BYTES;
             if list_size <= max_list_size {
                 out.push(name, value);
             }
@@ -450,8 +499,8 @@ impl Decoder {
 
     /// Appends a string literal (RFC 7541 §5.2) to `self.field`.
     fn string(&mut self, block: &mut &[u8]) -> Result<(), HpackError> {
-        let huffman = block.first().ok_or(HpackError::Truncated)? & 0x80 != 0;
-        let len = integer(block, 7)?;
+        let huffman = block.first().ok_or(HpackError::Truncated)? & HUFFMAN_BIT != 0;
+        let len = integer(block, RAW_STRING.1)?;
         if len > block.len() {
             return Err(HpackError::Truncated);
         }
@@ -469,7 +518,7 @@ impl Decoder {
     /// (RFC 7541 §4.4).
     fn insert(&mut self, name_len: usize) {
         self.changes += 1;
-        let size = self.field.len() + ENTRY_OVERHEAD;
+        let size = self.field.len() + ENTRY_OVERHEAD_BYTES;
         if size > self.max_size {
             // Larger than the whole table: the table ends up empty.
             self.evict_to(0);
@@ -487,7 +536,8 @@ impl Decoder {
             well_formed,
         });
         self.size += size;
-        debug_assert!(self.size <= self.max_size);
+        // RFC 7541 §4.4: the table never holds more than its maximum size.
+        debug_assert!(self.size <= self.max_size && self.max_size <= self.limit);
     }
 
     fn evict_to(&mut self, size: usize) {
@@ -496,6 +546,7 @@ impl Decoder {
             self.size -= old.size();
             self.spare = old.bytes;
         }
+        debug_assert_eq!(self.table.is_empty(), self.size == 0);
     }
 }
 
@@ -503,12 +554,12 @@ impl Decoder {
 /// whether its bytes pass [`field_error`] (every static entry does: a test checks it).
 fn lookup(table: &VecDeque<Entry>, index: usize) -> Result<(&[u8], &[u8], bool), HpackError> {
     match index {
-        1..=61 => {
+        1..=STATIC_TABLE_LEN => {
             let (name, value) = STATIC_TABLE[index - 1];
             Ok((name, value, true))
         }
         _ => table
-            .get(index.wrapping_sub(62))
+            .get(index.wrapping_sub(FIRST_DYNAMIC_INDEX))
             .map(|e| (e.name(), e.value(), e.well_formed))
             .ok_or(HpackError::BadIndex(index)),
     }
@@ -527,13 +578,12 @@ fn integer(block: &mut &[u8], prefix_bits: u32) -> Result<usize, HpackError> {
     loop {
         let (&byte, rest) = block.split_first().ok_or(HpackError::Truncated)?;
         *block = rest;
-        // Four continuation bytes reach 2^28: far above any size this server accepts.
-        if shift > 21 {
+        if shift > MAX_INTEGER_SHIFT_BITS {
             return Err(HpackError::IntegerOverflow);
         }
-        value += usize::from(byte & 0x7f) << shift;
-        shift += 7;
-        if byte & 0x80 == 0 {
+        value += usize::from(byte & INTEGER_VALUE_MASK) << shift;
+        shift += INTEGER_BITS_PER_BYTE;
+        if byte & INTEGER_CONTINUATION_BIT == 0 {
             return Ok(value);
         }
     }
@@ -548,16 +598,16 @@ fn put_integer(out: &mut Vec<u8>, flags: u8, prefix_bits: u32, mut value: usize)
     }
     out.push(flags | max_prefix as u8);
     value -= max_prefix;
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
+    while value >= usize::from(INTEGER_CONTINUATION_BIT) {
+        out.push((value as u8 & INTEGER_VALUE_MASK) | INTEGER_CONTINUATION_BIT);
+        value >>= INTEGER_BITS_PER_BYTE;
     }
     out.push(value as u8);
 }
 
 /// A dynamic table size update to 0 (RFC 7541 §6.3): the first byte of the first header block one
 /// of our clients sends, since [`put_field`] never adds to the server's table.
-pub const TABLE_SIZE_ZERO: u8 = 0x20;
+pub const TABLE_SIZE_ZERO: u8 = SIZE_UPDATE.0;
 
 /// Where the static table has a field: the whole field, or only its name (the first entry
 /// with it), as 1-based indices.
@@ -591,17 +641,12 @@ fn put_literal(
 ) {
     put_integer(out, flags, prefix_bits, name_index);
     if name_index == 0 {
-        put_integer(out, 0x00, 7, name.len());
+        put_integer(out, RAW_STRING.0, RAW_STRING.1, name.len());
         out.extend_from_slice(name);
     }
-    put_integer(out, 0x00, 7, value.len());
+    put_integer(out, RAW_STRING.0, RAW_STRING.1, value.len());
     out.extend_from_slice(value);
 }
-
-/// Literal with incremental indexing (RFC 7541 §6.2.1): the decoder adds the field to its table.
-const WITH_INDEXING: (u8, u32) = (0x40, 6);
-/// Literal without indexing (RFC 7541 §6.2.2): the decoder's table is left alone.
-const WITHOUT_INDEXING: (u8, u32) = (0x00, 4);
 
 /// Appends one field: an indexed field when the static table holds it whole, otherwise a
 /// literal without indexing (RFC 7541 §6.2.2), naming a static entry's name where there is one.
@@ -610,7 +655,7 @@ const WITHOUT_INDEXING: (u8, u32) = (0x00, 4);
 /// so a block of these fields may be sent in any order relative to other blocks.
 pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     match static_lookup(name, value) {
-        (Some(index), _) => put_integer(out, 0x80, 7, index),
+        (Some(index), _) => put_integer(out, INDEXED.0, INDEXED.1, index),
         (None, name_index) => put_literal(out, WITHOUT_INDEXING, name_index, name, value),
     }
 }
@@ -621,7 +666,7 @@ const INDEXED_NAMES: [&[u8]; 2] = [b"content-type", b"grpc-status"];
 
 /// The dynamic table size both ends start with (RFC 9113 §6.5.2, SETTINGS_HEADER_TABLE_SIZE),
 /// and the most the [`Encoder`] uses even if a client allows more: its fields fit many times.
-pub const DEFAULT_TABLE_SIZE: usize = 4096;
+pub const DEFAULT_TABLE_BYTES: usize = 4096;
 
 /// The encoding side of one connection's HPACK context: a mirror of the client's dynamic
 /// table, changed only by the blocks it encodes. Blocks must reach the client in the order
@@ -677,7 +722,7 @@ impl Default for Encoder {
         Encoder {
             table: VecDeque::new(),
             size: 0,
-            max_size: DEFAULT_TABLE_SIZE,
+            max_size: DEFAULT_TABLE_BYTES,
             owed: None,
             changes: 0,
             recent: Vec::new(),
@@ -690,7 +735,7 @@ impl Encoder {
     /// The client set SETTINGS_HEADER_TABLE_SIZE to `limit`: the table shrinks now (as the
     /// client's will when it reads the update) and the next block tells the client.
     pub fn set_limit(&mut self, limit: usize) {
-        let limit = limit.min(DEFAULT_TABLE_SIZE);
+        let limit = limit.min(DEFAULT_TABLE_BYTES);
         if self.owed.is_none() && limit == self.max_size {
             return;
         }
@@ -698,6 +743,8 @@ impl Encoder {
         self.owed = Some((smallest, limit));
         self.evict_to(smallest);
         self.max_size = limit;
+        // Within the client's limit now, and the next block tells it (RFC 7541 §4.2).
+        assert!(self.size <= smallest && self.max_size <= DEFAULT_TABLE_BYTES);
         self.changes += 1;
     }
 
@@ -705,9 +752,9 @@ impl Encoder {
     pub fn encode(&mut self, fields: &[(&[u8], &[u8])], out: &mut Vec<u8>) {
         if let Some((smallest, last)) = self.owed.take() {
             if smallest < last {
-                put_integer(out, 0x20, 5, smallest);
+                put_integer(out, SIZE_UPDATE.0, SIZE_UPDATE.1, smallest);
             }
-            put_integer(out, 0x20, 5, last);
+            put_integer(out, SIZE_UPDATE.0, SIZE_UPDATE.1, last);
         }
         // What is remembered are the fields' bytes alone, after any size update.
         let changes = self.changes;
@@ -757,13 +804,13 @@ impl Encoder {
         // first, which spares those the static table's scan.
         let indexed = self.table.iter().position(|(n, v)| n == name && v == value);
         if let Some(position) = indexed {
-            return put_integer(out, 0x80, 7, STATIC_TABLE.len() + 1 + position);
+            return put_integer(out, INDEXED.0, INDEXED.1, FIRST_DYNAMIC_INDEX + position);
         }
         let (whole, name_index) = static_lookup(name, value);
         if let Some(index) = whole {
-            return put_integer(out, 0x80, 7, index);
+            return put_integer(out, INDEXED.0, INDEXED.1, index);
         }
-        let size = ENTRY_OVERHEAD + name.len() + value.len();
+        let size = ENTRY_OVERHEAD_BYTES + name.len() + value.len();
         if INDEXED_NAMES.contains(&name) && size <= self.max_size {
             put_literal(out, WITH_INDEXING, name_index, name, value);
             self.evict_to(self.max_size - size);
@@ -783,8 +830,9 @@ impl Encoder {
                 .table
                 .pop_back()
                 .expect("a table with a size has entries");
-            self.size -= ENTRY_OVERHEAD + name.len() + value.len();
+            self.size -= ENTRY_OVERHEAD_BYTES + name.len() + value.len();
         }
+        debug_assert_eq!(self.table.is_empty(), self.size == 0);
     }
 }
 
@@ -1108,7 +1156,7 @@ mod tests {
         // nothing it uses (a case the property test below once found).
         let mut encoder = Encoder::default();
         encoder.set_limit(65_536);
-        encoder.set_limit(DEFAULT_TABLE_SIZE);
+        encoder.set_limit(DEFAULT_TABLE_BYTES);
         let mut block = Vec::new();
         encoder.encode(&[(&b":status"[..], &b"200"[..])], &mut block);
         assert_eq!(block, [0x88], "no size update, just the field");
@@ -1121,7 +1169,7 @@ mod tests {
         let mut encoder = Encoder::default();
         let status: [(&[u8], &[u8]); 1] = [(b":status", b"200")];
         encoder.set_limit(0);
-        encoder.set_limit(DEFAULT_TABLE_SIZE);
+        encoder.set_limit(DEFAULT_TABLE_BYTES);
         let mut first = Vec::new();
         encoder.encode(&status, &mut first);
         assert_eq!(first[0] & 0xe0, 0x20, "opens with the owed size updates");
@@ -1284,13 +1332,13 @@ mod tests {
             let mut encoder = Encoder::default();
             let mut client = loona_hpack::Decoder::new();
             let mut lowered_to: Option<usize> = None;
-            let mut announced = DEFAULT_TABLE_SIZE;
+            let mut announced = DEFAULT_TABLE_BYTES;
             for step in steps {
                 match step {
                     Err(limit) => {
                         // The encoder never uses more than the default size: only a limit
                         // below what it uses is a reduction it must signal.
-                        if limit < announced.min(DEFAULT_TABLE_SIZE) {
+                        if limit < announced.min(DEFAULT_TABLE_BYTES) {
                             lowered_to = Some(lowered_to.map_or(limit, |l: usize| l.min(limit)));
                         }
                         announced = limit;

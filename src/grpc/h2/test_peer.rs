@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 
-use super::frame::{self, Frame, DEFAULT_MAX_FRAME_SIZE, MAX_MAX_FRAME_SIZE, PREFACE};
+use super::frame::{self, Frame, DEFAULT_MAX_FRAME_BYTES, MAX_FRAME_BYTES_LIMIT, PREFACE};
 
 /// A header list as tests write it.
 pub type Fields<'a> = &'a [(&'a [u8], &'a [u8])];
@@ -53,7 +53,7 @@ impl ClientPeer {
             stream,
             &block,
             end_stream,
-            DEFAULT_MAX_FRAME_SIZE,
+            DEFAULT_MAX_FRAME_BYTES,
         );
     }
 
@@ -74,7 +74,7 @@ impl ClientPeer {
     /// Every whole frame in `output` (what the server wrote), taken off it.
     pub fn frames(output: &mut BytesMut) -> Vec<Frame> {
         let mut frames = Vec::new();
-        while let Some(f) = frame::decode(output, MAX_MAX_FRAME_SIZE).unwrap() {
+        while let Some(f) = frame::decode(output, MAX_FRAME_BYTES_LIMIT).unwrap() {
             frames.push(f);
         }
         frames
