@@ -8,8 +8,10 @@
 #
 #   bench/callgrind-run.sh                         # ROWS="native-tcp grpc-unary"
 #   ES=/tmp/old/eventstream BENCH=/tmp/old/eventstream-bench bench/callgrind-run.sh
+#   KEEP=/tmp/profiles bench/callgrind-run.sh       # keep the profiles for callgrind_annotate
 #
-# Rows and their default counts: native-tcp (200k warm-up, 2M counted), grpc-unary (20k, 50k).
+# Rows and their default counts: native-tcp and native-publish (200k warm-up, 2M counted),
+# grpc-unary (20k, 50k).
 # Needs a release build (cargo build --release) and valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +38,9 @@ trap cleanup EXIT
 
 counts_for() {
     case "$1" in
-        native-tcp) echo "${WARMUP:-200k} ${COUNT:-2M}" ;;
+        native-tcp | native-publish) echo "${WARMUP:-200k} ${COUNT:-2M}" ;;
         grpc-unary) echo "${WARMUP:-20k} ${COUNT:-50k}" ;;
-        *) echo "unknown row $1 (native-tcp, grpc-unary)" >&2; exit 2 ;;
+        *) echo "unknown row $1 (native-tcp, native-publish, grpc-unary)" >&2; exit 2 ;;
     esac
 }
 
@@ -85,5 +87,9 @@ for row in $ROWS; do
         total=$(( total + ${ir:-0} ))
     done
     echo "$row: $(( total / $(expand "$count") )) instructions per event ($total over $count)"
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP" && cp "$out"/cg.out* "$KEEP/" && echo "  profile kept in $KEEP/${row}.cg.out*"
+        for f in "$KEEP"/cg.out*; do mv "$f" "$KEEP/${row}.$(basename "$f")"; done
+    fi
     rm -f "$out"/cg.out*
 done

@@ -80,11 +80,14 @@ impl Container {
     }
 
     /// How to raise locked memory for the container.
-    fn memlock_fix(self) -> &'static str {
+    fn memlock_fix(self) -> String {
         match self {
-            Container::Kubernetes => "securityContext.capabilities.add: [IPC_LOCK] with the capability set on the binary (setcap cap_ipc_lock+ep, as tuning/kubernetes/Dockerfile does), and at least 512 KiB from the container runtime: LimitMEMLOCK= in its systemd unit (see tuning/kubernetes/README.md)",
-            Container::Docker => "docker run --ulimit memlock=-1 ...",
-            Container::Podman => "podman run --ulimit memlock=-1 ...",
+            Container::Kubernetes => format!(
+                "securityContext.capabilities.add: [IPC_LOCK] with the capability set on the binary (setcap cap_ipc_lock+ep, as tuning/kubernetes/Dockerfile does), and at least {} KiB from the container runtime: LimitMEMLOCK= in its systemd unit (see tuning/kubernetes/README.md)",
+                crate::server::GLOMMIO_MEMLOCK_BYTES_MIN / BYTES_PER_KIB
+            ),
+            Container::Docker => "docker run --ulimit memlock=-1 ...".to_owned(),
+            Container::Podman => "podman run --ulimit memlock=-1 ...".to_owned(),
         }
     }
 }
@@ -116,7 +119,15 @@ fn finding(level: Level, what: String, fix: Option<&str>) -> Finding {
 }
 
 /// Socket buffer maxima below this cap TCP windows on fast paths (4 MiB).
-const MIN_SOCKET_BUFFER: u64 = 4 << 20;
+const SOCKET_BUFFER_BYTES_MIN: u64 = 4 << 20;
+/// The socket buffer maxima the fix suggests (16 MiB), as tuning/apply.sh sets them: room for
+/// TCP to grow its windows on fast links, well past the minimum.
+const SUGGESTED_SOCKET_BUFFER_BYTES: u64 = 16 << 20;
+/// The busy-polling time the fix suggests, as tuning/README.md does: the value the kernel's
+/// ip-sysctl documentation recommends for net.core.busy_read and busy_poll.
+const SUGGESTED_BUSY_POLL_US: u64 = 50;
+/// Bytes in a KiB, for reporting memory limits in the unit ulimit -l uses.
+const BYTES_PER_KIB: u64 = 1024;
 
 /// Judges `facts` for a server of `shards` shards.
 pub fn assess(facts: &HostFacts, shards: usize) -> Vec<Finding> {
@@ -148,8 +159,8 @@ pub fn assess(facts: &HostFacts, shards: usize) -> Vec<Finding> {
     let measured = |limit: u64| {
         format!(
             "RLIMIT_MEMLOCK: {} KiB, {why_needed} {} KiB",
-            limit / 1024,
-            need / 1024
+            limit / BYTES_PER_KIB,
+            need / BYTES_PER_KIB
         )
     };
     out.push(match facts.memlock {
@@ -161,10 +172,11 @@ pub fn assess(facts: &HostFacts, shards: usize) -> Vec<Finding> {
                 Some(container) => format!("{} in {}", measured(limit), container.name()),
                 None => measured(limit),
             },
-            Some(match facts.container {
+            Some(&match facts.container {
                 Some(container) => container.memlock_fix(),
                 None => {
                     "ulimit -l unlimited  # systemd: LimitMEMLOCK=infinity; see tuning/README.md"
+                        .to_owned()
                 }
             }),
         ),
@@ -217,10 +229,10 @@ pub fn assess(facts: &HostFacts, shards: usize) -> Vec<Finding> {
         ("net.core.wmem_max", facts.wmem_max),
     ] {
         out.push(match value {
-            Some(v) if v < MIN_SOCKET_BUFFER => finding(
+            Some(v) if v < SOCKET_BUFFER_BYTES_MIN => finding(
                 Advice,
-                format!("{name}: {v} bytes (below {MIN_SOCKET_BUFFER})"),
-                Some(&format!("sysctl -w {name}={}", 16 << 20)),
+                format!("{name}: {v} bytes (below {SOCKET_BUFFER_BYTES_MIN})"),
+                Some(&format!("sysctl -w {name}={SUGGESTED_SOCKET_BUFFER_BYTES}")),
             ),
             Some(v) => finding(Ok, format!("{name}: {v} bytes"), None),
             None => finding(Ok, format!("{name}: not readable"), None),
@@ -234,9 +246,10 @@ pub fn assess(facts: &HostFacts, shards: usize) -> Vec<Finding> {
         finding(
             Advice,
             "socket busy polling: off (net.core.busy_read and busy_poll are 0)".into(),
-            Some(
-                "sysctl -w net.core.busy_read=50 net.core.busy_poll=50  # lower latency, more CPU",
-            ),
+            Some(&format!(
+                "sysctl -w net.core.busy_read={SUGGESTED_BUSY_POLL_US} \
+                 net.core.busy_poll={SUGGESTED_BUSY_POLL_US}  # lower latency, more CPU"
+            )),
         )
     } else {
         finding(Ok, format!("socket busy polling: {busy} µs"), None)

@@ -18,7 +18,14 @@ use crate::door::{Doorway, DoorwaySettings};
 use crate::engine::{DoorKind, Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS};
 
 /// A request head larger than this is refused (a scrape is one short line and a few headers).
-const MAX_REQUEST: usize = 8 * 1024;
+const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// The request head buffer's first capacity: a scrape's head fits without growing it.
+const REQUEST_HEAD_CAPACITY_BYTES: usize = 512;
+/// One socket read of the request head: a whole scrape's head in one read, on the stack.
+const READ_CHUNK_BYTES: usize = 1024;
+/// The exposition's first capacity: skips the smallest regrowths; the text grows with the
+/// shard count, so no fixed size fits every server.
+const EXPOSITION_CAPACITY_BYTES: usize = 4096;
 /// How long a client may take to send its request, and the shards to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -95,20 +102,20 @@ impl Door {
                 503,
                 "Service Unavailable",
                 "text/plain",
-                "not every shard answered within 5 s\n",
+                &format!("not every shard answered within {} s\n", TIMEOUT.as_secs()),
             ),
         }
     }
 }
 
 /// Reads up to the end of the request head; None if the client closed, sent more than
-/// [`MAX_REQUEST`] bytes without ending it, or sent something that is not text.
+/// [`REQUEST_HEAD_BYTES_MAX`] bytes without ending it, or sent something that is not text.
 async fn read_head(stream: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
+    let mut head = Vec::with_capacity(REQUEST_HEAD_CAPACITY_BYTES);
+    let mut chunk = [0u8; READ_CHUNK_BYTES];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || head.len() + n > MAX_REQUEST {
+        if n == 0 || head.len() + n > REQUEST_HEAD_BYTES_MAX {
             return None;
         }
         head.extend_from_slice(&chunk[..n]);
@@ -138,7 +145,7 @@ type PerDoor = fn(&ShardStats) -> [u64; DoorKind::COUNT];
 
 /// The Prometheus text exposition of every shard's counters.
 pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {
-    let mut out = String::with_capacity(4096);
+    let mut out = String::with_capacity(EXPOSITION_CAPACITY_BYTES);
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&ShardStats) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (shard, stats) in per_shard.iter().enumerate() {

@@ -24,10 +24,10 @@ use crate::native::datagram;
 
 /// io_uring memory each shard registers. We do no file I/O, so glommio's minimum is plenty;
 /// glommio registers it with three rings, which RLIMIT_MEMLOCK must cover.
-const IO_MEMORY: usize = 64 * 1024;
+const IO_MEMORY_BYTES: usize = 64 * 1024;
 const IO_MEMORY_RINGS: usize = 3;
 /// glommio refuses to create an executor below this RLIMIT_MEMLOCK, whatever it registers.
-const GLOMMIO_MIN_MEMLOCK: u64 = 512 * 1024;
+pub(crate) const GLOMMIO_MEMLOCK_BYTES_MIN: u64 = 512 * 1024;
 /// Batches in flight from one shard to another before the sender waits.
 const CHANNEL_BATCHES: usize = 256;
 /// Descriptors the default connection limits leave for everything but client and metrics
@@ -36,6 +36,19 @@ const RESERVED_DESCRIPTORS: u64 = 256;
 /// Descriptors each shard keeps open besides its clients: three TCP listeners and a UDP
 /// socket, its io_uring rings, eventfds and timers, with room to spare.
 const DESCRIPTORS_PER_SHARD: u64 = 32;
+/// How long each shard may take to reach each start-up stage: creating an executor and
+/// binding take milliseconds, so past this something is stuck and start-up fails.
+const SHARD_STAGE_TIMEOUT_S: u64 = 10;
+/// Room, over `limits.max_message_bytes`, for what a gRPC request adds around an event's
+/// payload and metadata (topic, id, protobuf tags), so that the engine, not the HTTP/2 layer,
+/// refuses an event that is too large, with its precise error.
+const GRPC_MESSAGE_SLACK_BYTES: usize = 64 * 1024;
+/// Connections the kernel queues on each shard's listener before accepting: absorbs a burst
+/// of clients connecting at once (a reconnect storm) while the shard is busy.
+const LISTEN_BACKLOG_CONNECTIONS: i32 = 1024;
+/// Each UDP socket's receive buffer: holds bursts of datagrams while the shard is busy, since
+/// UDP drops what does not fit (the kernel caps it at net.core.rmem_max).
+const UDP_RECV_BUFFER_BYTES: usize = 4 << 20;
 
 /// Why the server could not start. Every variant names what to change.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +254,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         let drain = config.drain_timeout();
         let mut builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{i}"))
-            .io_memory(IO_MEMORY);
+            .io_memory(IO_MEMORY_BYTES);
         let spin = Duration::from_micros(config.shards.spin_before_park_us);
         if !spin.is_zero() {
             builder = builder.spin_before_park(spin);
@@ -280,7 +293,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
     }
     for stage in [Stage::Created, Stage::Serving] {
         for (i, rx) in progress.iter().enumerate() {
-            match rx.recv_timeout(Duration::from_secs(10)) {
+            match rx.recv_timeout(Duration::from_secs(SHARD_STAGE_TIMEOUT_S)) {
                 Ok(got) if got == stage => {}
                 Ok(Stage::Failed(reason)) => return Err(StartError::Shard { shard: i, reason }),
                 Ok(other) => unreachable!("shard {i} reported {other:?} before {stage:?}"),
@@ -295,7 +308,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                 Err(flume::RecvTimeoutError::Timeout) => {
                     return Err(StartError::Shard {
                         shard: i,
-                        reason: format!("not {stage:?} after 10 s"),
+                        reason: format!("not {stage:?} after {SHARD_STAGE_TIMEOUT_S} s"),
                     })
                 }
             }
@@ -366,7 +379,7 @@ async fn run_shard(
     let accepting = glommio::spawn_local(door.clone().accept_loop(listener));
     // SAFETY: as above.
     let grpc_listener = unsafe { TcpListener::from_raw_fd(sockets.grpc.into_raw_fd()) };
-    let max_message = shard.limits().max_message_bytes + 64 * 1024;
+    let max_message = shard.limits().max_message_bytes + GRPC_MESSAGE_SLACK_BYTES;
     let grpc_door = GrpcDoor::new(
         shard.clone(),
         GrpcSettings {
@@ -454,7 +467,7 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<StdTcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(LISTEN_BACKLOG_CONNECTIONS)?;
     Ok(socket.into())
 }
 
@@ -462,7 +475,7 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<StdUdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
-    socket.set_recv_buffer_size(4 << 20)?;
+    socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES)?;
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
@@ -578,9 +591,9 @@ pub fn connection_limits(
 /// floor either way (it checks the soft limit itself); tuning/README.md explains it.
 pub fn memlock_needed(shards: usize, ipc_lock: bool) -> u64 {
     if ipc_lock {
-        return GLOMMIO_MIN_MEMLOCK;
+        return GLOMMIO_MEMLOCK_BYTES_MIN;
     }
-    ((shards * IO_MEMORY * IO_MEMORY_RINGS) as u64).max(GLOMMIO_MIN_MEMLOCK)
+    ((shards * IO_MEMORY_BYTES * IO_MEMORY_RINGS) as u64).max(GLOMMIO_MEMLOCK_BYTES_MIN)
 }
 
 /// Fails early, with the fix, when io_uring could not register its memory.

@@ -35,12 +35,30 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Linux's largest TCP_KEEPIDLE and TCP_KEEPINTVL, in seconds.
-const MAX_KEEPALIVE_S: u32 = 32_767;
+const KEEPALIVE_S_MAX: u32 = 32_767;
 /// Linux's largest TCP_KEEPCNT.
-const MAX_KEEPALIVE_PROBES: u32 = 127;
+const KEEPALIVE_PROBES_MAX: u32 = 127;
+/// Linux's largest TCP_USER_TIMEOUT: the kernel takes it as a C int.
+const USER_TIMEOUT_MS_MAX: u32 = i32::MAX as u32;
 /// Most topic handles a connection may be allowed: a connection's handle table grows to its
 /// highest declared handle, so this bounds it (about 48 MiB at most).
-const MAX_TOPIC_HANDLES: usize = 1 << 20;
+const TOPIC_HANDLES_MAX: usize = 1 << 20;
+/// Most shards: far beyond any host's CPUs, low enough that a typo (an extra digit) is caught
+/// here instead of starting thousands of threads.
+const SHARDS_MAX: usize = 1024;
+/// Longest busy-poll before parking, one second: past that, spinning saves no wake-up worth
+/// the CPU it burns.
+const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000_000;
+/// Smallest `native.max_frame_bytes`: below it, ordinary requests (a topic, an id, a little
+/// metadata and payload) would be refused as too large.
+const NATIVE_FRAME_BYTES_MIN: usize = 1024;
+/// Largest `native.max_frame_bytes`: a native frame's length field is 32 bits.
+const NATIVE_FRAME_BYTES_MAX: usize = u32::MAX as usize;
+/// Largest `limits.max_metadata_entries`: an event's metadata count is 16 bits on the wire.
+const METADATA_ENTRIES_MAX: usize = u16::MAX as usize;
+/// Largest `limits.max_message_bytes`: an event's payload and metadata lengths are 32 bits on
+/// the wire.
+const MESSAGE_BYTES_MAX: usize = u32::MAX as usize;
 
 /// The whole configuration; the YAML file has the same shape.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -307,25 +325,29 @@ impl Config {
             }
         }
         if let Some(n) = self.shards.count {
-            if n == 0 || n > 1024 {
-                return Err(invalid("shards.count", format!("{n} is not in 1..=1024")));
+            if n == 0 || n > SHARDS_MAX {
+                return Err(invalid(
+                    "shards.count",
+                    format!("{n} is not in 1..={SHARDS_MAX}"),
+                ));
             }
         }
-        if self.shards.spin_before_park_us > 1_000_000 {
+        if self.shards.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return Err(invalid(
                 "shards.spin_before_park_us",
                 format!(
-                    "{} is over 1,000,000 (one second)",
+                    "{} is over {SPIN_BEFORE_PARK_US_MAX} (one second)",
                     self.shards.spin_before_park_us
                 ),
             ));
         }
         self.validate_connections()?;
         let l = &self.limits;
-        if self.native.max_frame_bytes < 1024 || self.native.max_frame_bytes > u32::MAX as usize {
+        if !(NATIVE_FRAME_BYTES_MIN..=NATIVE_FRAME_BYTES_MAX).contains(&self.native.max_frame_bytes)
+        {
             return Err(invalid(
                 "native.max_frame_bytes",
-                "must be between 1024 and 4294967295",
+                format!("must be between {NATIVE_FRAME_BYTES_MIN} and {NATIVE_FRAME_BYTES_MAX}"),
             ));
         }
         for (key, value) in [
@@ -344,22 +366,22 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
-        if l.max_topic_handles > MAX_TOPIC_HANDLES {
+        if l.max_topic_handles > TOPIC_HANDLES_MAX {
             return Err(invalid(
                 "limits.max_topic_handles",
-                format!("must be at most {MAX_TOPIC_HANDLES}"),
+                format!("must be at most {TOPIC_HANDLES_MAX}"),
             ));
         }
-        if l.max_metadata_entries > usize::from(u16::MAX) {
+        if l.max_metadata_entries > METADATA_ENTRIES_MAX {
             return Err(invalid(
                 "limits.max_metadata_entries",
-                "must be at most 65535",
+                format!("must be at most {METADATA_ENTRIES_MAX}"),
             ));
         }
-        if l.max_message_bytes > u32::MAX as usize {
+        if l.max_message_bytes > MESSAGE_BYTES_MAX {
             return Err(invalid(
                 "limits.max_message_bytes",
-                "must be at most 4294967295",
+                format!("must be at most {MESSAGE_BYTES_MAX}"),
             ));
         }
         if l.max_message_bytes > self.native.max_frame_bytes {
@@ -382,17 +404,17 @@ impl Config {
                 (
                     "connections.keepalive_idle_s",
                     c.keepalive_idle_s,
-                    MAX_KEEPALIVE_S,
+                    KEEPALIVE_S_MAX,
                 ),
                 (
                     "connections.keepalive_interval_s",
                     c.keepalive_interval_s,
-                    MAX_KEEPALIVE_S,
+                    KEEPALIVE_S_MAX,
                 ),
                 (
                     "connections.keepalive_probes",
                     c.keepalive_probes,
-                    MAX_KEEPALIVE_PROBES,
+                    KEEPALIVE_PROBES_MAX,
                 ),
             ] {
                 if value == 0 || value > max {
@@ -403,13 +425,12 @@ impl Config {
                 }
             }
         }
-        if c.user_timeout_ms > i32::MAX as u32 {
+        if c.user_timeout_ms > USER_TIMEOUT_MS_MAX {
             return Err(invalid(
                 "connections.user_timeout_ms",
                 format!(
-                    "{} is over {} (the kernel's range)",
-                    c.user_timeout_ms,
-                    i32::MAX
+                    "{} is over {USER_TIMEOUT_MS_MAX} (the kernel's range)",
+                    c.user_timeout_ms
                 ),
             ));
         }
@@ -570,6 +591,35 @@ mod tests {
         // Keepalive off: its other settings do not matter.
         let off = "connections:\n  keepalive_idle_s: 0\n  keepalive_probes: 0\n";
         Config::from_yaml(off).unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn bound_errors_state_the_bound() {
+        let error = |yaml: &str| Config::from_yaml(yaml).unwrap().validate().unwrap_err();
+        for (yaml, text) in [
+            (
+                "shards:\n  count: 1025\n",
+                "shards.count: 1025 is not in 1..=1024",
+            ),
+            (
+                "shards:\n  spin_before_park_us: 1000001\n",
+                "shards.spin_before_park_us: 1000001 is over 1000000 (one second)",
+            ),
+            (
+                "native:\n  max_frame_bytes: 1023\n",
+                "native.max_frame_bytes: must be between 1024 and 4294967295",
+            ),
+            (
+                "limits:\n  max_metadata_entries: 65536\n",
+                "limits.max_metadata_entries: must be at most 65535",
+            ),
+            (
+                "connections:\n  user_timeout_ms: 2147483648\n",
+                "connections.user_timeout_ms: 2147483648 is over 2147483647 (the kernel's range)",
+            ),
+        ] {
+            assert_eq!(error(yaml).to_string(), text, "{yaml}");
+        }
     }
 
     #[test]

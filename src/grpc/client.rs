@@ -12,8 +12,25 @@ use bytes::{Bytes, BytesMut};
 use prost::Message;
 
 use super::framing::{self, MessageReader};
-use super::h2::frame::{self, setting, Frame, SettingParam, MAX_WINDOW};
-use super::h2::hpack::{self, HeaderList};
+use super::h2::frame::{
+    self, setting, Frame, SettingParam, DEFAULT_MAX_FRAME_BYTES, DEFAULT_WINDOW_BYTES,
+    MAX_FRAME_BYTES_LIMIT, MAX_WINDOW_BYTES,
+};
+use super::h2::hpack::{self, HeaderList, DEFAULT_TABLE_BYTES};
+use super::status::Code;
+
+/// The read buffer's first capacity: a few reads' worth, so small calls never grow it.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// One socket read, into a stack array: a whole default-size frame payload
+/// ([`DEFAULT_MAX_FRAME_BYTES`]), while staying small for the stack.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+/// Largest decoded header list accepted from the server: far above any response's headers
+/// and trailers (a long grpc-message included), yet a bound on what a broken server can make
+/// the CLI hold.
+const HEADER_LIST_BYTES_MAX: usize = 1 << 20;
+/// Received bytes after which the client returns flow-control credit: half the window, so the
+/// server never runs out of it while the update is on its way.
+const WINDOW_UPDATE_AFTER_BYTES: u32 = MAX_WINDOW_BYTES / 2;
 
 /// What can go wrong in a call.
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +98,11 @@ impl GrpcClient {
             io,
             authority: addr.to_owned(),
             scheme,
-            rbuf: BytesMut::with_capacity(64 * 1024),
-            decoder: hpack::Decoder::new(4096),
+            rbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            decoder: hpack::Decoder::new(DEFAULT_TABLE_BYTES),
             first_block: true,
             next_stream: 1,
-            peer_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+            peer_max_frame: DEFAULT_MAX_FRAME_BYTES,
             consumed: 0,
         };
         let mut out = BytesMut::from(frame::PREFACE);
@@ -98,11 +115,12 @@ impl GrpcClient {
                 },
                 SettingParam {
                     id: setting::INITIAL_WINDOW_SIZE,
-                    value: MAX_WINDOW,
+                    value: MAX_WINDOW_BYTES,
                 },
             ],
         );
-        frame::put_window_update(&mut out, 0, MAX_WINDOW - 65_535);
+        // The connection window starts at the default: raise it to the largest, as the streams'.
+        frame::put_window_update(&mut out, 0, MAX_WINDOW_BYTES - DEFAULT_WINDOW_BYTES);
         client.io.write_all(&out)?;
         client.io.flush()?;
         Ok(client)
@@ -168,12 +186,12 @@ impl GrpcClient {
 
     fn read_frame(&mut self) -> Result<Frame, GrpcClientError> {
         loop {
-            match frame::decode(&mut self.rbuf, frame::MAX_MAX_FRAME_SIZE) {
+            match frame::decode(&mut self.rbuf, MAX_FRAME_BYTES_LIMIT) {
                 Ok(Some(f)) => return Ok(f),
                 Ok(None) => {}
                 Err(e) => return Err(GrpcClientError::Protocol(e.to_string())),
             }
-            let mut chunk = [0u8; 16 * 1024];
+            let mut chunk = [0u8; READ_CHUNK_BYTES];
             let n = self.io.read(&mut chunk)?;
             if n == 0 {
                 return Err(GrpcClientError::Protocol(
@@ -187,7 +205,7 @@ impl GrpcClient {
     fn fields(&mut self, block: Bytes) -> Result<HeaderList, GrpcClientError> {
         let mut fields = HeaderList::default();
         self.decoder
-            .decode(&block, &mut fields, 1 << 20)
+            .decode(&block, &mut fields, HEADER_LIST_BYTES_MAX)
             .map_err(|e| GrpcClientError::Protocol(format!("HPACK: {e}")))?;
         Ok(fields)
     }
@@ -227,7 +245,7 @@ impl Call<'_> {
                     flow_len,
                 } => {
                     client.consumed += flow_len;
-                    if client.consumed > MAX_WINDOW / 2 {
+                    if client.consumed > WINDOW_UPDATE_AFTER_BYTES {
                         let mut out = BytesMut::new();
                         frame::put_window_update(&mut out, 0, client.consumed);
                         frame::put_window_update(&mut out, self.stream, client.consumed);
@@ -262,7 +280,9 @@ impl Call<'_> {
                         }
                     }
                     if let Some(code) = get(b"grpc-status") {
-                        let code: u32 = String::from_utf8_lossy(code).parse().unwrap_or(2);
+                        let code: u32 = String::from_utf8_lossy(code)
+                            .parse()
+                            .unwrap_or(Code::Unknown as u32);
                         self.done = true;
                         if code != 0 {
                             let message =

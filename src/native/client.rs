@@ -16,11 +16,20 @@ use super::codec::{self, ErrorCode, EventFrame, FrameRef, Pong, RunWriter, Serve
 use super::event_run::{Delivered, EventRunFrame};
 use crate::engine::{EventRef, IdView, Priority, RawEvent};
 
-/// Largest frame the client accepts from a server.
-const MAX_FRAME: usize = 64 << 20;
-/// Largest and smallest socket reads.
-const MAX_READ: usize = 256 * 1024;
-const MIN_READ: usize = 4096;
+/// Largest frame the client accepts from a server: room for events far larger than the
+/// server's default limit (4 MiB), yet a bound on what a broken server can make it buffer.
+const FRAME_BYTES_MAX: usize = 64 << 20;
+/// Largest socket read: reads double while they come back full, up to this, so a subscriber
+/// at full speed takes many frames per system call without zeroing much unused buffer.
+const READ_BYTES_MAX: usize = 256 * 1024;
+/// Smallest socket read, and the first: an idle or slow connection keeps little memory.
+const READ_BYTES_MIN: usize = 4096;
+/// The read and write buffers' first capacity: a flush's worth of requests
+/// ([`FLUSH_THRESHOLD_BYTES`]) or a few reads, so neither grows in ordinary use.
+const BUFFER_CAPACITY_BYTES: usize = 64 * 1024;
+/// Buffered requests at which a `*_nowait` call sends them: large enough to carry many small
+/// events per write, small enough that the server sees them without a long delay.
+const FLUSH_THRESHOLD_BYTES: usize = 64 * 1024;
 
 /// What can go wrong talking to a server.
 #[derive(Debug, thiserror::Error)]
@@ -136,12 +145,12 @@ impl Client {
             io,
             socket,
             frames: Bytes::new(),
-            rbuf: BytesMut::with_capacity(64 * 1024),
-            wbuf: BytesMut::with_capacity(64 * 1024),
+            rbuf: BytesMut::with_capacity(BUFFER_CAPACITY_BYTES),
+            wbuf: BytesMut::with_capacity(BUFFER_CAPACITY_BYTES),
             inbox: VecDeque::new(),
             next_request: 1,
             next_handle: 1,
-            read_size: MIN_READ,
+            read_size: READ_BYTES_MIN,
         }
     }
 
@@ -170,7 +179,7 @@ impl Client {
     pub fn publish_nowait(&mut self, event: &RawEvent) -> Result<(), ClientError> {
         let id = self.request_id();
         codec::put_publish(&mut self.wbuf, id, false, event);
-        if self.wbuf.len() >= 64 * 1024 {
+        if self.wbuf.len() >= FLUSH_THRESHOLD_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -192,7 +201,7 @@ impl Client {
             priority as u8,
             payload,
         );
-        if self.wbuf.len() >= 64 * 1024 {
+        if self.wbuf.len() >= FLUSH_THRESHOLD_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -245,7 +254,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let id = self.request_id();
         self.put_run(id, false, topic, events);
-        if self.wbuf.len() >= 64 * 1024 {
+        if self.wbuf.len() >= FLUSH_THRESHOLD_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -556,7 +565,7 @@ impl Client {
 
     /// The frame at the front of `frames` (which holds whole frames only; not empty).
     fn first_frame(&self) -> FrameRef<'_> {
-        let frame = codec::frame_at(&self.frames, MAX_FRAME);
+        let frame = codec::frame_at(&self.frames, FRAME_BYTES_MAX);
         frame.ok().flatten().expect("frames holds whole frames")
     }
 
@@ -568,7 +577,7 @@ impl Client {
             }
             // Let go of the last read's buffer, so that reading more can reuse it.
             self.frames = Bytes::new();
-            let (whole, framing) = codec::whole_frames(&self.rbuf, MAX_FRAME);
+            let (whole, framing) = codec::whole_frames(&self.rbuf, FRAME_BYTES_MAX);
             if whole > 0 {
                 self.frames = self.rbuf.split_to(whole).freeze();
                 continue;
@@ -605,9 +614,9 @@ impl Client {
             // twice what arrives was a memset as large as the data (a measurable part of a
             // subscriber's time at millions of events/s: docs/PERFORMANCE.md).
             self.read_size = if n == self.read_size {
-                (n * 2).min(MAX_READ)
+                (n * 2).min(READ_BYTES_MAX)
             } else {
-                (n + n / 4).clamp(MIN_READ, MAX_READ)
+                (n + n / 4).clamp(READ_BYTES_MIN, READ_BYTES_MAX)
             };
         }
     }

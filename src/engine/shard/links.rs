@@ -15,7 +15,7 @@ use crate::engine::notify::Notify;
 
 /// Messages an outbox may hold before the doors of this shard stop reading from their
 /// sockets: the engine is saturated and publishers must slow down (PROTOCOL.md §8.2).
-const MAX_BACKLOG: usize = 64 * 1024;
+const BACKLOG_MESSAGES_MAX: usize = 64 * 1024;
 
 /// What this shard has for one peer, and the flusher task's wake-up.
 #[derive(Default)]
@@ -83,7 +83,7 @@ impl Shard {
         while self
             .outboxes
             .iter()
-            .any(|o| o.batch.borrow().msgs.len() > MAX_BACKLOG)
+            .any(|o| o.batch.borrow().msgs.len() > BACKLOG_MESSAGES_MAX)
         {
             self.drained.wait().await;
         }
