@@ -300,27 +300,40 @@ fn an_idle_connection_gets_a_goaway_after_its_idle_timeout_and_not_before() {
     });
 }
 
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A session whose client was silent for the PING interval, and the PING it was sent then:
+/// the session, when it was sent, and its payload.
+async fn pinged() -> (Harness, Instant, [u8; frame::PING_PAYLOAD_BYTES]) {
+    let settings = SessionSettings {
+        liveness: Some(Liveness {
+            interval: PING_INTERVAL,
+            timeout: PING_TIMEOUT,
+        }),
+        ..SETTINGS
+    };
+    let mut h = Harness::new(settings);
+    let start = Instant::now();
+    h.deliver(start).await.unwrap();
+    let ping_at = start + PING_INTERVAL;
+    assert_eq!(
+        h.session.on_timer(ping_at),
+        TimerVerdict::Next(Some(ping_at + PING_TIMEOUT))
+    );
+    let seen = h.written();
+    let [Seen::Other(Frame::Ping { ack: false, data })] = &seen[..] else {
+        panic!("{seen:?}")
+    };
+    let data = *data;
+    (h, ping_at, data)
+}
+
 #[test]
 fn a_client_silent_after_a_ping_is_cut() {
     on_shard(|| async {
-        let (interval, timeout) = (Duration::from_secs(5), Duration::from_secs(2));
-        let settings = SessionSettings {
-            liveness: Some(Liveness { interval, timeout }),
-            ..SETTINGS
-        };
-        let mut h = Harness::new(settings);
-        let start = Instant::now();
-        h.deliver(start).await.unwrap();
-        let ping_at = start + interval;
-        assert_eq!(
-            h.session.on_timer(ping_at),
-            TimerVerdict::Next(Some(ping_at + timeout))
-        );
-        let seen = h.written();
-        assert!(
-            matches!(seen[..], [Seen::Other(Frame::Ping { ack: false, .. })]),
-            "{seen:?}"
-        );
+        let (mut h, ping_at, _) = pinged().await;
+        let timeout = PING_TIMEOUT;
         assert_eq!(h.session.on_timer(ping_at + timeout), TimerVerdict::Dead);
         let seen = h.written();
         let [Seen::Other(Frame::GoAway { debug, .. })] = &seen[..] else {
@@ -333,21 +346,9 @@ fn a_client_silent_after_a_ping_is_cut() {
 #[test]
 fn a_client_that_answers_the_ping_is_pinged_again_an_interval_later() {
     on_shard(|| async {
-        let (interval, timeout) = (Duration::from_secs(5), Duration::from_secs(2));
-        let settings = SessionSettings {
-            liveness: Some(Liveness { interval, timeout }),
-            ..SETTINGS
-        };
-        let mut h = Harness::new(settings);
-        let start = Instant::now();
-        h.deliver(start).await.unwrap();
-        let ping_at = start + interval;
-        h.session.on_timer(ping_at);
-        let seen = h.written();
-        let [Seen::Other(Frame::Ping { data, .. })] = &seen[..] else {
-            panic!("{seen:?}")
-        };
-        frame::put_ping(&mut h.peer.input, true, *data);
+        let (mut h, ping_at, data) = pinged().await;
+        let interval = PING_INTERVAL;
+        frame::put_ping(&mut h.peer.input, true, data);
         let answered = ping_at + Duration::from_secs(1);
         h.deliver(answered).await.unwrap();
         assert_eq!(
