@@ -17,6 +17,7 @@ macro_rules! log_line {
 }
 
 pub mod accept;
+pub mod bridge;
 pub mod busy_poll;
 pub mod config;
 pub mod doctor;
