@@ -1,5 +1,5 @@
 //! The engine: everything between a door that decoded an event and the queue of a subscriber
-//! that will receive it. Doors (the native TCP and UDP doors today) call into the [`Shard`] of
+//! that will receive it. Doors (native TCP and UDP, gRPC) call into the [`Shard`] of
 //! the core they run on.
 //!
 //! Read in this order: [`event`] and [`topic`] (what flows), [`routing`] (who owns a topic),

@@ -1,7 +1,8 @@
 //! The gRPC door (port 9200): HTTP/2 written for this server ([`h2`]), gRPC's message
 //! framing ([`framing`]) and statuses ([`status`]), `eventstream.EventService`
-//! ([`service`]), server reflection ([`reflection`]), and the per-connection driver on a shard
-//! ([`connection`]).
+//! ([`service`]), server reflection ([`reflection`]), one connection's calls without I/O
+//! ([`calls`]) and its socket loops on a shard ([`connection`]); [`client`] is the CLI's small
+//! gRPC client.
 
 pub mod calls;
 pub mod client;

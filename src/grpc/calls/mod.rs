@@ -1,5 +1,5 @@
 //! The call layer of a gRPC connection, with no I/O: bytes a socket read go in
-//! ([`Session::receive`]), HTTP/2 frames to write come out ([`Session::output`]), and in
+//! ([`Session::receive`]), HTTP/2 frames to write come out ([`Session::collect_output`]), and in
 //! between every call is dispatched to the engine and answered. The connection
 //! ([`connection`](super::connection)) only moves bytes between this and its socket, and wakes
 //! it on time ([`Session::on_timer`]); the tests below drive it with an HTTP/2 peer and no

@@ -1,5 +1,6 @@
 //! HTTP/2 for the gRPC door, written for this server: [`frame`] turns bytes into checked
-//! frames and back; [`connection`] is the per-connection state machine. Neither does I/O.
+//! frames and back, [`hpack`] header blocks into field lists and back, and [`connection`] is
+//! the per-connection state machine. None does I/O.
 
 pub mod connection;
 pub mod frame;
