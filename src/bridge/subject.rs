@@ -123,6 +123,7 @@ fn unescape_into(out: &mut String, token: &str) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::interest::nats_matches;
     use proptest::prelude::*;
 
     fn prefix() -> Prefix {
@@ -131,28 +132,6 @@ mod tests {
 
     fn topic(text: &str) -> Topic {
         Topic::parse(text.as_bytes().to_vec().into()).unwrap()
-    }
-
-    /// NATS's own subject matching (a subscription's `*` is one token, a last `>` one or
-    /// more), written from its documentation to hold the mapping against.
-    fn nats_matches(subscription: &str, subject: &str) -> bool {
-        let mut tokens = subject.split('.');
-        for wanted in subscription.split('.') {
-            match wanted {
-                ">" => return tokens.next().is_some(),
-                "*" => {
-                    if tokens.next().is_none() {
-                        return false;
-                    }
-                }
-                literal => {
-                    if tokens.next() != Some(literal) {
-                        return false;
-                    }
-                }
-            }
-        }
-        tokens.next().is_none()
     }
 
     #[test]
