@@ -82,6 +82,10 @@ struct ServeArgs {
     /// (shards.spin_before_park_us; each spinning shard keeps its CPU busy) [default: 0].
     #[arg(long, value_name = "MICROSECONDS")]
     spin_us: Option<u64>,
+    /// Join other nodes through these NATS servers (bridge.urls), exporting and importing
+    /// every topic unless the config file's bridge section says otherwise.
+    #[arg(long, value_name = "nats://HOST:PORT[,...]", value_delimiter = ',')]
+    bridge: Vec<String>,
 }
 
 /// Talking to the gRPC door instead of the native one, optionally over TLS.
@@ -268,6 +272,9 @@ fn serve(args: ServeArgs) -> CliResult {
     }
     if let Some(us) = args.spin_us {
         config.shards.spin_before_park_us = us;
+    }
+    if !args.bridge.is_empty() {
+        config.bridge.urls = args.bridge.clone();
     }
     if args.no_pin {
         config.shards.pin = false;

@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::accept::{ConnectionLimit, SocketOptions};
+use crate::bridge::BridgeStats;
 use crate::door::{Doorway, DoorwaySettings};
 use crate::engine::{DoorKind, Priority, Shard, ShardStats, ACK_LATENCY_BUCKETS};
 
@@ -33,14 +35,18 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Door {
     doorway: Doorway,
     started: Instant,
+    /// The NATS bridge's counters, when it runs.
+    bridge: Option<Arc<BridgeStats>>,
 }
 
 impl Door {
-    /// A door reporting uptime from `started`. Over `limit` (shared by every shard's door) a
-    /// connection is answered 503 and closed; the others get `sockets`.
+    /// A door reporting uptime from `started` (and the NATS bridge's counters, if it runs).
+    /// Over `limit` (shared by every shard's door) a connection is answered 503 and closed;
+    /// the others get `sockets`.
     pub fn new(
         shard: Rc<Shard>,
         started: Instant,
+        bridge: Option<Arc<BridgeStats>>,
         limit: Arc<ConnectionLimit>,
         sockets: SocketOptions,
     ) -> Rc<Door> {
@@ -55,6 +61,7 @@ impl Door {
         Rc::new(Door {
             doorway: Doorway::new(shard, doorway),
             started,
+            bridge,
         })
     }
 
@@ -95,7 +102,10 @@ impl Door {
         .await;
         match gathered {
             Ok(per_shard) => {
-                let body = render(&per_shard, self.started.elapsed());
+                let mut body = render(&per_shard, self.started.elapsed());
+                if let Some(bridge) = &self.bridge {
+                    render_bridge(&mut body, bridge);
+                }
                 response(200, "OK", "text/plain; version=0.0.4", &body)
             }
             Err(_) => response(
@@ -142,6 +152,63 @@ fn response(code: u16, reason: &str, content_type: &str, body: &str) -> String {
 
 /// Reads one per-door counter out of a shard's counters (in [`DoorKind::ALL`] order).
 type PerDoor = fn(&ShardStats) -> [u64; DoorKind::COUNT];
+
+/// The NATS bridge's counters in Prometheus text, appended to `out`.
+pub fn render_bridge(out: &mut String, stats: &BridgeStats) {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let counters = [
+        (
+            "eventstream_bridge_exported_total",
+            "Events published to NATS.",
+            load(&stats.exported),
+        ),
+        (
+            "eventstream_bridge_export_failed_total",
+            "Events that could not be published to NATS.",
+            load(&stats.export_failed),
+        ),
+        (
+            "eventstream_bridge_export_cuts_total",
+            "Times the export queue was cut (a CRITICAL event found it full) and made again.",
+            load(&stats.export_cuts),
+        ),
+        (
+            "eventstream_bridge_imported_total",
+            "Events received from NATS and published on this node.",
+            load(&stats.imported),
+        ),
+        (
+            "eventstream_bridge_import_refused_total",
+            "Messages from NATS that were not valid events.",
+            load(&stats.import_refused),
+        ),
+        (
+            "eventstream_bridge_import_dropped_total",
+            "Imported events dropped because their shard was behind.",
+            load(&stats.import_dropped),
+        ),
+        (
+            "eventstream_bridge_reconnects_total",
+            "Connections to NATS made again after one was lost.",
+            load(&stats.reconnects),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let name = "eventstream_bridge_export_shed_total";
+    let _ = writeln!(out, "# HELP {name} Events shed from the export queue while NATS was slow or down, by priority.\n# TYPE {name} counter");
+    for (priority, shed) in Priority::ALL.iter().zip(&stats.export_shed) {
+        let _ = writeln!(out, "{name}{{priority=\"{priority}\"}} {}", load(shed));
+    }
+    let connected = u8::from(stats.connected.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP eventstream_bridge_connected 1 while connected to NATS.\n# TYPE eventstream_bridge_connected gauge\neventstream_bridge_connected {connected}");
+    let rtt = load(&stats.rtt_us) as f64 / 1e6;
+    let _ = writeln!(out, "# HELP eventstream_bridge_rtt_seconds The last round trip to the NATS server.\n# TYPE eventstream_bridge_rtt_seconds gauge\neventstream_bridge_rtt_seconds {rtt}");
+}
 
 /// The Prometheus text exposition of every shard's counters.
 pub fn render(per_shard: &[ShardStats], uptime: Duration) -> String {

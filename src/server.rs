@@ -14,6 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::accept::{ConnectionLimit, SocketOptions};
+use crate::bridge::{Bridge, BridgeStats};
 use crate::busy_poll::BusyPoll;
 use crate::config::{Config, ConfigError};
 use crate::engine::{Batch, Shard};
@@ -96,6 +97,8 @@ pub struct RunningServer {
     shards: Vec<glommio::ExecutorJoinHandle<()>>,
     /// How long shards give their clients at a stop (`shutdown.drain_timeout_ms`).
     drain: Duration,
+    /// The NATS bridge, when configured.
+    bridge: Option<Bridge>,
 }
 
 /// How long after the drain timeout a stopping shard may take to exit before it counts as
@@ -133,12 +136,20 @@ impl RunningServer {
         for stop in &self.stops {
             let _ = stop.send(());
         }
-        let shards = self.shards;
+        let (shards, bridge) = (self.shards, self.bridge);
         finishes_within(self.drain + STOP_GRACE, move || {
             for handle in shards {
                 let _ = handle.join();
             }
+            if let Some(bridge) = bridge {
+                bridge.stop();
+            }
         })
+    }
+
+    /// The NATS bridge's counters, when it runs.
+    pub fn bridge_stats(&self) -> Option<Arc<BridgeStats>> {
+        self.bridge.as_ref().map(|b| b.stats.clone())
     }
 }
 
@@ -218,6 +229,12 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         ^ u64::from(std::process::id()) << 32;
+    let (bridge, taps) = match Bridge::start(&config.bridge, cpus.len())? {
+        Some((bridge, taps)) => (Some(bridge), taps.into_iter().map(Some).collect()),
+        None => (None, (0..cpus.len()).map(|_| None).collect::<Vec<_>>()),
+    };
+    let bridge_stats = bridge.as_ref().map(|b: &Bridge| b.stats.clone());
+    let mut taps = taps.into_iter();
     let mesh = MeshBuilder::<Batch, _>::full(cpus.len(), CHANNEL_BATCHES);
     let mut stops = Vec::new();
     let mut shards = Vec::new();
@@ -244,6 +261,8 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
             metrics: metrics_limit.clone(),
         };
         let mesh = mesh.clone();
+        let tap = taps.next().flatten();
+        let bridge_stats = bridge_stats.clone();
         // Each shard reports Created (its executor exists) then Serving; a sender dropped
         // before Created means the executor could not be made, and its thread says why.
         let (ready, ready_rx) = flume::unbounded::<Stage>();
@@ -270,6 +289,9 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                 let id = senders.peer_id();
                 let shard = Shard::new(id, senders.nr_consumers(), limits, seed);
                 shard.spawn_links(senders, receivers);
+                if let Some(tap) = tap {
+                    crate::bridge::attach(&shard, tap);
+                }
                 let tls = DoorTls {
                     grpc: grpc_tls,
                     native: native_tls,
@@ -282,6 +304,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
                     sockets: socket_options,
                     started,
                     spin,
+                    bridge: bridge_stats,
                 };
                 run_shard(shard, sockets, tls, doors, drain, ready, stop_rx).await;
             })
@@ -324,6 +347,7 @@ pub fn start(config: &Config) -> Result<RunningServer, StartError> {
         stops,
         shards,
         drain: config.drain_timeout(),
+        bridge,
     })
 }
 
@@ -353,6 +377,8 @@ struct DoorSettings {
     /// Low-latency mode's spin window (zero: off); a connection polls its socket for up to
     /// this long after each read ([`BusyPoll`]).
     spin: Duration,
+    /// The NATS bridge's counters, for the metrics door.
+    bridge: Option<Arc<BridgeStats>>,
 }
 
 async fn run_shard(
@@ -398,6 +424,7 @@ async fn run_shard(
     let metrics_door = crate::metrics::Door::new(
         shard.clone(),
         doors.started,
+        doors.bridge,
         doors.limits.metrics,
         doors.sockets,
     );

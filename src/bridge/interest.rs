@@ -4,10 +4,18 @@
 //! matches, which one of them imports it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::subject::{subscription_of, Prefix};
 use crate::engine::topic::Segment;
 use crate::engine::Pattern;
+
+/// A local subscription to `pattern` started (`added`) or ended, as a shard tells the bridge.
+#[derive(Clone, Debug)]
+pub struct LocalChange {
+    pub pattern: Arc<Pattern>,
+    pub added: bool,
+}
 
 /// A change to make to the node's NATS subscriptions.
 #[derive(Clone, Debug, PartialEq, Eq)]

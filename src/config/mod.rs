@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use crate::engine::Limits;
 
+mod bridge;
 mod tls;
+pub use bridge::BridgeConfig;
 pub use tls::{ClientAuth, TlsConfig};
 
 /// Why the configuration cannot be used.
@@ -27,7 +29,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.to_owned(),
         reason: reason.into(),
@@ -75,6 +77,8 @@ pub struct Config {
     pub shards: ShardsConfig,
     pub limits: Limits,
     pub shutdown: ShutdownConfig,
+    /// Joining other nodes through NATS (off by default).
+    pub bridge: BridgeConfig,
 }
 
 /// The gRPC door.
@@ -189,6 +193,7 @@ impl Default for Config {
             shards: ShardsConfig::default(),
             limits: Limits::default(),
             shutdown: ShutdownConfig::default(),
+            bridge: BridgeConfig::default(),
         }
     }
 }
@@ -342,6 +347,7 @@ impl Config {
             ));
         }
         self.validate_connections()?;
+        self.bridge.validate()?;
         let l = &self.limits;
         if !(NATIVE_FRAME_BYTES_MIN..=NATIVE_FRAME_BYTES_MAX).contains(&self.native.max_frame_bytes)
         {

@@ -26,6 +26,6 @@ pub use event::{
 pub use limits::Limits;
 pub use messages::{Batch, DoorKind, ShardStats, ACK_LATENCY_BUCKETS};
 pub use reply::{AckOutcome, AckRequest, AckSink, PublishError, Reply, SinkId};
-pub use shard::Shard;
+pub use shard::{InterestHook, Shard};
 pub use subscriber::{Consumer, EncodeEvent, Encoding, SubState, Subscriber};
 pub use topic::{Pattern, RecentTopic, Topic, TopicError};

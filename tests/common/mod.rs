@@ -84,6 +84,11 @@ impl TestServer {
         }
     }
 
+    /// The NATS bridge's counters, when the server runs one.
+    pub fn bridge_stats(&self) -> Option<std::sync::Arc<eventstream::bridge::BridgeStats>> {
+        self.running.as_ref().and_then(|r| r.bridge_stats())
+    }
+
     /// A client with a 20 s safety timeout on every wait.
     pub fn client(&self) -> Client {
         let mut c = Client::connect(&self.native.to_string()).expect("connect");

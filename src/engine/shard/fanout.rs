@@ -281,6 +281,7 @@ impl Shard {
                 sub.set_state(SubState::Cut);
                 self.local.borrow_mut().remove(&sub.key.local);
                 self.unregister(&sub);
+                self.tell_interest(&sub, false);
             }
         }
     }

@@ -76,6 +76,20 @@ pub struct Shard {
     closing: Cell<bool>,
     /// Woken when the server starts shutting down.
     pub shutdown: Notify,
+    /// Told of local subscriptions as they start and end (the NATS bridge's imports).
+    interest_hook: RefCell<Option<Rc<dyn InterestHook>>>,
+}
+
+/// Hears of every subscription homed on a shard as it starts and ends (the NATS bridge
+/// subscribes in NATS to what local subscribers ask for). Called off the event path.
+pub trait InterestHook {
+    /// `sub` started (`added`) or ended: unsubscribed, its connection gone, or cut.
+    fn changed(&self, sub: &Subscriber, added: bool);
+    /// Whether the server should report itself serving (a required bridge that is down
+    /// makes it not serving).
+    fn serving(&self) -> bool {
+        true
+    }
 }
 
 impl Shard {
@@ -102,6 +116,7 @@ impl Shard {
             drained: Notify::default(),
             closing: Cell::new(false),
             shutdown: Notify::default(),
+            interest_hook: RefCell::default(),
         })
     }
 
@@ -128,6 +143,13 @@ impl Shard {
     /// True once shutdown began.
     pub fn is_closing(&self) -> bool {
         self.closing.get()
+    }
+
+    /// False while something this server was configured to need is down (a required NATS
+    /// bridge that is disconnected): health checks then report it not serving.
+    pub fn dependencies_serving(&self) -> bool {
+        let hook = self.interest_hook.borrow();
+        hook.as_ref().is_none_or(|hook| hook.serving())
     }
 
     /// Starts the shutdown: doors stop accepting and close their connections.

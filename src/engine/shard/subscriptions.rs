@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::pending::Pending;
-use super::Shard;
+use super::{InterestHook, Shard};
 use crate::engine::event::Priority;
 use crate::engine::index::{SubEntry, SubKey};
 use crate::engine::messages::ShardMsg;
@@ -72,6 +72,7 @@ impl Shard {
             self.delivered.clone(),
         ));
         self.local.borrow_mut().insert(local, sub.clone());
+        self.tell_interest(&sub, true);
         let entry = SubEntry { key, min_priority };
         let targets = self.targets(&pattern);
         let remote = targets.clone().filter(|&t| t != self.id).count();
@@ -115,7 +116,21 @@ impl Shard {
         self.local.borrow_mut().remove(&sub.key.local);
         if was == SubState::Active {
             self.unregister(sub);
+            self.tell_interest(sub, false);
         }
+    }
+
+    /// Lets this shard's [`InterestHook`] know a local subscription started or ended.
+    pub(super) fn tell_interest(&self, sub: &Subscriber, added: bool) {
+        let hook = self.interest_hook.borrow().clone();
+        if let Some(hook) = hook {
+            hook.changed(sub, added);
+        }
+    }
+
+    /// Installs `hook`, told of every local subscription that starts or ends from now on.
+    pub fn set_interest_hook(&self, hook: Rc<dyn InterestHook>) {
+        *self.interest_hook.borrow_mut() = Some(hook);
     }
 
     pub(super) fn unregister(&self, sub: &Subscriber) {

@@ -20,8 +20,9 @@ use crate::proto::grpc::health::v1::{
 const PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Session {
-    /// Whether the server is healthy: every shard answers a ping within 1 s and it is not
-    /// stopping. None when the call was cancelled meanwhile.
+    /// Whether the server is healthy: every shard answers a ping within 1 s, it is not
+    /// stopping, and a required NATS bridge is connected. None when the call was cancelled
+    /// meanwhile.
     async fn healthy(self: &Rc<Self>, stream: u32) -> Option<bool> {
         self.calls.borrow_mut().insert(stream, Call::Waiting);
         let answered =
@@ -29,7 +30,7 @@ impl Session {
                 .await
                 .is_ok();
         self.calls.borrow_mut().remove(&stream)?;
-        Some(answered && !self.shard.is_closing())
+        Some(answered && !self.shard.is_closing() && self.shard.dependencies_serving())
     }
 
     pub(super) async fn health(self: &Rc<Self>, stream: u32) {

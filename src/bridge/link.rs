@@ -1,0 +1,291 @@
+//! The bridge's own thread: one connection to NATS (the official client, on a tokio
+//! current-thread runtime), the export of what shard 0 sends, the NATS subscriptions the
+//! node's interest needs, and the import of what they receive, to each topic's owner shard.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::headers::{event_of, headers_of, is_imported};
+use super::interest::{Change, Interest, LocalChange};
+use super::subject::{subject_of, topic_of};
+use super::{BridgeStats, Settings};
+use crate::engine::routing::owner_of;
+use crate::engine::{EventView, IdView, Priority, RawEvent, Topic};
+use crate::native::codec::{self, ServerFrame};
+
+/// How often the round trip to NATS is measured.
+const RTT_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a stopping bridge waits for what it still has to export to reach NATS.
+const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
+/// Messages one NATS subscription may buffer in the client before NATS counts this node as
+/// a slow consumer.
+const SUBSCRIPTION_CAPACITY_MESSAGES: usize = 64 * 1024;
+
+/// The thread's state, moved onto it.
+pub(super) struct Link {
+    pub(super) settings: Settings,
+    pub(super) exports: flume::Receiver<Bytes>,
+    pub(super) interest: flume::Receiver<LocalChange>,
+    pub(super) imports: Vec<flume::Sender<RawEvent>>,
+    pub(super) stats: Arc<BridgeStats>,
+    pub(super) stopped: flume::Receiver<()>,
+}
+
+impl Link {
+    /// The thread's body: serves until the server stops the bridge.
+    pub(super) fn run(self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let runtime = match runtime {
+            Ok(runtime) => runtime,
+            Err(e) => return crate::log_line!("bridge: cannot start its runtime: {e}"),
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, self.serve());
+    }
+
+    async fn serve(self) {
+        let client = match self.connect().await {
+            Ok(client) => client,
+            Err(e) => return crate::log_line!("bridge: {e}"),
+        };
+        let exporting = tokio::task::spawn_local(export(
+            client.clone(),
+            self.exports.clone(),
+            self.settings.clone(),
+            self.stats.clone(),
+        ));
+        let measuring = tokio::task::spawn_local(measure_rtt(client.clone(), self.stats.clone()));
+        let interest = Rc::new(RefCell::new(Interest::new(
+            self.settings.prefix.clone(),
+            self.settings.import.clone(),
+        )));
+        let imports = Rc::new(self.imports);
+        let mut held: HashMap<String, JoinHandle<()>> = HashMap::new();
+        loop {
+            let change = tokio::select! {
+                change = self.interest.recv_async() => change,
+                _ = self.stopped.recv_async() => break,
+            };
+            let Ok(LocalChange { pattern, added }) = change else {
+                break;
+            };
+            let changes = match added {
+                true => interest.borrow_mut().add(&pattern),
+                false => interest.borrow_mut().remove(&pattern),
+            };
+            for change in changes {
+                match change {
+                    Change::Subscribe(subject) => match client.subscribe(subject.clone()).await {
+                        Ok(subscription) => {
+                            let forwarding = forward(
+                                subscription,
+                                subject.clone(),
+                                interest.clone(),
+                                imports.clone(),
+                                self.settings.clone(),
+                                self.stats.clone(),
+                            );
+                            held.insert(subject, tokio::task::spawn_local(forwarding));
+                        }
+                        Err(e) => crate::log_line!("bridge: cannot subscribe to {subject}: {e}"),
+                    },
+                    // Dropping the subscription unsubscribes it in NATS.
+                    Change::Unsubscribe(subject) => {
+                        if let Some(forwarding) = held.remove(&subject) {
+                            forwarding.abort();
+                        }
+                    }
+                }
+            }
+        }
+        for (_, forwarding) in held {
+            forwarding.abort();
+        }
+        measuring.abort();
+        exporting.abort();
+        let _ = tokio::time::timeout(FLUSH_AT_STOP, client.flush()).await;
+    }
+
+    /// A client that keeps (re)connecting in the background, never echoes this node's own
+    /// messages back to it, and keeps `stats` up to date.
+    async fn connect(&self) -> Result<Client, String> {
+        let settings = &self.settings;
+        let mut options = match &settings.credentials_file {
+            Some(path) => ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| format!("bridge.credentials_file {}: {e}", path.display()))?,
+            None => ConnectOptions::new(),
+        };
+        if let Some((user, password)) = &settings.user {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(ca) = &settings.tls_ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        let stats = self.stats.clone();
+        let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        options = options
+            .no_echo()
+            .name(format!("eventstream {}", settings.origin))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .subscription_capacity(SUBSCRIPTION_CAPACITY_MESSAGES)
+            .event_callback(move |event| {
+                let stats = stats.clone();
+                let connected_once = connected_once.clone();
+                match event {
+                    async_nats::Event::Connected => {
+                        if connected_once.swap(true, Ordering::Relaxed) {
+                            BridgeStats::count(&stats.reconnects);
+                        }
+                        stats.connected.store(true, Ordering::Relaxed);
+                    }
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        if stats.connected.swap(false, Ordering::Relaxed) {
+                            crate::log_line!("bridge: disconnected from NATS, reconnecting");
+                        }
+                    }
+                    // Failed attempts repeat while NATS is away: the counters and the
+                    // `connected` gauge tell of them, the log only of the disconnection.
+                    async_nats::Event::ClientError(_) => {}
+                    other => crate::log_line!("bridge: NATS: {other}"),
+                }
+                async {}
+            });
+        options
+            .connect(settings.urls.as_slice())
+            .await
+            .map_err(|e| format!("cannot connect to NATS {:?}: {e}", settings.urls))
+    }
+}
+
+/// Publishes what shard 0's export task sends: batches of native EVENT frames, each one
+/// exported once (by the first export pattern matching its topic) unless it was imported.
+async fn export(
+    client: Client,
+    batches: flume::Receiver<Bytes>,
+    settings: Settings,
+    stats: Arc<BridgeStats>,
+) {
+    while let Ok(batch) = batches.recv_async().await {
+        let mut at = 0;
+        while let Ok(Some(frame)) = codec::frame_at(&batch[at..], usize::MAX) {
+            at += frame.wire_len;
+            let Ok(ServerFrame::Event {
+                sub_id,
+                sequence,
+                event,
+            }) = ServerFrame::parse_in(frame, &batch)
+            else {
+                debug_assert!(false, "the export queue holds EVENT frames");
+                continue;
+            };
+            let Ok(topic) = Topic::parse(event.topic.clone()) else {
+                continue; // sequenced events have valid topics
+            };
+            let first = settings
+                .export
+                .iter()
+                .position(|p| p.matches(topic.as_str()));
+            if first != Some(sub_id as usize) {
+                continue; // another export pattern's copy goes
+            }
+            let view = view_of(&event, sequence);
+            if is_imported(&view) {
+                continue; // from NATS: never sent back
+            }
+            let mut headers = HeaderMap::new();
+            for (name, value) in headers_of(&view, &settings.origin) {
+                headers.append(name, value);
+            }
+            let subject = subject_of(&settings.prefix, &topic);
+            match client
+                .publish_with_headers(subject, headers, event.payload.clone())
+                .await
+            {
+                Ok(()) => BridgeStats::count(&stats.exported),
+                Err(_) => BridgeStats::count(&stats.export_failed),
+            }
+        }
+    }
+}
+
+/// An owned event of an EVENT frame, as the view the header mapping reads.
+fn view_of(event: &RawEvent, sequence: u64) -> EventView<'_> {
+    EventView {
+        topic: &event.topic,
+        id: IdView::Given(&event.id),
+        payload: &event.payload,
+        metadata_count: event.metadata.len() as u16,
+        metadata: event.metadata.wire(),
+        priority: Priority::from_u8(event.priority).unwrap_or(Priority::Medium),
+        timestamp_ns: event.timestamp_ns,
+        sequence,
+    }
+}
+
+/// Sends what NATS subscription `via` receives to each event's owner shard, unless another
+/// held subscription imports the same message.
+async fn forward(
+    mut subscription: async_nats::Subscriber,
+    via: String,
+    interest: Rc<RefCell<Interest>>,
+    imports: Rc<Vec<flume::Sender<RawEvent>>>,
+    settings: Settings,
+    stats: Arc<BridgeStats>,
+) {
+    while let Some(message) = subscription.next().await {
+        if !interest
+            .borrow()
+            .imports_via(&via, message.subject.as_str())
+        {
+            continue;
+        }
+        let Ok(topic) = topic_of(&settings.prefix, message.subject.as_str()) else {
+            BridgeStats::count(&stats.import_refused);
+            continue;
+        };
+        let headers = message.headers.iter().flat_map(|map| {
+            map.iter().flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |value| (name.as_ref(), value.as_str()))
+            })
+        });
+        let owner = owner_of(topic.bytes(), imports.len());
+        match event_of(topic.bytes().clone(), message.payload.clone(), headers) {
+            Ok(event) => match imports[owner].try_send(event) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(_)) => BridgeStats::count(&stats.import_dropped),
+                Err(flume::TrySendError::Disconnected(_)) => return,
+            },
+            Err(_) => BridgeStats::count(&stats.import_refused),
+        }
+    }
+}
+
+/// Measures the round trip to the NATS server (a PING and its PONG) every [`RTT_INTERVAL`].
+async fn measure_rtt(client: Client, stats: Arc<BridgeStats>) {
+    loop {
+        tokio::time::sleep(RTT_INTERVAL).await;
+        if !stats.connected.load(Ordering::Relaxed) {
+            continue;
+        }
+        let start = Instant::now();
+        if client.flush().await.is_ok() {
+            let rtt_us = start.elapsed().as_micros().max(1) as u64;
+            stats.rtt_us.store(rtt_us, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! The NATS bridge with real nats-server processes (docs/BRIDGE.md): nodes deliver each
+//! other's events, once, never back to where they came from; NATS going away leaves local
+//! traffic alone; a NATS cluster joins three nodes. Needs `nats-server` on the PATH (Debian:
+//! `apt-get install nats-server`; .ci/run installs it).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use eventstream::engine::{Priority, RawEvent};
+use eventstream::grpc::client::GrpcClient;
+use eventstream::proto;
+use prost::Message;
+
+/// How long anything in these tests may take to arrive before it counts as lost.
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a test waits to be sure nothing more arrives.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// A nats-server process, killed when dropped.
+struct Nats {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Nats {
+    /// A standalone server on a free port.
+    fn start() -> Nats {
+        let port = free_port();
+        Nats::start_with(port, Vec::new())
+    }
+
+    fn start_with(port: u16, extra: Vec<String>) -> Nats {
+        let mut nats = Nats {
+            child: None,
+            port,
+            args: extra,
+        };
+        nats.spawn();
+        nats
+    }
+
+    fn spawn(&mut self) {
+        let mut args = vec![
+            "-a".to_owned(),
+            "127.0.0.1".to_owned(),
+            "-p".to_owned(),
+            self.port.to_string(),
+        ];
+        args.extend(self.args.iter().cloned());
+        let child = Command::new(nats_server())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (apt-get install nats-server; .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// nats-server, from the PATH or where Debian puts it (/usr/sbin, not on every user's PATH).
+fn nats_server() -> &'static str {
+    let on_path = Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if on_path {
+        "nats-server"
+    } else {
+        "/usr/sbin/nats-server"
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An eventstream node bridged through `urls`, on 2 unpinned shards.
+fn node(urls: &[String]) -> TestServer {
+    let mut config = common::test_config();
+    config.shards.count = Some(2);
+    config.bridge.urls = urls.to_vec();
+    let server = common::start_with(config);
+    let stats = server.bridge_stats().expect("the bridge runs");
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    while !stats.connected.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the bridge did not connect");
+        thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+/// A native subscriber to `pattern` on `server`, on a thread of its own: what it receives.
+fn native_subscriber(server: &TestServer, pattern: &str) -> mpsc::Receiver<RawEvent> {
+    let mut client = server.client();
+    client.subscribe(pattern, Priority::Batch).unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        while let Ok(delivery) = client.next_event() {
+            if tx.send(delivery.event).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// A gRPC Subscribe call to `pattern` on `server`, on a thread of its own.
+fn grpc_subscriber(server: &TestServer, pattern: &str) -> mpsc::Receiver<proto::Event> {
+    let addr = server.grpc.to_string();
+    let pattern = pattern.to_owned();
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut client = GrpcClient::connect(&addr, None, Some(ARRIVAL_TIMEOUT * 2)).unwrap();
+        let request = proto::SubscribeRequest {
+            topic_pattern: pattern,
+            min_priority: 0,
+        };
+        let path = "/eventstream.EventService/Subscribe";
+        let mut call = client.call(path, &request, &[]).unwrap();
+        let _ = ready_tx.send(());
+        while let Ok(Some(message)) = call.next_message() {
+            let event = proto::Event::decode(&message[..]).unwrap();
+            if tx.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    ready_rx.recv_timeout(ARRIVAL_TIMEOUT).unwrap();
+    rx
+}
+
+fn publish(server: &TestServer, topic: &str, payload: &str) {
+    let event = common::event(topic, payload.as_bytes(), Priority::Medium);
+    server.client().publish(&event).unwrap();
+}
+
+/// Publishes probes to `topic` on `from` until `seen` reports one arrived (NATS
+/// subscriptions are made in the background), then waits until no more probes arrive: the
+/// path is open and quiet. Returns how many probes it published.
+fn open_path<T>(from: &TestServer, topic: &str, seen: &mpsc::Receiver<T>) -> u64 {
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    let mut probes = 0;
+    loop {
+        publish(from, topic, "probe");
+        probes += 1;
+        if seen.recv_timeout(Duration::from_millis(100)).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no path from the publisher's node"
+        );
+    }
+    while seen.recv_timeout(QUIET).is_ok() {}
+    probes
+}
+
+fn drain<T>(rx: &mpsc::Receiver<T>) {
+    while rx.recv_timeout(QUIET).is_ok() {}
+}
+
+/// The next `count` events `rx` receives.
+fn receive<T>(rx: &mpsc::Receiver<T>, count: usize) -> Vec<T> {
+    (0..count)
+        .map(|i| {
+            rx.recv_timeout(ARRIVAL_TIMEOUT)
+                .unwrap_or_else(|_| panic!("event {i} of {count} did not arrive"))
+        })
+        .collect()
+}
+
+fn payloads(events: &[RawEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect()
+}
+
+fn metadata(event: &RawEvent, key: &str) -> Option<String> {
+    event
+        .metadata
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}
+
+#[test]
+fn two_nodes_deliver_each_others_events_once_and_never_back() {
+    let nats = Nats::start();
+    let (a, b) = (node(&[nats.url()]), node(&[nats.url()]));
+    let at_a = native_subscriber(&a, "sensors/*");
+    let at_b = native_subscriber(&b, "sensors/*");
+    let grpc_at_b = grpc_subscriber(&b, "sensors/**");
+    open_path(&a, "sensors/probe", &at_b);
+    drain(&grpc_at_b);
+    drain(&at_a);
+
+    let sent: Vec<String> = (0..100).map(|i| format!("a{i}")).collect();
+    for payload in &sent {
+        publish(&a, "sensors/t1", payload);
+    }
+    let got = receive(&at_b, sent.len());
+    assert_eq!(payloads(&got), sent, "in order, each once");
+    for event in &got {
+        assert!(metadata(event, "eventstream.origin").is_some());
+        assert!(metadata(event, "eventstream.origin_sequence").is_some());
+    }
+    let by_grpc = receive(&grpc_at_b, sent.len());
+    let grpc_payloads: Vec<String> = by_grpc
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(grpc_payloads, sent);
+    assert_eq!(
+        payloads(&receive(&at_a, sent.len())),
+        sent,
+        "local delivery as ever"
+    );
+    assert!(at_b.recv_timeout(QUIET).is_err(), "no duplicate reached B");
+    assert!(at_a.recv_timeout(QUIET).is_err(), "nothing came back to A");
+
+    // The other way: B's events reach A once, and are not exported again by A.
+    open_path(&b, "sensors/probe2", &at_a);
+    drain(&at_b);
+    let exported_by_a = a.bridge_stats().unwrap().exported.load(Ordering::Relaxed);
+    for i in 0..10 {
+        publish(&b, "sensors/t2", &format!("b{i}"));
+    }
+    let got = receive(&at_a, 10);
+    assert_eq!(
+        payloads(&got),
+        (0..10).map(|i| format!("b{i}")).collect::<Vec<_>>()
+    );
+    assert!(at_a.recv_timeout(QUIET).is_err(), "no duplicate reached A");
+    assert_eq!(receive(&at_b, 10).len(), 10, "B's own subscriber");
+    assert!(at_b.recv_timeout(QUIET).is_err(), "nothing came back to B");
+    let a_stats = a.bridge_stats().unwrap();
+    assert_eq!(
+        a_stats.exported.load(Ordering::Relaxed),
+        exported_by_a,
+        "an imported event is never exported"
+    );
+}
+
+#[test]
+fn a_nats_server_killed_and_restarted_leaves_local_traffic_alone_and_the_bridge_comes_back() {
+    let mut nats = Nats::start();
+    let (a, b) = (node(&[nats.url()]), node(&[nats.url()]));
+    let at_a = native_subscriber(&a, "sensors/*");
+    let at_b = native_subscriber(&b, "sensors/*");
+    // Every event published on A, all of which A's export patterns (**) match.
+    let mut published_on_a = open_path(&a, "sensors/probe", &at_b);
+    drain(&at_a);
+
+    nats.kill();
+    let stats_a = a.bridge_stats().unwrap();
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    while stats_a.connected.load(Ordering::Relaxed) {
+        assert!(
+            Instant::now() < deadline,
+            "the bridge did not notice NATS went away"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Local traffic on both nodes while NATS is down.
+    for i in 0..20 {
+        publish(&a, "sensors/local", &format!("down{i}"));
+        publish(&b, "sensors/local", &format!("down{i}"));
+    }
+    published_on_a += 20;
+    let expected: Vec<String> = (0..20).map(|i| format!("down{i}")).collect();
+    assert_eq!(payloads(&receive(&at_a, 20)), expected);
+    let at_b_local: Vec<RawEvent> = receive(&at_b, 20);
+    assert_eq!(payloads(&at_b_local), expected, "B's own events, in order");
+
+    nats.spawn();
+    for stats in [a.bridge_stats().unwrap(), b.bridge_stats().unwrap()] {
+        let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+        while !stats.connected.load(Ordering::Relaxed) {
+            assert!(Instant::now() < deadline, "the bridge did not reconnect");
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(stats.reconnects.load(Ordering::Relaxed) >= 1);
+    }
+    // What A exported while NATS was down may arrive now; then the path is open again.
+    published_on_a += open_path(&a, "sensors/probe", &at_b);
+    drain(&at_a);
+    for i in 0..20 {
+        publish(&a, "sensors/t1", &format!("up{i}"));
+    }
+    published_on_a += 20;
+    let expected: Vec<String> = (0..20).map(|i| format!("up{i}")).collect();
+    assert_eq!(payloads(&receive(&at_b, 20)), expected);
+
+    // Every event published on A is accounted for: exported (handed to the NATS client, which
+    // holds what it cannot send while disconnected), shed from the export queue, or refused.
+    let shed: u64 = stats_a
+        .export_shed
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .sum();
+    let accounted = stats_a.exported.load(Ordering::Relaxed)
+        + shed
+        + stats_a.export_failed.load(Ordering::Relaxed);
+    assert_eq!(accounted, published_on_a, "every exported event is counted");
+}
+
+#[test]
+fn three_nodes_on_a_three_server_nats_cluster_each_get_every_other_nodes_events_once() {
+    let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes: String = cluster_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let servers: Vec<Nats> = cluster_ports
+        .iter()
+        .map(|&cluster| {
+            let extra = vec![
+                "--cluster_name".to_owned(),
+                "es".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{cluster}"),
+                "--routes".to_owned(),
+                routes.clone(),
+            ];
+            Nats::start_with(free_port(), extra)
+        })
+        .collect();
+    let nodes: Vec<TestServer> = servers.iter().map(|s| node(&[s.url()])).collect();
+    let subscribers: Vec<_> = nodes
+        .iter()
+        .map(|n| native_subscriber(n, "cluster/**"))
+        .collect();
+    for (i, from) in nodes.iter().enumerate() {
+        for (j, seen) in subscribers.iter().enumerate() {
+            if i != j {
+                open_path(from, &format!("cluster/probe{i}"), seen);
+            }
+        }
+    }
+    for seen in &subscribers {
+        drain(seen);
+    }
+    for (i, from) in nodes.iter().enumerate() {
+        for k in 0..10 {
+            publish(from, &format!("cluster/n{i}"), &format!("{i}-{k}"));
+        }
+    }
+    for (j, seen) in subscribers.iter().enumerate() {
+        let got = receive(seen, 30);
+        for i in 0..3 {
+            let from_i: Vec<String> = payloads(&got)
+                .into_iter()
+                .filter(|p| p.starts_with(&format!("{i}-")))
+                .collect();
+            let expected: Vec<String> = (0..10).map(|k| format!("{i}-{k}")).collect();
+            assert_eq!(
+                from_i, expected,
+                "node {j} got node {i}'s events once, in order"
+            );
+        }
+        assert!(
+            seen.recv_timeout(QUIET).is_err(),
+            "node {j} got no duplicate"
+        );
+    }
+}
