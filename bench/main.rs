@@ -18,6 +18,7 @@ use clap::Parser;
 use delivery::Form;
 use hdrhistogram::Histogram;
 
+mod bridge;
 mod ceiling;
 mod channels;
 mod cpu;
@@ -446,6 +447,7 @@ fn run_rows(args: &Args) -> ExitCode {
             "grpc-unary" => grpc_row(args, "grpc-unary"),
             "grpc-stream" => grpc_row(args, "grpc-stream"),
             "grpc-batch" => grpc_row(args, "grpc-batch"),
+            "bridge" => bridge::row(args),
             "channels" => {
                 compare_channels(args);
                 continue;
@@ -457,8 +459,8 @@ fn run_rows(args: &Args) -> ExitCode {
             other => Err(format!(
                 "unknown row {other:?} (known: native-tcp, native-tcp-legacy, native-publish, \
                  native-publish-legacy, native-latency, native-udp, fanout, fanout-legacy, \
-                 growth-topics, growth-wildcards, grpc-unary, grpc-stream, grpc-batch, ceiling, \
-                 memory, channels)"
+                 growth-topics, growth-wildcards, grpc-unary, grpc-stream, grpc-batch, bridge, \
+                 ceiling, memory, channels)"
             )),
         };
         let usage = threads.usage(&before, &threads.sample());

@@ -302,12 +302,26 @@ fn pipelined(
     patterns: &[&str],
     form: Form,
 ) -> Result<Row, String> {
+    let server = args.server.as_str();
+    pipelined_between(args, name, (server, server), topic, patterns, form)
+}
+
+/// [`pipelined`] with the publisher on one server and the subscribers on another
+/// (`servers`: publisher's, subscribers'), which may be the same.
+pub fn pipelined_between(
+    args: &Args,
+    name: &'static str,
+    (publish_at, subscribe_at): (&str, &str),
+    topic: &str,
+    patterns: &[&str],
+    form: Form,
+) -> Result<Row, String> {
     let count = args.count;
     let clock = Instant::now();
     let wait = Duration::from_secs(10);
     let watchers = patterns
         .iter()
-        .map(|p| Watcher::start(&args.server, p, count, clock, wait, "", form))
+        .map(|p| Watcher::start(subscribe_at, p, count, clock, wait, "", form))
         .collect::<Result<Vec<_>, _>>()?;
     let slowest = || {
         watchers
@@ -318,7 +332,7 @@ fn pipelined(
     };
     let failed = || watchers.iter().any(Watcher::is_finished);
 
-    let mut publisher = Client::connect(&args.server).map_err(|e| e.to_string())?;
+    let mut publisher = Client::connect(publish_at).map_err(|e| e.to_string())?;
     publisher
         .set_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;

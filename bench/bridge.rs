@@ -1,0 +1,145 @@
+//! The `bridge` row: events published on one node reaching a subscriber on another through
+//! NATS (docs/BRIDGE.md). The row starts its own nats-server and two one-shard nodes bridged
+//! through it, both in this process, so the send stamp in each payload and its arrival share
+//! one clock; the publisher and the subscriber are those of `native-tcp`.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use eventstream::config::Config;
+use eventstream::engine::{Priority, RawEvent};
+use eventstream::native::client::Client;
+use eventstream::server::{self, RunningServer};
+
+use crate::delivery::Form;
+use crate::native::{pipelined_between, unique_topic};
+use crate::{Args, Row};
+
+/// How long the path through NATS may take to open (NATS subscriptions are made in the
+/// background of the subscribing node).
+const PATH_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the row waits for probes still in flight once the path is open.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A nats-server process for the row, killed when dropped.
+struct Nats(Child);
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The row: `--count` events of `--size` bytes, published on node A, received on node B.
+pub fn row(args: &Args) -> Result<Row, String> {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let binary = ["nats-server", "/usr/sbin/nats-server"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .is_ok()
+        })
+        .ok_or("the bridge row needs nats-server (apt-get install nats-server)")?;
+    let child = Command::new(binary)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("nats-server: {e}"))?;
+    let _nats = Nats(child);
+    let url = format!("nats://127.0.0.1:{port}");
+    let deadline = Instant::now() + PATH_OPEN_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err("nats-server did not listen".into());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let a = node(&url)?;
+    let b = node(&url)?;
+    let (at_a, at_b) = (
+        a.addresses().native.to_string(),
+        b.addresses().native.to_string(),
+    );
+
+    // Open the path: a subscriber on B to the row's prefix, and probes from A until one
+    // arrives. The row's subscriber then shares that NATS subscription.
+    let prefix = unique_topic("bridge");
+    let pattern = format!("{prefix}/**");
+    let mut probe = Client::connect(&at_b).map_err(|e| e.to_string())?;
+    probe
+        .subscribe(&pattern, Priority::Batch)
+        .map_err(|e| e.to_string())?;
+    probe
+        .set_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    let mut publisher = Client::connect(&at_a).map_err(|e| e.to_string())?;
+    let probe_event = RawEvent {
+        topic: format!("{prefix}/probe").into_bytes().into(),
+        payload: bytes::Bytes::from_static(b"probe"),
+        priority: Priority::Medium as u8,
+        ..RawEvent::default()
+    };
+    loop {
+        publisher.publish(&probe_event).map_err(|e| e.to_string())?;
+        if probe.next_event().is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("no path through NATS between the two nodes".into());
+        }
+    }
+    probe.set_timeout(Some(QUIET)).map_err(|e| e.to_string())?;
+    while probe.next_event().is_ok() {}
+
+    let topic = format!("{prefix}/x");
+    let measured = pipelined_between(
+        args,
+        "bridge",
+        (&at_a, &at_b),
+        &topic,
+        &[&pattern],
+        Form::Frames,
+    );
+    drop(probe);
+    for node in [a, b] {
+        if !node.stop() {
+            eprintln!("note: a bridged node's shard did not stop in time");
+        }
+    }
+    measured
+}
+
+/// A one-shard, unpinned node on loopback, bridged through `url`, once connected.
+fn node(url: &str) -> Result<RunningServer, String> {
+    let mut config = Config {
+        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        ..Default::default()
+    };
+    config.native.port = 0;
+    config.grpc.port = 0;
+    config.udp.port = 0;
+    config.metrics.port = 0;
+    config.shards.count = Some(1);
+    config.shards.pin = false;
+    config.bridge.urls = vec![url.to_owned()];
+    let running = server::start(&config).map_err(|e| e.to_string())?;
+    let stats = running.bridge_stats().ok_or("the bridge did not start")?;
+    let deadline = Instant::now() + PATH_OPEN_TIMEOUT;
+    while !stats.connected.load(std::sync::atomic::Ordering::Relaxed) {
+        if Instant::now() > deadline {
+            return Err("the bridge did not connect to nats-server".into());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(running)
+}
