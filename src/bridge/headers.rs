@@ -47,25 +47,24 @@ pub enum HeaderError {
     Metadata(String),
 }
 
-/// The headers of `event`, sequenced on this node, as exported by node `origin`.
-pub fn headers_of(event: &EventView<'_>, origin: &str) -> Vec<(&'static str, String)> {
+/// The headers of `event`, sequenced on this node, as exported by node `origin`: each name
+/// and value handed to `put` in order (straight into the client's header map, with no list
+/// made per event).
+pub fn headers_of(event: &EventView<'_>, origin: &str, mut put: impl FnMut(&'static str, String)) {
     let mut scratch = IdText::default();
     let id = String::from_utf8_lossy(event.id.text(&mut scratch)).into_owned();
-    let mut headers = vec![
-        (PRIORITY_HEADER, (event.priority as u8).to_string()),
-        (ID_HEADER, id),
-        (TIMESTAMP_HEADER, event.timestamp_ns.to_string()),
-        (ORIGIN_HEADER, origin.to_owned()),
-        (ORIGIN_SEQUENCE_HEADER, event.sequence.to_string()),
-    ];
+    put(PRIORITY_HEADER, (event.priority as u8).to_string());
+    put(ID_HEADER, id);
+    put(TIMESTAMP_HEADER, event.timestamp_ns.to_string());
+    put(ORIGIN_HEADER, origin.to_owned());
+    put(ORIGIN_SEQUENCE_HEADER, event.sequence.to_string());
     for (key, value) in event.metadata_entries() {
         let mut entry = String::with_capacity(key.len() + value.len() + 1);
         escape_into(&mut entry, key);
         entry.push('=');
         escape_into(&mut entry, value);
-        headers.push((METADATA_HEADER, entry));
+        put(METADATA_HEADER, entry);
     }
-    headers
 }
 
 /// True when an event came from the bridge: it has an origin, and is never exported again.
@@ -202,6 +201,13 @@ mod tests {
         }
     }
 
+    /// What `headers_of` hands out, as a list.
+    fn exported(event: &EventView<'_>, origin: &str) -> Vec<(&'static str, String)> {
+        let mut headers = Vec::new();
+        headers_of(event, origin, |name, value| headers.push((name, value)));
+        headers
+    }
+
     fn import(headers: &[(&'static str, String)]) -> Result<RawEvent, HeaderError> {
         let pairs = headers.iter().map(|(n, v)| (*n, v.as_str()));
         event_of(Bytes::from_static(b"a/b"), Bytes::from_static(b"x"), pairs)
@@ -210,7 +216,7 @@ mod tests {
     #[test]
     fn an_exported_event_is_imported_with_its_fields_and_its_origin_as_metadata() {
         let metadata = Metadata::from_pairs([("k", "v"), ("a=b", "50%\r\n")]).unwrap();
-        let headers = headers_of(&view(b"id-1", &metadata), "node-a@1700");
+        let headers = exported(&view(b"id-1", &metadata), "node-a@1700");
         let imported = import(&headers).unwrap();
         assert_eq!(imported.priority, Priority::High as u8);
         assert_eq!(&imported.id[..], b"id-1");
@@ -233,7 +239,7 @@ mod tests {
     #[test]
     fn header_values_hold_no_line_breaks() {
         let metadata = Metadata::from_pairs([("k\n", "v\r")]).unwrap();
-        for (_, value) in headers_of(&view(b"i", &metadata), "n") {
+        for (_, value) in exported(&view(b"i", &metadata), "n") {
             assert!(!value.contains(['\r', '\n']), "{value:?}");
         }
     }
@@ -241,7 +247,7 @@ mod tests {
     #[test]
     fn a_message_missing_or_garbling_a_field_is_refused_by_name() {
         let metadata = Metadata::default();
-        let good = headers_of(&view(b"i", &metadata), "n");
+        let good = exported(&view(b"i", &metadata), "n");
         let without = |name| {
             good.iter()
                 .filter(|(n, _)| *n != name)
@@ -287,7 +293,7 @@ mod tests {
             entries in proptest::collection::vec((".{0,8}", ".{0,8}"), 0..5),
         ) {
             let metadata = Metadata::from_pairs(entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
-            let headers = headers_of(&view(b"i", &metadata), "n");
+            let headers = exported(&view(b"i", &metadata), "n");
             let imported = import(&headers).unwrap();
             let back: Vec<(String, String)> = imported
                 .metadata

@@ -273,7 +273,7 @@ mod tests {
                 interest.add(local);
             }
             let topic = Topic::parse(t.clone().into_bytes().into()).unwrap();
-            let subject = subject_of(&prefix, &topic);
+            let subject = subject_of(&prefix, topic.as_str());
             let copies: Vec<String> = interest
                 .held()
                 .map(|(s, _)| s.to_owned())

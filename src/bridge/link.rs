@@ -19,7 +19,7 @@ use super::interest::{Change, Interest, LocalChange};
 use super::subject::{subject_of, topic_of};
 use super::{BridgeStats, Settings};
 use crate::engine::routing::owner_of;
-use crate::engine::{EventView, IdView, Priority, RawEvent, Topic};
+use crate::engine::{EventView, IdView, Priority, RawEvent};
 use crate::native::codec::{self, ServerFrame};
 
 /// How often the round trip to NATS is measured.
@@ -191,13 +191,12 @@ async fn export(
                 debug_assert!(false, "the export queue holds EVENT frames");
                 continue;
             };
-            let Ok(topic) = Topic::parse(event.topic.clone()) else {
-                continue; // sequenced events have valid topics
+            // Checked when it was published: only its text is needed here.
+            let Ok(topic) = std::str::from_utf8(&event.topic) else {
+                debug_assert!(false, "a sequenced event's topic is UTF-8");
+                continue;
             };
-            let first = settings
-                .export
-                .iter()
-                .position(|p| p.matches(topic.as_str()));
+            let first = settings.export.iter().position(|p| p.matches(topic));
             if first != Some(sub_id as usize) {
                 continue; // another export pattern's copy goes
             }
@@ -206,10 +205,10 @@ async fn export(
                 continue; // from NATS: never sent back
             }
             let mut headers = HeaderMap::new();
-            for (name, value) in headers_of(&view, &settings.origin) {
-                headers.append(name, value);
-            }
-            let subject = subject_of(&settings.prefix, &topic);
+            headers_of(&view, &settings.origin, |name, value| {
+                headers.append(name, value)
+            });
+            let subject = subject_of(&settings.prefix, topic);
             match client
                 .publish_with_headers(subject, headers, event.payload.clone())
                 .await
@@ -223,6 +222,10 @@ async fn export(
 
 /// An owned event of an EVENT frame, as the view the header mapping reads.
 fn view_of(event: &RawEvent, sequence: u64) -> EventView<'_> {
+    debug_assert!(
+        Priority::from_u8(event.priority).is_some(),
+        "a sequenced event's priority"
+    );
     EventView {
         topic: &event.topic,
         id: IdView::Given(&event.id),
