@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use eventstream::config::Config;
 use eventstream::engine::{Priority, RawEvent};
 use eventstream::native::client::Client;
 use eventstream::server::{self, RunningServer};
@@ -121,16 +120,7 @@ pub fn row(args: &Args) -> Result<Row, String> {
 
 /// A one-shard, unpinned node on loopback, bridged through `url`, once connected.
 fn node(url: &str) -> Result<RunningServer, String> {
-    let mut config = Config {
-        bind: std::net::Ipv4Addr::LOCALHOST.into(),
-        ..Default::default()
-    };
-    config.native.port = 0;
-    config.grpc.port = 0;
-    config.udp.port = 0;
-    config.metrics.port = 0;
-    config.shards.count = Some(1);
-    config.shards.pin = false;
+    let mut config = crate::loopback_config(1, false);
     config.bridge.urls = vec![url.to_owned()];
     let running = server::start(&config).map_err(|e| e.to_string())?;
     let stats = running.bridge_stats().ok_or("the bridge did not start")?;

@@ -327,16 +327,7 @@ pub(crate) fn spawn(
 ) -> Result<eventstream::server::RunningServer, String> {
     // The server takes the CPUs the starting thread may use: narrow them, start, move on.
     set_affinity(server_cpus)?;
-    let mut config = eventstream::config::Config {
-        bind: std::net::Ipv4Addr::LOCALHOST.into(),
-        ..Default::default()
-    };
-    config.native.port = 0;
-    config.grpc.port = 0;
-    config.udp.port = 0;
-    config.metrics.port = 0;
-    config.shards.count = Some(server_cpus.len());
-    config.shards.pin = true;
+    let mut config = loopback_config(server_cpus.len(), true);
     config.shards.spin_before_park_us = spin_us;
     let server = eventstream::server::start(&config).map_err(|e| e.to_string());
     set_affinity(load_cpus)?;
@@ -348,6 +339,22 @@ pub(crate) fn spawn(
         server.addresses().grpc,
     );
     Ok(server)
+}
+
+/// A server's configuration for the bench: loopback, ephemeral ports, `shards` shards,
+/// pinned or not.
+pub(crate) fn loopback_config(shards: usize, pin: bool) -> eventstream::config::Config {
+    let mut config = eventstream::config::Config {
+        bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        ..Default::default()
+    };
+    config.native.port = 0;
+    config.grpc.port = 0;
+    config.udp.port = 0;
+    config.metrics.port = 0;
+    config.shards.count = Some(shards);
+    config.shards.pin = pin;
+    config
 }
 
 /// Restricts the calling thread (and the threads it starts later) to `cpus`.

@@ -213,22 +213,21 @@ impl Lifeline {
         self.dead.set(true);
     }
 
-    /// The reader's turn: waits while the engine is saturated or while more than
-    /// `unsent_max_bytes` wait for the socket (`unsent`: how many do), then reads into `buf`
-    /// as its size says, unless the server stops or the connection breaks meanwhile.
+    /// The reader's turn: waits while the engine is saturated or while the connection has
+    /// too much waiting for its socket (`backlogged`, the door's own bound), then reads into
+    /// the reader's buffer as its size says, unless the server stops or the connection breaks meanwhile.
     /// `writer` is woken when TLS has something of its own to send.
     pub async fn read(
         &self,
         shard: &Shard,
         reader: &mut Reader,
-        unsent: (impl Fn() -> usize, usize),
+        backlogged: impl Fn() -> bool,
         writer: &Notify,
     ) -> ReadTurn {
-        let (unsent, unsent_max_bytes) = unsent;
         // A socket that always has data would otherwise keep this task running forever.
         futures_lite::future::yield_now().await;
         shard.admit().await;
-        while unsent() > unsent_max_bytes && !self.broken.get() {
+        while backlogged() && !self.broken.get() {
             self.written.wait().await;
         }
         if self.broken.get() {

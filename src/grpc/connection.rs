@@ -151,11 +151,11 @@ impl GrpcConnection {
         let mut events = Vec::new();
         let session = &self.session;
         loop {
-            let unsent = (|| session.output_len(), UNSENT_BYTES_MAX);
+            let backlogged = || session.output_len() > UNSENT_BYTES_MAX;
             let writer = &session.consumer().notify;
             match self
                 .lifeline
-                .read(&self.shard, &mut reader, unsent, writer)
+                .read(&self.shard, &mut reader, backlogged, writer)
                 .await
             {
                 ReadTurn::Read => {}

@@ -233,11 +233,11 @@ impl Connection {
         let size = ReadSize::new(READ_BYTES_MIN, READ_BYTES_MAX);
         let mut reader = Reader::new(stream, BytesMut::new(), size);
         loop {
-            let unsent = (|| self.control.borrow().len(), UNSENT_CONTROL_BYTES_MAX);
+            let backlogged = || self.control.borrow().len() > UNSENT_CONTROL_BYTES_MAX;
             let writer = &self.consumer.notify;
             match self
                 .lifeline
-                .read(&self.shard, &mut reader, unsent, writer)
+                .read(&self.shard, &mut reader, backlogged, writer)
                 .await
             {
                 ReadTurn::Read => {}
