@@ -84,7 +84,12 @@ struct ServeArgs {
     spin_us: Option<u64>,
     /// Join other nodes through these NATS servers (bridge.urls), exporting and importing
     /// every topic unless the config file's bridge section says otherwise.
-    #[arg(long, value_name = "nats://HOST:PORT[,...]", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "EVENTSTREAM_BRIDGE",
+        value_name = "nats://HOST:PORT[,...]",
+        value_delimiter = ','
+    )]
     bridge: Vec<String>,
 }
 
@@ -273,8 +278,15 @@ fn serve(args: ServeArgs) -> CliResult {
     if let Some(us) = args.spin_us {
         config.shards.spin_before_park_us = us;
     }
-    if !args.bridge.is_empty() {
-        config.bridge.urls = args.bridge.clone();
+    // An empty EVENTSTREAM_BRIDGE (a manifest's unset value) leaves the bridge as it was.
+    let bridge: Vec<String> = args
+        .bridge
+        .iter()
+        .filter(|u| !u.is_empty())
+        .cloned()
+        .collect();
+    if !bridge.is_empty() {
+        config.bridge.urls = bridge;
     }
     if args.no_pin {
         config.shards.pin = false;

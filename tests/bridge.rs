@@ -109,12 +109,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An eventstream node bridged through `urls`, on 2 unpinned shards.
-fn node(urls: &[String]) -> TestServer {
+/// The configuration of a node bridged through `urls`, on 2 unpinned shards.
+fn node_config(urls: &[String]) -> eventstream::config::Config {
     let mut config = common::test_config();
     config.shards.count = Some(2);
     config.bridge.urls = urls.to_vec();
-    let server = common::start_with(config);
+    config
+}
+
+/// An eventstream node bridged through `urls`, connected.
+fn node(urls: &[String]) -> TestServer {
+    connected(common::start_with(node_config(urls)))
+}
+
+/// `server`, once its bridge has connected to NATS.
+fn connected(server: TestServer) -> TestServer {
     let stats = server.bridge_stats().expect("the bridge runs");
     let deadline = Instant::now() + ARRIVAL_TIMEOUT;
     while !stats.connected.load(Ordering::Relaxed) {
@@ -401,4 +410,52 @@ fn three_nodes_on_a_three_server_nats_cluster_each_get_every_other_nodes_events_
             "node {j} got no duplicate"
         );
     }
+}
+
+#[test]
+fn nodes_with_client_certificates_bridge_through_a_nats_server_that_verifies_them() {
+    let pki = common::pki::pki();
+    let dir = pki.dir.path();
+    std::fs::write(dir.join("client.crt"), &pki.client_cert).unwrap();
+    std::fs::write(dir.join("client.key"), &pki.client_key).unwrap();
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let tls_args = [
+        "--tlsverify",
+        "--tlscert",
+        &file("server.crt"),
+        "--tlskey",
+        &file("server.key"),
+        "--tlscacert",
+        &file("ca.crt"),
+    ];
+    let nats = Nats::start_with(free_port(), tls_args.map(str::to_owned).to_vec());
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let tls_node = |with_cert: bool| {
+        let mut config = node_config(std::slice::from_ref(&url));
+        config.bridge.tls_ca_file = Some(dir.join("ca.crt"));
+        if with_cert {
+            config.bridge.tls_cert_file = Some(dir.join("client.crt"));
+            config.bridge.tls_key_file = Some(dir.join("client.key"));
+        }
+        common::start_with(config)
+    };
+    let (a, b) = (connected(tls_node(true)), connected(tls_node(true)));
+    let at_b = native_subscriber(&b, "secure/*");
+    open_path(&a, "secure/probe", &at_b);
+    let sent: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    for payload in &sent {
+        publish(&a, "secure/t", payload);
+    }
+    assert_eq!(payloads(&receive(&at_b, sent.len())), sent);
+
+    // Without a certificate the server refuses the node, which keeps serving its own clients.
+    let c = tls_node(false);
+    let at_c = native_subscriber(&c, "secure/*");
+    publish(&c, "secure/local", "here");
+    assert_eq!(payloads(&receive(&at_c, 1)), ["here"]);
+    publish(&a, "secure/t", "not for c");
+    assert!(at_c.recv_timeout(QUIET).is_err(), "C never joined");
+    let stats = c.bridge_stats().unwrap();
+    assert!(!stats.connected.load(Ordering::Relaxed));
+    assert_eq!(stats.imported.load(Ordering::Relaxed), 0);
 }

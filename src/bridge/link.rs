@@ -133,6 +133,10 @@ impl Link {
         if let Some(ca) = &settings.tls_ca_file {
             options = options.add_root_certificates(ca.clone());
         }
+        if let Some((cert, key)) = &settings.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options = options.require_tls(settings.tls_required);
         let stats = self.stats.clone();
         let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
         options = options

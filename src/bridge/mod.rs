@@ -83,6 +83,9 @@ struct Settings {
     user: Option<(String, String)>,
     credentials_file: Option<std::path::PathBuf>,
     tls_ca_file: Option<std::path::PathBuf>,
+    /// The client certificate and its key.
+    tls_client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls_required: bool,
 }
 
 /// What one shard needs of the bridge.
@@ -124,6 +127,11 @@ impl Bridge {
             user: config.user.clone().zip(config.password.clone()),
             credentials_file: config.credentials_file.clone(),
             tls_ca_file: config.tls_ca_file.clone(),
+            tls_client: config
+                .tls_cert_file
+                .clone()
+                .zip(config.tls_key_file.clone()),
+            tls_required: config.tls_required(),
         };
         let stats = Arc::new(BridgeStats::default());
         let (export_tx, export_rx) = flume::bounded(EXPORT_BATCHES_MAX);
