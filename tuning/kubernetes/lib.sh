@@ -20,3 +20,38 @@ bench_doors() {
     "$1/eventstream-bench" --server 127.0.0.1:39201 --grpc 127.0.0.1:39200 --udp 127.0.0.1:39202 \
         --count "$2" --rows "$3" >"$4" 2>&1 || { cat ${5:+"$5"} "$4" >&2; return 1; }
 }
+
+# A nats-server for the bridge (Debian's, in /usr/sbin), on 127.0.0.1:$NATS_PORT.
+NATS_PORT=39222
+NATS_URL=nats://localhost:$NATS_PORT
+nats=
+
+# Starts nats-server and waits up to 10 s for it to listen.
+start_nats() {
+    local server
+    server=$(command -v nats-server || echo /usr/sbin/nats-server)
+    "$server" -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
+    nats=$!
+    for _ in $(seq 1 50); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && return 0
+        sleep 0.2
+    done
+    echo "nats-server never listened on 127.0.0.1:$NATS_PORT" >&2
+    return 1
+}
+
+stop_nats() {
+    [ -n "$nats" ] && { kill "$nats" 2>/dev/null; wait "$nats" 2>/dev/null || true; }
+    nats=
+}
+
+# Waits up to 20 s for the metric line $1 on the server's metrics port (the bridge connects
+# in the background).
+wait_metric() {
+    for _ in $(seq 1 100); do
+        curl -sf http://127.0.0.1:39203/metrics | grep -qx "$1" && return 0
+        sleep 0.2
+    done
+    echo "the server's metrics never showed: $1" >&2
+    return 1
+}

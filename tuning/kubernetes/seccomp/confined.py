@@ -14,6 +14,17 @@ import sys
 
 import seccomp
 
+# The comparisons of the OCI form's argument conditions, as libseccomp names them.
+OPS = {
+    "SCMP_CMP_NE": seccomp.NE,
+    "SCMP_CMP_LT": seccomp.LT,
+    "SCMP_CMP_LE": seccomp.LE,
+    "SCMP_CMP_EQ": seccomp.EQ,
+    "SCMP_CMP_GE": seccomp.GE,
+    "SCMP_CMP_GT": seccomp.GT,
+    "SCMP_CMP_MASKED_EQ": seccomp.MASKED_EQ,
+}
+
 
 def main():
     args = sys.argv[1:]
@@ -31,10 +42,14 @@ def main():
     assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
     f = seccomp.SyscallFilter(defaction=seccomp.ERRNO(profile.get("defaultErrnoRet", 1)))
     for rule in profile["syscalls"]:
-        assert rule["action"] == "SCMP_ACT_ALLOW" and "args" not in rule, rule
+        assert rule["action"] == "SCMP_ACT_ALLOW", rule
+        conditions = [
+            seccomp.Arg(a["index"], OPS[a["op"]], a["value"], a.get("valueTwo", 0))
+            for a in rule.get("args", [])
+        ]
         for name in rule["names"]:
             if name not in without:
-                f.add_rule(seccomp.ALLOW, name)
+                f.add_rule(seccomp.ALLOW, name, *conditions)
     f.load()
     os.execvp(command[0], command)
 
