@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
-use eventstream::engine::{Priority, RawEvent};
+use eventstream::engine::{Metadata, Priority, RawEvent};
 use eventstream::grpc::client::GrpcClient;
 use eventstream::proto;
 use prost::Message;
@@ -263,6 +263,17 @@ fn two_nodes_deliver_each_others_events_once_and_never_back() {
     );
     assert!(at_b.recv_timeout(QUIET).is_err(), "no duplicate reached B");
     assert!(at_a.recv_timeout(QUIET).is_err(), "nothing came back to A");
+
+    // An id and metadata that header values cannot hold as they are arrive as they were sent.
+    let mut odd = common::event("sensors/t1", b"odd", Priority::High);
+    odd.id = bytes::Bytes::from_static("line\r\nbreak 100% °".as_bytes());
+    odd.metadata = Metadata::from_pairs([("k\n", "v=1 %")]).unwrap();
+    a.client().publish(&odd).unwrap();
+    let got = receive(&at_b, 1).remove(0);
+    assert_eq!(&got.id[..], "line\r\nbreak 100% °".as_bytes());
+    assert_eq!(metadata(&got, "k\n").as_deref(), Some("v=1 %"));
+    assert_eq!(got.priority, Priority::High as u8);
+    assert_eq!(receive(&at_a, 1)[0].id, odd.id, "local delivery as ever");
 
     // The other way: B's events reach A once, and are not exported again by A.
     open_path(&b, "sensors/probe2", &at_a);

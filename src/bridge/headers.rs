@@ -2,11 +2,13 @@
 //! fields a remote subscriber must see as the publisher's node saw them (priority, id,
 //! timestamp, metadata) and where it came from (the origin node and its sequence number).
 //!
-//! Header values cannot hold CR or LF, and a metadata entry is one `key=value` value, so in
-//! metadata keys and values `%`, `=`, CR, LF and other control characters are written as `%XX`.
-//! On import the origin becomes two metadata entries ([`ORIGIN_KEY`], [`ORIGIN_SEQUENCE_KEY`]):
-//! a subscriber on another node sees where the event was sequenced first, and the bridge
-//! never exports an event that has them (no loops).
+//! The fixed fields share one header, [`EVENT_HEADER`], because each header costs the NATS
+//! client allocations and a hash-map entry on both sides (docs/PERFORMANCE.md, "The NATS
+//! bridge"); metadata entries are one [`METADATA_HEADER`] each. Header values cannot hold CR
+//! or LF, so the id and metadata are written with `%XX` escapes (the id also escapes spaces,
+//! which separate the fixed fields). On import the origin becomes two metadata entries
+//! ([`ORIGIN_KEY`], [`ORIGIN_SEQUENCE_KEY`]): a subscriber on another node sees where the
+//! event was sequenced first, and the bridge never exports an event that has them (no loops).
 
 use std::fmt::Write as _;
 
@@ -14,16 +16,11 @@ use bytes::Bytes;
 
 use crate::engine::{EventView, IdText, Metadata, Priority, RawEvent};
 
-/// The event's priority, as its number (0..=4).
-pub const PRIORITY_HEADER: &str = "Eventstream-Priority";
-/// The event's id, as its subscribers on the origin node see it.
-pub const ID_HEADER: &str = "Eventstream-Id";
-/// The event's timestamp, Unix nanoseconds.
-pub const TIMESTAMP_HEADER: &str = "Eventstream-Timestamp-Ns";
-/// The node that exported it: its node id and start time, `node@epoch_ms`.
-pub const ORIGIN_HEADER: &str = "Eventstream-Origin";
-/// The event's per-topic sequence number on the origin node.
-pub const ORIGIN_SEQUENCE_HEADER: &str = "Eventstream-Origin-Sequence";
+/// The fixed fields, space-separated in this order: priority (0..=4), timestamp (Unix
+/// nanoseconds), the per-topic sequence number on the origin node, the origin
+/// (`node@start_ms`), and the id (escaped). Fields after these are ignored, so later
+/// versions may add some.
+pub const EVENT_HEADER: &str = "Eventstream";
 /// One metadata entry, `key=value`, escaped; repeated for each entry, in order.
 pub const METADATA_HEADER: &str = "Eventstream-Metadata";
 
@@ -32,12 +29,41 @@ pub const ORIGIN_KEY: &str = "eventstream.origin";
 /// The metadata key an imported event's origin sequence number is kept under.
 pub const ORIGIN_SEQUENCE_KEY: &str = "eventstream.origin_sequence";
 
+/// The headers of the first version of the bridge, one per fixed field. Read still, so that
+/// a node of that version can export to this one; never written.
+mod first_version {
+    pub const PRIORITY: &str = "Eventstream-Priority";
+    pub const ID: &str = "Eventstream-Id";
+    pub const TIMESTAMP: &str = "Eventstream-Timestamp-Ns";
+    pub const ORIGIN: &str = "Eventstream-Origin";
+    pub const ORIGIN_SEQUENCE: &str = "Eventstream-Origin-Sequence";
+}
+
+/// The headers an exported event has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    /// [`EVENT_HEADER`]: once.
+    Event,
+    /// [`METADATA_HEADER`]: once per metadata entry.
+    Metadata,
+}
+
+impl Header {
+    /// The header's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Header::Event => EVENT_HEADER,
+            Header::Metadata => METADATA_HEADER,
+        }
+    }
+}
+
 /// Why an imported message cannot become an event.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HeaderError {
     #[error("header {0} is missing")]
     Missing(&'static str),
-    #[error("header {name} has the value {value:?}, which is not {expected}")]
+    #[error("{name} has the value {value:?}, which is not {expected}")]
     Invalid {
         name: &'static str,
         value: String,
@@ -47,29 +73,47 @@ pub enum HeaderError {
     Metadata(String),
 }
 
-/// The headers of `event`, sequenced on this node, as exported by node `origin`: each name
-/// and value handed to `put` in order (straight into the client's header map, with no list
-/// made per event).
-pub fn headers_of(event: &EventView<'_>, origin: &str, mut put: impl FnMut(&'static str, String)) {
+/// The headers of `event`, sequenced on this node, as exported by node `origin` (which has no
+/// whitespace): each handed to `put` in order, straight into the client's header map.
+pub fn headers_of(event: &EventView<'_>, origin: &str, mut put: impl FnMut(Header, String)) {
+    debug_assert!(!origin.contains(char::is_whitespace), "origin {origin:?}");
     let mut scratch = IdText::default();
-    let id = String::from_utf8_lossy(event.id.text(&mut scratch)).into_owned();
-    put(PRIORITY_HEADER, (event.priority as u8).to_string());
-    put(ID_HEADER, id);
-    put(TIMESTAMP_HEADER, event.timestamp_ns.to_string());
-    put(ORIGIN_HEADER, origin.to_owned());
-    put(ORIGIN_SEQUENCE_HEADER, event.sequence.to_string());
+    let id = String::from_utf8_lossy(event.id.text(&mut scratch));
+    let mut fields = String::with_capacity(FIXED_FIELDS_BYTES + origin.len() + id.len());
+    let _ = write!(
+        fields,
+        "{} {} {} {origin} ",
+        event.priority as u8, event.timestamp_ns, event.sequence
+    );
+    escape_into(&mut fields, &id, escaped_in_id);
+    put(Header::Event, fields);
     for (key, value) in event.metadata_entries() {
         let mut entry = String::with_capacity(key.len() + value.len() + 1);
-        escape_into(&mut entry, key);
+        escape_into(&mut entry, key, escaped_in_metadata);
         entry.push('=');
-        escape_into(&mut entry, value);
-        put(METADATA_HEADER, entry);
+        escape_into(&mut entry, value, escaped_in_metadata);
+        put(Header::Metadata, entry);
     }
 }
+
+/// Room for the numbers of [`EVENT_HEADER`] and their spaces: a priority, two 20-digit
+/// numbers, four spaces.
+const FIXED_FIELDS_BYTES: usize = 1 + 20 + 20 + 4;
 
 /// True when an event came from the bridge: it has an origin, and is never exported again.
 pub fn is_imported(event: &EventView<'_>) -> bool {
     event.metadata_entries().any(|(key, _)| key == ORIGIN_KEY)
+}
+
+/// An event's fixed fields, as text from its headers.
+#[derive(Default)]
+struct Fields<'h> {
+    priority: Option<&'h str>,
+    timestamp_ns: Option<&'h str>,
+    origin_sequence: Option<&'h str>,
+    origin: Option<&'h str>,
+    /// Escaped in [`EVENT_HEADER`], as sent in the first version's header.
+    id: Option<(&'h str, bool)>,
 }
 
 /// The event an imported message of `topic` with `payload` and `headers` (name, value in
@@ -80,58 +124,100 @@ pub fn event_of<'h>(
     payload: Bytes,
     headers: impl IntoIterator<Item = (&'h str, &'h str)>,
 ) -> Result<RawEvent, HeaderError> {
-    let (mut priority, mut id, mut timestamp, mut origin, mut sequence) =
-        (None, None, None, None, None);
+    let (mut fields, mut first_version) = (None, Fields::default());
     let mut metadata: Vec<(String, String)> = Vec::new();
     for (name, value) in headers {
         match name {
-            PRIORITY_HEADER => priority = Some(value),
-            ID_HEADER => id = Some(value),
-            TIMESTAMP_HEADER => timestamp = Some(value),
-            ORIGIN_HEADER => origin = Some(value),
-            ORIGIN_SEQUENCE_HEADER => sequence = Some(value),
+            EVENT_HEADER if fields.is_none() => fields = Some(value),
             METADATA_HEADER => metadata.push(metadata_entry(value)?),
+            first_version::PRIORITY => first_version.priority = Some(value),
+            first_version::ID => first_version.id = Some((value, false)),
+            first_version::TIMESTAMP => first_version.timestamp_ns = Some(value),
+            first_version::ORIGIN => first_version.origin = Some(value),
+            first_version::ORIGIN_SEQUENCE => first_version.origin_sequence = Some(value),
             _ => {}
         }
     }
-    let number = |name: &'static str, value: Option<&str>, expected: &'static str| {
-        let value = value.ok_or(HeaderError::Missing(name))?;
-        value.parse::<i64>().map_err(|_| HeaderError::Invalid {
-            name,
-            value: value.to_owned(),
-            expected,
-        })
+    // A field's header: EVENT_HEADER, or the first version's own header for it.
+    let (fields, header_of) = match fields {
+        Some(value) => (
+            fields_of(value)?,
+            (|_| EVENT_HEADER) as fn(&'static str) -> _,
+        ),
+        None if first_version.priority.is_none() => return Err(HeaderError::Missing(EVENT_HEADER)),
+        None => (first_version, (|name| name) as fn(&'static str) -> _),
     };
-    let priority = number(PRIORITY_HEADER, priority, "a priority 0..=4")?;
-    let priority = u8::try_from(priority)
+    let field = |value: Option<&'h str>, name: &'static str| {
+        value.ok_or(HeaderError::Missing(header_of(name)))
+    };
+    let invalid = |name: &'static str, value: &str, expected: &'static str| HeaderError::Invalid {
+        name: header_of(name),
+        value: value.to_owned(),
+        expected,
+    };
+    let priority = field(fields.priority, first_version::PRIORITY)?;
+    let priority = priority
+        .parse::<u8>()
         .ok()
         .and_then(Priority::from_u8)
-        .ok_or_else(|| HeaderError::Invalid {
-            name: PRIORITY_HEADER,
-            value: priority.to_string(),
-            expected: "a priority 0..=4",
-        })?;
-    let timestamp_ns = number(TIMESTAMP_HEADER, timestamp, "Unix nanoseconds")?;
-    let sequence = number(ORIGIN_SEQUENCE_HEADER, sequence, "a sequence number")?;
-    let origin = origin.ok_or(HeaderError::Missing(ORIGIN_HEADER))?;
-    let id = id.ok_or(HeaderError::Missing(ID_HEADER))?;
-    let sequence = sequence.to_string();
+        .ok_or_else(|| invalid(first_version::PRIORITY, priority, "a priority 0..=4"))?;
+    let timestamp = field(fields.timestamp_ns, first_version::TIMESTAMP)?;
+    let timestamp_ns = timestamp
+        .parse::<i64>()
+        .map_err(|_| invalid(first_version::TIMESTAMP, timestamp, "Unix nanoseconds"))?;
+    let sequence = field(fields.origin_sequence, first_version::ORIGIN_SEQUENCE)?;
+    // Kept as text in the metadata: digits only, as the origin wrote it.
+    let digits = sequence.bytes().all(|b| b.is_ascii_digit());
+    if !digits || sequence.parse::<u64>().is_err() {
+        return Err(invalid(
+            first_version::ORIGIN_SEQUENCE,
+            sequence,
+            "a sequence number",
+        ));
+    }
+    let origin = field(fields.origin, first_version::ORIGIN)?;
+    let (id, escaped) = fields.id.ok_or(HeaderError::Missing(first_version::ID))?;
+    let id = match escaped {
+        true => Bytes::from(
+            unescape(id).ok_or_else(|| invalid(first_version::ID, id, "an escaped id"))?,
+        ),
+        false => Bytes::copy_from_slice(id.as_bytes()),
+    };
     let pairs = metadata
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
-        .chain([
-            (ORIGIN_KEY, origin),
-            (ORIGIN_SEQUENCE_KEY, sequence.as_str()),
-        ]);
+        .chain([(ORIGIN_KEY, origin), (ORIGIN_SEQUENCE_KEY, sequence)]);
     let metadata = Metadata::from_pairs(pairs).map_err(|e| HeaderError::Metadata(e.to_string()))?;
     Ok(RawEvent {
         topic,
-        id: Bytes::copy_from_slice(id.as_bytes()),
+        id,
         payload,
         metadata,
         priority: priority as u8,
         timestamp_ns,
     })
+}
+
+/// The fixed fields of an [`EVENT_HEADER`] value: all five, each one non-empty.
+fn fields_of(value: &str) -> Result<Fields<'_>, HeaderError> {
+    let mut parts = value.split(' ');
+    let mut next = || parts.next().filter(|part| !part.is_empty());
+    let (priority, timestamp_ns, origin_sequence, origin, id) =
+        (next(), next(), next(), next(), next());
+    match (priority, timestamp_ns, origin_sequence, origin, id) {
+        (Some(_), Some(_), Some(_), Some(_), Some(id)) => Ok(Fields {
+            priority,
+            timestamp_ns,
+            origin_sequence,
+            origin,
+            id: Some((id, true)),
+        }),
+        _ => Err(HeaderError::Invalid {
+            name: EVENT_HEADER,
+            value: value.to_owned(),
+            expected: "priority, timestamp, sequence, origin and id, one space apart",
+        }),
+    }
 }
 
 fn metadata_entry(value: &str) -> Result<(String, String), HeaderError> {
@@ -148,11 +234,23 @@ fn metadata_entry(value: &str) -> Result<(String, String), HeaderError> {
 }
 
 /// Whether `c` must be escaped in a metadata key or value.
-fn escaped(c: char) -> bool {
+fn escaped_in_metadata(c: char) -> bool {
     c == '%' || c == '=' || c.is_control()
 }
 
-fn escape_into(out: &mut String, text: &str) {
+/// Whether `c` must be escaped in an id, the last of the space-separated fixed fields.
+fn escaped_in_id(c: char) -> bool {
+    c == '%' || c.is_whitespace() || c.is_control()
+}
+
+fn escape_into(out: &mut String, text: &str, escaped: fn(char) -> bool) {
+    // Printable ASCII other than `%`, `=` and space is escaped by neither rule: most ids and
+    // metadata are, and are copied whole.
+    let plain = |b: u8| b.is_ascii_graphic() && b != b'%' && b != b'=';
+    if text.bytes().all(plain) {
+        out.push_str(text);
+        return;
+    }
     for c in text.chars() {
         if escaped(c) {
             let mut utf8 = [0; 4];
@@ -165,8 +263,11 @@ fn escape_into(out: &mut String, text: &str) {
     }
 }
 
-/// The inverse of [`escape_into`]; None for a malformed or needless escape.
+/// The inverse of [`escape_into`]; None for a malformed escape or bytes that are not UTF-8.
 fn unescape(text: &str) -> Option<String> {
+    if !text.contains('%') {
+        return Some(text.to_owned());
+    }
     let mut bytes = Vec::with_capacity(text.len());
     let mut rest = text.as_bytes();
     while let Some((&first, tail)) = rest.split_first() {
@@ -201,10 +302,12 @@ mod tests {
         }
     }
 
-    /// What `headers_of` hands out, as a list.
+    /// What `headers_of` hands out, as a list of names and values.
     fn exported(event: &EventView<'_>, origin: &str) -> Vec<(&'static str, String)> {
         let mut headers = Vec::new();
-        headers_of(event, origin, |name, value| headers.push((name, value)));
+        headers_of(event, origin, |header, value| {
+            headers.push((header.name(), value))
+        });
         headers
     }
 
@@ -213,17 +316,40 @@ mod tests {
         event_of(Bytes::from_static(b"a/b"), Bytes::from_static(b"x"), pairs)
     }
 
+    fn entries(metadata: &Metadata) -> Vec<(&str, &str)> {
+        metadata.iter().collect()
+    }
+
+    /// The example of docs/BRIDGE.md, "What an exported event carries", byte for byte.
+    #[test]
+    fn the_documented_headers_golden() {
+        let metadata = Metadata::from_pairs([("unit", "°C"), ("note", "a=b 5%")]).unwrap();
+        let mut event = view(b"reading 7", &metadata);
+        event.timestamp_ns = 1_764_806_400_000_000_000;
+        event.sequence = 1_204;
+        let headers = exported(&event, "edge-1@1764806000000");
+        let expected = [
+            (
+                "Eventstream",
+                "3 1764806400000000000 1204 edge-1@1764806000000 reading%207",
+            ),
+            ("Eventstream-Metadata", "unit=°C"),
+            ("Eventstream-Metadata", "note=a%3Db 5%25"),
+        ];
+        let got: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        assert_eq!(got, expected);
+    }
+
     #[test]
     fn an_exported_event_is_imported_with_its_fields_and_its_origin_as_metadata() {
         let metadata = Metadata::from_pairs([("k", "v"), ("a=b", "50%\r\n")]).unwrap();
-        let headers = exported(&view(b"id-1", &metadata), "node-a@1700");
+        let headers = exported(&view(b"id 1\r\n%", &metadata), "node-a@1700");
         let imported = import(&headers).unwrap();
         assert_eq!(imported.priority, Priority::High as u8);
-        assert_eq!(&imported.id[..], b"id-1");
+        assert_eq!(&imported.id[..], b"id 1\r\n%");
         assert_eq!(imported.timestamp_ns, 1_700_000_000_000_000_000);
-        let entries: Vec<(&str, &str)> = imported.metadata.iter().collect();
         assert_eq!(
-            entries,
+            entries(&imported.metadata),
             vec![
                 ("k", "v"),
                 ("a=b", "50%\r\n"),
@@ -237,64 +363,108 @@ mod tests {
     }
 
     #[test]
+    fn the_first_versions_headers_are_still_imported() {
+        let headers = [
+            (first_version::PRIORITY, "1".to_owned()),
+            (first_version::ID, "old id".to_owned()),
+            (first_version::TIMESTAMP, "5".to_owned()),
+            (first_version::ORIGIN, "old@1".to_owned()),
+            (first_version::ORIGIN_SEQUENCE, "9".to_owned()),
+            (METADATA_HEADER, "k=v".to_owned()),
+        ];
+        let imported = import(&headers).unwrap();
+        assert_eq!(imported.priority, Priority::Low as u8);
+        assert_eq!(&imported.id[..], b"old id");
+        assert_eq!(imported.timestamp_ns, 5);
+        assert_eq!(
+            entries(&imported.metadata),
+            vec![
+                ("k", "v"),
+                (ORIGIN_KEY, "old@1"),
+                (ORIGIN_SEQUENCE_KEY, "9")
+            ]
+        );
+    }
+
+    #[test]
+    fn later_fields_are_ignored() {
+        let value = "2 7 3 n@1 id an-added-field another";
+        let imported = import(&[(EVENT_HEADER, value.to_owned())]).unwrap();
+        assert_eq!(&imported.id[..], b"id");
+        assert_eq!(imported.priority, Priority::Medium as u8);
+    }
+
+    #[test]
     fn header_values_hold_no_line_breaks() {
         let metadata = Metadata::from_pairs([("k\n", "v\r")]).unwrap();
-        for (_, value) in exported(&view(b"i", &metadata), "n") {
+        for (_, value) in exported(&view(b"i\r\nj", &metadata), "n") {
             assert!(!value.contains(['\r', '\n']), "{value:?}");
         }
     }
 
     #[test]
     fn a_message_missing_or_garbling_a_field_is_refused_by_name() {
-        let metadata = Metadata::default();
-        let good = exported(&view(b"i", &metadata), "n");
-        let without = |name| {
-            good.iter()
-                .filter(|(n, _)| *n != name)
-                .cloned()
-                .collect::<Vec<_>>()
-        };
+        assert_eq!(import(&[]), Err(HeaderError::Missing(EVENT_HEADER)));
+        let refused = |value: &str| import(&[(EVENT_HEADER, value.to_owned())]).unwrap_err();
+        for value in [
+            "2 7 3 n@1",
+            "",
+            "7 7 3 n@1 id",
+            "2 x 3 n@1 id",
+            "2 7 -3 n@1 id",
+            "2 7 3 n@1 %G1",
+            "2  7 3 n@1 id",
+        ] {
+            assert!(
+                matches!(
+                    refused(value),
+                    HeaderError::Invalid {
+                        name: EVENT_HEADER,
+                        ..
+                    }
+                ),
+                "{value:?}"
+            );
+        }
+        let old_without_origin = [
+            (first_version::PRIORITY, "1".to_owned()),
+            (first_version::ID, "i".to_owned()),
+            (first_version::TIMESTAMP, "5".to_owned()),
+            (first_version::ORIGIN_SEQUENCE, "9".to_owned()),
+        ];
         assert_eq!(
-            import(&without(PRIORITY_HEADER)),
-            Err(HeaderError::Missing(PRIORITY_HEADER))
+            import(&old_without_origin),
+            Err(HeaderError::Missing(first_version::ORIGIN))
         );
-        assert_eq!(
-            import(&without(ORIGIN_HEADER)),
-            Err(HeaderError::Missing(ORIGIN_HEADER))
-        );
-        let mut bad = without(PRIORITY_HEADER);
-        bad.push((PRIORITY_HEADER, "7".into()));
-        assert!(matches!(
-            import(&bad),
-            Err(HeaderError::Invalid {
-                name: PRIORITY_HEADER,
-                ..
-            })
-        ));
-        let mut bad = good.clone();
-        bad.push((METADATA_HEADER, "no-equals".into()));
-        assert!(matches!(
-            import(&bad),
-            Err(HeaderError::Invalid {
-                name: METADATA_HEADER,
-                ..
-            })
-        ));
-        let mut bad = good;
-        bad.push((METADATA_HEADER, "k=%G1".into()));
-        assert!(import(&bad).is_err());
+        let good = exported(&view(b"i", &Metadata::default()), "n");
+        for entry in ["no-equals", "k=%G1"] {
+            let mut bad = good.clone();
+            bad.push((METADATA_HEADER, entry.into()));
+            assert!(matches!(
+                import(&bad),
+                Err(HeaderError::Invalid {
+                    name: METADATA_HEADER,
+                    ..
+                })
+            ));
+        }
     }
 
     proptest! {
         #![proptest_config(crate::proptest_config())]
 
         #[test]
-        fn metadata_survives_the_trip_whatever_it_holds(
+        fn an_event_survives_the_trip_whatever_its_id_and_metadata_hold(
+            id in ".{1,12}",
             entries in proptest::collection::vec((".{0,8}", ".{0,8}"), 0..5),
         ) {
             let metadata = Metadata::from_pairs(entries.iter().map(|(k, v)| (k.as_str(), v.as_str()))).unwrap();
-            let headers = exported(&view(b"i", &metadata), "n");
+            let headers = exported(&view(id.as_bytes(), &metadata), "n@1");
+            for (_, value) in &headers {
+                prop_assert!(!value.contains(['\r', '\n']));
+            }
             let imported = import(&headers).unwrap();
+            prop_assert_eq!(&imported.id[..], id.as_bytes());
             let back: Vec<(String, String)> = imported
                 .metadata
                 .iter()

@@ -9,12 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectOptions, HeaderMap};
+use async_nats::{Client, ConnectOptions, HeaderMap, HeaderName};
 use bytes::Bytes;
 use futures_lite::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::headers::{event_of, headers_of, is_imported};
+use super::headers::{event_of, headers_of, is_imported, Header, EVENT_HEADER, METADATA_HEADER};
 use super::interest::{Change, Interest, LocalChange};
 use super::subject::{subject_of, topic_of};
 use super::{BridgeStats, Settings};
@@ -29,6 +29,10 @@ const FLUSH_AT_STOP: Duration = Duration::from_secs(2);
 /// Messages one NATS subscription may buffer in the client before NATS counts this node as
 /// a slow consumer.
 const SUBSCRIPTION_CAPACITY_MESSAGES: usize = 64 * 1024;
+
+/// The header names, made once: the client allocates a name made from text, per event.
+const EVENT_HEADER_NAME: HeaderName = HeaderName::from_static(EVENT_HEADER);
+const METADATA_HEADER_NAME: HeaderName = HeaderName::from_static(METADATA_HEADER);
 
 /// The thread's state, moved onto it.
 pub(super) struct Link {
@@ -209,8 +213,9 @@ async fn export(
                 continue; // from NATS: never sent back
             }
             let mut headers = HeaderMap::new();
-            headers_of(&view, &settings.origin, |name, value| {
-                headers.append(name, value)
+            headers_of(&view, &settings.origin, |header, value| match header {
+                Header::Event => headers.append(EVENT_HEADER_NAME, value),
+                Header::Metadata => headers.append(METADATA_HEADER_NAME, value),
             });
             let subject = subject_of(&settings.prefix, topic);
             match client

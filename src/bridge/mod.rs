@@ -183,15 +183,16 @@ impl Bridge {
     }
 }
 
-/// `configured`, or the host's name, or "node".
+/// `configured` (checked: no spaces), or the host's name if it has none, or "node".
 fn node_id(configured: &str) -> String {
     if !configured.is_empty() {
         return configured.to_owned();
     }
+    let spaced = |c: char| c.is_whitespace() || c.is_control();
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
+        .filter(|name| !name.is_empty() && !name.contains(spaced))
         .unwrap_or_else(|| "node".to_owned())
 }
 

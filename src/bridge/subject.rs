@@ -99,6 +99,12 @@ pub fn topic_of(prefix: &Prefix, subject: &str) -> Result<Topic, SubjectError> {
 }
 
 fn push_escaped(out: &mut String, segment: &str) {
+    // Most segments have nothing to escape: copied whole. (Every special character is ASCII.)
+    let special = |b: u8| ESCAPES.iter().any(|(c, _)| *c as u32 == u32::from(b));
+    if !segment.bytes().any(special) {
+        out.push_str(segment);
+        return;
+    }
     for c in segment.chars() {
         match ESCAPES.iter().find(|(special, _)| *special == c) {
             Some((_, escaped)) => out.push_str(escaped),

@@ -105,6 +105,14 @@ impl BridgeConfig {
         if self.user.is_some() != self.password.is_some() {
             return Err(invalid("bridge.user", "user and password go together"));
         }
+        // The origin header's fields are space-separated (docs/BRIDGE.md).
+        if self
+            .node_id
+            .contains(|c: char| c.is_whitespace() || c.is_control())
+        {
+            let why = format!("{:?} has a space or a control character", self.node_id);
+            return Err(invalid("bridge.node_id", why));
+        }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             let why = "tls_cert_file and tls_key_file go together";
             return Err(invalid("bridge.tls_cert_file", why));
@@ -167,6 +175,7 @@ mod tests {
             ("  export: ['a/**/b']\n", "bridge.export"),
             ("  import: ['']\n", "bridge.import"),
             ("  user: u\n", "bridge.user"),
+            ("  node_id: 'a b'\n", "bridge.node_id"),
             (&cert, "bridge.tls_cert_file"),
             ("  tls_ca_file: /no/such/ca.pem\n", "bridge.tls_ca_file"),
             (
