@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +34,11 @@ const SUBSCRIPTION_CAPACITY_MESSAGES: usize = 64 * 1024;
 /// The header names, made once: the client allocates a name made from text, per event.
 const EVENT_HEADER_NAME: HeaderName = HeaderName::from_static(EVENT_HEADER);
 const METADATA_HEADER_NAME: HeaderName = HeaderName::from_static(METADATA_HEADER);
+
+/// What a NATS header block adds to its headers: `NATS/1.0\r\n` before, `\r\n` after.
+const HEADERS_FRAMING_BYTES: usize = 10 + 2;
+/// What a header line adds to its name and value: `: ` and `\r\n`.
+const HEADER_FRAMING_BYTES: usize = 4;
 
 /// The thread's state, moved onto it.
 pub(super) struct Link {
@@ -186,6 +192,7 @@ async fn export(
     settings: Settings,
     stats: Arc<BridgeStats>,
 ) {
+    let mut warned_too_large = false;
     while let Ok(batch) = batches.recv_async().await {
         let mut at = 0;
         while let Ok(Some(frame)) = codec::frame_at(&batch[at..], usize::MAX) {
@@ -199,25 +206,35 @@ async fn export(
                 debug_assert!(false, "the export queue holds EVENT frames");
                 continue;
             };
-            // Checked when it was published: only its text is needed here.
-            let Ok(topic) = std::str::from_utf8(&event.topic) else {
-                debug_assert!(false, "a sequenced event's topic is UTF-8");
-                continue;
+            // A bug met by one event must not end the export of all the others: the panic
+            // hook has reported it, and the event counts as not exported.
+            let mapped = panic::catch_unwind(AssertUnwindSafe(|| {
+                message_of(&event, sequence, sub_id, &settings)
+            }));
+            let (subject, headers, headers_bytes) = match mapped {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
+                Err(_) => {
+                    BridgeStats::count(&stats.export_failed);
+                    continue;
+                }
             };
-            let first = settings.export.iter().position(|p| p.matches(topic));
-            if first != Some(sub_id as usize) {
-                continue; // another export pattern's copy goes
+            // The server would answer a message over its limit by closing the connection,
+            // losing what else was in flight; the client checks only messages without
+            // headers. So such an event is not sent.
+            let message_bytes = headers_bytes + event.payload.len();
+            if message_bytes > client.max_payload() {
+                if !warned_too_large {
+                    warned_too_large = true;
+                    crate::log_line!(
+                        "bridge: an event of {message_bytes} bytes is over the NATS server's \
+                         max_payload of {} bytes, not exported (counted as failed; docs/BRIDGE.md)",
+                        client.max_payload()
+                    );
+                }
+                BridgeStats::count(&stats.export_failed);
+                continue;
             }
-            let view = view_of(&event, sequence);
-            if is_imported(&view) {
-                continue; // from NATS: never sent back
-            }
-            let mut headers = HeaderMap::new();
-            headers_of(&view, &settings.origin, |header, value| match header {
-                Header::Event => headers.append(EVENT_HEADER_NAME, value),
-                Header::Metadata => headers.append(METADATA_HEADER_NAME, value),
-            });
-            let subject = subject_of(&settings.prefix, topic);
             match client
                 .publish_with_headers(subject, headers, event.payload.clone())
                 .await
@@ -227,6 +244,40 @@ async fn export(
             }
         }
     }
+}
+
+/// The NATS subject and headers of an event that shard 0 queued for export under export
+/// pattern `sub_id`, with the headers' size on the wire; None when this copy is not to go
+/// (another pattern exports it, or it came from NATS).
+fn message_of(
+    event: &RawEvent,
+    sequence: u64,
+    sub_id: u32,
+    settings: &Settings,
+) -> Option<(String, HeaderMap, usize)> {
+    // Checked when it was published: only its text is needed here.
+    let Ok(topic) = std::str::from_utf8(&event.topic) else {
+        debug_assert!(false, "a sequenced event's topic is UTF-8");
+        return None;
+    };
+    let first = settings.export.iter().position(|p| p.matches(topic));
+    if first != Some(sub_id as usize) {
+        return None;
+    }
+    let view = view_of(event, sequence);
+    if is_imported(&view) {
+        return None;
+    }
+    let mut headers = HeaderMap::new();
+    let mut headers_bytes = HEADERS_FRAMING_BYTES;
+    headers_of(&view, &settings.origin, |header, value| {
+        headers_bytes += header.name().len() + HEADER_FRAMING_BYTES + value.len();
+        match header {
+            Header::Event => headers.append(EVENT_HEADER_NAME, value),
+            Header::Metadata => headers.append(METADATA_HEADER_NAME, value),
+        }
+    });
+    Some((subject_of(&settings.prefix, topic), headers, headers_bytes))
 }
 
 /// An owned event of an EVENT frame, as the view the header mapping reads.
@@ -258,32 +309,60 @@ async fn forward(
     stats: Arc<BridgeStats>,
 ) {
     while let Some(message) = subscription.next().await {
-        if !interest
-            .borrow()
-            .imports_via(&via, message.subject.as_str())
-        {
-            continue;
-        }
-        let Ok(topic) = topic_of(&settings.prefix, message.subject.as_str()) else {
-            BridgeStats::count(&stats.import_refused);
-            continue;
+        // As on export, a bug met by one message must not end the import of the others.
+        let mapped = panic::catch_unwind(AssertUnwindSafe(|| {
+            import_of(&message, &via, &interest.borrow(), &settings)
+        }));
+        let event = match mapped {
+            Ok(Import::Event(event)) => event,
+            Ok(Import::ViaAnother) => continue,
+            Ok(Import::Refused) | Err(_) => {
+                BridgeStats::count(&stats.import_refused);
+                continue;
+            }
         };
-        let headers = message.headers.iter().flat_map(|map| {
-            map.iter().flat_map(|(name, values)| {
-                values
-                    .iter()
-                    .map(move |value| (name.as_ref(), value.as_str()))
-            })
-        });
-        let owner = owner_of(topic.bytes(), imports.len());
-        match event_of(topic.bytes().clone(), message.payload.clone(), headers) {
-            Ok(event) => match imports[owner].try_send(event) {
-                Ok(()) => {}
-                Err(flume::TrySendError::Full(_)) => BridgeStats::count(&stats.import_dropped),
-                Err(flume::TrySendError::Disconnected(_)) => return,
-            },
-            Err(_) => BridgeStats::count(&stats.import_refused),
+        let owner = owner_of(&event.topic, imports.len());
+        match imports[owner].try_send(event) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => BridgeStats::count(&stats.import_dropped),
+            Err(flume::TrySendError::Disconnected(_)) => return,
         }
+    }
+}
+
+/// What becomes of a message a NATS subscription received.
+enum Import {
+    /// The event it stands for, to publish.
+    Event(RawEvent),
+    /// Another held subscription imports it.
+    ViaAnother,
+    /// Not a valid event (another publisher on the subjects).
+    Refused,
+}
+
+/// What becomes of `message`, received through NATS subscription `via`.
+fn import_of(
+    message: &async_nats::Message,
+    via: &str,
+    interest: &Interest,
+    settings: &Settings,
+) -> Import {
+    if !interest.imports_via(via, message.subject.as_str()) {
+        return Import::ViaAnother;
+    }
+    let Ok(topic) = topic_of(&settings.prefix, message.subject.as_str()) else {
+        return Import::Refused;
+    };
+    let headers = message.headers.iter().flat_map(|map| {
+        map.iter().flat_map(|(name, values)| {
+            values
+                .iter()
+                .map(move |value| (name.as_ref(), value.as_str()))
+        })
+    });
+    match event_of(topic.bytes().clone(), message.payload.clone(), headers) {
+        Ok(event) => Import::Event(event),
+        Err(_) => Import::Refused,
     }
 }
 
