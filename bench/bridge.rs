@@ -1,10 +1,9 @@
 //! The `bridge` row: events published on one node reaching a subscriber on another through
-//! NATS (docs/BRIDGE.md). The row starts its own nats-server and two one-shard nodes bridged
-//! through it, both in this process, so the send stamp in each payload and its arrival share
-//! one clock; the publisher and the subscriber are those of `native-tcp`.
+//! NATS (docs/BRIDGE.md); the `nats` row measures nats-server's own path the same way. The
+//! row starts its own nats-server and two one-shard nodes bridged through it, both in this
+//! process, so the send stamp in each payload and its arrival share one clock; the publisher
+//! and the subscriber are those of `native-tcp`.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use eventstream::server::{self, RunningServer};
 
 use crate::delivery::Form;
 use crate::native::{pipelined_between, unique_topic};
+use crate::nats::NatsServer;
 use crate::{Args, Row};
 
 /// How long the path through NATS may take to open (NATS subscriptions are made in the
@@ -22,47 +22,11 @@ const PATH_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the row waits for probes still in flight once the path is open.
 const QUIET: Duration = Duration::from_millis(300);
 
-/// A nats-server process for the row, killed when dropped.
-struct Nats(Child);
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The row: `--count` events of `--size` bytes, published on node A, received on node B.
 pub fn row(args: &Args) -> Result<Row, String> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let binary = ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find(|b| {
-            Command::new(b)
-                .arg("--version")
-                .stdout(Stdio::null())
-                .status()
-                .is_ok()
-        })
-        .ok_or("the bridge row needs nats-server (apt-get install nats-server)")?;
-    let child = Command::new(binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("nats-server: {e}"))?;
-    let _nats = Nats(child);
-    let url = format!("nats://127.0.0.1:{port}");
+    let nats = NatsServer::start()?;
+    let url = nats.url.clone();
     let deadline = Instant::now() + PATH_OPEN_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return Err("nats-server did not listen".into());
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
     let a = node(&url)?;
     let b = node(&url)?;
     let (at_a, at_b) = (

@@ -8,9 +8,11 @@
 //! subscriber, latency from a send timestamp carried in the payload; `native-publish`,
 //! `native-udp`, `fanout`, the `-legacy` rows of today's frames, `growth-topics`,
 //! `growth-wildcards`), the gRPC rows of [`grpc`] (`grpc-unary`, `grpc-stream`,
-//! `grpc-batch`), the host's ceilings of [`ceiling`], and the [`memory`] row. Each row
-//! reports the CPU the server and the load used ([`cpu`]). `--spawn` starts a server inside this process, its shards pinned to
-//! `--cores`, the load on the other CPUs.
+//! `grpc-batch`), the host's ceilings of [`ceiling`], the [`memory`] row, and, with
+//! nats-server installed, the [`bridge`] row (two nodes through NATS) beside the [`nats`] row
+//! (nats-server's own path). Each row reports the CPU the server and the load used ([`cpu`]).
+//! `--spawn` starts a server inside this process, its shards pinned to `--cores`, the load on
+//! the other CPUs.
 
 use std::process::ExitCode;
 
@@ -26,6 +28,7 @@ mod delivery;
 mod grpc;
 mod memory;
 mod native;
+mod nats;
 mod soak;
 
 #[derive(Parser)]
@@ -455,6 +458,7 @@ fn run_rows(args: &Args) -> ExitCode {
             "grpc-stream" => grpc_row(args, "grpc-stream"),
             "grpc-batch" => grpc_row(args, "grpc-batch"),
             "bridge" => bridge::row(args),
+            "nats" => nats::row(args),
             "channels" => {
                 compare_channels(args);
                 continue;
@@ -467,7 +471,7 @@ fn run_rows(args: &Args) -> ExitCode {
                 "unknown row {other:?} (known: native-tcp, native-tcp-legacy, native-publish, \
                  native-publish-legacy, native-latency, native-udp, fanout, fanout-legacy, \
                  growth-topics, growth-wildcards, grpc-unary, grpc-stream, grpc-batch, bridge, \
-                 ceiling, memory, channels)"
+                 nats, ceiling, memory, channels)"
             )),
         };
         let usage = threads.usage(&before, &threads.sample());
