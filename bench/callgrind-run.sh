@@ -14,6 +14,8 @@
 # grpc-unary (20k, 50k).
 # Needs a release build (cargo build --release) and valgrind.
 set -euo pipefail
+# The servers started here are not bridged to NATS, whatever the environment says.
+unset EVENTSTREAM_BRIDGE
 cd "$(dirname "$0")/.."
 
 ROWS=${ROWS:-native-tcp grpc-unary}

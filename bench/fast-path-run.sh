@@ -10,6 +10,8 @@
 # CPU 1, load on CPU 0, 100-byte payloads. Prints each round's figures, then one line per
 # target with the per-round ratios and their median.
 set -euo pipefail
+# The servers started here are not bridged to NATS, whatever the environment says.
+unset EVENTSTREAM_BRIDGE
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}

@@ -9,6 +9,8 @@
 # LIMITS=path/to/limits (loopback ceilings and nats-server; its run-all.sh). Server side on
 # CPU 1, load on CPU 0, 100-byte payloads. Prints one line per measurement.
 set -euo pipefail
+# The servers started here are not bridged to NATS, whatever the environment says.
+unset EVENTSTREAM_BRIDGE
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}

@@ -9,6 +9,8 @@
 #
 # Needs a release build (cargo build --release). Server on CPU 1, load on CPU 0.
 set -euo pipefail
+# The servers started here are not bridged to NATS, whatever the environment says.
+unset EVENTSTREAM_BRIDGE
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}

@@ -87,6 +87,8 @@ struct ServeArgs {
     #[arg(
         long,
         env = "EVENTSTREAM_BRIDGE",
+        // URLs may hold a user and password: --help does not show them.
+        hide_env_values = true,
         value_name = "nats://HOST:PORT[,...]",
         value_delimiter = ','
     )]

@@ -25,6 +25,8 @@ impl Drop for Served {
 
 fn serve(extra: &[&str]) -> Served {
     let mut child = Command::new(BIN)
+        // The tests' servers are not bridged, whatever the environment says.
+        .env_remove("EVENTSTREAM_BRIDGE")
         .args([
             "serve",
             "--bind",

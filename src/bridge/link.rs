@@ -82,7 +82,7 @@ impl Link {
         )));
         let imports = Rc::new(self.imports);
         let mut held: HashMap<String, JoinHandle<()>> = HashMap::new();
-        loop {
+        'serve: loop {
             let change = tokio::select! {
                 change = self.interest.recv_async() => change,
                 _ = self.stopped.recv_async() => break,
@@ -96,20 +96,30 @@ impl Link {
             };
             for change in changes {
                 match change {
-                    Change::Subscribe(subject) => match client.subscribe(subject.clone()).await {
-                        Ok(subscription) => {
-                            let forwarding = forward(
-                                subscription,
-                                subject.clone(),
-                                interest.clone(),
-                                imports.clone(),
-                                self.settings.clone(),
-                                self.stats.clone(),
-                            );
-                            held.insert(subject, tokio::task::spawn_local(forwarding));
+                    Change::Subscribe(subject) => {
+                        // While NATS is away the client may take no commands until it is
+                        // back: a stopping server does not wait for that.
+                        let subscribing = tokio::select! {
+                            subscribing = client.subscribe(subject.clone()) => subscribing,
+                            _ = self.stopped.recv_async() => break 'serve,
+                        };
+                        match subscribing {
+                            Ok(subscription) => {
+                                let forwarding = forward(
+                                    subscription,
+                                    subject.clone(),
+                                    interest.clone(),
+                                    imports.clone(),
+                                    self.settings.clone(),
+                                    self.stats.clone(),
+                                );
+                                held.insert(subject, tokio::task::spawn_local(forwarding));
+                            }
+                            Err(e) => {
+                                crate::log_line!("bridge: cannot subscribe to {subject}: {e}")
+                            }
                         }
-                        Err(e) => crate::log_line!("bridge: cannot subscribe to {subject}: {e}"),
-                    },
+                    }
                     // Dropping the subscription unsubscribes it in NATS.
                     Change::Unsubscribe(subject) => {
                         if let Some(forwarding) = held.remove(&subject) {
@@ -227,8 +237,9 @@ async fn export(
                 if !warned_too_large {
                     warned_too_large = true;
                     crate::log_line!(
-                        "bridge: an event of {message_bytes} bytes is over the NATS server's \
-                         max_payload of {} bytes, not exported (counted as failed; docs/BRIDGE.md)",
+                        "bridge: an event of {message_bytes} bytes is over NATS's max_payload \
+                         of {} bytes (the server's, or before the first connection the \
+                         client's default), not exported (counted as failed; docs/BRIDGE.md)",
                         client.max_payload()
                     );
                 }

@@ -117,8 +117,9 @@ impl BridgeConfig {
             let why = "tls_cert_file and tls_key_file go together";
             return Err(invalid("bridge.tls_cert_file", why));
         }
-        // The bridge reads these on its own thread, after start-up: a missing file is
-        // refused here, where it stops the server with the key's name.
+        // The bridge reads these on its own thread, after start-up: a file it could not read
+        // (missing, a directory, not permitted) is refused here, where it stops the server
+        // with the key's name.
         let files = [
             ("bridge.credentials_file", &self.credentials_file),
             ("bridge.tls_ca_file", &self.tls_ca_file),
@@ -127,7 +128,7 @@ impl BridgeConfig {
         ];
         for (key, file) in files {
             if let Some(path) = file {
-                std::fs::File::open(path)
+                std::fs::read(path)
                     .map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
             }
         }

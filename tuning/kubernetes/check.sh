@@ -13,6 +13,8 @@
 # Python binding for /usr/bin/python3 (Debian: python3-seccomp). Ports 39200-39203, 39210-39213
 # and 39222 on 127.0.0.1.
 set -euo pipefail
+# The servers started here are not bridged to NATS, whatever the environment says.
+unset EVENTSTREAM_BRIDGE
 bin=${1:?usage: check.sh BIN_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 profile=$here/seccomp/eventstream.json
@@ -48,11 +50,13 @@ wait_metric "eventstream_bridge_connected 1"
 bench_doors "$bin" 5k native-tcp,native-tcp-legacy,native-udp,grpc-unary,grpc-stream,grpc-batch \
     "$out/bench.log" "$out/serve.log"
 "$bin/eventstream" health --grpc --server 127.0.0.1:39200 >/dev/null
-exported=$(curl -sf http://127.0.0.1:39203/metrics | sed -n 's/^eventstream_bridge_exported_total //p')
+metrics=$(curl -sf http://127.0.0.1:39203/metrics) \
+    || { cat "$out/serve.log" >&2; echo "seccomp: the confined server's metrics did not answer" >&2; exit 1; }
+exported=$(echo "$metrics" | sed -n 's/^eventstream_bridge_exported_total //p')
 [ "${exported:-0}" -gt 0 ] || { cat "$out/serve.log" >&2; echo "seccomp: the confined bridge exported nothing" >&2; exit 1; }
 kill -INT "$server"
 stopped=0
-wait "$server" || stopped=$?
+wait_stopped "$server" || stopped=$?
 server=
 [ "$stopped" -eq 0 ] || { cat "$out/serve.log" >&2; echo "seccomp: the confined server did not stop cleanly" >&2; exit 1; }
 stop_nats
@@ -64,7 +68,8 @@ KUBERNETES_SERVICE_HOST=10.0.0.1 "${confined[@]}" "$profile" --without "$no_urin
 grep -q "io_uring: blocked in a Kubernetes pod by its seccomp filter" "$out/doctor.txt" \
     || { cat "$out/doctor.txt" >&2; echo "seccomp: doctor did not name the blocked io_uring" >&2; exit 1; }
 grep -q "seccompProfile" "$out/doctor.txt"
-if "${confined[@]}" "$profile" --without "$no_uring" -- "$bin/eventstream" serve "${SERVE_PORTS[@]}" \
+# (timeout: were it to start after all, it would fail here rather than serve forever.)
+if timeout 30 "${confined[@]}" "$profile" --without "$no_uring" -- "$bin/eventstream" serve "${SERVE_PORTS[@]}" \
     >"$out/refused.log" 2>&1; then
     echo "seccomp: serve started without io_uring" >&2
     exit 1

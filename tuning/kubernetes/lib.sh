@@ -26,14 +26,24 @@ NATS_PORT=39222
 NATS_URL=nats://localhost:$NATS_PORT
 nats=
 
-# Starts nats-server and waits up to 10 s for it to listen.
+# True when something listens on 127.0.0.1:$1.
+listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Starts nats-server and waits up to 10 s for it, this one, to listen.
 start_nats() {
     local server
+    if listening "$NATS_PORT"; then
+        echo "127.0.0.1:$NATS_PORT is taken: another nats-server left running?" >&2
+        return 1
+    fi
     server=$(command -v nats-server || echo /usr/sbin/nats-server)
     "$server" -a 127.0.0.1 -p "$NATS_PORT" >/dev/null 2>&1 &
     nats=$!
     for _ in $(seq 1 50); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && return 0
+        kill -0 "$nats" 2>/dev/null || { echo "nats-server exited at start" >&2; return 1; }
+        listening "$NATS_PORT" && return 0
         sleep 0.2
     done
     echo "nats-server never listened on 127.0.0.1:$NATS_PORT" >&2
@@ -49,9 +59,27 @@ stop_nats() {
 # in the background).
 wait_metric() {
     for _ in $(seq 1 100); do
-        curl -sf http://127.0.0.1:39203/metrics | grep -qx "$1" && return 0
+        # grep reads all of curl's output (-q could close the pipe early, failing curl).
+        curl -sf http://127.0.0.1:39203/metrics | grep -x "$1" >/dev/null && return 0
         sleep 0.2
     done
     echo "the server's metrics never showed: $1" >&2
     return 1
+}
+
+# Waits up to 30 s for process $1, sent a signal to stop, to exit; returns its status. One that
+# does not exit is killed, and that is a failure: a shutdown must not hang.
+wait_stopped() {
+    local status=0
+    for _ in $(seq 1 150); do
+        if ! kill -0 "$1" 2>/dev/null; then
+            wait "$1" || status=$?
+            return "$status"
+        fi
+        sleep 0.2
+    done
+    echo "process $1 did not stop within 30 s of its signal" >&2
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null || true
+    return 124
 }
