@@ -22,6 +22,10 @@ use prost::Message;
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a test waits to be sure nothing more arrives.
 const QUIET: Duration = Duration::from_millis(500);
+/// How long a node may take to stop (its bridge gives NATS 2 s to take what it holds).
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Events exported while NATS is away: more than the NATS client queues (2,048 commands).
+const EXPORTS_BEYOND_THE_CLIENT: usize = 5_000;
 
 /// A nats-server process, killed when dropped.
 struct Nats {
@@ -378,6 +382,36 @@ fn a_nats_server_killed_and_restarted_leaves_local_traffic_alone_and_the_bridge_
         + shed
         + stats_a.export_failed.load(Ordering::Relaxed);
     assert_eq!(accounted, published_on_a, "every exported event is counted");
+}
+
+#[test]
+fn a_node_stops_promptly_while_nats_is_away_and_its_client_is_full() {
+    let mut nats = Nats::start();
+    let a = node(&[nats.url()]);
+    let stats = a.bridge_stats().unwrap();
+    nats.kill();
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    while stats.connected.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the bridge did not notice");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // More exports than the NATS client holds while it reconnects: its command queue fills,
+    // and the client takes no more commands, a subscription's among them, until NATS is back.
+    let mut publisher = a.client();
+    for i in 0..EXPORTS_BEYOND_THE_CLIENT {
+        let event = common::event("filled/t", format!("{i}").as_bytes(), Priority::Medium);
+        publisher.publish(&event).unwrap();
+    }
+    let _subscriber = native_subscriber(&a, "later/**");
+    thread::sleep(QUIET);
+    let (stopped_tx, stopped_rx) = mpsc::channel();
+    thread::spawn(move || {
+        drop(a);
+        let _ = stopped_tx.send(());
+    });
+    stopped_rx
+        .recv_timeout(STOP_TIMEOUT)
+        .expect("the node stopped while NATS was away");
 }
 
 #[test]
