@@ -82,7 +82,7 @@ impl Link {
         )));
         let imports = Rc::new(self.imports);
         let mut held: HashMap<String, JoinHandle<()>> = HashMap::new();
-        'serve: loop {
+        loop {
             let change = tokio::select! {
                 change = self.interest.recv_async() => change,
                 _ = self.stopped.recv_async() => break,
@@ -96,34 +96,27 @@ impl Link {
             };
             for change in changes {
                 match change {
+                    // Subscribing is a task of its own, as is what it then forwards: while
+                    // NATS is away the client may take no commands until it is back, and
+                    // this loop must go on taking changes (and the stop) meanwhile.
                     Change::Subscribe(subject) => {
-                        // While NATS is away the client may take no commands until it is
-                        // back: a stopping server does not wait for that.
-                        let subscribing = tokio::select! {
-                            subscribing = client.subscribe(subject.clone()) => subscribing,
-                            _ = self.stopped.recv_async() => break 'serve,
-                        };
-                        match subscribing {
-                            Ok(subscription) => {
-                                let forwarding = forward(
-                                    subscription,
-                                    subject.clone(),
-                                    interest.clone(),
-                                    imports.clone(),
-                                    self.settings.clone(),
-                                    self.stats.clone(),
-                                );
-                                held.insert(subject, tokio::task::spawn_local(forwarding));
-                            }
-                            Err(e) => {
-                                crate::log_line!("bridge: cannot subscribe to {subject}: {e}")
-                            }
-                        }
+                        let subscribing = subscribe_and_forward(
+                            client.clone(),
+                            subject.clone(),
+                            interest.clone(),
+                            imports.clone(),
+                            self.settings.clone(),
+                            self.stats.clone(),
+                        );
+                        let task = tokio::task::spawn_local(subscribing);
+                        let earlier = held.insert(subject, task);
+                        debug_assert!(earlier.is_none(), "a subject is subscribed once");
                     }
-                    // Dropping the subscription unsubscribes it in NATS.
+                    // Dropping the subscription unsubscribes it in NATS; one still being made
+                    // is abandoned.
                     Change::Unsubscribe(subject) => {
-                        if let Some(forwarding) = held.remove(&subject) {
-                            forwarding.abort();
+                        if let Some(task) = held.remove(&subject) {
+                            task.abort();
                         }
                     }
                 }
@@ -306,6 +299,23 @@ fn view_of(event: &RawEvent, sequence: u64) -> EventView<'_> {
         priority: Priority::from_u8(event.priority).unwrap_or(Priority::Medium),
         timestamp_ns: event.timestamp_ns,
         sequence,
+    }
+}
+
+/// Subscribes to `subject` in NATS, then forwards what it receives.
+async fn subscribe_and_forward(
+    client: Client,
+    subject: String,
+    interest: Rc<RefCell<Interest>>,
+    imports: Rc<Vec<flume::Sender<RawEvent>>>,
+    settings: Settings,
+    stats: Arc<BridgeStats>,
+) {
+    match client.subscribe(subject.clone()).await {
+        Ok(subscription) => {
+            forward(subscription, subject, interest, imports, settings, stats).await;
+        }
+        Err(e) => crate::log_line!("bridge: cannot subscribe to {subject}: {e}"),
     }
 }
 
