@@ -168,11 +168,6 @@ pub fn render_bridge(out: &mut String, stats: &BridgeStats) {
             load(&stats.export_failed),
         ),
         (
-            "eventstream_bridge_export_cuts_total",
-            "Times the export queue was cut (a CRITICAL event found it full) and made again.",
-            load(&stats.export_cuts),
-        ),
-        (
             "eventstream_bridge_imported_total",
             "Events received from NATS and published on this node.",
             load(&stats.imported),

@@ -24,6 +24,8 @@ const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(500);
 /// How long a node may take to stop (its bridge gives NATS 2 s to take what it holds).
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Subscriber queues of a node whose export queue is to overflow.
+const SMALL_QUEUE_EVENTS: usize = 64;
 /// Events exported while NATS is away: more than the NATS client queues (2,048 commands).
 const EXPORTS_BEYOND_THE_CLIENT: usize = 5_000;
 
@@ -382,6 +384,50 @@ fn a_nats_server_killed_and_restarted_leaves_local_traffic_alone_and_the_bridge_
         + shed
         + stats_a.export_failed.load(Ordering::Relaxed);
     assert_eq!(accounted, published_on_a, "every exported event is counted");
+}
+
+#[test]
+fn critical_events_beyond_the_export_queue_are_shed_and_counted_not_cut() {
+    let mut nats = Nats::start();
+    let mut config = node_config(&[nats.url()]);
+    config.limits.subscriber_queue_events = SMALL_QUEUE_EVENTS;
+    let a = connected(common::start_with(config));
+    let stats = a.bridge_stats().unwrap();
+    nats.kill();
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    while stats.connected.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the bridge did not notice");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Far more CRITICAL events than the client, the link's channel and the export queue hold.
+    let mut publisher = a.client();
+    for i in 0..EXPORTS_BEYOND_THE_CLIENT {
+        let event = common::event("flood/t", format!("{i}").as_bytes(), Priority::Critical);
+        publisher.publish(&event).unwrap();
+    }
+    nats.spawn();
+    // Each is exported once NATS is back, or was shed and counted: none is lost uncounted.
+    let accounted = || {
+        let shed: u64 = stats
+            .export_shed
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .sum();
+        stats.exported.load(Ordering::Relaxed) + shed + stats.export_failed.load(Ordering::Relaxed)
+    };
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    while accounted() < EXPORTS_BEYOND_THE_CLIENT as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {EXPORTS_BEYOND_THE_CLIENT} events accounted for",
+            accounted()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(QUIET);
+    assert_eq!(accounted(), EXPORTS_BEYOND_THE_CLIENT as u64);
+    let shed_critical = stats.export_shed[Priority::Critical as usize].load(Ordering::Relaxed);
+    assert!(shed_critical > 0, "the queue overflowed");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use super::interest::LocalChange;
 use super::{BridgeStats, ShardTap};
 use crate::engine::event::unix_now_ns;
+use crate::engine::queue::CriticalOverflow;
 use crate::engine::{
     Consumer, InterestHook, Pattern, Priority, RecentTopic, Reply, Shard, SubState, Subscriber,
 };
@@ -96,78 +97,63 @@ fn put_exported(out: &mut BytesMut, event: &crate::engine::EventView<'_>, tag: u
 }
 
 /// Shard 0's export queue: subscribes to every export pattern, and sends what they queue to
-/// the link, waiting while it is behind (the queue sheds meanwhile). A queue cut because a
-/// CRITICAL event found it full is counted and made again.
+/// the link, waiting while it is behind. Meanwhile the queue sheds by priority, CRITICAL
+/// events included: it never cuts, so every event it does not send is counted.
 async fn export(
     shard: Rc<Shard>,
     patterns: Vec<Pattern>,
     exports: flume::Sender<bytes::Bytes>,
     stats: Arc<BridgeStats>,
 ) {
-    let consumer = Rc::new(Consumer::new(put_exported));
-    // What earlier subscriptions (before a cut) shed, by priority.
-    let mut shed_before = [0u64; 5];
-    'subscribe: loop {
-        let mut subs = Vec::with_capacity(patterns.len());
-        for (index, pattern) in patterns.iter().enumerate() {
-            let tag = EXPORT_TAG | index as u64;
-            let sub = shard
-                .subscribe(pattern.clone(), Priority::Batch, &consumer, tag)
-                .await;
-            subs.push(sub);
+    let consumer =
+        Rc::new(Consumer::new(put_exported).with_critical_overflow(CriticalOverflow::Shed));
+    let mut subs = Vec::with_capacity(patterns.len());
+    for (index, pattern) in patterns.iter().enumerate() {
+        let tag = EXPORT_TAG | index as u64;
+        let sub = shard
+            .subscribe(pattern.clone(), Priority::Batch, &consumer, tag)
+            .await;
+        subs.push(sub);
+    }
+    loop {
+        let woken = consumer.notify.wait();
+        let stopped = shard.shutdown.wait();
+        if shard.is_closing() {
+            return;
         }
-        loop {
-            let woken = consumer.notify.wait();
-            let stopped = shard.shutdown.wait();
-            if shard.is_closing() {
+        consumer.release_held();
+        let mut batch = BytesMut::new();
+        while let Some(sub) = consumer.next_ready() {
+            let budget = EXPORT_BATCH_BYTES_MAX.saturating_sub(batch.len());
+            sub.drain(budget, |frames, _| batch.extend_from_slice(frames));
+            if sub.queued() > 0 {
+                consumer.hold(&sub);
+            }
+        }
+        record_shed(&subs, &stats);
+        debug_assert!(subs.iter().all(|s| s.state() == SubState::Active));
+        if !batch.is_empty() {
+            let sending = exports.send_async(batch.freeze());
+            if crate::accept::unless(sending, stopped).await.is_none() {
                 return;
             }
-            consumer.release_held();
-            let mut batch = BytesMut::new();
-            while let Some(sub) = consumer.next_ready() {
-                let budget = EXPORT_BATCH_BYTES_MAX.saturating_sub(batch.len());
-                sub.drain(budget, |frames, _| batch.extend_from_slice(frames));
-                if sub.queued() > 0 {
-                    consumer.hold(&sub);
-                }
-            }
-            record_shed(&shed_before, &subs, &stats);
-            if !batch.is_empty() {
-                let sending = exports.send_async(batch.freeze());
-                if crate::accept::unless(sending, stopped).await.is_none() {
-                    return;
-                }
-                continue;
-            }
-            if subs.iter().any(|s| s.state() == SubState::Cut) {
-                BridgeStats::count(&stats.export_cuts);
-                shed_before = shed_of(&shed_before, &subs);
-                for sub in &subs {
-                    shard.unsubscribe(sub);
-                }
-                continue 'subscribe;
-            }
-            if crate::accept::unless(woken, stopped).await.is_none() {
-                return;
-            }
+            continue;
+        }
+        if crate::accept::unless(woken, stopped).await.is_none() {
+            return;
         }
     }
 }
 
-/// `before` plus what `subs` shed, by priority.
-fn shed_of(before: &[u64; 5], subs: &[Rc<Subscriber>]) -> [u64; 5] {
-    let mut shed = *before;
+/// The export queue's shed counts, by priority, into the bridge's counters.
+fn record_shed(subs: &[Rc<Subscriber>], stats: &BridgeStats) {
+    let mut shed = [0u64; 5];
     for sub in subs {
         for (total, n) in shed.iter_mut().zip(sub.stats().shed) {
             *total += n;
         }
     }
-    shed
-}
-
-/// The export queue's shed counts, into the bridge's counters.
-fn record_shed(before: &[u64; 5], subs: &[Rc<Subscriber>], stats: &BridgeStats) {
-    for (counter, n) in stats.export_shed.iter().zip(shed_of(before, subs)) {
+    for (counter, n) in stats.export_shed.iter().zip(shed) {
         counter.store(n, Ordering::Relaxed);
     }
 }

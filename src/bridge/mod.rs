@@ -43,12 +43,12 @@ const IMPORT_EVENTS_MAX: usize = 16 * 1024;
 pub struct BridgeStats {
     /// Events published to NATS.
     pub exported: AtomicU64,
-    /// Events NATS refused or that could not be sent.
+    /// Events not handed to NATS: refused by the client, over NATS's max_payload, or met by a
+    /// bug in the mapping.
     pub export_failed: AtomicU64,
-    /// Events shed from the export queue while NATS was slow or down, by priority.
+    /// Events shed from the export queue while NATS was slow or down, by priority (CRITICAL
+    /// ones too: the queue never cuts).
     pub export_shed: [AtomicU64; 5],
-    /// Times the export queue was cut (a CRITICAL event found it full) and made again.
-    pub export_cuts: AtomicU64,
     /// Events received from NATS and published on this node.
     pub imported: AtomicU64,
     /// Messages from NATS that were not valid events (counted, not published).

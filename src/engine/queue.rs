@@ -33,6 +33,16 @@ pub enum Offer {
     Cut,
 }
 
+/// What a full queue does with a CRITICAL event it cannot take (PROTOCOL.md §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CriticalOverflow {
+    /// Cut the subscription: its client is told it lost CRITICAL events (SlowConsumer).
+    Cut,
+    /// Shed the event and count it, as any other: for a queue no client reads (the NATS
+    /// bridge's export), where a cut would lose what follows it uncounted.
+    Shed,
+}
+
 /// Counters a queue keeps about itself (per subscription; shards sum them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -216,11 +226,13 @@ pub struct SubscriberQueue {
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
+    critical_overflow: CriticalOverflow,
     stats: QueueStats,
 }
 
 impl SubscriberQueue {
-    /// A queue that holds at most `max_events` events and `max_bytes` bytes.
+    /// A queue that holds at most `max_events` events and `max_bytes` bytes, and cuts its
+    /// subscription when a CRITICAL event does not fit.
     pub fn new(max_events: usize, max_bytes: usize) -> SubscriberQueue {
         assert!(
             max_events > 0,
@@ -234,8 +246,15 @@ impl SubscriberQueue {
             bytes: 0,
             max_events,
             max_bytes,
+            critical_overflow: CriticalOverflow::Cut,
             stats: QueueStats::default(),
         }
+    }
+
+    /// This queue, doing `overflow` with a CRITICAL event that does not fit.
+    pub fn with_critical_overflow(mut self, overflow: CriticalOverflow) -> SubscriberQueue {
+        self.critical_overflow = overflow;
+        self
     }
 
     /// Events queued.
@@ -349,7 +368,7 @@ impl SubscriberQueue {
     }
 
     fn refuse(&mut self, priority: Priority) -> Offer {
-        if priority == Priority::Critical {
+        if priority == Priority::Critical && self.critical_overflow == CriticalOverflow::Cut {
             return Offer::Cut;
         }
         self.stats.shed[priority as usize] += 1;
@@ -639,6 +658,20 @@ mod tests {
             Offer::QueuedShedding(Priority::Low)
         );
         assert_eq!(offer(&mut q, 4, Priority::Critical), Offer::Cut);
+        assert_eq!(drain(&mut q), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_queue_that_sheds_critical_counts_it_instead_of_cutting() {
+        let mut q = SubscriberQueue::new(2, 1 << 20).with_critical_overflow(CriticalOverflow::Shed);
+        offer(&mut q, 1, Priority::Critical);
+        offer(&mut q, 2, Priority::Low);
+        assert_eq!(
+            offer(&mut q, 3, Priority::Critical),
+            Offer::QueuedShedding(Priority::Low)
+        );
+        assert_eq!(offer(&mut q, 4, Priority::Critical), Offer::Shed);
+        assert_eq!(q.stats().shed, [0, 1, 0, 0, 1]);
         assert_eq!(drain(&mut q), vec![1, 3]);
     }
 

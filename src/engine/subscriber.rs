@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use super::event::{EventView, Priority};
 use super::index::SubKey;
 use super::notify::Notify;
-use super::queue::{Offer, QueueStats, SharedRecords, SubscriberQueue};
+use super::queue::{CriticalOverflow, Offer, QueueStats, SharedRecords, SubscriberQueue};
 use super::run::{Numbering, Run};
 use super::topic::Pattern;
 
@@ -65,6 +65,8 @@ pub struct Consumer {
     pub notify: Notify,
     /// How its subscriptions queue events unless one asks for another form.
     encoding: Encoding,
+    /// What its subscriptions' queues do with a CRITICAL event they cannot take.
+    critical_overflow: CriticalOverflow,
 }
 
 impl Consumer {
@@ -76,7 +78,20 @@ impl Consumer {
             held: RefCell::default(),
             notify: Notify::default(),
             encoding: Encoding::Tagged(encode),
+            critical_overflow: CriticalOverflow::Cut,
         }
+    }
+
+    /// This consumer, its subscriptions' queues doing `overflow` with a CRITICAL event they
+    /// cannot take (by default they cut the subscription).
+    pub fn with_critical_overflow(mut self, overflow: CriticalOverflow) -> Consumer {
+        self.critical_overflow = overflow;
+        self
+    }
+
+    /// What its subscriptions' queues do with a CRITICAL event they cannot take.
+    pub fn critical_overflow(&self) -> CriticalOverflow {
+        self.critical_overflow
     }
 
     /// The next subscription with something to deliver.

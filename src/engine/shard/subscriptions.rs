@@ -67,7 +67,8 @@ impl Shard {
             SubscriberQueue::new(
                 self.limits.subscriber_queue_events,
                 self.limits.subscriber_queue_bytes,
-            ),
+            )
+            .with_critical_overflow(consumer.critical_overflow()),
             consumer.clone(),
             self.delivered.clone(),
         ));
