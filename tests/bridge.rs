@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
+use eventstream::bridge::BridgeStats;
 use eventstream::engine::{Metadata, Priority, RawEvent};
 use eventstream::grpc::client::GrpcClient;
 use eventstream::proto;
@@ -68,11 +69,10 @@ impl Nats {
             .spawn()
             .expect("nats-server runs (apt-get install nats-server; .ci/run installs it)");
         self.child = Some(child);
-        let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
-            thread::sleep(Duration::from_millis(20));
-        }
+        let port = self.port;
+        wait_for("nats-server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
     }
 
     fn url(&self) -> String {
@@ -131,12 +131,47 @@ fn node(urls: &[String]) -> TestServer {
 /// `server`, once its bridge has connected to NATS.
 fn connected(server: TestServer) -> TestServer {
     let stats = server.bridge_stats().expect("the bridge runs");
+    wait_for("the bridge to connect", || {
+        stats.connected.load(Ordering::Relaxed)
+    });
+    server
+}
+
+/// Waits up to [`ARRIVAL_TIMEOUT`] for `done`; fails the test naming `what` otherwise.
+fn wait_for(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-    while !stats.connected.load(Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "the bridge did not connect");
+    while !done() {
+        assert!(Instant::now() < deadline, "waited in vain for {what}");
         thread::sleep(Duration::from_millis(20));
     }
-    server
+}
+
+/// Waits until `server`'s bridge has noticed NATS went away.
+fn disconnected(server: &TestServer) {
+    let stats = server.bridge_stats().expect("the bridge runs");
+    wait_for("the bridge to notice NATS went away", || {
+        !stats.connected.load(Ordering::Relaxed)
+    });
+}
+
+/// Publishes [`EXPORTS_BEYOND_THE_CLIENT`] events of `priority` to `topic` on `server`.
+fn flood(server: &TestServer, topic: &str, priority: Priority) {
+    let mut publisher = server.client();
+    for i in 0..EXPORTS_BEYOND_THE_CLIENT {
+        let event = common::event(topic, format!("{i}").as_bytes(), priority);
+        publisher.publish(&event).unwrap();
+    }
+}
+
+/// Events the export has accounted for: handed to the NATS client (which holds what it
+/// cannot send while disconnected), shed from the export queue, or failed.
+fn exports_accounted(stats: &BridgeStats) -> u64 {
+    let shed: u64 = stats
+        .export_shed
+        .iter()
+        .map(|s| s.load(Ordering::Relaxed))
+        .sum();
+    stats.exported.load(Ordering::Relaxed) + shed + stats.export_failed.load(Ordering::Relaxed)
 }
 
 /// A native subscriber to `pattern` on `server`, on a thread of its own: what it receives.
@@ -335,14 +370,7 @@ fn a_nats_server_killed_and_restarted_leaves_local_traffic_alone_and_the_bridge_
 
     nats.kill();
     let stats_a = a.bridge_stats().unwrap();
-    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-    while stats_a.connected.load(Ordering::Relaxed) {
-        assert!(
-            Instant::now() < deadline,
-            "the bridge did not notice NATS went away"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    disconnected(&a);
     // Local traffic on both nodes while NATS is down.
     for i in 0..20 {
         publish(&a, "sensors/local", &format!("down{i}"));
@@ -356,11 +384,9 @@ fn a_nats_server_killed_and_restarted_leaves_local_traffic_alone_and_the_bridge_
 
     nats.spawn();
     for stats in [a.bridge_stats().unwrap(), b.bridge_stats().unwrap()] {
-        let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-        while !stats.connected.load(Ordering::Relaxed) {
-            assert!(Instant::now() < deadline, "the bridge did not reconnect");
-            thread::sleep(Duration::from_millis(20));
-        }
+        wait_for("the bridge to reconnect", || {
+            stats.connected.load(Ordering::Relaxed)
+        });
         assert!(stats.reconnects.load(Ordering::Relaxed) >= 1);
     }
     // What A exported while NATS was down may arrive now; then the path is open again.
@@ -373,17 +399,12 @@ fn a_nats_server_killed_and_restarted_leaves_local_traffic_alone_and_the_bridge_
     let expected: Vec<String> = (0..20).map(|i| format!("up{i}")).collect();
     assert_eq!(payloads(&receive(&at_b, 20)), expected);
 
-    // Every event published on A is accounted for: exported (handed to the NATS client, which
-    // holds what it cannot send while disconnected), shed from the export queue, or refused.
-    let shed: u64 = stats_a
-        .export_shed
-        .iter()
-        .map(|s| s.load(Ordering::Relaxed))
-        .sum();
-    let accounted = stats_a.exported.load(Ordering::Relaxed)
-        + shed
-        + stats_a.export_failed.load(Ordering::Relaxed);
-    assert_eq!(accounted, published_on_a, "every exported event is counted");
+    // Every event published on A is accounted for.
+    assert_eq!(
+        exports_accounted(&stats_a),
+        published_on_a,
+        "every exported event is counted"
+    );
 }
 
 #[test]
@@ -394,38 +415,17 @@ fn critical_events_beyond_the_export_queue_are_shed_and_counted_not_cut() {
     let a = connected(common::start_with(config));
     let stats = a.bridge_stats().unwrap();
     nats.kill();
-    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-    while stats.connected.load(Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "the bridge did not notice");
-        thread::sleep(Duration::from_millis(20));
-    }
+    disconnected(&a);
     // Far more CRITICAL events than the client, the link's channel and the export queue hold.
-    let mut publisher = a.client();
-    for i in 0..EXPORTS_BEYOND_THE_CLIENT {
-        let event = common::event("flood/t", format!("{i}").as_bytes(), Priority::Critical);
-        publisher.publish(&event).unwrap();
-    }
+    flood(&a, "flood/t", Priority::Critical);
     nats.spawn();
     // Each is exported once NATS is back, or was shed and counted: none is lost uncounted.
-    let accounted = || {
-        let shed: u64 = stats
-            .export_shed
-            .iter()
-            .map(|s| s.load(Ordering::Relaxed))
-            .sum();
-        stats.exported.load(Ordering::Relaxed) + shed + stats.export_failed.load(Ordering::Relaxed)
-    };
-    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-    while accounted() < EXPORTS_BEYOND_THE_CLIENT as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {EXPORTS_BEYOND_THE_CLIENT} events accounted for",
-            accounted()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    let all = EXPORTS_BEYOND_THE_CLIENT as u64;
+    wait_for("every flooded event to be accounted for", || {
+        exports_accounted(&stats) >= all
+    });
     thread::sleep(QUIET);
-    assert_eq!(accounted(), EXPORTS_BEYOND_THE_CLIENT as u64);
+    assert_eq!(exports_accounted(&stats), all);
     let shed_critical = stats.export_shed[Priority::Critical as usize].load(Ordering::Relaxed);
     assert!(shed_critical > 0, "the queue overflowed");
 }
@@ -434,20 +434,11 @@ fn critical_events_beyond_the_export_queue_are_shed_and_counted_not_cut() {
 fn a_node_stops_promptly_while_nats_is_away_and_its_client_is_full() {
     let mut nats = Nats::start();
     let a = node(&[nats.url()]);
-    let stats = a.bridge_stats().unwrap();
     nats.kill();
-    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
-    while stats.connected.load(Ordering::Relaxed) {
-        assert!(Instant::now() < deadline, "the bridge did not notice");
-        thread::sleep(Duration::from_millis(20));
-    }
+    disconnected(&a);
     // More exports than the NATS client holds while it reconnects: its command queue fills,
     // and the client takes no more commands, a subscription's among them, until NATS is back.
-    let mut publisher = a.client();
-    for i in 0..EXPORTS_BEYOND_THE_CLIENT {
-        let event = common::event("filled/t", format!("{i}").as_bytes(), Priority::Medium);
-        publisher.publish(&event).unwrap();
-    }
+    flood(&a, "filled/t", Priority::Medium);
     let _subscriber = native_subscriber(&a, "later/**");
     thread::sleep(QUIET);
     let (stopped_tx, stopped_rx) = mpsc::channel();
