@@ -240,7 +240,7 @@ fn check_grown(
 
 /// Waits until `clock` reaches `due` ns: sleeps while the wait is long, then yields (the
 /// receiver thread shares the load CPU, so no busy spin).
-fn wait_until(clock: &Instant, due: u64) {
+pub fn wait_until(clock: &Instant, due: u64) {
     loop {
         let now = clock.elapsed().as_nanos() as u64;
         if now >= due {

@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::Notify;
 
 use crate::delivery::{histogram, stamp};
+use crate::native::wait_until;
 use crate::{Args, Row};
 
 /// How long nats-server may take to listen, and the row's subscriber to be ready.
@@ -26,10 +27,6 @@ const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(10);
 const WINDOW_WAIT: Duration = Duration::from_millis(1);
 /// Events between the subscriber's progress reports (as the native rows' subscriber).
 const PROGRESS_EVERY_EVENTS: u64 = 64;
-/// An open-loop publisher sleeps while the next message is due in more than this...
-const SLEEP_BEFORE_DUE_NS_MIN: u64 = 200_000;
-/// ...and wakes this long before it is due.
-const WAKE_BEFORE_DUE_NS: u64 = 100_000;
 /// The subject the row publishes on.
 const SUBJECT: &str = "bench.nats";
 
@@ -146,17 +143,9 @@ async fn publish(
             // Open loop: message i is due at its slot, and stamped with it.
             Some(rate) => {
                 let due = first + i * 1_000_000_000 / rate;
-                // As the native rows wait (sleeping until shortly before, then yielding the
-                // CPU), after letting the client's connection task, on this thread, write.
-                while now() < due {
-                    tokio::task::yield_now().await;
-                    let left_ns = due.saturating_sub(now());
-                    if left_ns > SLEEP_BEFORE_DUE_NS_MIN {
-                        thread::sleep(Duration::from_nanos(left_ns - WAKE_BEFORE_DUE_NS));
-                    } else {
-                        thread::yield_now();
-                    }
-                }
+                // As the native rows wait; the connection task wrote the last message when
+                // this thread yielded to it after publishing.
+                wait_until(&clock, due);
                 due
             }
             None => {
