@@ -108,12 +108,14 @@ pub fn is_imported(event: &EventView<'_>) -> bool {
 /// An event's fixed fields, as text from its headers.
 #[derive(Default)]
 struct Fields<'h> {
+    /// All in [`EVENT_HEADER`], the id escaped; else each in the first version's own header,
+    /// the id as it was.
+    in_one_header: bool,
     priority: Option<&'h str>,
     timestamp_ns: Option<&'h str>,
     origin_sequence: Option<&'h str>,
     origin: Option<&'h str>,
-    /// Escaped in [`EVENT_HEADER`], as sent in the first version's header.
-    id: Option<(&'h str, bool)>,
+    id: Option<&'h str>,
 }
 
 /// The event an imported message of `topic` with `payload` and `headers` (name, value in
@@ -131,21 +133,22 @@ pub fn event_of<'h>(
             EVENT_HEADER if fields.is_none() => fields = Some(value),
             METADATA_HEADER => metadata.push(metadata_entry(value)?),
             first_version::PRIORITY => first_version.priority = Some(value),
-            first_version::ID => first_version.id = Some((value, false)),
+            first_version::ID => first_version.id = Some(value),
             first_version::TIMESTAMP => first_version.timestamp_ns = Some(value),
             first_version::ORIGIN => first_version.origin = Some(value),
             first_version::ORIGIN_SEQUENCE => first_version.origin_sequence = Some(value),
             _ => {}
         }
     }
-    // A field's header: EVENT_HEADER, or the first version's own header for it.
-    let (fields, header_of) = match fields {
-        Some(value) => (
-            fields_of(value)?,
-            (|_| EVENT_HEADER) as fn(&'static str) -> _,
-        ),
+    let fields = match fields {
+        Some(value) => fields_of(value)?,
         None if first_version.priority.is_none() => return Err(HeaderError::Missing(EVENT_HEADER)),
-        None => (first_version, (|name| name) as fn(&'static str) -> _),
+        None => first_version,
+    };
+    // A field's header: EVENT_HEADER, or the first version's own header for it.
+    let header_of = |own: &'static str| match fields.in_one_header {
+        true => EVENT_HEADER,
+        false => own,
     };
     let field = |value: Option<&'h str>, name: &'static str| {
         value.ok_or(HeaderError::Missing(header_of(name)))
@@ -176,8 +179,8 @@ pub fn event_of<'h>(
         ));
     }
     let origin = field(fields.origin, first_version::ORIGIN)?;
-    let (id, escaped) = fields.id.ok_or(HeaderError::Missing(first_version::ID))?;
-    let id = match escaped {
+    let id = fields.id.ok_or(HeaderError::Missing(first_version::ID))?;
+    let id = match fields.in_one_header {
         true => Bytes::from(
             unescape(id).ok_or_else(|| invalid(first_version::ID, id, "an escaped id"))?,
         ),
@@ -205,12 +208,13 @@ fn fields_of(value: &str) -> Result<Fields<'_>, HeaderError> {
     let (priority, timestamp_ns, origin_sequence, origin, id) =
         (next(), next(), next(), next(), next());
     match (priority, timestamp_ns, origin_sequence, origin, id) {
-        (Some(_), Some(_), Some(_), Some(_), Some(id)) => Ok(Fields {
+        (Some(_), Some(_), Some(_), Some(_), Some(_)) => Ok(Fields {
+            in_one_header: true,
             priority,
             timestamp_ns,
             origin_sequence,
             origin,
-            id: Some((id, true)),
+            id,
         }),
         _ => Err(HeaderError::Invalid {
             name: EVENT_HEADER,
